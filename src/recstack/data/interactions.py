@@ -1,0 +1,268 @@
+"""The currency of recstack: a `Vocab` per id space and an `Interactions` event log.
+
+`Interactions` keeps columnar numpy arrays sorted by (user, timestamp, original order).
+The original order breaks timestamp ties, so "last" is well defined even on data such as
+ml-100k where many events share a second. Derived views (`matrix()`, `sequences()`) are
+cached; every operation returns a new object.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from functools import cached_property
+from typing import Iterable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from recstack.errors import RecstackError
+
+
+class UnknownIdError(RecstackError, KeyError):
+    """An external id that the vocabulary does not contain."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; a user error should read plainly
+        return str(self.args[0])
+
+
+class Vocab:
+    """Bijection between external ids (as loaded) and dense int32 indices 0..n-1."""
+
+    def __init__(self, ids: Sequence | np.ndarray, name: str = "id") -> None:
+        ids = np.asarray(ids)
+        if ids.ndim != 1:
+            raise ValueError(f"{name} vocabulary needs a 1-D array of ids, got shape {ids.shape}")
+        if ids.dtype.kind == "U":  # fixed-width unicode arrays make later concatenation brittle
+            ids = ids.astype(object)
+        self.ids = ids
+        self.name = name
+        if len(self._lookup) != len(ids):
+            raise ValueError(f"{name} vocabulary has duplicate ids")
+
+    @classmethod
+    def from_values(cls, values: np.ndarray, name: str = "id") -> tuple["Vocab", np.ndarray]:
+        """Build a vocabulary from raw id values in order of first appearance; return it and the codes."""
+        values = np.asarray(values)
+        uniques, first, codes = np.unique(values, return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")  # first-appearance order keeps indices readable
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        return cls(uniques[order], name=name), rank[codes.ravel()].astype(np.int32)
+
+    @cached_property
+    def _lookup(self) -> dict:
+        return {key: i for i, key in enumerate(self.ids.tolist())}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocab) and (self is other or np.array_equal(self.ids, other.ids))
+
+    __hash__ = object.__hash__
+
+    def __contains__(self, external_id) -> bool:
+        return self._coerce(external_id) in self._lookup
+
+    def _coerce(self, external_id):
+        # ids typed on a command line arrive as strings even when the vocabulary holds ints
+        if self.ids.dtype.kind in "iu" and isinstance(external_id, str) and external_id.lstrip("-").isdigit():
+            return int(external_id)
+        if self.ids.dtype == object and len(self.ids) and isinstance(self.ids[0], str):
+            return str(external_id)
+        return external_id
+
+    def index(self, external_ids: Iterable | object) -> np.ndarray | int:
+        """External id(s) -> dense index(es); an unknown id raises `UnknownIdError` naming it."""
+        scalar = np.ndim(external_ids) == 0
+        keys = [external_ids] if scalar else list(external_ids)
+        out = np.empty(len(keys), dtype=np.int32)
+        for pos, key in enumerate(keys):
+            idx = self._lookup.get(self._coerce(key))
+            if idx is None:
+                close = difflib.get_close_matches(str(key), [str(x) for x in self.ids[:100_000]], n=3)
+                hint = f" Did you mean {', '.join(close)}?" if close else ""
+                raise UnknownIdError(f"unknown {self.name} {key!r}: it is not in the data ({len(self)} known).{hint}")
+            out[pos] = idx
+        return int(out[0]) if scalar else out
+
+    def id_of(self, index: int | np.ndarray):
+        """Dense index(es) -> external id(s)."""
+        return self.ids[index]
+
+    def fingerprint(self) -> str:
+        return hashlib.sha1("\x1f".join(map(str, self.ids.tolist())).encode()).hexdigest()[:16]
+
+
+class Interactions:
+    """An immutable event log: `user`, `item` (int32 indices), optional `value`, `timestamp`.
+
+    Rows are sorted by (user, timestamp, original order); without timestamps the original
+    order is the time order.
+    """
+
+    def __init__(
+        self,
+        user: np.ndarray,
+        item: np.ndarray,
+        users: Vocab,
+        items: Vocab,
+        value: np.ndarray | None = None,
+        timestamp: np.ndarray | None = None,
+        *,
+        presorted: bool = False,
+    ) -> None:
+        user = np.asarray(user, dtype=np.int32)
+        item = np.asarray(item, dtype=np.int32)
+        if user.shape != item.shape or user.ndim != 1:
+            raise ValueError(f"user and item columns must be 1-D and equally long, got {user.shape} and {item.shape}")
+        for column, name in ((value, "value"), (timestamp, "timestamp")):
+            if column is not None and np.shape(column) != user.shape:
+                raise ValueError(f"{name} column has length {np.shape(column)}, expected {user.shape}")
+        if len(user):
+            if user.min() < 0 or user.max() >= len(users):
+                raise ValueError(f"user index out of range for a vocabulary of {len(users)} users")
+            if item.min() < 0 or item.max() >= len(items):
+                raise ValueError(f"item index out of range for a vocabulary of {len(items)} items")
+        value = None if value is None else np.asarray(value, dtype=np.float32)
+        timestamp = None if timestamp is None else np.asarray(timestamp, dtype=np.int64)
+        if not presorted:
+            # lexsort is stable: equal (user, time) keep their original order, which breaks ties.
+            keys = (user,) if timestamp is None else (timestamp, user)
+            order = np.lexsort(keys)
+            if not np.array_equal(order, np.arange(len(order))):
+                user, item = user[order], item[order]
+                value = None if value is None else value[order]
+                timestamp = None if timestamp is None else timestamp[order]
+        for array in (user, item, value, timestamp):
+            if array is not None:
+                array.flags.writeable = False
+        self.user, self.item, self.value, self.timestamp = user, item, value, timestamp
+        self.users, self.items = users, items
+
+    # ---- sizes -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.user)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    def __repr__(self) -> str:
+        extras = [c for c in ("value", "timestamp") if getattr(self, c) is not None]
+        return (f"Interactions({len(self)} events, {self.n_users} users, {self.n_items} items"
+                + (f", with {', '.join(extras)}" if extras else "") + ")")
+
+    # ---- derived views (cached) -------------------------------------------------------
+    @cached_property
+    def indptr(self) -> np.ndarray:
+        """Row pointer: user u's events are rows indptr[u]:indptr[u+1]."""
+        counts = np.bincount(self.user, minlength=self.n_users)
+        return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def matrix(self, binary: bool = True) -> sp.csr_matrix:
+        """CSR (n_users, n_items), rows = users. Binary by default; `binary=False` sums values."""
+        return self._binary_matrix if binary else self._value_matrix
+
+    @cached_property
+    def _binary_matrix(self) -> sp.csr_matrix:
+        m = sp.csr_matrix(
+            (np.ones(len(self), dtype=np.float32), (self.user, self.item)), shape=(self.n_users, self.n_items)
+        )
+        m.sum_duplicates()
+        m.data[:] = 1.0
+        return m
+
+    @cached_property
+    def _value_matrix(self) -> sp.csr_matrix:
+        values = np.ones(len(self), dtype=np.float32) if self.value is None else self.value
+        m = sp.csr_matrix((values, (self.user, self.item)), shape=(self.n_users, self.n_items))
+        m.sum_duplicates()
+        return m
+
+    def sequences(self) -> list[np.ndarray]:
+        """Time-ordered item indices per user (views into one array; empty for inactive users)."""
+        return np.split(self.item, self.indptr[1:-1])
+
+    def user_counts(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    def item_counts(self) -> np.ndarray:
+        return np.bincount(self.item, minlength=self.n_items)
+
+    def active_users(self) -> np.ndarray:
+        return np.flatnonzero(self.user_counts() > 0).astype(np.int32)
+
+    # ---- new objects ------------------------------------------------------------------
+    def take(self, rows: np.ndarray) -> "Interactions":
+        """Subset by a boolean mask or sorted row indices; keeps vocabularies and sort order."""
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        elif len(rows) > 1 and np.any(np.diff(rows) < 0):
+            rows = np.sort(rows)
+        return Interactions(
+            self.user[rows], self.item[rows], self.users, self.items,
+            value=None if self.value is None else self.value[rows],
+            timestamp=None if self.timestamp is None else self.timestamp[rows],
+            presorted=True,
+        )
+
+    def concat(self, other: "Interactions") -> "Interactions":
+        """Events of both logs, re-sorted; `self` comes first among exact ties."""
+        if self.users != other.users or self.items != other.items:
+            raise ValueError("cannot concatenate interactions with different vocabularies")
+        if (self.value is None) != (other.value is None) or (self.timestamp is None) != (other.timestamp is None):
+            raise ValueError("cannot concatenate interactions with different columns (value/timestamp)")
+
+        def join(a, b):
+            return None if a is None else np.concatenate([a, b])
+
+        return Interactions(
+            np.concatenate([self.user, other.user]), np.concatenate([self.item, other.item]),
+            self.users, self.items, value=join(self.value, other.value),
+            timestamp=join(self.timestamp, other.timestamp),
+        )
+
+    def with_vocab(self, users: Vocab | None = None, items: Vocab | None = None) -> "Interactions":
+        """Re-index onto larger vocabularies that contain the current ones as a prefix."""
+        users, items = users or self.users, items or self.items
+        for old, new, what in ((self.users, users, "user"), (self.items, items, "item")):
+            if len(new) < len(old) or not np.array_equal(new.ids[: len(old)], old.ids):
+                raise ValueError(f"new {what} vocabulary must extend the old one")
+        return Interactions(self.user, self.item, users, items, self.value, self.timestamp, presorted=True)
+
+    def fingerprint(self) -> str:
+        """Content hash of the events and vocabularies (stable across processes)."""
+        h = hashlib.sha1()
+        for array in (self.user, self.item, self.value, self.timestamp):
+            h.update(b"-" if array is None else np.ascontiguousarray(array).tobytes())
+        h.update(self.users.fingerprint().encode())
+        h.update(self.items.fingerprint().encode())
+        return h.hexdigest()[:16]
+
+    @classmethod
+    def from_ids(
+        cls,
+        user_ids: np.ndarray,
+        item_ids: np.ndarray,
+        value: np.ndarray | None = None,
+        timestamp: np.ndarray | None = None,
+        users: Vocab | None = None,
+        items: Vocab | None = None,
+    ) -> "Interactions":
+        """Build from external ids; vocabularies are created (first-appearance order) unless given."""
+        if users is None:
+            users, user = Vocab.from_values(user_ids, name="user")
+        else:
+            user = users.index(user_ids) if len(user_ids) else np.empty(0, np.int32)
+        if items is None:
+            items, item = Vocab.from_values(item_ids, name="item")
+        else:
+            item = items.index(item_ids) if len(item_ids) else np.empty(0, np.int32)
+        return cls(user, item, users, items, value=value, timestamp=timestamp)

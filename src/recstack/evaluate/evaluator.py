@@ -1,0 +1,201 @@
+"""Full-ranking evaluation: user blocks -> scores -> history mask -> top-k -> `Rankings` -> metrics.
+
+`evaluate` knows nothing of models beyond the structural `Scorer` protocol, so the trainer
+can call it for early stopping. Scores are computed for blocks of users sized from the
+catalogue and a memory budget, never one user at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Protocol, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from recstack.data.interactions import Interactions
+from recstack.errors import RecstackError
+from recstack.evaluate.accuracy import METRICS, item_coverage
+from recstack.evaluate.rankings import Rankings
+
+DEFAULT_METRICS = ("Recall", "Precision", "NDCG", "MRR", "Hit", "MAP")
+DEFAULT_KS = (10, 20)
+# bytes per scored (user, item) cell: float32 score plus room for the top-k partition's work
+_BYTES_PER_CELL = 8
+
+
+class Scorer(Protocol):
+    def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray: ...
+
+
+@dataclass
+class EvalResult:
+    """Mean metrics, per-user values (aligned with `users`) and the protocol that produced them."""
+
+    metrics: dict[str, float]
+    per_user: dict[str, np.ndarray]
+    users: np.ndarray
+    n_skipped_users: int
+    protocol: dict[str, Any] = field(default_factory=dict)
+    rankings: Rankings | None = None
+
+    def __getitem__(self, label: str) -> float:
+        return self.metrics[label]
+
+
+def block_size_for(n_items: int, memory_budget_mb: float = 1024.0, max_block: int = 8192) -> int:
+    """Users per scoring block so that one block of scores fits the memory budget."""
+    cells = memory_budget_mb * 2**20 / _BYTES_PER_CELL
+    return int(max(1, min(max_block, cells // max(n_items, 1))))
+
+
+def parse_metric_labels(metrics: Sequence[str], ks: Sequence[int]) -> list[tuple[str, int]]:
+    """('NDCG', 'Recall'), (10, 20) -> [('NDCG', 10), ...]; labels like 'NDCG@5' are taken as they are."""
+    known = {name.lower(): name for name in [*METRICS, "Coverage"]}
+    pairs: list[tuple[str, int]] = []
+    for metric in metrics:
+        name, _, at = metric.partition("@")
+        canonical = known.get(name.lower())
+        if canonical is None:
+            raise RecstackError(f"unknown metric {metric!r}; known: {', '.join(known.values())}")
+        for k in ([int(at)] if at else ks):
+            if int(k) < 1:
+                raise RecstackError(f"metric cut-off must be >= 1, got {metric}@{k}")
+            pairs.append((canonical, int(k)))
+    return list(dict.fromkeys(pairs))
+
+
+def top_k_items(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the k largest scores per row, best first (ties: lower index first)."""
+    k = min(k, scores.shape[1])
+    try:
+        import torch
+    except ImportError:  # numpy fallback: partition then sort the k survivors
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        part_scores = np.take_along_axis(scores, part, axis=1)
+        order = np.lexsort((part, -part_scores), axis=1)
+        idx = np.take_along_axis(part, order, axis=1)
+        return idx, np.take_along_axis(scores, idx, axis=1)
+    # torch.topk is multi-threaded and avoids numpy's full argpartition copy
+    values, idx = torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), k, dim=1, sorted=True)
+    return idx.numpy(), values.numpy()
+
+
+def rank(
+    model: Scorer,
+    users: np.ndarray,
+    history: Interactions,
+    k: int,
+    *,
+    mask_history: bool = True,
+    memory_budget_mb: float = 1024.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k item indices (B, k) and scores for `users`, history items masked; -1 pads unscorable slots."""
+    users = np.asarray(users, dtype=np.int32)
+    n_items = history.n_items
+    if k > n_items:
+        raise RecstackError(f"k={k} is larger than the catalogue ({n_items} items); choose k <= {n_items}")
+    if hasattr(model, "top_k"):  # generative / search models produce their own lists
+        items, scores = model.top_k(users, history, k)
+        return np.asarray(items), np.asarray(scores)
+    hist = history.matrix()
+    block = block_size_for(n_items, memory_budget_mb)
+    out_items = np.full((len(users), k), -1, dtype=np.int32)
+    out_scores = np.full((len(users), k), -np.inf, dtype=np.float32)
+    for start in range(0, len(users), block):
+        batch = users[start:start + block]
+        scores = np.array(model.score(batch, history), dtype=np.float32, copy=True)
+        if scores.shape != (len(batch), n_items):
+            raise ValueError(f"{type(model).__name__}.score returned {scores.shape}, expected {(len(batch), n_items)}")
+        if mask_history:
+            rows = hist[batch]
+            scores[np.repeat(np.arange(len(batch)), np.diff(rows.indptr)), rows.indices] = -np.inf
+        idx, values = top_k_items(scores, k)
+        idx = idx.astype(np.int32)
+        idx[~np.isfinite(values) & (values < 0)] = -1  # -inf: the model cannot score it / masked
+        out_items[start:start + len(batch), : idx.shape[1]] = idx
+        out_scores[start:start + len(batch), : idx.shape[1]] = values
+    return out_items, out_scores
+
+
+def _hits(items: np.ndarray, users: np.ndarray, truth: sp.csr_matrix) -> np.ndarray:
+    """Gain of each ranked item: truth[user, item] looked up by binary search on sorted CSR keys."""
+    rows = truth[users]
+    rows.sort_indices()
+    n_items = truth.shape[1]
+    keys = np.repeat(np.arange(len(users), dtype=np.int64), np.diff(rows.indptr)) * n_items + rows.indices
+    query = np.arange(len(users), dtype=np.int64)[:, None] * n_items + items
+    pos = np.searchsorted(keys, query)
+    pos_clipped = np.minimum(pos, max(len(keys) - 1, 0))
+    found = (pos < len(keys)) & (items >= 0)
+    if len(keys):
+        found &= keys[pos_clipped] == query
+    gains = np.zeros(items.shape, dtype=np.float32)
+    if len(keys):
+        gains[found] = rows.data[pos_clipped[found]]
+    return gains
+
+
+def evaluate(
+    model: Scorer,
+    history: Interactions,
+    test: Interactions,
+    *,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    ks: Iterable[int] = DEFAULT_KS,
+    graded: bool = False,
+    mask_history: bool = True,
+    users: np.ndarray | None = None,
+    memory_budget_mb: float = 1024.0,
+    keep_rankings: bool = False,
+) -> EvalResult:
+    """Full-ranking evaluation of `model` on `test`, seeing `history`.
+
+    Users with no test events are skipped and counted. With `graded=True`, NDCG uses the test
+    values as gains (the other metrics count any positive gain as a hit).
+    """
+    if history.users != test.users or history.items != test.items:
+        raise ValueError("history and test must share vocabularies (use one Split)")
+    pairs = parse_metric_labels(metrics, list(ks))
+    depth = max(k for _, k in pairs)
+    if depth > test.n_items:
+        raise RecstackError(f"k={depth} is larger than the catalogue ({test.n_items} items); lower the cut-off")
+    truth = test.matrix(binary=not graded)
+    if graded and test.value is None:
+        raise RecstackError("graded NDCG needs a value column (ratings) in the test data")
+    n_relevant = np.diff(truth.indptr)
+    candidates = np.flatnonzero(n_relevant > 0).astype(np.int32)
+    if users is not None:
+        candidates = np.intersect1d(candidates, np.asarray(users, dtype=np.int32))
+    n_skipped = (test.n_users if users is None else len(np.unique(users))) - len(candidates)
+
+    items, _ = rank(model, candidates, history, depth, mask_history=mask_history, memory_budget_mb=memory_budget_mb)
+    gains = _hits(items, candidates, truth)
+    ideal = None
+    if graded:
+        ideal = np.zeros((len(candidates), depth), dtype=np.float32)
+        rows = truth[candidates]
+        for i in range(len(candidates)):  # per user only for the ideal ordering, O(|test_u| log)
+            values = np.sort(rows.data[rows.indptr[i]:rows.indptr[i + 1]])[::-1][:depth]
+            ideal[i, : len(values)] = values
+    rankings = Rankings(candidates, items, gains, n_relevant[candidates].astype(np.int64), ideal)
+
+    per_user: dict[str, np.ndarray] = {}
+    summary: dict[str, float] = {}
+    for name, k in pairs:
+        label = f"{name}@{k}"
+        if name == "Coverage":
+            summary[label] = item_coverage(rankings, k, test.n_items)
+            continue
+        values = METRICS[name](rankings, k)
+        per_user[label] = values
+        summary[label] = float(values.mean()) if len(values) else float("nan")
+    protocol = {
+        "ranking": "full",
+        "mask_history": mask_history,
+        "graded": graded,
+        "n_users_evaluated": int(len(candidates)),
+        "n_users_skipped": int(n_skipped),
+        "n_items": int(test.n_items),
+    }
+    return EvalResult(summary, per_user, candidates, int(n_skipped), protocol, rankings if keep_rankings else None)

@@ -1,0 +1,72 @@
+"""The `MODELS` name table and `build`.
+
+Names map to `"module:Class"` strings, imported on first use so that `recstack` without
+torch still loads. A user's own class is accepted as `"package.module:Class"`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Any
+
+from recstack.models.protocol import (
+    ConfigError,
+    ModelConfig,
+    NotFittedError,
+    Recommender,
+    SaveLoad,
+    load_model,
+    make_config,
+)
+
+MODELS: dict[str, str] = {
+    "random": "recstack.models.baseline.random:Random",
+    "pop": "recstack.models.baseline.pop:Pop",
+    "itemknn": "recstack.models.neighborhood.itemknn:ItemKNN",
+    "userknn": "recstack.models.neighborhood.userknn:UserKNN",
+    "ease": "recstack.models.neighborhood.ease:EASE",
+    "rp3beta": "recstack.models.neighborhood.rp3beta:RP3beta",
+    "als": "recstack.models.factorization.als:ALS",
+    "bpr": "recstack.models.factorization.bpr:BPR",
+}
+
+
+def resolve(name: str) -> type:
+    """A registered name (case-insensitive) or `"package.module:Class"` -> the class."""
+    target = MODELS.get(name.lower()) if ":" not in name else name
+    if target is None:
+        close = difflib.get_close_matches(name.lower(), MODELS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown model {name!r}.{hint} Known: {', '.join(sorted(MODELS))}; "
+            "or give your own class as 'package.module:Class'."
+        )
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise ConfigError(f"model {name!r}: module {module_name!r} cannot be imported") from None
+        raise ConfigError(
+            f"model {name!r} needs the package {exc.name!r}; install it "
+            f"(e.g. pip install 'recstack[all]', torch pinned as torch==2.13.0)"
+        ) from None
+    cls = module
+    for part in class_name.split("."):
+        cls = getattr(cls, part, None)
+        if cls is None:
+            raise ConfigError(f"model {name!r}: {module_name!r} has no class {class_name!r}")
+    return cls
+
+
+def build(name: str, params: dict[str, Any] | None = None) -> Recommender:
+    """Instantiate a model by name with validated parameters."""
+    cls = resolve(name)
+    return cls(make_config(cls.Config, params))
+
+
+__all__ = [
+    "MODELS", "ConfigError", "ModelConfig", "NotFittedError", "Recommender", "SaveLoad",
+    "build", "load_model", "make_config", "resolve",
+]

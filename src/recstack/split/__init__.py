@@ -1,0 +1,5 @@
+"""Splitters: `split(data, rng) -> Split`, deterministic given the seed."""
+
+from recstack.split.base import Split
+
+__all__ = ["Split"]

@@ -1,0 +1,67 @@
+"""`Split`: train / valid / test over one pair of vocabularies, with a fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from recstack.data.interactions import Interactions
+
+
+@dataclass(frozen=True)
+class Split:
+    """Three disjoint event logs sharing `users` and `items`.
+
+    `history("valid")` is train; `history("test")` is train + valid (+ `test_fold_in`): what a
+    model may see when it is asked to rank for that part. `test_fold_in` holds the visible
+    part of held-out users' histories in a user-holdout (strong generalisation) split: it is
+    never trained on, only shown to the model at test time.
+    """
+
+    train: Interactions
+    valid: Interactions
+    test: Interactions
+    method: str = "unknown"
+    params: dict[str, Any] = field(default_factory=dict)
+    test_fold_in: Interactions | None = None
+
+    def __post_init__(self) -> None:
+        for part in (self.valid, self.test, self.test_fold_in):
+            if part is None:
+                continue
+            if part.users != self.train.users or part.items != self.train.items:
+                raise ValueError("all parts of a split must share the train vocabularies")
+
+    def history(self, part: Literal["valid", "test"]) -> Interactions:
+        if part == "valid":
+            return self.train
+        if part == "test":
+            return self._test_history
+        raise ValueError(f"history is defined for 'valid' or 'test', not {part!r}")
+
+    @property
+    def _test_history(self) -> Interactions:
+        cached = self.__dict__.get("_test_history_cache")
+        if cached is None:
+            cached = self.train.concat(self.valid)
+            if self.test_fold_in is not None:
+                cached = cached.concat(self.test_fold_in)
+            object.__setattr__(self, "_test_history_cache", cached)
+        return cached
+
+    def fingerprint(self) -> str:
+        """Hash of the three parts' contents: equal fingerprints mean identical splits."""
+        h = hashlib.sha1()
+        for part in (self.train, self.valid, self.test, self.test_fold_in):
+            h.update(b"-" if part is None else part.fingerprint().encode())
+        return h.hexdigest()[:16]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "params": self.params,
+            "fingerprint": self.fingerprint(),
+            **{f"{name}_events": len(getattr(self, name)) for name in ("train", "valid", "test")},
+            **{f"{name}_users": int((getattr(self, name).user_counts() > 0).sum()) for name in ("train", "valid", "test")},
+        }
