@@ -104,7 +104,9 @@ def rank(
     out_scores = np.full((len(users), k), -np.inf, dtype=np.float32)
     for start in range(0, len(users), block):
         batch = users[start:start + block]
-        scores = np.array(model.score(batch, history), dtype=np.float32, copy=True)
+        scores = np.asarray(model.score(batch, history), dtype=np.float32)
+        if not (scores.flags.owndata and scores.flags.writeable):
+            scores = scores.copy()  # masking writes in place: never into a model's own array
         if scores.shape != (len(batch), n_items):
             raise ValueError(f"{type(model).__name__}.score returned {scores.shape}, expected {(len(batch), n_items)}")
         if mask_history:

@@ -4,7 +4,7 @@ A recommender is any class with a `Config`, `fit(train, valid=None) -> self` and
 `score(users, history, items=None) -> float32 (B, n_items or C)`. `history` carries
 everything the model may look at for those users, so leakage is impossible by
 construction and users unseen at fit time are scored from their history where the model
-allows it. Fitted state ends in `_` (scikit-learn's convention); `save`/`load` write the
+allows it. `score` returns a fresh array the caller may write into (the evaluator masks in place). Fitted state ends in `_` (scikit-learn's convention); `save`/`load` write the
 config as JSON and the fitted arrays as `.npz` (never a pickle).
 """
 

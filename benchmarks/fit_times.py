@@ -1,0 +1,51 @@
+"""Fit time of the non-neural models on ml-100k (random 8:1:1 split, seed 2020), best of N.
+
+    .venv/bin/python benchmarks/fit_times.py [--models ease itemknn ...] [--repeats 3]
+
+With `--recbole-results DIR` it also prints the ratio to RecBole 1.2.1's fit time for the same
+models, read from the JSON files that ../shared/peers/run_recbole.py wrote into DIR (RecBole's
+`fit_s` includes its validation passes; see BENCHMARKS.md for how it was run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from recstack.data.datasets import load_dataset
+from recstack.evaluate import evaluate
+from recstack.models import build
+from recstack.split import make_split
+
+RECBOLE_NAMES = {"ease": "EASE", "itemknn": "ItemKNN", "pop": "Pop"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["ease", "itemknn", "userknn", "rp3beta", "als", "pop"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--recbole-results", type=Path, default=None)
+    args = parser.parse_args()
+    data = load_dataset("ml-100k")
+    split = make_split(data.interactions, "random", seed=2020, ratios=(0.8, 0.1, 0.1))
+    print(f"| model | fit s (best of {args.repeats}) | valid NDCG@10 | RecBole fit s | ratio |")
+    print("|---|---:|---:|---:|---:|")
+    for name in args.models:
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            model = build(name).fit(split.train, split.valid)
+            times.append(time.perf_counter() - start)
+        ndcg = evaluate(model, split.history("valid"), split.valid, metrics=["NDCG@10"]).metrics["NDCG@10"]
+        peer, ratio = "", ""
+        peer_file = args.recbole_results and args.recbole_results / f"A_{RECBOLE_NAMES.get(name, name)}.json"
+        if peer_file and peer_file.exists():
+            peer_fit = json.loads(peer_file.read_text())["fit_s"]
+            peer, ratio = f"{peer_fit:.2f}", f"{peer_fit / min(times):.1f}x faster"
+        print(f"| {name} | {min(times):.3f} | {ndcg:.4f} | {peer} | {ratio} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
