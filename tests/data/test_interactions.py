@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from recstack.data import Interactions, UnknownIdError, Vocab
+from recstack.errors import RecstackError
+
+
+def test_vocab_first_appearance_and_round_trip():
+    vocab, codes = Vocab.from_values(np.array([30, 10, 30, 20]), name="user")
+    assert vocab.ids.tolist() == [30, 10, 20]
+    assert codes.tolist() == [0, 1, 0, 2]
+    assert vocab.index([20, 30]).tolist() == [2, 0]
+    assert vocab.index("10") == 1  # ids typed on a command line arrive as strings
+    assert vocab.id_of(np.array([2, 1])).tolist() == [20, 10]
+
+
+def test_vocab_unknown_id_is_a_user_error_with_suggestion():
+    vocab = Vocab(np.array(["alice", "bob"], dtype=object), name="user")
+    with pytest.raises(UnknownIdError, match="unknown user 'alise'.*alice") as info:
+        vocab.index("alise")
+    assert isinstance(info.value, RecstackError)
+
+
+def test_vocab_rejects_duplicates():
+    with pytest.raises(ValueError, match="duplicate"):
+        Vocab(np.array([1, 2, 1]))
+
+
+def test_sorted_by_user_time_then_original_order():
+    # user b has two events at t=5: the one that came first in the file stays first
+    data = Interactions.from_ids(
+        np.array(["b", "a", "b", "b", "a"], dtype=object),
+        np.array(["x", "y", "z", "w", "x"], dtype=object),
+        timestamp=np.array([5, 9, 5, 1, 3]),
+    )
+    users = data.users.id_of(data.user).tolist()
+    items = data.items.id_of(data.item).tolist()
+    assert list(zip(users, items, data.timestamp.tolist())) == [
+        ("b", "w", 1), ("b", "x", 5), ("b", "z", 5), ("a", "x", 3), ("a", "y", 9),
+    ]
+    assert [s.tolist() for s in data.sequences()] == [
+        data.items.index(["w", "x", "z"]).tolist(), data.items.index(["x", "y"]).tolist(),
+    ]
+
+
+def test_matrix_rows_are_users_and_binary_collapses_duplicates():
+    data = Interactions.from_ids(np.array([1, 1, 2]), np.array([7, 7, 8]), value=np.array([4.0, 5.0, 1.0]))
+    binary = data.matrix()
+    assert binary.shape == (2, 2)
+    assert binary.toarray().tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    assert data.matrix(binary=False).toarray().tolist() == [[9.0, 0.0], [0.0, 1.0]]
+    assert data.user_counts().tolist() == [2, 1] and data.item_counts().tolist() == [2, 1]
+
+
+def test_take_concat_and_fingerprint():
+    rng = np.random.default_rng(0)
+    data = Interactions.from_ids(rng.integers(0, 20, 200), rng.integers(0, 30, 200), timestamp=rng.integers(0, 99, 200))
+    mask = rng.random(200) < 0.5
+    left, right = data.take(mask), data.take(~mask)
+    assert len(left) + len(right) == len(data)
+    joined = left.concat(right)
+    # same multiset of events, re-sorted: (user, time) keys are non-decreasing
+    assert sorted(zip(joined.user, joined.item, joined.timestamp)) == sorted(zip(data.user, data.item, data.timestamp))
+    assert np.all(np.diff(joined.user.astype(np.int64) * 1000 + joined.timestamp) >= 0)
+    assert left.fingerprint() != right.fingerprint()
+    assert data.take(np.arange(len(data))).fingerprint() == data.fingerprint()
+
+
+def test_arrays_are_read_only_and_bounds_checked():
+    data = Interactions.from_ids(np.array([1, 2]), np.array([3, 4]))
+    with pytest.raises(ValueError):
+        data.item[0] = 1
+    with pytest.raises(ValueError, match="item index out of range"):
+        Interactions(np.array([0]), np.array([5]), data.users, data.items)
