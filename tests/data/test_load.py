@@ -1,0 +1,196 @@
+"""Loaders: generic tables, the raw MovieLens formats and RecBole atomic files.
+
+Expected values come from reading the hand-written fixtures under tests/data/fixtures/.
+"""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recstack.data import Dataset
+from recstack.data.load import load_atomic, load_movielens, load_table, read_table
+from recstack.errors import RecstackError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# ---- read_table / load_table --------------------------------------------------------------------
+def test_read_table_csv_defaults_keep_string_ids_as_strings():
+    raw = read_table(FIXTURES / "interactions.csv")
+    assert set(raw) == {"user", "item", "value", "timestamp"}
+    assert raw["user"].tolist() == ["alice", "alice", "bob", "carol"]
+    # "007" is not a canonical integer: every item id stays a string, none is turned into 7
+    assert raw["item"].dtype == object and raw["item"].tolist() == ["007", "42", "007", "13"]
+    assert raw["value"].tolist() == [5.0, 3.0, 4.0, 2.0]
+    assert raw["timestamp"].dtype == np.int64 and raw["timestamp"].tolist() == [1000, 1001, 999, 1002]
+
+
+def test_read_table_integer_ids_stay_integers_and_optional_columns_are_omitted(tmp_path):
+    raw = read_table(write(tmp_path / "log.csv", "user_id,item_id\n3,10\n1,11\n"))
+    assert set(raw) == {"user", "item"}
+    assert raw["user"].dtype.kind == "i" and raw["user"].tolist() == [3, 1]
+    assert raw["item"].tolist() == [10, 11]
+
+
+@pytest.mark.parametrize("name, text", [
+    ("log.tsv", "user_id\titem_id\trating\n1\t2\t4.5\n"),
+    ("log.txt", "user_id|item_id|rating\n1|2|4.5\n"),
+    ("log.txt", "user_id;item_id;rating\n1;2;4.5\n"),
+    ("log.dat", "user_id::item_id::rating\n1::2::4.5\n"),
+    ("log.txt", "user_id item_id rating\n1 2 4.5\n"),
+])
+def test_separator_is_sniffed(tmp_path, name, text):
+    raw = read_table(write(tmp_path / name, text))
+    assert raw["user"].tolist() == [1] and raw["item"].tolist() == [2] and raw["value"].tolist() == [4.5]
+
+
+def test_explicit_column_mapping_and_movielens_spellings(tmp_path):
+    path = write(tmp_path / "ratings.csv", "userId,movieId,stars,when\n1,5,3.5,100\n2,6,4,200\n")
+    raw = read_table(path, columns={"value": "stars", "timestamp": "when"})
+    assert raw["user"].tolist() == [1, 2] and raw["item"].tolist() == [5, 6]
+    assert raw["value"].tolist() == [3.5, 4.0] and raw["timestamp"].tolist() == [100, 200]
+    assert "value" not in read_table(path)  # no "rating" column and none named: omitted
+
+
+def test_missing_named_column_is_an_error_listing_those_present(tmp_path):
+    path = write(tmp_path / "log.csv", "user_id,item_id\n1,2\n")
+    with pytest.raises(RecstackError, match=r"no column 'rating'.*\['user_id', 'item_id'\]"):
+        read_table(path, columns={"value": "rating"})
+    with pytest.raises(RecstackError, match="no user column.*columns present: \\['a', 'b'\\]"):
+        read_table(write(tmp_path / "other.csv", "a,b\n1,2\n"))
+    with pytest.raises(RecstackError, match="unknown column role"):
+        read_table(path, columns={"rating": "x"})
+
+
+def test_wrong_field_count_names_path_and_line(tmp_path):
+    path = write(tmp_path / "bad.csv", "user_id,item_id,rating\n1,2,3\n1,3,4\n2,3\n4,5,6\n")
+    with pytest.raises(RecstackError, match=r"bad\.csv, line 4: expected 3 fields, found 2"):
+        read_table(path)
+
+
+def test_non_numeric_rating_names_path_and_line(tmp_path):
+    path = write(tmp_path / "bad.csv", "user_id,item_id,rating\n1,2,3\n1,3,4\n2,3,five\n")
+    with pytest.raises(RecstackError, match=r"bad\.csv, line 4: 'five' in column 'rating' is not a number"):
+        read_table(path)
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(RecstackError, match="no such file"):
+        read_table(tmp_path / "nope.csv")
+
+
+def test_parquet_and_data_frames(tmp_path):
+    pd = pytest.importorskip("pandas")
+    pl = pytest.importorskip("polars")
+    frame = pd.DataFrame({"user_id": ["a", "b"], "item_id": [7, 8], "rating": [1.0, 2.0],
+                          "timestamp": pd.to_datetime(["1970-01-01 00:01:40", "1970-01-01 00:03:20"])})
+    expected = {"user": ["a", "b"], "item": [7, 8], "value": [1.0, 2.0], "timestamp": [100, 200]}
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp_path / "log.parquet")
+    for source in (frame, pl.from_pandas(frame), tmp_path / "log.parquet"):
+        raw = read_table(source)
+        assert {role: column.tolist() for role, column in raw.items()} == expected
+    with pytest.raises(RecstackError, match="row 1: value 'x'"):
+        read_table(pd.DataFrame({"user_id": [1, 2], "item_id": [1, 2], "rating": ["1", "x"]}))
+
+
+def test_load_table_builds_a_dataset_with_provenance():
+    data = load_table(FIXTURES / "interactions.csv", name="toy")
+    assert isinstance(data, Dataset)
+    assert data.provenance["name"] == "toy" and data.provenance["format"] == "csv"
+    assert data.provenance["source"].endswith("interactions.csv")
+    log = data.interactions
+    assert log.users.ids.tolist() == ["alice", "bob", "carol"]  # first appearance
+    assert log.items.ids.tolist() == ["007", "42", "13"]
+    assert len(log) == 4 and log.value is not None and log.timestamp is not None
+
+
+# ---- MovieLens --------------------------------------------------------------------------------
+def test_ml100k_raw_format():
+    data = load_movielens(FIXTURES / "ml-100k-mini")
+    log = data.interactions
+    assert data.provenance["format"] == "movielens-100k" and data.provenance["name"] == "ml-100k-mini"
+    assert log.users.ids.tolist() == [1, 2, 3]
+    assert log.items.ids.tolist() == [10, 20, 30, 40]  # 50 is in u.item but never rated
+    assert len(log) == 5 and sorted(log.value.tolist()) == [1, 2, 3, 4, 5]
+    items = data.item_table
+    # 20 is latin-1 encoded; 30 has no year anywhere; 40 is rated but absent from u.item
+    assert items["title"].tolist() == ["Toy Story", "Misérables, Les", "unknown", ""]
+    assert items["year"].tolist() == [1995, 1995, -1, -1]
+    assert items["genres"].tolist() == ["Animation|Children's|Comedy", "Drama|Musical", "unknown", ""]
+    users = data.user_table
+    assert users["age"].tolist() == [24, 53, 23]  # user 4 never rated: dropped
+    assert users["gender"].tolist() == ["M", "F", "M"]
+    assert users["occupation"].tolist() == ["technician", "other", "writer"]
+    assert users["zip_code"].tolist() == ["85711", "94043", "02138"]
+
+
+def test_ml1m_raw_format():
+    data = load_movielens(FIXTURES / "ml-1m-mini")
+    log = data.interactions
+    assert data.provenance["format"] == "movielens-1m"
+    assert log.users.ids.tolist() == [1, 2] and log.items.ids.tolist() == [1193, 661, 3408, 2000]
+    assert data.item_table["title"].tolist() == [
+        "One Flew Over the Cuckoo's Nest", "James and the Giant Peach", "Erin Brockovich", "Café au lait (Métisse)"]
+    assert data.item_table["year"].tolist() == [1975, 1996, 2000, 1993]
+    assert data.item_table["genres"][1] == "Animation|Children's|Musical"
+    assert data.user_table["occupation"].tolist() == ["K-12 student", "self-employed"]  # codes 10 and 16
+    assert data.user_table["age"].tolist() == [1, 56]
+
+
+def test_ml_latest_raw_format_in_an_unzipped_parent_folder(tmp_path):
+    shutil.copytree(FIXTURES / "ml-latest-mini", tmp_path / "ml-latest-small")
+    data = load_movielens(tmp_path)  # the folder that holds the unzipped archive
+    assert data.provenance["name"] == "ml-latest-small" and data.provenance["format"] == "movielens-latest"
+    log = data.interactions
+    assert log.items.ids.tolist() == [1, 3, 193609]
+    assert log.value.tolist() == [4.5, 4.0, 2.5, 0.5]  # user 1 rated movie 3 before movie 1
+    assert data.item_table["title"].tolist() == ["Toy Story", "American President, The", "Andrew Dice Clay: Dice Rules"]
+    assert data.item_table["genres"].tolist() == ["Adventure|Animation|Children|Comedy|Fantasy",
+                                                  "Comedy|Drama|Romance", ""]
+    assert data.user_table == {}
+
+
+def test_load_movielens_on_a_folder_without_movielens_files(tmp_path):
+    with pytest.raises(RecstackError, match="holds no MovieLens files"):
+        load_movielens(tmp_path)
+
+
+# ---- RecBole atomic ---------------------------------------------------------------------------
+def test_atomic_files_with_side_tables_and_knowledge_graph():
+    data = load_atomic(FIXTURES / "atomic-mini")
+    log = data.interactions
+    assert data.provenance == {"name": "mini", "format": "atomic", "source": str(FIXTURES / "atomic-mini")}
+    assert log.users.ids.tolist() == ["u1", "u2"] and log.items.ids.tolist() == [1, 2, 3]
+    assert log.timestamp.dtype == np.int64 and sorted(log.timestamp.tolist()) == [100, 150, 200, 300]
+    # renamed as in load_movielens; item 3 has no .item row, item 4 is never rated
+    assert data.item_table["title"].tolist() == ["Toy Story", "Heat", ""]
+    assert data.item_table["year"].tolist() == [1995, 1995, -1]
+    assert data.item_table["genres"].tolist() == ["Animation|Children's|Comedy", "Action|Crime|Thriller", ""]
+    assert data.user_table["age"].tolist() == [24, 53]
+    assert data.user_table["zip_code"].tolist() == ["00501", "94043"]  # tokens keep leading zeros
+    kg = data.kg
+    entities = kg.entities.tolist()
+    triples = {(entities[h], kg.relations[r], entities[t]) for h, r, t in zip(kg.head, kg.relation, kg.tail)}
+    assert triples == {("m.toy", "film.genre", "m.animation"), ("m.heat", "film.director", "m.mann"),
+                       ("m.toy", "film.director", "m.lasseter")}
+    assert [entities[e] if e >= 0 else None for e in kg.item_entity] == ["m.toy", "m.heat", None]
+
+
+def test_atomic_without_an_inter_file(tmp_path):
+    with pytest.raises(RecstackError, match="one <name>.inter"):
+        load_atomic(tmp_path)
+
+
+def test_atomic_rejects_unknown_field_type(tmp_path):
+    write(tmp_path / "x.inter", "user_id:token\titem_id:int\n1\t2\n")
+    with pytest.raises(RecstackError, match="unknown type 'int'"):
+        load_atomic(tmp_path)
