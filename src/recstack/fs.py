@@ -17,6 +17,7 @@ class atomic_directory:
     def __enter__(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp is private; the result is ordinary output
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -36,7 +37,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp is private; the result is ordinary output
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,230 @@
+"""The `recstack` command line: thin wrappers that parse, call library functions and print.
+
+    recstack run [CONFIG]                       the default benchmark, or your YAML/TOML experiment
+    recstack recommend RUN_DIR --model L --user U [-k 10]
+    recstack data list | fetch NAME | info NAME
+    recstack models
+
+A mistake the user can fix (any `RecstackError`, or an invalid config) prints one red line
+`error: ...` on stderr and exits with code 2; `--debug` adds the traceback. Anything else is a
+bug and shows its traceback. The dataset cache is `--cache-dir`, else the config's `cache_dir`,
+else $RECSTACK_DATA, else ~/.cache/recstack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from recstack.errors import RecstackError
+
+app = typer.Typer(
+    name="recstack",
+    help="The recommender-systems stack: data, leakage-free splits, models, full-ranking evaluation, reports.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Named datasets: list, fetch, info.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+_DEBUG_HELP = "Show the full traceback of errors."
+_CACHE_HELP = "Dataset cache folder (default: $RECSTACK_DATA, else ~/.cache/recstack)."
+
+
+def _console() -> Console:
+    console = Console()
+    if not console.is_terminal:
+        console.width = 120  # piped or captured: no terminal width to respect, keep tables whole
+    return console
+
+
+def _fail(message: str) -> None:
+    # one line, whatever the message held: a user error is a sentence, not a paragraph
+    typer.secho(f"error: {' '.join(str(message).split())}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@contextlib.contextmanager
+def _user_errors(debug: bool) -> Iterator[None]:
+    """Turn user-fixable errors into one line and exit code 2 (traceback too with --debug)."""
+    try:
+        yield
+    except (RecstackError, ValidationError) as exc:
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        if isinstance(exc, ValidationError):
+            from recstack.experiment.config import format_validation_error
+
+            _fail(format_validation_error(exc, exc.title))
+        _fail(str(exc))
+
+
+# ---- run --------------------------------------------------------------------------------------
+
+@app.command()
+def run(
+    config: Optional[Path] = typer.Argument(None, help="Experiment config (.yaml/.yml/.toml); none: the default "
+                                                       "benchmark (ml-100k, eight models)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Folder for run directories."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override the config's seed."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Exact run directory (must not exist)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the run directory."),
+    debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
+) -> None:
+    """Run an experiment: data -> split -> fit -> evaluate -> run directory with a report."""
+    from recstack.experiment.config import default_config, load_config
+    from recstack.experiment.run import run_experiment
+
+    with _user_errors(debug):
+        experiment = load_config(config) if config is not None else default_config()
+        overrides: dict[str, Any] = {}
+        if output_dir is not None:
+            overrides["output_dir"] = str(output_dir)
+        if seed is not None:
+            overrides["seed"] = seed
+        if cache_dir is not None:
+            overrides["cache_dir"] = str(cache_dir)
+        if overrides:
+            experiment = experiment.model_copy(update=overrides)
+        result = run_experiment(experiment, run_dir=run_dir, progress=not quiet, console=_console())
+        if quiet:
+            typer.echo(str(result.run_dir))
+
+
+# ---- recommend --------------------------------------------------------------------------------
+
+@app.command()
+def recommend(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `recstack run`."),
+    model: str = typer.Option(..., "--model", "-m", help="Model label in the run (e.g. ease)."),
+    user: str = typer.Option(..., "--user", "-u", help="Raw user id as in the data."),
+    k: int = typer.Option(10, "-k", "--k", help="Number of recommendations."),
+    debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
+) -> None:
+    """Top-k items for one user by a model of a finished run (items the user rated are excluded)."""
+    from recstack.experiment.run import recommend as recommend_items
+
+    with _user_errors(debug):
+        rows = recommend_items(run_dir, model, user, k)
+        table = Table(title=f"top {k} for user {user} by {model}")
+        columns = list(rows[0]) if rows else ["rank", "item_id", "score"]
+        for column in columns:
+            numeric = column in ("rank", "score", "year")
+            table.add_column(column.replace("_", " "), justify="right" if numeric else "left")
+        for row in rows:
+            table.add_row(*[_show(row[c], c) for c in columns])
+        _console().print(table)
+
+
+def _show(value: Any, column: str) -> str:
+    if column == "score":
+        return f"{value:.4f}"
+    if column == "year" and isinstance(value, int) and value < 0:
+        return ""
+    return str(value)
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+@data_app.command("list")
+def data_list(debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP)) -> None:
+    """List the named datasets."""
+    from recstack.data.datasets import list_datasets
+
+    with _user_errors(debug):
+        entries = list_datasets()
+        columns = list(dict.fromkeys(key for entry in entries for key in entry))
+        table = Table(title="datasets")
+        for column in columns:
+            table.add_column(column)
+        for entry in entries:
+            table.add_row(*[_text(entry.get(column, "")) for column in columns])
+        _console().print(table)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: str = typer.Argument(..., help="Dataset name (see `recstack data list`)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
+    force: bool = typer.Option(False, "--force", help="Download again even if cached."),
+    debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
+) -> None:
+    """Download a named dataset into the cache (checksum-verified) and print where it is."""
+    from recstack.data.datasets import fetch
+
+    with _user_errors(debug):
+        path = fetch(name, cache_dir=cache_dir, force=force)
+        typer.echo(str(path))
+
+
+@data_app.command("info")
+def data_info(
+    name: str = typer.Argument(..., help="Dataset name (see `recstack data list`)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
+    debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
+) -> None:
+    """Statistics of a named dataset: size, density, popularity concentration, sequence lengths."""
+    from recstack.data.datasets import dataset_info
+
+    with _user_errors(debug):
+        info = dataset_info(name, cache_dir=cache_dir)
+        table = Table(title=name)
+        table.add_column("statistic")
+        table.add_column("value")
+        for key, value in _flatten(info).items():
+            table.add_row(key, _text(value))
+        _console().print(table)
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+# ---- models -----------------------------------------------------------------------------------
+
+@app.command()
+def models() -> None:
+    """List the registered models (any 'package.module:Class' works in a config too)."""
+    from recstack.models import MODELS
+
+    table = Table(title="models")
+    table.add_column("name")
+    table.add_column("class")
+    for name, target in MODELS.items():
+        table.add_row(name, target)
+    _console().print(table)
+
+
+def main() -> None:
+    """Entry point of the `recstack` console script."""
+    app(prog_name="recstack")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,396 @@
+"""The experiment configuration: one pydantic model, validated in full before any data is read.
+
+A config names its data (a named dataset, three pre-split files, or one file/folder plus its
+format), the preprocessing, the split, the models with their parameters, the metrics and cut-offs.
+Unknown keys are rejected with the closest valid key; model names, model parameters, split
+parameters, metric names and dataset names are all checked here, so a typo costs milliseconds,
+not a training run. `load_config` reads YAML or TOML (by extension); relative data paths are
+taken relative to the config file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+import re
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
+
+from recstack.errors import RecstackError
+
+DEFAULT_METRICS = ("Recall", "Precision", "NDCG", "MRR", "Hit", "MAP", "Coverage")
+DEFAULT_KS = (10, 20)
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+COLUMN_ROLES = ("user", "item", "value", "timestamp")  # as recstack.data.load reads them
+
+
+class ExperimentConfigError(RecstackError, ValueError):
+    """An experiment configuration that cannot be accepted (names the file and the key)."""
+
+
+def _unknown_key_message(key: str, known: set[str], where: str = "") -> str:
+    close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown key {key!r}{where}{hint} (valid: {', '.join(sorted(known))})"
+
+
+class _Strict(BaseModel):
+    """Frozen, unknown keys rejected with the closest valid key (as `ModelConfig` does)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            known = set(cls.model_fields)
+            for key in data:
+                if key not in known:
+                    raise ValueError(_unknown_key_message(key, known))
+        return data
+
+
+class SplitFiles(_Strict):
+    """Pre-split files: the run uses them as they are (no preprocessing, no splitting)."""
+
+    train: str
+    valid: str | None = None  # no validation part: validation metrics are not computed
+    test: str
+
+
+class DataConfig(_Strict):
+    """Exactly one source: `dataset` (a named dataset), `files` (pre-split) or `path` (+ `format`)."""
+
+    dataset: str | None = None
+    files: SplitFiles | None = None
+    path: str | None = None
+    format: Literal["movielens", "atomic", "table"] | None = None
+    columns: dict[str, str] | None = None
+    sep: str | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataConfig":
+        given = [key for key in ("dataset", "files", "path") if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one data source: 'dataset' (a named dataset), 'files' (train/valid/test) "
+                f"or 'path' (with 'format'); got {', '.join(given) or 'none'}"
+            )
+        if self.dataset is not None:
+            from recstack.data.datasets import DATASETS
+
+            if self.dataset not in DATASETS:
+                close = difflib.get_close_matches(self.dataset, list(DATASETS), n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"unknown dataset {self.dataset!r}.{hint} Known: {', '.join(sorted(DATASETS))}")
+            for key in ("columns", "sep", "format"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"'{key}' applies to 'files' or 'path', not to a named dataset")
+        if self.format is not None and self.path is None:
+            raise ValueError("'format' applies to 'path' only")
+        for role in self.columns or {}:
+            if role not in COLUMN_ROLES:
+                raise ValueError(_unknown_key_message(role, set(COLUMN_ROLES), " in data.columns (roles map to "
+                                                      "your column names, e.g. {user: userId})"))
+        return self
+
+    @property
+    def label(self) -> str:
+        """A short name for the data (run directory names, reports)."""
+        if self.name:
+            return self.name
+        if self.dataset:
+            return self.dataset
+        source = Path(self.files.train).parent if self.files else Path(self.path or "data")
+        return (source.stem if self.path else source.name) or "data"
+
+
+class PreprocessingConfig(_Strict):
+    """Filters applied before the split (see `recstack.data.prep.preprocess`)."""
+
+    threshold: float | None = None
+    dedup: Literal["keep", "first", "last", "max"] = "keep"  # as recstack.data.prep.preprocess takes it
+    user_core: int = Field(0, ge=0)
+    item_core: int = Field(0, ge=0)
+
+    @property
+    def is_default(self) -> bool:
+        return self == PreprocessingConfig()
+
+
+class SplitConfig(_Strict):
+    """`method` plus its parameters, written either flat (`{method: random, ratios: [...]}`) or
+    under `params`."""
+
+    method: str = "random"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_params(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            flat = {k: v for k, v in data.items() if k not in ("method", "params")}
+            if flat:
+                data = {k: v for k, v in data.items() if k in ("method", "params")}
+                data["params"] = {**dict(data.get("params") or {}), **flat}
+        return data
+
+    @model_validator(mode="after")
+    def _known_method(self) -> "SplitConfig":
+        from recstack.split import SPLITTERS
+
+        if self.method not in SPLITTERS:
+            close = difflib.get_close_matches(self.method, list(SPLITTERS), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown split method {self.method!r}.{hint} Known: {', '.join(sorted(SPLITTERS))}")
+        known = _splitter_parameters(SPLITTERS[self.method])
+        if known is not None:
+            for key in self.params:
+                if key not in known:
+                    where = f" for split method {self.method!r}"
+                    raise ValueError(_unknown_key_message(key, known | {"method"}, where))
+        return self
+
+
+def _splitter_parameters(splitter: Any) -> set[str] | None:
+    """Keyword parameters a splitter accepts, or None when they cannot be read off its signature."""
+    if isinstance(splitter, type) and hasattr(splitter, "model_fields"):
+        return set(splitter.model_fields) - {"seed"}
+    config = getattr(splitter, "Config", None)
+    if config is not None and hasattr(config, "model_fields"):
+        return set(config.model_fields) - {"seed"}
+    if not callable(splitter):
+        return None
+    try:
+        signature = inspect.signature(splitter)
+    except (TypeError, ValueError):
+        return None
+    names = set()
+    positional = [p for p in signature.parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    data_param = positional[0].name if positional else None
+    for parameter in signature.parameters.values():
+        if parameter.kind is parameter.VAR_KEYWORD:
+            return None
+        if parameter.kind is parameter.VAR_POSITIONAL or parameter.name in (data_param, "rng", "seed"):
+            continue
+        names.add(parameter.name)
+    return names
+
+
+class ModelEntry(_Strict):
+    """One model to train: a registered name (or 'package.module:Class'), its parameters, a label."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = None
+
+    @field_validator("label")
+    @classmethod
+    def _safe_label(cls, label: str | None) -> str | None:
+        # the label names a folder in the run directory and a column in every table
+        if label is not None and not _LABEL.fullmatch(label):
+            raise ValueError(f"label {label!r} must be letters, digits, '.', '_', '+' or '-' (e.g. 'ease-reg300')")
+        return label
+
+    @property
+    def display(self) -> str:
+        """The label, else the model name (a user class 'pkg.mod:Class' -> 'Class')."""
+        return self.label or self.name.rpartition(":")[2].rpartition(".")[2]
+
+
+class ExperimentConfig(_Strict):
+    """Everything a run needs; see the module docstring and `default.yaml` for an example."""
+
+    data: DataConfig
+    cache_dir: str | None = None
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    models: list[ModelEntry] = Field(min_length=1)
+    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS), min_length=1)
+    ks: list[int] = Field(default_factory=lambda: list(DEFAULT_KS), min_length=1)
+    valid_metric: str = "NDCG@10"
+    seed: int = 2020
+    output_dir: str = "runs"
+    memory_budget_mb: PositiveFloat = 1024.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dataset_shorthand(cls, data: Any) -> Any:
+        # `data: ml-100k` is the common case; spell it out for the validator
+        if isinstance(data, dict) and isinstance(data.get("data"), str):
+            data = {**data, "data": {"dataset": data["data"]}}
+        return data
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_ks(cls, ks: list[int]) -> list[int]:
+        for k in ks:
+            if k < 1:
+                raise ValueError(f"every cut-off k must be >= 1, got {k}")
+        return sorted(set(ks))
+
+    @model_validator(mode="after")
+    def _check(self) -> "ExperimentConfig":
+        from recstack.evaluate.evaluator import parse_metric_labels
+
+        if self.data.files is not None:
+            if "split" in self.model_fields_set:
+                raise ValueError("'split' is not used with pre-split 'files'; remove it (the files are the split)")
+            if not self.preprocessing.is_default:
+                raise ValueError("'preprocessing' is not applied to pre-split 'files'; filter the files before "
+                                 "splitting them, or give one file as 'path' and let recstack split it")
+        try:
+            labels = [f"{name}@{k}" for name, k in parse_metric_labels(self.metrics, self.ks)]
+        except RecstackError as exc:
+            raise ValueError(f"metrics: {exc}") from None
+        if self.valid_metric not in labels:
+            close = difflib.get_close_matches(self.valid_metric, labels, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"valid_metric {self.valid_metric!r} is not among the computed metrics{hint} "
+                             f"(computed: {', '.join(labels)})")
+        seen: set[str] = set()
+        for position, entry in enumerate(self.models):
+            if entry.display in seen:
+                raise ValueError(f"two models are labelled {entry.display!r}; give each a distinct 'label'")
+            seen.add(entry.display)
+            try:
+                self.model_config_for(entry)
+            except RecstackError as exc:
+                message = re.sub(r"invalid (\w+): \1: ", "", str(exc))  # make_config names the class twice
+                raise ValueError(f"models[{position}] ({entry.display}): {message}") from None
+        return self
+
+    # ---- derived values ----------------------------------------------------------------
+    @property
+    def metric_labels(self) -> list[str]:
+        from recstack.evaluate.evaluator import parse_metric_labels
+
+        return [f"{name}@{k}" for name, k in parse_metric_labels(self.metrics, self.ks)]
+
+    def model_config_for(self, entry: ModelEntry):
+        """The validated model config of `entry`; the experiment seed is the default model seed."""
+        from recstack.models import make_config, resolve
+
+        cls = resolve(entry.name)
+        params = dict(entry.params)
+        if "seed" in getattr(cls.Config, "model_fields", {}) and "seed" not in params:
+            params["seed"] = self.seed
+        return make_config(cls.Config, params)
+
+    def resolved(self) -> "ExperimentConfig":
+        """The same experiment with every label and every model parameter spelled out."""
+        models = [
+            ModelEntry(name=e.name, label=e.display, params=self.model_config_for(e).model_dump(mode="json"))
+            for e in self.models
+        ]
+        data = self.data
+        if data.path is not None:  # absolute paths: the run directory must reproduce its data from anywhere
+            data = data.model_copy(update={"path": os.path.abspath(data.path)})
+        if data.files is not None:
+            data = data.model_copy(update={"files": SplitFiles(
+                **{part: os.path.abspath(path) for part in ("train", "valid", "test")
+                   if (path := getattr(data.files, part)) is not None})})
+        return self.model_copy(update={"models": models, "data": data})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/YAML-able dict that `parse_config` reads back to an equal config."""
+        dumped = self.model_dump(mode="json", exclude_none=True)
+        if self.data.files is not None:
+            dumped.pop("split", None)  # with files the split is the files; writing it would be rejected
+        return dumped
+
+
+# ---- reading configs ----------------------------------------------------------------------
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    parts = []
+    for err in exc.errors():
+        location = ""
+        for step in err.get("loc", ()):
+            location += f"[{step}]" if isinstance(step, int) else (f".{step}" if location else str(step))
+        message = str(err.get("msg", "")).removeprefix("Value error, ")
+        if err.get("type") == "missing":
+            message = "missing required key"
+        parts.append(f"{location}: {message}" if location else message)
+    return f"{source}: " + "; ".join(parts)
+
+
+def parse_config(raw: dict[str, Any] | ExperimentConfig, source: str = "config") -> ExperimentConfig:
+    """Validate a mapping (as read from YAML/TOML) into an `ExperimentConfig`; errors name `source`."""
+    if isinstance(raw, ExperimentConfig):
+        return raw
+    if not isinstance(raw, dict):
+        raise ExperimentConfigError(f"{source}: an experiment config must be a mapping of keys, "
+                                    f"got {type(raw).__name__}")
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ExperimentConfigError(format_validation_error(exc, source)) from None
+
+
+def _read_mapping(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ExperimentConfigError(f"config file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExperimentConfigError(f"cannot read config file {str(path)!r}: {exc}") from None
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise ExperimentConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+    if suffix == ".toml":
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ExperimentConfigError(f"{path}: invalid TOML: {exc}") from None
+    raise ExperimentConfigError(f"config file {str(path)!r} must end in .yaml, .yml or .toml")
+
+
+def _anchor_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative data paths in a config file are relative to that file, not to the working directory."""
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return raw
+
+    def anchor(value: Any) -> Any:
+        if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
+            return str((base / value).resolve())
+        return os.path.expanduser(value) if isinstance(value, str) else value
+
+    data = dict(data)
+    if "path" in data:
+        data["path"] = anchor(data["path"])
+    if isinstance(data.get("files"), dict):
+        data["files"] = {k: anchor(v) if k in ("train", "valid", "test") else v for k, v in data["files"].items()}
+    return {**raw, "data": data}
+
+
+def load_config(path: str | os.PathLike) -> ExperimentConfig:
+    """Read and validate a YAML (.yaml/.yml) or TOML (.toml) experiment config."""
+    path = Path(path)
+    raw = _read_mapping(path)
+    if raw is None:
+        raise ExperimentConfigError(f"{path}: the config is empty")
+    if isinstance(raw, dict):
+        raw = _anchor_paths(raw, path.resolve().parent)
+    return parse_config(raw, source=str(path))
+
+
+def default_config() -> ExperimentConfig:
+    """The packaged default benchmark (`default.yaml`: ml-100k, 8:1:1 random split, eight models)."""
+    text = resources.files("recstack.experiment").joinpath("default.yaml").read_text()
+    return parse_config(yaml.safe_load(text), source="default.yaml (packaged)")

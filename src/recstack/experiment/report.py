@@ -1,0 +1,350 @@
+"""`write_report(run_dir)`: report.md and a self-contained report.html from a run directory's files.
+
+Both are rendered from one list of blocks (headings, paragraphs, tables, figures), so they
+say the same thing. The HTML needs nothing from the network: inline CSS, and hand-rolled SVG
+for the bar chart of test NDCG@k and the training curves.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from recstack.fs import atomic_write_text
+
+
+@dataclass
+class Leaderboard:
+    columns: list[str]
+    rows: list[list[Any]]  # first cell the label (str), then floats or None
+    sort_label: str
+
+
+def main_k(ks: Sequence[int]) -> int:
+    """The cut-off the leaderboard shows: 10 when computed, else the smallest."""
+    return 10 if 10 in ks else min(ks)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def leaderboard(metrics: dict[str, dict[str, Any]], ks: Sequence[int], valid_metric: str) -> Leaderboard:
+    """Rows sorted by test NDCG@k (best first; models without it last), k from `main_k`."""
+    k = main_k(ks)
+    sort_label = f"NDCG@{k}"
+    if not any(sort_label in entry.get("test", {}) for entry in metrics.values()):
+        sort_label = valid_metric
+    columns = ["model", f"valid {valid_metric}", f"test {sort_label}",
+               *[f"{name}@{k}" for name in ("Recall", "MRR", "Hit", "Coverage")], "fit s"]
+    rows = []
+    for label, entry in metrics.items():
+        test, valid = entry.get("test", {}), entry.get("valid", {})
+        rows.append([label, _number(valid.get(valid_metric)), _number(test.get(sort_label)),
+                     *[_number(test.get(f"{name}@{k}")) for name in ("Recall", "MRR", "Hit", "Coverage")],
+                     _number(entry.get("fit_seconds"))])
+    rows.sort(key=lambda row: (row[2] is None, -(row[2] or 0.0)))
+    return Leaderboard(columns, rows, sort_label)
+
+
+# ---- blocks: one description, two renderings ---------------------------------------------------
+
+@dataclass
+class _Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass
+class _Paragraph:
+    text: str
+
+
+@dataclass
+class _Table:
+    columns: list[str]
+    rows: list[list[Any]]
+
+
+@dataclass
+class _Figure:
+    svg: str
+    caption: str
+
+
+def _cell(value: Any, column: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "-"
+        if "seconds" in column or column.endswith(" s") or "MB" in column:
+            return f"{value:.2f}"
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _blocks(run_dir: Path) -> tuple[str, list[Any]]:
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    curves_path = run_dir / "curves.json"
+    curves = json.loads(curves_path.read_text()) if curves_path.exists() else {}
+    ks = config.get("ks", [10])
+    valid_metric = config.get("valid_metric", "NDCG@10")
+    board = leaderboard(metrics, ks, valid_metric)
+    dataset, split, protocol = manifest["dataset"], manifest["split"], manifest["protocol"]
+    title = f"recstack run: {dataset['name']}"
+    blocks: list[Any] = [_Paragraph(
+        f"Run `{manifest.get('run_name', run_dir.name)}`, started {manifest['started']}, "
+        f"finished {manifest['finished']} "
+        f"({manifest['total_seconds']:.1f} s), seed {manifest['seed']}.")]
+
+    # protocol
+    skipped = {part: sorted({entry["n_skipped_users"][part] for entry in metrics.values()})
+               for part in ("valid", "test")} if metrics else {}
+    evaluated = {part: sorted({entry["n_users"][part] for entry in metrics.values()})
+                 for part in ("valid", "test")} if metrics else {}
+    params = ", ".join(f"{k}={v}" for k, v in split.get("params", {}).items()) or "defaults"
+    blocks += [
+        _Heading("Protocol"),
+        _Table(["setting", "value"], [
+            ["split", f"{split['method']} ({params})"],
+            ["split fingerprint", split["fingerprint"]],
+            ["data fingerprint", dataset["fingerprint"]],
+            ["ranking", f"{protocol['ranking']} (all {split.get('n_items', '?')} items are candidates)"],
+            ["history masking", f"{'on' if protocol['mask_history'] else 'off'}: valid sees "
+                                f"{protocol['valid_history']}, test sees {protocol['test_history']}"],
+            ["relevance", "graded" if protocol.get("graded") else "binary"],
+            ["users evaluated (valid / test)", " / ".join(_join(evaluated.get(p, [])) for p in ("valid", "test"))],
+            ["users skipped, no held-out items (valid / test)",
+             " / ".join(_join(skipped.get(p, [])) for p in ("valid", "test"))],
+            ["model selection", f"validation {valid_metric} only; test figures choose nothing"],
+        ]),
+    ]
+
+    # leaderboard
+    labels = protocol.get("metrics") or sorted({m for e in metrics.values() for m in e.get("test", {})})
+    blocks += [
+        _Heading("Leaderboard"),
+        _Paragraph(f"Sorted by test {board.sort_label}. Recall, MRR, Hit and Coverage are test figures."),
+        _Table(board.columns, board.rows),
+    ]
+    if board.rows:
+        blocks.append(_Figure(_bar_chart([(r[0], r[2]) for r in board.rows]), f"test {board.sort_label} per model"))
+    for part in ("test", "valid"):
+        blocks += [
+            _Heading(f"All {'test' if part == 'test' else 'validation'} metrics", 3),
+            _Table(["model", *labels], [[row[0], *[_number(metrics[row[0]][part].get(m)) for m in labels]]
+                                        for row in board.rows]),
+        ]
+
+    # data
+    stats = dataset.get("stats", {})
+    source = dataset.get("provenance", {}).get("source")
+    blocks += [
+        _Heading("Dataset"),
+        _Paragraph(f"{dataset['name']}" + (f" from `{_cell(source)}`" if source else "")
+                   + f"; preprocessing: {_settings(manifest.get('preprocessing') or {})}."),
+        _Table(["statistic", "value"], [[key, value] for key, value in _flatten(stats).items()]),
+        _Heading("Split", 3),
+        _Table(["part", "events", "users with events"],
+               [[part, split.get(f"{part}_events"), split.get(f"{part}_users")]
+                for part in ("train", "valid", "test")]),
+    ]
+
+    # timings
+    timings = manifest.get("timings", {})
+    blocks += [
+        _Heading("Timings"),
+        _Table(["model", "fit s", "eval valid s", "eval test s", "peak RSS MB (process, so far)"],
+               [[label, t.get("fit_seconds"), t.get("eval_valid_seconds"), t.get("eval_test_seconds"),
+                 t.get("peak_rss_mb")] for label, t in timings.items()]),
+        _Paragraph(f"Data loading, preprocessing and splitting: {manifest.get('data_seconds', 0.0):.2f} s. "
+                   f"Peak resident memory of the run: {manifest.get('peak_rss_mb', 0.0):,.0f} MB."),
+    ]
+
+    # curves
+    if curves:
+        rows = []
+        for label, epochs in curves.items():
+            for key, values in _curve_series(epochs).items():
+                ys = [y for _, y in values]
+                rows.append([label, key, len(ys), ys[0], ys[-1], min(ys), max(ys)])
+        blocks += [_Heading("Training curves"),
+                   _Paragraph("Per-epoch values logged by each model's trainer (validation metrics on the "
+                              "validation part)."),
+                   _Table(["model", "series", "epochs", "first", "last", "min", "max"], rows)]
+        for label, epochs in curves.items():
+            for key, values in _curve_series(epochs).items():
+                blocks.append(_Figure(_polyline(values), f"{label}: {key} per epoch"))
+
+    versions = manifest.get("versions", {})
+    blocks += [_Heading("Environment"),
+               _Paragraph(", ".join(f"{name} {version}" for name, version in versions.items() if version))]
+    return title, blocks
+
+
+def _settings(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={'none' if value is None else value}" for key, value in settings.items()) or "none"
+
+
+def _join(values: list[Any]) -> str:
+    return "/".join(f"{v:,}" for v in values) if values else "-"
+
+
+def _flatten(stats: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in stats.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# ---- SVG ---------------------------------------------------------------------------------------
+
+def _bar_chart(values: list[tuple[str, float | None]], width: int = 560, bar: int = 22) -> str:
+    label_width, pad = 110, 6
+    finite = [v for _, v in values if v is not None]
+    top = max(finite) if finite and max(finite) > 0 else 1.0
+    height = len(values) * (bar + pad) + pad
+    plot = width - label_width - 70
+    parts = [f'<svg width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img">']
+    for i, (label, value) in enumerate(values):
+        y = pad + i * (bar + pad)
+        length = 0 if value is None else max(0.0, value) / top * plot
+        parts.append(f'<text x="{label_width - 6}" y="{y + bar * 0.7:.1f}" text-anchor="end">'
+                     f'{html.escape(label)}</text>')
+        parts.append(f'<rect x="{label_width}" y="{y}" width="{length:.1f}" height="{bar}" fill="#4c78a8"/>')
+        parts.append(f'<text x="{label_width + length + 4:.1f}" y="{y + bar * 0.7:.1f}">{_cell(value)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _curve_series(epochs: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
+    """Numeric series per key of a trainer's per-epoch log, x = the logged epoch (else its position)."""
+    keys = [k for k in dict.fromkeys(k for e in epochs for k in e) if k not in ("epoch", "seconds")]
+    series = {}
+    for key in keys:
+        points = [(e.get("epoch", i + 1), _number(e.get(key))) for i, e in enumerate(epochs)]
+        points = [(float(x), y) for x, y in points if isinstance(x, (int, float)) and y is not None]
+        if points:
+            series[key] = points
+    return series
+
+
+def _polyline(points: list[tuple[float, float]], width: int = 420, height: int = 160) -> str:
+    left, right, top, bottom = 56, 12, 10, 26
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * (width - left - right)
+
+    def sy(y: float) -> float:
+        return height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
+
+    coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
+    return (
+        f'<svg width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img">'
+        f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#999"/>'
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#999"/>'
+        f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{_short(y1)}</text>'
+        f'<text x="{left - 4}" y="{height - bottom}" text-anchor="end">{_short(y0)}</text>'
+        f'<text x="{left}" y="{height - 8}">epoch {_short(x0)}</text>'
+        f'<text x="{width - right}" y="{height - 8}" text-anchor="end">{_short(x1)}</text>'
+        f'<polyline fill="none" stroke="#e45756" stroke-width="2" points="{coords}"/>'
+        "</svg>"
+    )
+
+
+def _short(value: float) -> str:
+    return f"{value:.4g}"
+
+
+# ---- renderings --------------------------------------------------------------------------------
+
+def _markdown(title: str, blocks: list[Any]) -> str:
+    lines = [f"# {title}", ""]
+    for block in blocks:
+        if isinstance(block, _Heading):
+            lines += ["#" * block.level + " " + block.text, ""]
+        elif isinstance(block, _Paragraph):
+            lines += [block.text, ""]
+        elif isinstance(block, _Table):
+            lines.append("| " + " | ".join(block.columns) + " |")
+            lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(block.columns))) + "|")
+            for row in block.rows:
+                cells = [_cell(v, c).replace("|", "\\|") for v, c in zip(row, block.columns)]
+                lines.append("| " + " | ".join(cells) + " |")
+            lines.append("")
+        elif isinstance(block, _Figure):
+            continue  # figures are in report.html; the numbers are in the tables
+    return "\n".join(lines).rstrip() + "\n"
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2rem auto;max-width:980px;
+color:#222;line-height:1.45;padding:0 1rem}
+h1{font-size:1.6rem}h2{margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
+table{border-collapse:collapse;margin:.6rem 0 1rem;font-size:.9rem}
+th,td{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}
+th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}
+figure{margin:.5rem 0 1.2rem}figcaption{font-size:.85rem;color:#555}
+svg text{font-size:11px;font-family:inherit;fill:#333}code{background:#f4f4f4;padding:0 .2rem}
+"""
+
+
+def _inline(text: str) -> str:
+    """Escape, then turn `code` spans into <code>."""
+    pieces = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(pieces))
+
+
+def _html(title: str, blocks: list[Any]) -> str:
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+           f"<h1>{html.escape(title)}</h1>"]
+    for block in blocks:
+        if isinstance(block, _Heading):
+            out.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")
+        elif isinstance(block, _Paragraph):
+            out.append(f"<p>{_inline(block.text)}</p>")
+        elif isinstance(block, _Table):
+            out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in block.columns)
+                       + "</tr></thead><tbody>")
+            for row in block.rows:
+                out.append("<tr>" + "".join(f"<td>{html.escape(_cell(v, c))}</td>" for v, c in zip(row, block.columns))
+                           + "</tr>")
+            out.append("</tbody></table>")
+        elif isinstance(block, _Figure):
+            out.append(f"<figure>{block.svg}<figcaption>{html.escape(block.caption)}</figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def write_report(run_dir: str | Path) -> tuple[Path, Path]:
+    """Write report.md and report.html into `run_dir` from its config, manifest, metrics and curves."""
+    run_dir = Path(run_dir)
+    title, blocks = _blocks(run_dir)
+    md_path, html_path = run_dir / "report.md", run_dir / "report.html"
+    atomic_write_text(md_path, _markdown(title, blocks))
+    atomic_write_text(html_path, _html(title, blocks))
+    return md_path, html_path

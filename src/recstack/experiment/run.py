@@ -1,0 +1,456 @@
+"""The one top-to-bottom flow: config -> data -> preprocess -> split -> fit -> evaluate -> run directory.
+
+A run directory holds `config.yaml` (the resolved config: every model parameter spelled out),
+`manifest.json` (versions, data and split fingerprints and statistics, timings, peak memory),
+`metrics.json`, `per_user.parquet` (long format, external user ids), `curves.json` (training
+curves of models that keep `history_`), `models/<label>/` (each fitted model) and
+`report.md` / `report.html`. It is built in a temporary sibling and renamed into place at the
+end, so a failed or interrupted run leaves nothing that looks complete. Everything that can
+fail on the user's input (config, data, split, cut-offs) fails before any model trains.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from rich.markup import escape
+
+from recstack.data.dataset import Dataset
+from recstack.errors import RecstackError
+from recstack.evaluate.evaluator import EvalResult, evaluate, rank
+from recstack.experiment.config import ExperimentConfig, load_config, parse_config
+from recstack.experiment.report import write_report
+from recstack.fs import atomic_directory
+from recstack.split.base import Split
+
+_VERSIONED = ("recstack", "numpy", "scipy", "pydantic", "pyarrow", "torch", "implicit")
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+@dataclass
+class RunResult:
+    """What a run produced: its directory, the metrics (as in metrics.json), the data and models."""
+
+    run_dir: Path
+    metrics: dict[str, dict[str, Any]]
+    split: Split
+    dataset: Dataset
+    models: dict[str, Any]
+    config: ExperimentConfig
+    results: dict[str, dict[str, EvalResult]] = field(default_factory=dict)
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+def load_data(config: ExperimentConfig) -> Dataset:
+    """The configured source as a `Dataset` (pre-split files: all three parts together)."""
+    source = config.data
+    if source.dataset is not None:
+        from recstack.data.datasets import load_dataset
+
+        return load_dataset(source.dataset, cache_dir=config.cache_dir)
+    if source.files is not None:
+        return _files_dataset(config, _split_from_files(config))
+    from recstack.data import load
+
+    path = Path(source.path)  # type: ignore[arg-type]
+    fmt = source.format or ("atomic" if path.is_dir() else "table")
+    if fmt == "movielens":
+        dataset = load.load_movielens(path)
+    elif fmt == "atomic":
+        dataset = load.load_atomic(path, name=source.name)
+    else:
+        dataset = load.load_table(path, columns=source.columns, sep=source.sep, name=source.name)
+    if source.name and dataset.provenance.get("name") != source.name:
+        dataset = Dataset(dataset.interactions, dataset.item_table, dataset.user_table, dataset.kg,
+                          {**dataset.provenance, "name": source.name})
+    return dataset
+
+
+def _split_from_files(config: ExperimentConfig) -> Split:
+    from recstack.split import split_from_files
+
+    files = config.data.files
+    return split_from_files(files.train, files.valid, files.test,  # type: ignore[union-attr]
+                            columns=config.data.columns, sep=config.data.sep)
+
+
+def _files_dataset(config: ExperimentConfig, split: Split) -> Dataset:
+    everything = split.train.concat(split.valid).concat(split.test)
+    files = config.data.files
+    source = {part: getattr(files, part) for part in ("train", "valid", "test")}
+    return Dataset(everything, provenance={"name": config.data.label, "format": "files", "source": source})
+
+
+def prepare_data(config: ExperimentConfig) -> tuple[Dataset, Split]:
+    """Load, preprocess and split as the config says; deterministic given the config and the files."""
+    if config.data.files is not None:
+        split = _split_from_files(config)
+        dataset = _files_dataset(config, split)
+    else:
+        from recstack.data.prep import preprocess
+        from recstack.split import make_split
+
+        dataset = load_data(config)
+        p = config.preprocessing
+        dataset = preprocess(dataset, threshold=p.threshold, dedup=p.dedup, user_core=p.user_core,
+                             item_core=p.item_core)
+        if len(dataset.interactions) == 0:
+            raise RecstackError(
+                f"no interactions left after preprocessing {dataset.name!r} (threshold={p.threshold}, "
+                f"user_core={p.user_core}, item_core={p.item_core}); relax the filters")
+        split = make_split(dataset.interactions, config.split.method, seed=config.seed, **config.split.params)
+    if len(split.train) == 0:
+        raise RecstackError(f"the training part of {dataset.name!r} is empty; check the split or the files")
+    if len(split.test) == 0:
+        raise RecstackError(f"the test part of {dataset.name!r} is empty; check the split or the files")
+    depth = max(config.ks)
+    if depth > split.train.n_items:
+        raise RecstackError(f"k={depth} is larger than the catalogue of {dataset.name!r} ({split.train.n_items} "
+                            f"items); choose cut-offs (ks) <= {split.train.n_items}")
+    return dataset, split
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+def run_experiment(
+    config: ExperimentConfig | dict[str, Any] | str | os.PathLike,
+    *,
+    run_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    console: Any = None,
+) -> RunResult:
+    """Run an experiment end to end and write its run directory; returns a `RunResult`.
+
+    `config` is an `ExperimentConfig`, a mapping, or a path to a YAML/TOML file. The default
+    run directory is `<output_dir>/<dataset>-<UTC time>-<fingerprint>`.
+    """
+    if isinstance(config, (str, os.PathLike)):
+        config = load_config(config)
+    config = parse_config(config).resolved()
+    if progress and console is None:
+        from rich.console import Console
+
+        console = Console()
+
+    def say(text: str) -> None:
+        if progress:
+            console.print(text, soft_wrap=True)
+
+    started = datetime.now(timezone.utc)
+    clock = time.perf_counter()
+    say(f"[bold]recstack[/bold] loading data ({escape(config.data.label)}) ...")
+    dataset, split = prepare_data(config)
+    data_seconds = time.perf_counter() - clock
+    summary = split.summary()
+    say(f"  {len(dataset.interactions):,} interactions, {split.train.n_users:,} users, {split.train.n_items:,} "
+        f"items; split {split.method} -> train {summary['train_events']:,} / valid {summary['valid_events']:,} / "
+        f"test {summary['test_events']:,} ({data_seconds:.1f} s)")
+
+    fingerprint = hashlib.sha1(
+        (json.dumps(config.to_dict(), sort_keys=True) + split.fingerprint()).encode()).hexdigest()[:8]
+    target = _choose_run_dir(config, dataset, started, fingerprint, run_dir)
+    history_test = split.history("test")
+    models: dict[str, Any] = {}
+    results: dict[str, dict[str, EvalResult]] = {}
+    metrics: dict[str, dict[str, Any]] = {}
+    curves: dict[str, list[dict[str, Any]]] = {}
+    timings: dict[str, dict[str, float]] = {}
+
+    from recstack.models import build
+
+    with atomic_directory(target) as tmp:
+        for position, entry in enumerate(config.models, start=1):
+            label = entry.display
+            named = f" ({entry.name})" if entry.name != label else ""
+            say(f"[{position}/{len(config.models)}] [bold]{label}[/bold]{named} fitting ...")
+            model = build(entry.name, entry.params)
+            tick = time.perf_counter()
+            model.fit(split.train, split.valid)
+            fit_seconds = time.perf_counter() - tick
+            part_results: dict[str, EvalResult] = {}
+            eval_seconds: dict[str, float] = {}
+            for part, history, truth in (("valid", split.history("valid"), split.valid),
+                                         ("test", history_test, split.test)):
+                tick = time.perf_counter()
+                part_results[part] = evaluate(model, history, truth, metrics=config.metrics, ks=config.ks,
+                                              memory_budget_mb=config.memory_budget_mb)
+                eval_seconds[part] = time.perf_counter() - tick
+            peak_mb = _peak_rss_mb()
+            if hasattr(model, "save"):
+                model.save(tmp / "models" / label)
+            models[label], results[label] = model, part_results
+            timings[label] = {"fit_seconds": fit_seconds, **{f"eval_{p}_seconds": s for p, s in eval_seconds.items()},
+                              "peak_rss_mb": peak_mb}
+            metrics[label] = {
+                "model": entry.name,
+                "valid": part_results["valid"].metrics,
+                "test": part_results["test"].metrics,
+                "fit_seconds": fit_seconds,
+                "eval_seconds": eval_seconds,
+                "n_users": {p: int(len(r.users)) for p, r in part_results.items()},
+                "n_skipped_users": {p: r.n_skipped_users for p, r in part_results.items()},
+            }
+            model_curve = getattr(model, "history_", None)
+            if model_curve:
+                curves[label] = [dict(epoch) for epoch in model_curve]
+            say(f"      fit {fit_seconds:.1f} s, eval {sum(eval_seconds.values()):.1f} s; valid "
+                f"{config.valid_metric} {_fmt(part_results['valid'].metrics.get(config.valid_metric))}, test "
+                f"{config.valid_metric} {_fmt(part_results['test'].metrics.get(config.valid_metric))}")
+
+        finished = datetime.now(timezone.utc)
+        manifest = {"run_name": target.name,
+                    **_manifest(config, dataset, split, started, finished, data_seconds, timings, results)}
+        _write_yaml(tmp / "config.yaml", config.to_dict())
+        _write_json(tmp / "manifest.json", manifest)
+        _write_json(tmp / "metrics.json", metrics)
+        _write_json(tmp / "curves.json", curves)
+        _write_per_user(tmp / "per_user.parquet", results, split)
+        write_report(tmp)
+
+    if progress:
+        console.print(leaderboard_table(metrics, config))
+        say(f"run directory: [bold]{escape(str(target))}[/bold]")
+    return RunResult(target, metrics, split, dataset, models, config, results)
+
+
+def _choose_run_dir(config: ExperimentConfig, dataset: Dataset, started: datetime, fingerprint: str,
+                    run_dir: str | os.PathLike | None) -> Path:
+    if run_dir is not None:
+        target = Path(run_dir)
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise RecstackError(f"run directory {str(target)!r} already exists; choose another or remove it")
+        if target.is_dir():
+            target.rmdir()  # an empty directory the caller made: the atomic rename replaces it
+        return target
+    name = _SAFE_NAME.sub("_", dataset.name or config.data.label).strip("._") or "data"
+    base = Path(config.output_dir) / f"{name}-{started:%Y%m%dT%H%M%SZ}-{fingerprint}"
+    target, n = base, 1
+    while target.exists():  # two runs of one config in the same second
+        n += 1
+        target = base.with_name(f"{base.name}-{n}")
+    return target
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def _versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for package in _VERSIONED:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def _manifest(config: ExperimentConfig, dataset: Dataset, split: Split, started: datetime, finished: datetime,
+              data_seconds: float, timings: dict[str, dict[str, float]],
+              results: dict[str, dict[str, EvalResult]]) -> dict[str, Any]:
+    from recstack.data.prep import summarize
+
+    protocol = next(iter(results.values()))["test"].protocol if results else {}
+    return {
+        "recstack_run": 1,
+        "versions": _versions(),
+        "platform": {"system": platform.system(), "machine": platform.machine(),
+                     "cpu_count": os.cpu_count()},  # no hostname: run directories get shared
+        "seed": config.seed,
+        "started": started.isoformat(timespec="seconds"),
+        "finished": finished.isoformat(timespec="seconds"),
+        "total_seconds": (finished - started).total_seconds(),
+        "data_seconds": data_seconds,
+        "dataset": {
+            "name": dataset.name,
+            "provenance": dataset.provenance,
+            "fingerprint": dataset.interactions.fingerprint(),
+            "stats": summarize(dataset.interactions),
+            "has_item_table": sorted(dataset.item_table),
+        },
+        "preprocessing": config.preprocessing.model_dump(mode="json"),
+        "split": {**split.summary(), "n_users": split.train.n_users, "n_items": split.train.n_items},
+        "protocol": {
+            "ranking": protocol.get("ranking", "full"),
+            "mask_history": protocol.get("mask_history", True),
+            "graded": protocol.get("graded", False),
+            "valid_history": "train",
+            "test_history": "train + valid" + (" + test fold-in" if split.test_fold_in is not None else ""),
+            "metrics": config.metric_labels,
+            "valid_metric": config.valid_metric,
+        },
+        "timings": timings,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+# ---- writing ------------------------------------------------------------------------------------
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN; "not computed" reads the same
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(_jsonable(value), indent=1) + "\n")
+
+
+def _write_yaml(path: Path, value: Any) -> None:
+    path.write_text(yaml.safe_dump(_jsonable(value), sort_keys=False))
+
+
+def _write_per_user(path: Path, results: dict[str, dict[str, EvalResult]], split: Split) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns: dict[str, list[np.ndarray]] = {"model": [], "part": [], "user_id": [], "metric": [], "value": []}
+    user_ids = split.train.users.ids
+    for label, parts in results.items():
+        for part, result in parts.items():
+            external = user_ids[result.users]
+            for metric, values in result.per_user.items():
+                n = len(values)
+                columns["model"].append(np.full(n, label, dtype=object))
+                columns["part"].append(np.full(n, part, dtype=object))
+                columns["user_id"].append(external)
+                columns["metric"].append(np.full(n, metric, dtype=object))
+                columns["value"].append(np.asarray(values, dtype=np.float64))
+    arrays = {}
+    for name, chunks in columns.items():
+        joined = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.float64 if name == "value" else object)
+        if name == "user_id" and joined.dtype.kind not in "iu":
+            joined = joined.astype(str).astype(object)  # mixed or string ids: one string column
+        arrays[name] = pa.array(joined, type=pa.string() if joined.dtype == object else None)
+    pq.write_table(pa.table(arrays), path)
+
+
+# ---- console output -----------------------------------------------------------------------------
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def leaderboard_table(metrics: dict[str, dict[str, Any]], config: ExperimentConfig):
+    """A rich table of the run, sorted by test NDCG@k (k = 10 when computed, else the smallest k)."""
+    from rich.table import Table
+
+    from recstack.experiment.report import leaderboard
+
+    board = leaderboard(metrics, config.ks, config.valid_metric)
+    table = Table(title=f"leaderboard (sorted by test {board.sort_label})")
+    for column in board.columns:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in board.rows:
+        table.add_row(*[cell if isinstance(cell, str) else _fmt(cell, 1 if header == "fit s" else 4)
+                        for header, cell in zip(board.columns, row)])
+    return table
+
+
+# ---- reading a run back ------------------------------------------------------------------------
+
+@dataclass
+class LoadedRun:
+    """A run directory read back: its config and manifest, and its data and split rebuilt."""
+
+    run_dir: Path
+    config: ExperimentConfig
+    manifest: dict[str, Any]
+    dataset: Dataset
+    split: Split
+
+    @property
+    def labels(self) -> list[str]:
+        return [entry.display for entry in self.config.models]
+
+    def model(self, label: str):
+        """The saved model `label` (loaded from models/<label>/)."""
+        from recstack.models import load_model
+
+        path = self.run_dir / "models" / label
+        if label not in self.labels or not (path / "model.json").is_file():
+            saved = [p.name for p in sorted((self.run_dir / "models").glob("*")) if (p / "model.json").is_file()]
+            close = difflib.get_close_matches(label, saved, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise RecstackError(f"run {self.run_dir.name!r} has no saved model {label!r}.{hint} "
+                                f"Saved models: {', '.join(saved) or 'none'}")
+        return load_model(path)
+
+
+def load_run(run_dir: str | os.PathLike) -> LoadedRun:
+    """Read a run directory and rebuild its data and split, checking the split fingerprint."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "manifest.json").is_file() or not (run_dir / "config.yaml").is_file():
+        raise RecstackError(f"{str(run_dir)!r} is not a recstack run directory (no manifest.json / config.yaml); "
+                            "give a folder that `recstack run` wrote")
+    config = load_config(run_dir / "config.yaml")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    dataset, split = prepare_data(config)
+    expected = manifest.get("split", {}).get("fingerprint")
+    if expected and split.fingerprint() != expected:
+        raise RecstackError(f"the data of run {run_dir.name!r} no longer gives the same split (fingerprint "
+                            f"{split.fingerprint()}, the run had {expected}): its source files changed")
+    return LoadedRun(run_dir, config, manifest, dataset, split)
+
+
+def recommend(run: LoadedRun | str | os.PathLike, label: str, user_id: Any, k: int = 10) -> list[dict[str, Any]]:
+    """Top-k for one raw user id by the run's model `label`, seeing everything the user rated.
+
+    The history is `split.history("test")` plus the user's test events, so nothing the user
+    already has is recommended. Rows: rank, item_id, score, and title/year/genres where known.
+    """
+    if not isinstance(run, LoadedRun):
+        run = load_run(run)
+    if k < 1:
+        raise RecstackError(f"k must be >= 1, got {k}")
+    model = run.model(label)
+    everything = run.split.history("test").concat(run.split.test)
+    user_idx = everything.users.index(user_id)
+    items, scores = rank(model, np.array([user_idx], dtype=np.int32), everything, k)
+    table = run.dataset.item_table
+    rows = []
+    for position, (item_idx, score) in enumerate(zip(items[0], scores[0]), start=1):
+        if item_idx < 0:
+            break  # fewer than k items can be scored for this user
+        row: dict[str, Any] = {"rank": position, "item_id": _plain(everything.items.id_of(int(item_idx))),
+                               "score": float(score)}
+        for column in ("title", "year", "genres"):
+            if column in table:
+                row[column] = _plain(table[column][item_idx])
+        rows.append(row)
+    return rows
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
