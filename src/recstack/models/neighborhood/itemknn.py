@@ -1,0 +1,120 @@
+"""ItemKNN: item-based nearest neighbours (Sarwar et al., WWW 2001; Deshpande & Karypis, TOIS 2004).
+
+    sim(i, j) = <x_i, x_j> / (|x_i| |x_j| + shrink),    score(u, j) = sum_{i in history(u)} S[i, j]
+
+x_i is item i's column of the (optionally re-weighted) binary user x item training matrix.
+Column j of S keeps only j's `n_neighbors` most similar items (ties: lower item index), so a
+user's score for j sums the similarities of j's neighbours they interacted with. The shrink
+term damps similarities resting on few co-occurrences. Optional feature weighting treats each
+item as a document whose terms are its users: `tfidf` weights user u by log(n_items / |u|),
+`bm25` adds Okapi BM25's length saturation (k1 = 1.2, b = 0.75).
+
+Similarities are computed in float64 for blocks of items (dense block x n_items, pruned with
+np.partition) and stored as a sparse float32 matrix; scoring is one sparse product per block.
+
+Defaults chosen on ml-100k validation NDCG@10 (all ratings positive, per-user random 8:1:1,
+full ranking, history = train): n_neighbors=200, shrink=10, feature_weighting=tfidf -> 0.2386
+(none: 0.2365 at its best, 200/10; bm25 ties tfidf within noise; grid n_neighbors 20-400,
+shrink 0-100; Pop scores 0.1301 on the same split).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import NonNegativeFloat, PositiveInt
+
+from recstack.data.interactions import Interactions
+from recstack.errors import RecstackError
+from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted, gather_items
+
+# float64 cells per similarity block (128 MB; a few such temporaries live at once): bounds fit
+# memory independently of the catalogue
+_BLOCK_CELLS = 2**24
+
+
+class ItemKNNConfig(ModelConfig):
+    n_neighbors: PositiveInt = 200
+    shrink: NonNegativeFloat = 10.0
+    feature_weighting: Literal["none", "tfidf", "bm25"] = "tfidf"
+
+
+def top_n_per_row(dense: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of the `n` largest positive entries of each row; ties keep lower columns."""
+    n_cols = dense.shape[1]
+    if n < n_cols:
+        kth = np.partition(dense, n_cols - n, axis=1)[:, n_cols - n][:, None]
+        above = dense > kth
+        tied = dense == kth
+        # fill the slots left after the strictly larger entries with the lowest-index ties
+        room = n - above.sum(axis=1, keepdims=True)
+        keep = above | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= room))
+        keep &= dense > 0
+    else:
+        keep = dense > 0
+    return np.nonzero(keep)
+
+
+def weight_features(matrix: sp.csr_matrix, scheme: str) -> sp.csr_matrix:
+    """Re-weight a binary user x item matrix with items as documents and users as terms."""
+    matrix = matrix.astype(np.float64, copy=True)
+    if scheme == "none":
+        return matrix
+    n_items = matrix.shape[1]
+    user_degree = np.diff(matrix.indptr)
+    idf = np.log(n_items / np.maximum(user_degree, 1))
+    matrix.data *= np.repeat(idf, user_degree)
+    if scheme == "bm25":
+        k1, b = 1.2, 0.75
+        item_degree = np.bincount(matrix.indices, minlength=n_items).astype(np.float64)
+        average = item_degree[item_degree > 0].mean() if item_degree.any() else 1.0
+        length = (1 - b) + b * item_degree / average
+        matrix.data *= ((k1 + 1) / (k1 * length + 1))[matrix.indices]
+    return matrix
+
+
+class ItemKNN(SaveLoad):
+    """Item-based k-nearest-neighbours with shrunk cosine similarity."""
+
+    Config = ItemKNNConfig
+
+    def __init__(self, config: ItemKNNConfig | None = None) -> None:
+        self.config = config or ItemKNNConfig()
+
+    def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
+        cfg = self.config
+        features = weight_features(train.matrix(), cfg.feature_weighting)  # users x items
+        n_items = features.shape[1]
+        norms = np.sqrt(np.asarray(features.multiply(features).sum(axis=0)).ravel())
+        by_item = features.T.tocsr()
+        block = max(1, _BLOCK_CELLS // max(n_items, 1))
+        rows, cols, values = [], [], []
+        for start in range(0, n_items, block):
+            stop = min(start + block, n_items)
+            dots = (by_item[start:stop] @ features).toarray()
+            denominator = norms[start:stop, None] * norms[None, :] + cfg.shrink
+            sim = np.divide(dots, denominator, out=np.zeros_like(dots), where=denominator > 0)
+            sim[np.arange(stop - start), np.arange(start, stop)] = 0.0  # an item is not its own neighbour
+            r, c = top_n_per_row(sim, cfg.n_neighbors)
+            rows.append(r + start)
+            cols.append(c)
+            values.append(sim[r, c])
+        # neighbours[j, i] = sim(j, i) for i among j's neighbours; scoring needs S[i, j], the transpose
+        neighbours = sp.csr_matrix(
+            (np.concatenate(values).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(n_items, n_items),
+        )
+        self.similarity_ = neighbours.T.tocsr()
+        self.similarity_.sort_indices()
+        return self
+
+    def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
+        check_fitted(self, "similarity_")
+        if history.n_items != self.similarity_.shape[0]:
+            raise RecstackError(f"ItemKNN was fitted on {self.similarity_.shape[0]} items but history has "
+                                f"{history.n_items}; score with the vocabularies of the split it was fitted on")
+        rows = history.matrix()[np.asarray(users)]
+        scores = np.asarray((rows @ self.similarity_).toarray(), dtype=np.float32)
+        return gather_items(scores, items)
