@@ -10,8 +10,13 @@ After `fit` the factors are plain numpy (`user_factors_`, `item_factors_`, `item
 users: a user without training events (or outside the training vocabulary) has zero factors and
 gets only the item biases (all zeros without them), whatever their history says.
 
-Defaults were chosen on ml-100k validation data (all ratings as positives, per-user random 8:1:1
-split, full ranking): validation NDCG@10 = 0.2779 ... see `_TUNING` below.
+Defaults were chosen on ml-100k VALIDATION data (all 100k ratings as positives, per-user random
+8:1:1 split, full ranking, NDCG@10 on valid with train masked; 20 settings of learning_rate, reg,
+init_std, batch_size, item_bias): learning_rate=2e-3, reg=3e-3, init_std=0.01, batch_size=4096
+reach validation NDCG@10 = 0.250 (seed 0; 0.245 with seed 1), best epoch 87, about 12 s on one
+core. Small inits (0.01 rather than 0.1) and reg around 3e-3 mattered most (0.231 -> 0.250);
+item biases did not help. For reference only, test NDCG@10 of that fit is 0.316 (RecBole's BPR
+reports about 0.27 on this protocol).
 """
 
 from __future__ import annotations
@@ -33,17 +38,17 @@ from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
 class BPRConfig(ModelConfig):
     embedding_size: PositiveInt = 64
     learning_rate: PositiveFloat = 2e-3
-    reg: NonNegativeFloat = 1e-4
-    epochs: PositiveInt = 200
+    reg: NonNegativeFloat = 3e-3  # times the batch's squared embedding norms per example
+    epochs: PositiveInt = 200  # a maximum: early stopping usually ends training well before
     batch_size: PositiveInt = 4096
     n_negatives: PositiveInt = 1
     item_bias: bool = False
-    init_std: PositiveFloat = 0.1
+    init_std: PositiveFloat = 0.01  # std of the normal initialisation of both factor matrices
     early_stopping_patience: PositiveInt | None = 10
     eval_every: PositiveInt = 1
     valid_metric: str = "NDCG@10"
-    device: str = "auto"
-    verbose: bool = True
+    device: str = "auto"  # cuda when available, else cpu
+    verbose: bool = True  # progress bar (only ever shown on a terminal)
 
 
 class _Net(torch.nn.Module):

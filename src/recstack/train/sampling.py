@@ -1,0 +1,126 @@
+"""Vectorised training-pair iteration and uniform negative sampling (numpy only, no torch).
+
+`UniformNegativeSampler` draws every negative of a batch at once, finds the draws that hit a
+positive by binary search on sorted `user * n_items + item` keys, and redraws only those until
+none is left: no Python loop per sample. `EpochPairs` walks (user, positive item) pairs in a
+fresh random order each epoch by permuting an index, never copying the pairs themselves.
+Both are seeded through `np.random.Generator`, so a seed fixes every draw.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+
+from recstack.errors import RecstackError
+
+# A redraw round removes at least the share of negatives in a row; 10,000 rounds without
+# finishing means a bug or a user who is within a few items of owning the whole catalogue.
+_MAX_ROUNDS = 10_000
+
+
+class NoNegativesError(RecstackError):
+    """A user has interacted with every item, so no negative can be drawn for them."""
+
+
+def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+def positive_keys(matrix: sp.spmatrix) -> np.ndarray:
+    """Sorted, unique int64 keys `user * n_items + item` of the non-zero cells of a (users x items) matrix."""
+    csr = sp.csr_matrix(matrix)
+    n_items = csr.shape[1]
+    rows = np.repeat(np.arange(csr.shape[0], dtype=np.int64), np.diff(csr.indptr))
+    keys = rows * n_items + csr.indices.astype(np.int64)
+    # CSR from Interactions.matrix() is already sorted and deduplicated; other inputs may not be
+    if len(keys) > 1 and not np.all(keys[1:] > keys[:-1]):
+        keys = np.unique(keys)
+    return keys
+
+
+class UniformNegativeSampler:
+    """Uniform negatives over the items a user has not interacted with in `matrix` (rows = users).
+
+    >>> sampler = UniformNegativeSampler(train.matrix(), rng=0)
+    >>> negatives = sampler.sample(users, n_negatives=4)      # (len(users), 4) int64
+    """
+
+    def __init__(self, matrix: sp.spmatrix, rng: np.random.Generator | int | None = None) -> None:
+        self.n_users, self.n_items = matrix.shape
+        self.keys = positive_keys(matrix)
+        positives_per_user = np.bincount(self.keys // max(self.n_items, 1), minlength=self.n_users)
+        self._no_negatives = positives_per_user >= self.n_items
+        self.rng = _as_rng(rng)
+
+    def is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Boolean array (broadcast shape of `users`, `items`): is (user, item) a positive?"""
+        query = np.asarray(users, dtype=np.int64) * self.n_items + np.asarray(items, dtype=np.int64)
+        if len(self.keys) == 0:
+            return np.zeros(query.shape, dtype=bool)
+        pos = np.minimum(np.searchsorted(self.keys, query), len(self.keys) - 1)
+        return self.keys[pos] == query
+
+    def sample(self, users: np.ndarray, n_negatives: int = 1) -> np.ndarray:
+        """(len(users), n_negatives) int64 item indices, each uniform over that user's non-positives."""
+        users = np.asarray(users, dtype=np.int64)
+        if len(users) and self._no_negatives[users].any():
+            culprit = int(users[self._no_negatives[users]][0])
+            raise NoNegativesError(
+                f"user index {culprit} has interacted with all {self.n_items} items, so no negative item "
+                "can be sampled; drop such users (e.g. with a k-core or max-count filter) before training"
+            )
+        items = self.rng.integers(0, self.n_items, size=(len(users), n_negatives), dtype=np.int64)
+        owners = np.broadcast_to(users[:, None], items.shape)
+        bad = self.is_positive(owners, items)
+        rows, cols = np.nonzero(bad)
+        for _ in range(_MAX_ROUNDS):
+            if len(rows) == 0:
+                return items
+            redrawn = self.rng.integers(0, self.n_items, size=len(rows), dtype=np.int64)
+            items[rows, cols] = redrawn
+            still = self.is_positive(users[rows], redrawn)
+            rows, cols = rows[still], cols[still]
+        raise RuntimeError(f"negative sampling did not finish after {_MAX_ROUNDS} redraw rounds")
+
+
+class EpochPairs:
+    """Mini-batches of (user, positive item) int64 arrays; each `iter()` is one epoch in a fresh order.
+
+    Only an index permutation is drawn per epoch; the pairs are gathered batch by batch.
+    """
+
+    def __init__(self, users: np.ndarray, items: np.ndarray, batch_size: int,
+                 rng: np.random.Generator | int | None = None, shuffle: bool = True) -> None:
+        self.users = np.asarray(users, dtype=np.int64)
+        self.items = np.asarray(items, dtype=np.int64)
+        if self.users.shape != self.items.shape or self.users.ndim != 1:
+            raise ValueError(f"users and items must be 1-D and equally long, got {self.users.shape} and {self.items.shape}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.rng = _as_rng(rng)
+
+    @classmethod
+    def from_matrix(cls, matrix: sp.spmatrix, batch_size: int,
+                    rng: np.random.Generator | int | None = None, shuffle: bool = True) -> "EpochPairs":
+        """One pair per non-zero cell of a (users x items) matrix (duplicate events count once)."""
+        keys = positive_keys(matrix)
+        n_items = matrix.shape[1]
+        return cls(keys // n_items, keys % n_items, batch_size, rng, shuffle)
+
+    def __len__(self) -> int:
+        return -(-len(self.users) // self.batch_size)
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.users)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        order = self.rng.permutation(len(self.users)) if self.shuffle else np.arange(len(self.users))
+        for start in range(0, len(order), self.batch_size):
+            index = order[start:start + self.batch_size]
+            yield self.users[index], self.items[index]

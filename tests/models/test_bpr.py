@@ -1,0 +1,121 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from recstack.evaluate import evaluate
+from recstack.models import build, load_model
+from recstack.models.factorization.bpr import BPR, BPRConfig
+from recstack.models.protocol import NotFittedError
+
+FAST = dict(epochs=15, batch_size=512, learning_rate=0.01, verbose=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # tiny tensors: a second thread only adds synchronisation, and on a busy shared machine a lot of it
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def fitted(clustered_split):
+    return BPR(BPRConfig(**FAST)).fit(clustered_split.train, clustered_split.valid)
+
+
+def _ndcg_at_10_by_hand(scores: np.ndarray, history, test) -> float:
+    """Mean binary NDCG@10 over users with test items; history items excluded; ties to the lower index."""
+    seen, truth = history.matrix().toarray() > 0, test.matrix().toarray() > 0
+    values = []
+    for u in np.flatnonzero(truth.any(axis=1)):
+        row = np.where(seen[u], -np.inf, scores[u])
+        top = np.lexsort((np.arange(len(row)), -row))[:10]
+        dcg = sum(1 / np.log2(r + 2) for r, i in enumerate(top) if truth[u, i])
+        ideal = sum(1 / np.log2(r + 2) for r in range(min(truth[u].sum(), 10)))
+        values.append(dcg / ideal)
+    return float(np.mean(values))
+
+
+def test_bpr_beats_popularity_on_clustered_data(fitted, clustered_split):
+    history, test = clustered_split.history("test"), clustered_split.test
+    bpr = evaluate(fitted, history=history, test=test, metrics=["NDCG@10"])["NDCG@10"]
+    pop = evaluate(build("pop").fit(clustered_split.train), history=history, test=test, metrics=["NDCG@10"])["NDCG@10"]
+    assert bpr > 0.4 and bpr > 3 * pop
+
+
+def test_score_is_p_times_q_transpose_and_the_ndcg_matches_a_hand_count(fitted, clustered_split):
+    split = clustered_split
+    users = np.arange(split.train.n_users)
+    expected = fitted.user_factors_ @ fitted.item_factors_.T
+    scores = fitted.score(users, split.train)
+    assert scores.dtype == np.float32 and scores.shape == (split.train.n_users, split.train.n_items)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    # candidate items, shared (C,) and per user (B, C)
+    np.testing.assert_allclose(fitted.score(users[:4], split.train, np.array([5, 1])), expected[:4][:, [5, 1]], rtol=1e-5)
+    per_user = np.array([[0, 1], [2, 3], [4, 5], [6, 7]])
+    np.testing.assert_allclose(fitted.score(users[:4], split.train, per_user),
+                               np.take_along_axis(expected[:4], per_user, axis=1), rtol=1e-5)
+    history = split.history("test")
+    library = evaluate(fitted, history=history, test=split.test, metrics=["NDCG@10"])["NDCG@10"]
+    assert library == pytest.approx(_ndcg_at_10_by_hand(expected, history, split.test), abs=1e-6)
+
+
+def test_best_epoch_is_restored_and_history_is_a_json_log(fitted, clustered_split):
+    history = fitted.history_
+    json.dumps(history)
+    assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))
+    assert set(history[0]) == {"epoch", "loss", "NDCG@10", "seconds"}
+    assert history[-1]["loss"] < history[0]["loss"] < np.log(2) + 1e-3  # starts near log 2 (random scores)
+    best = max(h["NDCG@10"] for h in history)
+    assert fitted.best_epoch_ == 1 + int(np.argmax([h["NDCG@10"] for h in history]))
+    # the kept factors are the best epoch's: re-scoring the validation part gives the best value
+    valid = evaluate(fitted, history=clustered_split.train, test=clustered_split.valid, metrics=["NDCG@10"])
+    assert valid["NDCG@10"] == pytest.approx(best, abs=1e-6)
+
+
+def test_same_seed_same_model_other_seed_other_model(clustered_split):
+    def fit(seed):
+        return BPR(BPRConfig(**{**FAST, "epochs": 3, "seed": seed})).fit(clustered_split.train, clustered_split.valid)
+
+    first, again, other = fit(0), fit(0), fit(1)
+    assert np.array_equal(again.user_factors_, first.user_factors_)
+    assert np.array_equal(again.item_factors_, first.item_factors_)
+    assert again.history_[-1]["loss"] == first.history_[-1]["loss"]
+    assert not np.allclose(other.item_factors_, first.item_factors_)
+
+
+def test_save_load_round_trip(fitted, clustered_split, tmp_path):
+    fitted.save(tmp_path / "bpr")
+    loaded = load_model(tmp_path / "bpr")
+    assert isinstance(loaded, BPR) and loaded.config == fitted.config
+    users = np.arange(10)
+    np.testing.assert_array_equal(loaded.score(users, clustered_split.train), fitted.score(users, clustered_split.train))
+    assert loaded.history_ == fitted.history_ and loaded.best_epoch_ == fitted.best_epoch_
+
+
+def test_item_bias_and_several_negatives(clustered_split):
+    model = build("bpr", {**FAST, "epochs": 3, "item_bias": True, "n_negatives": 3}).fit(clustered_split.train)
+    assert model.item_bias_.shape == (clustered_split.train.n_items,) and np.abs(model.item_bias_).max() > 0
+    expected = model.user_factors_[:5] @ model.item_factors_.T + model.item_bias_
+    np.testing.assert_allclose(model.score(np.arange(5), clustered_split.train), expected, rtol=1e-5, atol=1e-6)
+    assert len(model.history_) == 3 and model.history_[0]["NDCG@10"] is None  # no valid data: all epochs
+
+
+def test_users_without_training_events_get_zero_factors(clustered_split):
+    train = clustered_split.train
+    without_user_0 = train.take(train.user != 0)
+    model = BPR(BPRConfig(**{**FAST, "epochs": 2})).fit(without_user_0)
+    assert not model.user_factors_[0].any()
+    assert not model.score(np.array([0]), train).any()  # its history does not help: no fold-in
+    # a user beyond the trained vocabulary scores like an untrained one instead of failing
+    assert not model.score(np.array([train.n_users + 3]), train).any()
+
+
+def test_not_fitted_and_empty_data_errors(clustered_split):
+    with pytest.raises(NotFittedError):
+        BPR().score(np.array([0]), clustered_split.train)
+    with pytest.raises(Exception, match="empty training data"):
+        BPR(BPRConfig(**FAST)).fit(clustered_split.train.take(np.zeros(len(clustered_split.train), bool)))
