@@ -28,6 +28,7 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
+from recstack.models.neighborhood.topn import top_n_per_row
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted, gather_items
 
 # float64 cells per similarity block (128 MB; a few such temporaries live at once): bounds fit
@@ -40,22 +41,6 @@ class RP3betaConfig(ModelConfig):
     beta: NonNegativeFloat = 0.65
     n_neighbors: PositiveInt = 200
     normalize_similarity: bool = True
-
-
-def top_n_per_row(dense: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column indices of the `n` largest positive entries of each row; ties keep lower columns."""
-    n_cols = dense.shape[1]
-    if n < n_cols:
-        kth = np.partition(dense, n_cols - n, axis=1)[:, n_cols - n][:, None]
-        above = dense > kth
-        tied = dense == kth
-        # fill the slots left after the strictly larger entries with the lowest-index ties
-        room = n - above.sum(axis=1, keepdims=True)
-        keep = above | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= room))
-        keep &= dense > 0
-    else:
-        keep = dense > 0
-    return np.nonzero(keep)
 
 
 def _row_normalised(matrix: sp.csr_matrix) -> sp.csr_matrix:
