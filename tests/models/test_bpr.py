@@ -67,7 +67,7 @@ def test_best_epoch_is_restored_and_history_is_a_json_log(fitted, clustered_spli
     history = fitted.history_
     json.dumps(history)
     assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))
-    assert set(history[0]) == {"epoch", "loss", "NDCG@10", "seconds"}
+    assert set(history[0]) == {"epoch", "loss", "NDCG@10", "learning_rate", "seconds"}
     assert history[-1]["loss"] < history[0]["loss"] < np.log(2) + 1e-3  # starts near log 2 (random scores)
     best = max(h["NDCG@10"] for h in history)
     assert fitted.best_epoch_ == 1 + int(np.argmax([h["NDCG@10"] for h in history]))

@@ -9,7 +9,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from recstack.train.sampling import EpochPairs, NoNegativesError, UniformNegativeSampler, positive_keys
+from recstack.train.sampling import (
+    EpochPairs,
+    NoNegativesError,
+    PopularityNegativeSampler,
+    UniformNegativeSampler,
+    positive_keys,
+)
 
 _LAZY = {
     "Trainer": "recstack.train.trainer",
@@ -19,6 +25,12 @@ _LAZY = {
     "seed_everything": "recstack.train.trainer",
     "bpr_loss": "recstack.train.losses",
     "l2_penalty": "recstack.train.losses",
+    "bce_loss": "recstack.train.losses",
+    "softmax_loss": "recstack.train.losses",
+    "sampled_softmax_loss": "recstack.train.losses",
+    "in_batch_softmax_loss": "recstack.train.losses",
+    "info_nce_loss": "recstack.train.losses",
+    "squared_loss": "recstack.train.losses",
 }
 
 
@@ -29,4 +41,6 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-__all__ = ["EpochPairs", "NoNegativesError", "UniformNegativeSampler", "positive_keys", *_LAZY]
+__all__ = [
+    "EpochPairs", "NoNegativesError", "PopularityNegativeSampler", "UniformNegativeSampler", "positive_keys", *_LAZY,
+]

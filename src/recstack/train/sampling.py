@@ -72,18 +72,48 @@ class UniformNegativeSampler:
                 f"user index {culprit} has interacted with all {self.n_items} items, so no negative item "
                 "can be sampled; drop such users (e.g. with a k-core or max-count filter) before training"
             )
-        items = self.rng.integers(0, self.n_items, size=(len(users), n_negatives), dtype=np.int64)
+        items = self._draw((len(users), n_negatives))
         owners = np.broadcast_to(users[:, None], items.shape)
         bad = self.is_positive(owners, items)
         rows, cols = np.nonzero(bad)
         for _ in range(_MAX_ROUNDS):
             if len(rows) == 0:
                 return items
-            redrawn = self.rng.integers(0, self.n_items, size=len(rows), dtype=np.int64)
+            redrawn = self._draw(len(rows))
             items[rows, cols] = redrawn
             still = self.is_positive(users[rows], redrawn)
             rows, cols = rows[still], cols[still]
         raise RuntimeError(f"negative sampling did not finish after {_MAX_ROUNDS} redraw rounds")
+
+
+    def _draw(self, size) -> np.ndarray:
+        return self.rng.integers(0, self.n_items, size=size, dtype=np.int64)
+
+    def log_q(self, items: np.ndarray) -> np.ndarray:
+        """log of the proposal probability of each item (for the logQ correction of sampled softmax)."""
+        return np.full(np.shape(items), -np.log(self.n_items), dtype=np.float32)
+
+
+class PopularityNegativeSampler(UniformNegativeSampler):
+    """Negatives drawn with probability proportional to popularity ** alpha, positives rejected in bulk.
+
+    alpha = 0 is uniform, alpha = 1 proportional to popularity (word2vec used 0.75). Items with no
+    training interactions keep a pseudo-count of 1 so every item can be drawn.
+    """
+
+    def __init__(self, matrix: sp.spmatrix, alpha: float = 0.75, rng: np.random.Generator | int | None = None) -> None:
+        super().__init__(matrix, rng)
+        counts = np.bincount(self.keys % max(self.n_items, 1), minlength=self.n_items).astype(np.float64)
+        weights = np.maximum(counts, 1.0) ** alpha
+        self.probabilities = weights / weights.sum()
+        self._cdf = np.cumsum(self.probabilities)
+
+    def _draw(self, size) -> np.ndarray:
+        draws = np.searchsorted(self._cdf, self.rng.random(size) * self._cdf[-1], side="right")
+        return np.minimum(draws, self.n_items - 1).astype(np.int64)
+
+    def log_q(self, items: np.ndarray) -> np.ndarray:
+        return np.log(self.probabilities[np.asarray(items)]).astype(np.float32)
 
 
 class EpochPairs:

@@ -13,6 +13,13 @@ Early stopping watches one validation metric (higher is better) and restores the
 best evaluated epoch at the end; without validation data every epoch is trained and the last
 weights are kept. Patience counts evaluations without improvement (epochs when `eval_every=1`).
 
+Also: a learning-rate schedule stepped once per epoch (constant, cosine, step, exponential),
+gradient-norm clipping, optional bf16 autocast, a JSON-lines log with one line per epoch
+(`log_path`), and a checkpoint after every epoch (`checkpoint_dir`) from which `resume=True`
+continues: module, optimiser, schedule, history, early-stopping state and torch's RNG are
+restored. The model's own numpy samplers are not in the checkpoint, so a resumed run follows a
+different (equally valid) sample path than an uninterrupted one.
+
 >>> seed_everything(config.seed)                 # before building the module: fixes its init
 >>> trainer = Trainer(TrainerConfig(epochs=50, learning_rate=1e-3, seed=config.seed))
 >>> history = trainer.fit(net, loss_fn, make_batches, scorer, train=train, valid=valid)
@@ -20,11 +27,15 @@ weights are kept. Patience counts evaluations without improvement (epochs when `
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import random
 import sys
 import time
+from contextlib import nullcontext
+from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
 import numpy as np
@@ -60,6 +71,14 @@ class TrainerConfig(BaseModel):
     device: str = "auto"
     n_threads: PositiveInt | None = None  # None leaves torch's own default
     verbose: bool = True
+    lr_schedule: Literal["constant", "cosine", "step", "exponential"] = "constant"
+    lr_step_size: PositiveInt = 30  # epochs between decays for "step"
+    lr_gamma: PositiveFloat = 0.5  # decay factor for "step" and (per epoch) "exponential"
+    max_grad_norm: PositiveFloat | None = None  # clip the global gradient norm when set
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 runs the batch loss under autocast
+    checkpoint_dir: str | None = None  # write last.pt here after every epoch
+    resume: bool = False  # continue from checkpoint_dir/last.pt when it exists
+    log_path: str | None = None  # append one JSON line per epoch
 
     @field_validator("valid_metric")
     @classmethod
@@ -142,6 +161,39 @@ class Trainer:
             return torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
         return torch.optim.SGD(params, lr=c.learning_rate, weight_decay=c.weight_decay)
 
+    def _scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
+        c = self.config
+        if c.lr_schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=c.epochs)
+        if c.lr_schedule == "step":
+            return torch.optim.lr_scheduler.StepLR(optimizer, step_size=c.lr_step_size, gamma=c.lr_gamma)
+        if c.lr_schedule == "exponential":
+            return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=c.lr_gamma)
+        return None
+
+    def _autocast(self):
+        if self.config.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return None if self.config.checkpoint_dir is None else Path(self.config.checkpoint_dir) / "last.pt"
+
+    def _save_checkpoint(self, state: dict[str, Any]) -> None:
+        path = self.checkpoint_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
+
+    def _log_epoch(self, entry: dict[str, Any]) -> None:
+        if self.config.log_path is not None:
+            path = Path(self.config.log_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as handle:
+                handle.write(json.dumps(entry) + "\n")
+
     def validate(self, scorer: Scorer, train: Interactions, valid: Interactions, module: torch.nn.Module) -> float:
         """The validation metric of `scorer` ranking over the full catalogue with `train` masked."""
         was_training = module.training
@@ -175,23 +227,44 @@ class Trainer:
         module.to(self.device)
         module.train()
         optimizer = self._optimizer(module)
+        scheduler = self._scheduler(optimizer)
         self.history, self.best_epoch, self.best_value, self.stopped_early = [], None, None, False
         best_state: dict[str, torch.Tensor] | None = None
         evaluations_since_best = 0
+        first_epoch = 1
+        if c.resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
+            saved = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+            module.load_state_dict(saved["module"])
+            optimizer.load_state_dict(saved["optimizer"])
+            if scheduler is not None and saved.get("scheduler") is not None:
+                scheduler.load_state_dict(saved["scheduler"])
+            torch.set_rng_state(saved["torch_rng"])
+            self.history = json.loads(saved["history"])
+            best_state = saved.get("best_state")
+            self.best_value, self.best_epoch = saved["best_value"], saved["best_epoch"]
+            evaluations_since_best = saved["evaluations_since_best"]
+            first_epoch = int(saved["epoch"]) + 1
+            if saved["stopped_early"]:
+                first_epoch = c.epochs + 1  # that run had already finished
 
         interactive = c.verbose and sys.stderr.isatty()
         with _progress(interactive) as progress:
-            task = progress.add_task("training", total=c.epochs, status="")
-            for epoch in range(1, c.epochs + 1):
+            task = progress.add_task("training", total=c.epochs, completed=first_epoch - 1, status="")
+            for epoch in range(first_epoch, c.epochs + 1):
                 started = time.perf_counter()
                 total, n_batches = torch.zeros((), device=self.device), 0
                 for batch in batches():
-                    loss = batch_loss(module, to_device(batch, self.device))
+                    with self._autocast():
+                        loss = batch_loss(module, to_device(batch, self.device))
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    if c.max_grad_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(module.parameters(), c.max_grad_norm)
                     optimizer.step()
-                    total += loss.detach()
+                    total += loss.detach().float()
                     n_batches += 1
+                if scheduler is not None:
+                    scheduler.step()
                 # one device sync per epoch, not per batch
                 mean_loss = float(total) / max(n_batches, 1)
                 if not math.isfinite(mean_loss):
@@ -209,12 +282,23 @@ class Trainer:
                     else:
                         evaluations_since_best += 1
                 entry = {"epoch": epoch, "loss": mean_loss, label: value,
+                         "learning_rate": optimizer.param_groups[0]["lr"],
                          "seconds": round(time.perf_counter() - started, 4)}
                 self.history.append(entry)
+                self._log_epoch(entry)
+                stop = c.early_stopping_patience is not None and evaluations_since_best >= c.early_stopping_patience
+                if self.checkpoint_path is not None:
+                    self._save_checkpoint({
+                        "module": module.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": None if scheduler is None else scheduler.state_dict(),
+                        "torch_rng": torch.get_rng_state(), "history": json.dumps(self.history),
+                        "best_state": best_state, "best_value": self.best_value, "best_epoch": self.best_epoch,
+                        "evaluations_since_best": evaluations_since_best, "epoch": epoch, "stopped_early": stop,
+                    })
                 status = f"loss {mean_loss:.4f}" + (f"  {label} {value:.4f}" if value is not None else "")
                 progress.update(task, advance=1, status=status)
                 logger.debug("epoch %d: %s", epoch, status)
-                if c.early_stopping_patience is not None and evaluations_since_best >= c.early_stopping_patience:
+                if stop:
                     self.stopped_early = True
                     break
 

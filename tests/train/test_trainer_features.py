@@ -1,0 +1,98 @@
+"""Learning-rate schedules, gradient clipping, bf16 autocast, the epoch log and checkpoint/resume."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from recstack.train import Trainer, TrainerConfig
+from test_trainer import TRAIN, VALID, Counter, PeaksAtTwo, counter_loss, one_batch
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _trainer(**config) -> Trainer:
+    defaults = dict(epochs=4, learning_rate=1.0, optimizer="sgd", early_stopping_patience=None, verbose=False)
+    return Trainer(TrainerConfig(**{**defaults, **config}))
+
+
+def test_step_schedule_halves_the_rate_and_the_steps():
+    module = Counter()
+    trainer = _trainer(lr_schedule="step", lr_step_size=2, lr_gamma=0.5)
+    history = trainer.fit(module, counter_loss, one_batch)
+    # loss = -w has gradient -1: SGD adds the learning rate each epoch; rates 1, 1, 0.5, 0.5
+    assert module.w.item() == pytest.approx(3.0)
+    assert [h["learning_rate"] for h in history] == pytest.approx([1.0, 0.5, 0.5, 0.25])  # after each epoch's step
+
+
+def test_cosine_schedule_reaches_zero_at_the_last_epoch():
+    module = Counter()
+    history = _trainer(lr_schedule="cosine").fit(module, counter_loss, one_batch)
+    expected_rates = [0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]  # rate used in epoch e+1
+    assert module.w.item() == pytest.approx(sum(expected_rates))
+    assert history[-1]["learning_rate"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_gradient_clipping_bounds_each_step():
+    module = Counter()
+
+    def steep(mod, batch):
+        return -10.0 * mod.w  # gradient -10
+
+    _trainer(max_grad_norm=0.5).fit(module, steep, one_batch)
+    assert module.w.item() == pytest.approx(4 * 0.5)  # four steps of the clipped norm
+    unclipped = Counter()
+    _trainer().fit(unclipped, steep, one_batch)
+    assert unclipped.w.item() == pytest.approx(40.0)
+
+
+def test_bf16_autocast_runs_matmuls_in_bfloat16():
+    seen = []
+    linear = torch.nn.Linear(4, 1)
+
+    def loss(mod, batch):
+        out = mod(torch.ones(2, 4))
+        seen.append(out.dtype)
+        return out.float().pow(2).mean()
+
+    _trainer(epochs=1, precision="bf16", learning_rate=0.01).fit(linear, loss, one_batch)
+    assert seen == [torch.bfloat16]
+
+
+def test_epoch_log_is_json_lines(tmp_path):
+    log = tmp_path / "logs" / "train.jsonl"
+    history = _trainer(log_path=str(log)).fit(Counter(), counter_loss, one_batch)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert lines == json.loads(json.dumps(history))
+
+
+def test_resume_continues_where_the_checkpoint_left_off(tmp_path):
+    full_module = Counter()
+    full = _trainer(epochs=6, early_stopping_patience=None)
+    full_history = full.fit(full_module, counter_loss, one_batch, PeaksAtTwo(full_module), train=TRAIN, valid=VALID)
+
+    first = Counter()
+    _trainer(epochs=3, checkpoint_dir=str(tmp_path)).fit(first, counter_loss, one_batch, PeaksAtTwo(first),
+                                                         train=TRAIN, valid=VALID)
+    assert (tmp_path / "last.pt").exists()
+    resumed_module = Counter()  # a fresh process would build a fresh module
+    resumed = _trainer(epochs=6, checkpoint_dir=str(tmp_path), resume=True, early_stopping_patience=None)
+    history = resumed.fit(resumed_module, counter_loss, one_batch, PeaksAtTwo(resumed_module), train=TRAIN, valid=VALID)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert [h["NDCG@10"] for h in history] == pytest.approx([h["NDCG@10"] for h in full_history])
+    assert resumed.best_epoch == full.best_epoch == 2
+    assert resumed_module.w.item() == full_module.w.item() == 2.0  # best state restored across the restart
+
+
+def test_resume_without_a_checkpoint_starts_fresh(tmp_path):
+    module = Counter()
+    history = _trainer(checkpoint_dir=str(tmp_path / "none"), resume=True).fit(module, counter_loss, one_batch)
+    assert len(history) == 4 and module.w.item() == 4.0
