@@ -101,6 +101,36 @@ def run(
             typer.echo(str(result.run_dir))
 
 
+# ---- tune -------------------------------------------------------------------------------------
+
+@app.command()
+def tune(
+    config: Path = typer.Argument(..., help="Experiment config with a 'tune' section (model, space, n_trials)."),
+    n_trials: Optional[int] = typer.Option(None, "--n-trials", help="Override tune.n_trials."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Folder for the study and the run."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
+    debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
+) -> None:
+    """Search hyper-parameters with Optuna on the validation part, then run the best setting."""
+    from recstack.experiment.config import load_config
+    from recstack.experiment.tune import tune as run_tune
+
+    with _user_errors(debug):
+        experiment = load_config(config)
+        overrides: dict[str, Any] = {}
+        if output_dir is not None:
+            overrides["output_dir"] = str(output_dir)
+        if cache_dir is not None:
+            overrides["cache_dir"] = str(cache_dir)
+        if overrides:
+            experiment = experiment.model_copy(update=overrides)
+        console = _console()
+        result = run_tune(experiment, n_trials=n_trials, console=console)
+        console.print(f"best {experiment.valid_metric} on valid: {result.best_value:.4f} "
+                      f"after {result.n_trials} trials; params {result.best_params}")
+        console.print(f"study: {result.tune_dir}")
+
+
 # ---- recommend --------------------------------------------------------------------------------
 
 @app.command()

@@ -206,6 +206,41 @@ class ModelEntry(_Strict):
         return self.label or self.name.rpartition(":")[2].rpartition(".")[2]
 
 
+class SearchDimension(_Strict):
+    """One hyper-parameter's range: `low`/`high` (ints give an integer range; `log` for scales),
+    or `choices` (a categorical list)."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> "SearchDimension":
+        if (self.choices is None) == (self.low is None or self.high is None):
+            raise ValueError("give either 'choices' or both 'low' and 'high'")
+        if self.choices is None and not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.choices is None and self.low <= 0:
+            raise ValueError("a log-scaled range needs low > 0")
+        return self
+
+    @property
+    def is_int(self) -> bool:
+        return self.choices is None and float(self.low).is_integer() and float(self.high).is_integer() \
+            and not self.log
+
+
+class TuneConfig(_Strict):
+    """`recstack tune`: search one model's hyper-parameters on the validation part (never test)."""
+
+    model: str
+    params: dict[str, Any] = Field(default_factory=dict)  # fixed parameters
+    space: dict[str, SearchDimension] = Field(min_length=1)
+    n_trials: int = Field(default=20, ge=1)
+    timeout_s: PositiveFloat | None = None
+
+
 class ExperimentConfig(_Strict):
     """Everything a run needs; see the module docstring and `default.yaml` for an example."""
 
@@ -220,6 +255,7 @@ class ExperimentConfig(_Strict):
     seed: int = 2020
     output_dir: str = "runs"
     memory_budget_mb: PositiveFloat = 1024.0
+    tune: TuneConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -227,6 +263,10 @@ class ExperimentConfig(_Strict):
         # `data: ml-100k` is the common case; spell it out for the validator
         if isinstance(data, dict) and isinstance(data.get("data"), str):
             data = {**data, "data": {"dataset": data["data"]}}
+        # a tuning config names its model once, under `tune`
+        if isinstance(data, dict) and isinstance(data.get("tune"), dict) and "models" not in data:
+            tune = data["tune"]
+            data = {**data, "models": [{"name": tune.get("model", ""), "params": tune.get("params", {})}]}
         return data
 
     @field_validator("ks")
@@ -266,7 +306,19 @@ class ExperimentConfig(_Strict):
             except RecstackError as exc:
                 message = re.sub(r"invalid (\w+): \1: ", "", str(exc))  # make_config names the class twice
                 raise ValueError(f"models[{position}] ({entry.display}): {message}") from None
+        if self.tune is not None:
+            self._check_search_space()
         return self
+
+    def _check_search_space(self) -> None:
+        from recstack.models import resolve
+
+        fields = set(resolve(self.tune.model).Config.model_fields)
+        for name in self.tune.space:
+            if name not in fields:
+                raise ValueError("tune.space: " + _unknown_key_message(name, fields, f" for model {self.tune.model!r}"))
+            if name in self.tune.params:
+                raise ValueError(f"tune: {name!r} is both fixed in 'params' and searched in 'space'; keep one")
 
     # ---- derived values ----------------------------------------------------------------
     @property
