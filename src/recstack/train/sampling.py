@@ -150,7 +150,13 @@ class EpochPairs:
         return len(self.users)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for _, users, items in self.indexed():
+            yield users, items
+
+    def indexed(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """One epoch of (pair index, users, items) batches, so per-pair arrays drawn once per epoch
+        (e.g. all negatives in one vectorised call) can be sliced alongside."""
         order = self.rng.permutation(len(self.users)) if self.shuffle else np.arange(len(self.users))
         for start in range(0, len(order), self.batch_size):
             index = order[start:start + self.batch_size]
-            yield self.users[index], self.items[index]
+            yield index, self.users[index], self.items[index]
