@@ -16,6 +16,10 @@ from recstack.models import MODELS, ConfigError, NotFittedError, build, load_mod
 FAST_PARAMS: dict[str, dict] = {
     "als": {"epochs": 5, "threads": 1},
     "bpr": {"epochs": 5, "learning_rate": 0.05, "batch_size": 512, "verbose": False},
+    "multvae": {"epochs": 10, "hidden_size": 64, "embedding_size": 16, "batch_size": 64, "learning_rate": 3e-3,
+                "anneal_steps": 50, "beta_max": 0.2, "verbose": False},
+    "multdae": {"epochs": 10, "hidden_size": 64, "embedding_size": 16, "batch_size": 64, "learning_rate": 3e-3,
+                "verbose": False},
 }
 
 NAMES = sorted(MODELS)

@@ -29,6 +29,8 @@ MODELS: dict[str, str] = {
     "rp3beta": "recstack.models.neighborhood.rp3beta:RP3beta",
     "als": "recstack.models.factorization.als:ALS",
     "bpr": "recstack.models.factorization.bpr:BPR",
+    "multvae": "recstack.models.factorization.multvae:MultVAE",
+    "multdae": "recstack.models.factorization.multvae:MultDAE",
 }
 
 
