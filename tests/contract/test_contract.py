@@ -20,6 +20,18 @@ FAST_PARAMS: dict[str, dict] = {
                 "anneal_steps": 50, "beta_max": 0.2, "verbose": False},
     "multdae": {"epochs": 10, "hidden_size": 64, "embedding_size": 16, "batch_size": 64, "learning_rate": 3e-3,
                 "verbose": False},
+    "neumf": {"epochs": 5, "learning_rate": 0.01, "batch_size": 512, "embedding_size": 16,
+              "mlp_layers": [32, 16, 8], "dropout": 0.0, "verbose": False},
+    "cml": {"epochs": 5, "learning_rate": 0.01, "batch_size": 512, "verbose": False},
+    "relmf": {"epochs": 5, "learning_rate": 0.02, "batch_size": 512, "verbose": False},
+    "naivemf": {"epochs": 5, "learning_rate": 0.02, "batch_size": 512, "verbose": False},
+    "nbpo": {"epochs": 5, "learning_rate": 0.02, "batch_size": 512, "verbose": False},
+    "lightgcn": {"epochs": 5, "learning_rate": 0.01, "batch_size": 512, "verbose": False},
+    "ngcf": {"epochs": 5, "learning_rate": 0.01, "batch_size": 512, "n_layers": 2, "embedding_size": 32,
+             "verbose": False},
+    "simgcl": {"epochs": 3, "learning_rate": 0.02, "batch_size": 1024, "verbose": False},
+    "dccf": {"epochs": 3, "learning_rate": 0.02, "batch_size": 2048, "embedding_size": 16, "n_intents": 8,
+             "n_layers": 1, "verbose": False},
 }
 
 NAMES = sorted(MODELS)

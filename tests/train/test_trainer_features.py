@@ -96,3 +96,18 @@ def test_resume_without_a_checkpoint_starts_fresh(tmp_path):
     module = Counter()
     history = _trainer(checkpoint_dir=str(tmp_path / "none"), resume=True).fit(module, counter_loss, one_batch)
     assert len(history) == 4 and module.w.item() == 4.0
+
+
+def test_after_step_sees_each_steps_gradient_and_can_change_the_weights():
+    seen = []
+
+    def halve(module, optimizer, step):
+        seen.append((step, module.w.grad.item()))
+        with torch.no_grad():
+            module.w.mul_(0.5)  # e.g. a pruning mask applied between steps
+
+    module = Counter()
+    _trainer().fit(module, counter_loss, one_batch, after_step=halve)
+    assert seen == [(1, -1.0), (2, -1.0), (3, -1.0), (4, -1.0)]
+    # w: (0+1)/2 = 0.5, (0.5+1)/2 = 0.75, 0.875, 0.9375
+    assert module.w.item() == pytest.approx(0.9375)

@@ -31,6 +31,15 @@ MODELS: dict[str, str] = {
     "bpr": "recstack.models.factorization.bpr:BPR",
     "multvae": "recstack.models.factorization.multvae:MultVAE",
     "multdae": "recstack.models.factorization.multvae:MultDAE",
+    "neumf": "recstack.models.factorization.neumf:NeuMF",
+    "cml": "recstack.models.factorization.cml:CML",
+    "relmf": "recstack.models.factorization.relmf:RelMF",
+    "naivemf": "recstack.models.factorization.relmf:NaiveMF",
+    "nbpo": "recstack.models.factorization.nbpo:NBPO",
+    "lightgcn": "recstack.models.graph.lightgcn:LightGCN",
+    "ngcf": "recstack.models.graph.ngcf:NGCF",
+    "simgcl": "recstack.models.graph.simgcl:SimGCL",
+    "dccf": "recstack.models.graph.dccf:DCCF",
 }
 
 

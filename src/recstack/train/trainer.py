@@ -214,8 +214,15 @@ class Trainer:
         *,
         train: Interactions | None = None,
         valid: Interactions | None = None,
+        after_step: Callable[[torch.nn.Module, torch.optim.Optimizer, int], None] | None = None,
     ) -> list[dict[str, Any]]:
-        """Train `module` in place; return the per-epoch history."""
+        """Train `module` in place; return the per-epoch history.
+
+        `after_step(module, optimizer, step)` runs after every optimiser step, with this step's
+        gradients still on the parameters (step counts from 1 across epochs); models that change
+        the weights between steps (pruning and regrowing a sparse mask, a second optimiser over
+        architecture weights) hook in here instead of writing their own loop.
+        """
         c = self.config
         if c.n_threads is not None:
             torch.set_num_threads(c.n_threads)
@@ -231,7 +238,7 @@ class Trainer:
         self.history, self.best_epoch, self.best_value, self.stopped_early = [], None, None, False
         best_state: dict[str, torch.Tensor] | None = None
         evaluations_since_best = 0
-        first_epoch = 1
+        first_epoch, step = 1, 0
         if c.resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             saved = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
             module.load_state_dict(saved["module"])
@@ -244,6 +251,7 @@ class Trainer:
             self.best_value, self.best_epoch = saved["best_value"], saved["best_epoch"]
             evaluations_since_best = saved["evaluations_since_best"]
             first_epoch = int(saved["epoch"]) + 1
+            step = int(saved.get("step", 0))
             if saved["stopped_early"]:
                 first_epoch = c.epochs + 1  # that run had already finished
 
@@ -261,6 +269,9 @@ class Trainer:
                     if c.max_grad_norm is not None:
                         torch.nn.utils.clip_grad_norm_(module.parameters(), c.max_grad_norm)
                     optimizer.step()
+                    step += 1
+                    if after_step is not None:
+                        after_step(module, optimizer, step)
                     total += loss.detach().float()
                     n_batches += 1
                 if scheduler is not None:
@@ -294,6 +305,7 @@ class Trainer:
                         "torch_rng": torch.get_rng_state(), "history": json.dumps(self.history),
                         "best_state": best_state, "best_value": self.best_value, "best_epoch": self.best_epoch,
                         "evaluations_since_best": evaluations_since_best, "epoch": epoch, "stopped_early": stop,
+                        "step": step,
                     })
                 status = f"loss {mean_loss:.4f}" + (f"  {label} {value:.4f}" if value is not None else "")
                 progress.update(task, advance=1, status=status)

@@ -1,0 +1,1 @@
+"""Graph collaborative filtering: LightGCN and NGCF."""
