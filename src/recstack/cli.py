@@ -2,6 +2,7 @@
 
     recstack run [CONFIG]                       the default benchmark, or your YAML/TOML experiment
     recstack recommend RUN_DIR --model L --user U [-k 10]
+    recstack compare RUN_DIR [RUN_DIR ...] [--metric NDCG@10 --test t --correction holm --baseline NAME]
     recstack data list | fetch NAME | info NAME
     recstack models
 
@@ -17,7 +18,7 @@ import contextlib
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, List, Optional
 
 import typer
 from pydantic import ValidationError
@@ -154,6 +155,37 @@ def recommend(
         for row in rows:
             table.add_row(*[_show(row[c], c) for c in columns])
         _console().print(table)
+
+
+# ---- compare ----------------------------------------------------------------------------------
+
+@app.command()
+def compare(
+    run_dirs: List[Path] = typer.Argument(..., help="One or more run directories with the same split."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Per-user metric (default: the run's "
+                                                                "valid_metric, e.g. NDCG@10)."),
+    test: str = typer.Option("t", "--test", help="Paired test: t, wilcoxon or permutation."),
+    correction: str = typer.Option("holm", "--correction", help="Across comparisons: holm, bh or none."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Compare against this model (default: "
+                                                                    "the best)."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level for the * marker."),
+    part: str = typer.Option("test", "--part", help="Evaluated part: test or valid."),
+    n_resamples: int = typer.Option(10_000, "--n-resamples", help="Sign flips of the permutation test."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the permutation test and the bootstrap."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print a markdown table instead."),
+    debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
+) -> None:
+    """Paired significance tests between the models of one or more runs (per-user values)."""
+    from recstack.experiment.compare import compare_runs
+
+    with _user_errors(debug):
+        result = compare_runs(run_dirs, metric, baseline=baseline, test=test, alpha=alpha, part=part,
+                              correction=None if correction.lower() == "none" else correction,
+                              n_resamples=n_resamples, seed=seed)
+        if markdown:
+            typer.echo(result.to_markdown(), nl=False)
+        else:
+            _console().print(result.table())
 
 
 def _show(value: Any, column: str) -> str:
