@@ -36,6 +36,8 @@ MODELS: dict[str, str] = {
     "relmf": "recstack.models.factorization.relmf:RelMF",
     "naivemf": "recstack.models.factorization.relmf:NaiveMF",
     "nbpo": "recstack.models.factorization.nbpo:NBPO",
+    "dnis": "recstack.models.factorization.dnis:DNIS",
+    "dsl": "recstack.models.factorization.dsl:DSL",
     "lightgcn": "recstack.models.graph.lightgcn:LightGCN",
     "ngcf": "recstack.models.graph.ngcf:NGCF",
     "simgcl": "recstack.models.graph.simgcl:SimGCL",

@@ -155,10 +155,14 @@ class Trainer:
     def _optimizer(self, module: torch.nn.Module) -> torch.optim.Optimizer:
         c = self.config
         params = [p for p in module.parameters() if p.requires_grad]
+        # the fused kernel does Adam's whole update in one pass over each tensor instead of about ten
+        # element-wise ops: same arithmetic, 1.5-3x faster steps on embedding tables of 1M+ rows
+        fused = bool(params) and self.device.type in {"cpu", "cuda"} and all(
+            p.is_floating_point() and not p.is_sparse for p in params)
         if c.optimizer == "adam":
-            return torch.optim.Adam(params, lr=c.learning_rate, weight_decay=c.weight_decay)
+            return torch.optim.Adam(params, lr=c.learning_rate, weight_decay=c.weight_decay, fused=fused or None)
         if c.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
+            return torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay, fused=fused or None)
         return torch.optim.SGD(params, lr=c.learning_rate, weight_decay=c.weight_decay)
 
     def _scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
