@@ -119,3 +119,31 @@ def test_not_fitted_and_empty_data_errors(clustered_split):
         BPR().score(np.array([0]), clustered_split.train)
     with pytest.raises(Exception, match="empty training data"):
         BPR(BPRConfig(**FAST)).fit(clustered_split.train.take(np.zeros(len(clustered_split.train), bool)))
+
+
+@pytest.mark.parametrize("n_negatives", [1, 3])
+def test_hand_written_bpr_gradient_matches_autograd(n_negatives):
+    import torch
+
+    from recstack.models.factorization.bpr import bpr_mf_loss
+    from recstack.train.losses import bpr_loss, l2_penalty
+
+    gen = torch.Generator().manual_seed(0)
+    users_w = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    items_w = torch.randn(9, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    # repeated users and items in one batch: their gradients must add up
+    users = torch.tensor([0, 3, 3, 6, 1])
+    pos = torch.tensor([2, 2, 8, 0, 5])
+    neg = torch.randint(0, 9, (5, n_negatives), generator=gen)
+    reg = 0.1
+
+    def reference(uw, iw):
+        p_u, q_i, q_j = uw[users], iw[pos], iw[neg]
+        return bpr_loss((p_u * q_i).sum(-1), (p_u.unsqueeze(1) * q_j).sum(-1)) + reg * l2_penalty(p_u, q_i, q_j)
+
+    ours = bpr_mf_loss(users_w, items_w, users, pos, neg, reg)
+    theirs = reference(users_w, items_w)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-12)
+    for a, b in zip(torch.autograd.grad(ours, [users_w, items_w]), torch.autograd.grad(theirs, [users_w, items_w])):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda uw, iw: bpr_mf_loss(uw, iw, users, pos, neg, reg), (users_w, items_w))

@@ -255,6 +255,7 @@ class ExperimentConfig(_Strict):
     seed: int = 2020
     output_dir: str = "runs"
     memory_budget_mb: PositiveFloat = 1024.0
+    mask_history: bool = True  # False: items in the history may be recommended again (repeat consumption)
     tune: TuneConfig | None = None
 
     @model_validator(mode="before")

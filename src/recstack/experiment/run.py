@@ -190,6 +190,7 @@ def run_experiment(
                                          ("test", history_test, split.test)):
                 tick = time.perf_counter()
                 part_results[part] = evaluate(model, history, truth, metrics=config.metrics, ks=config.ks,
+                                              mask_history=config.mask_history,
                                               memory_budget_mb=config.memory_budget_mb)
                 eval_seconds[part] = time.perf_counter() - tick
             peak_mb = _peak_rss_mb()

@@ -79,7 +79,7 @@ def tune(config: ExperimentConfig | dict | str, *, n_trials: int | None = None, 
         started = time.perf_counter()
         model = build(spec.model, params).fit(split.train, split.valid)
         trial.set_user_attr("fit_seconds", time.perf_counter() - started)
-        value = evaluate(model, history, split.valid, metrics=[label],
+        value = evaluate(model, history, split.valid, metrics=[label], mask_history=config.mask_history,
                          memory_budget_mb=config.memory_budget_mb).metrics[label]
         if progress and console is not None:
             console.print(f"trial {trial.number}: {label} {value:.4f}  {params}")

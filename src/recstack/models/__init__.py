@@ -42,6 +42,7 @@ MODELS: dict[str, str] = {
     "ngcf": "recstack.models.graph.ngcf:NGCF",
     "simgcl": "recstack.models.graph.simgcl:SimGCL",
     "dccf": "recstack.models.graph.dccf:DCCF",
+    "sasrec": "recstack.models.sequential.sasrec:SASRec",
 }
 
 

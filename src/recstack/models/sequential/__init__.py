@@ -1,0 +1,1 @@
+"""Sequential (next-item) recommenders: the input is the user's time-ordered history."""
