@@ -241,6 +241,20 @@ class TuneConfig(_Strict):
     timeout_s: PositiveFloat | None = None
 
 
+class SampledConfig(_Strict):
+    """Sampled evaluation, only when asked: each held-out item against `n_negatives` sampled non-interacted items."""
+
+    n_negatives: int = Field(100, ge=1)
+    strategy: Literal["uniform", "popularity"] = "uniform"
+
+
+class SlicesConfig(_Strict):
+    """Per-slice test metrics by user or item side-table columns (user activity and item popularity always)."""
+
+    user: list[str] = Field(default_factory=list)
+    item: list[str] = Field(default_factory=list)
+
+
 class ExperimentConfig(_Strict):
     """Everything a run needs; see the module docstring and `default.yaml` for an example."""
 
@@ -257,6 +271,9 @@ class ExperimentConfig(_Strict):
     memory_budget_mb: PositiveFloat = 1024.0
     mask_history: bool = True  # False: items in the history may be recommended again (repeat consumption)
     tune: TuneConfig | None = None
+    beyond: bool = True  # beyond-accuracy and item-fairness measures of the test top-k lists
+    slices: SlicesConfig = Field(default_factory=SlicesConfig)
+    sampled: SampledConfig | None = None  # sampled metrics (labelled sampled_*) next to the full ranking
 
     @model_validator(mode="before")
     @classmethod

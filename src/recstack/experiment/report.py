@@ -151,6 +151,8 @@ def _blocks(run_dir: Path) -> tuple[str, list[Any]]:
                                         for row in board.rows]),
         ]
 
+    blocks += _analysis_blocks(metrics, [row[0] for row in board.rows], ks)
+
     # data
     stats = dataset.get("stats", {})
     source = dataset.get("provenance", {}).get("source")
@@ -195,6 +197,109 @@ def _blocks(run_dir: Path) -> tuple[str, list[Any]]:
     blocks += [_Heading("Environment"),
                _Paragraph(", ".join(f"{name} {version}" for name, version in versions.items() if version))]
     return title, blocks
+
+
+_SIDE_BY_SIDE = (("coverage", "Coverage"), ("novelty", "Novelty"), ("APLT", "APLT"),
+                 ("Gini (corrected)", "Gini_corrected"), ("Jain (corrected)", "Jain_corrected"),
+                 ("miscalibration", "Miscalibration"))
+
+
+def _analysis_blocks(metrics: dict[str, Any], order: list[str], ks: Sequence[int]) -> list[Any]:
+    """The beyond-accuracy, slice and sampled sections (each only when metrics.json has it)."""
+    k = main_k(ks)
+    blocks: list[Any] = []
+    with_beyond = [label for label in order if "beyond" in metrics[label]]
+    if with_beyond:
+        blocks += [
+            _Heading("Accuracy and fairness side by side"),
+            _Paragraph(f"Test top-{k} lists, the ones the accuracy metrics were computed from. Coverage: share of "
+                       "the catalogue recommended to anyone; novelty: mean self-information of recommended items "
+                       "(bits); APLT: share of long-tail items in a list; Gini and Jain of item exposure, "
+                       "corrected to the range top-k lists can reach (Gini: 0 = fairest, Jain: 1 = fairest); "
+                       "miscalibration: Steck's KL divergence between the genres of the history and of the list "
+                       "(0 = calibrated). Definitions: docs/beyond_accuracy.md."),
+            _Table(["model", f"NDCG@{k}", f"Recall@{k}", *[name for name, _ in _SIDE_BY_SIDE]],
+                   [[label, _number(metrics[label]["test"].get(f"NDCG@{k}")),
+                     _number(metrics[label]["test"].get(f"Recall@{k}")),
+                     *[_number(metrics[label]["beyond"].get(f"{key}@{k}")) for _, key in _SIDE_BY_SIDE]]
+                    for label in with_beyond]),
+        ]
+        first = metrics[with_beyond[0]]["beyond"]
+        notes = list(first.get("notes", []))
+        notes.append(f"Long tail: items outside the short head holding {first.get('head_share', 0.8):.0%} of train "
+                     f"interactions ({first.get('n_long_tail_items', '?')} items). Serendipity and "
+                     "unexpectedness are measured against the most-popular list of the same user.")
+        blocks.append(_Paragraph(" ".join(notes)))
+        for cut in first.get("ks", [k]):
+            keys = [key for key in first if key.endswith(f"@{cut}")]
+            blocks += [_Heading(f"All beyond-accuracy and fairness measures @{cut}", 3),
+                       _Table(["model", *[key.removesuffix(f"@{cut}") for key in keys]],
+                              [[label, *[_number(metrics[label]["beyond"].get(key)) for key in keys]]
+                               for label in with_beyond])]
+
+    with_slices = [label for label in order if metrics[label].get("slices")]
+    if with_slices:
+        blocks += [_Heading("Slices"),
+                   _Paragraph(f"Test NDCG@{k} per group (users in the group in brackets; Recall@{k} and every "
+                              "other metric are in metrics.json under `slices`). User slices split the evaluated "
+                              "users, so their counts add up to the users evaluated; item slices cut each user's "
+                              "held-out items to the group's items and keep the full ranking unchanged.")]
+        for name, entry in metrics[with_slices[0]]["slices"].items():
+            groups = list(entry["groups"])
+            detail = entry.get("definition", "")
+            if entry.get("cut_points") is not None:
+                detail += f" Cut points: {', '.join(f'{c:g}' for c in entry['cut_points'])}."
+            if entry.get("bucketing"):
+                detail += f" Bucketing: {entry['bucketing']}."
+            blocks += [_Heading(f"{name} ({entry.get('kind', '')})", 3)]
+            if detail.strip():
+                blocks.append(_Paragraph(detail.strip()))
+            blocks.append(_Table(
+                ["model", *[f"{g} ({metrics[with_slices[0]]['slices'][name]['groups'][g]['n_users']:,})"
+                            for g in groups]],
+                [[label, *[_number(metrics[label]["slices"].get(name, {}).get("groups", {}).get(g, {})
+                                   .get(f"NDCG@{k}")) for g in groups]] for label in with_slices]))
+
+    with_sampled = [label for label in order if metrics[label].get("sampled")]
+    if with_sampled:
+        blocks += [_Heading("Sampled evaluation (sampled metrics, not full ranking)"),
+                   _Paragraph("Each user's held-out items ranked against sampled non-interacted items only "
+                              "(Krichene & Rendle 2020). Sampled figures are labelled `sampled_` and are not "
+                              "comparable with the full-ranking ones; Kendall's tau compares the order of the "
+                              "models under the two protocols (1 = same order).")]
+        rows, taus = [], []
+        for name in ("NDCG", "Recall", "Hit"):
+            full_key, sampled_key = f"{name}@{k}", f"sampled_{name}@{k}"
+            pairs = [(metrics[m]["test"].get(full_key), metrics[m]["sampled"].get(sampled_key)) for m in with_sampled]
+            if all(_number(a) is not None and _number(b) is not None for a, b in pairs):
+                taus.append([f"{full_key} vs {sampled_key}", kendall_tau([a for a, _ in pairs],
+                                                                         [b for _, b in pairs])])
+        full_rank = _ranks([metrics[m]["test"].get(f"NDCG@{k}") for m in with_sampled])
+        sampled_rank = _ranks([metrics[m]["sampled"].get(f"sampled_NDCG@{k}") for m in with_sampled])
+        for i, label in enumerate(with_sampled):
+            rows.append([label, _number(metrics[label]["test"].get(f"NDCG@{k}")), full_rank[i],
+                         _number(metrics[label]["sampled"].get(f"sampled_NDCG@{k}")), sampled_rank[i],
+                         _number(metrics[label]["sampled"].get(f"sampled_Recall@{k}"))])
+        blocks += [_Table(["model", f"full NDCG@{k}", "full rank", f"sampled_NDCG@{k}", "sampled rank",
+                           f"sampled_Recall@{k}"], rows),
+                   _Table(["comparison (full vs sampled)", "Kendall tau"], taus)]
+    return blocks
+
+
+def _ranks(values: list[Any]) -> list[int | None]:
+    """1 = best; models without a value get None."""
+    finite = sorted({v for v in values if _number(v) is not None}, reverse=True)
+    return [finite.index(v) + 1 if _number(v) is not None else None for v in values]
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Kendall's tau-b between two scorings of the same models (None with fewer than two models)."""
+    if len(x) < 2:
+        return None
+    from scipy.stats import kendalltau
+
+    tau = kendalltau(x, y).statistic
+    return float(tau) if math.isfinite(tau) else None
 
 
 def _settings(settings: dict[str, Any]) -> str:

@@ -34,6 +34,7 @@ from rich.markup import escape
 from recstack.data.dataset import Dataset
 from recstack.errors import RecstackError
 from recstack.evaluate.evaluator import EvalResult, evaluate, rank
+from recstack.experiment.analysis import RunAnalysis
 from recstack.experiment.config import ExperimentConfig, load_config, parse_config
 from recstack.experiment.report import write_report
 from recstack.fs import atomic_directory
@@ -165,6 +166,7 @@ def run_experiment(
 
     fingerprint = hashlib.sha1(
         (json.dumps(config.to_dict(), sort_keys=True) + split.fingerprint()).encode()).hexdigest()[:8]
+    analysis = RunAnalysis(config, dataset, split)  # checks the slice columns before anything trains
     target = _choose_run_dir(config, dataset, started, fingerprint, run_dir)
     history_test = split.history("test")
     models: dict[str, Any] = {}
@@ -191,7 +193,8 @@ def run_experiment(
                 tick = time.perf_counter()
                 part_results[part] = evaluate(model, history, truth, metrics=config.metrics, ks=config.ks,
                                               mask_history=config.mask_history,
-                                              memory_budget_mb=config.memory_budget_mb)
+                                              memory_budget_mb=config.memory_budget_mb,
+                                              keep_rankings=part == "test")  # the top-k lists of `beyond`
                 eval_seconds[part] = time.perf_counter() - tick
             peak_mb = _peak_rss_mb()
             if hasattr(model, "save"):
@@ -208,6 +211,9 @@ def run_experiment(
                 "n_users": {p: int(len(r.users)) for p, r in part_results.items()},
                 "n_skipped_users": {p: r.n_skipped_users for p, r in part_results.items()},
             }
+            tick = time.perf_counter()
+            metrics[label].update(analysis.for_model(model, part_results["test"]))
+            timings[label]["analysis_seconds"] = time.perf_counter() - tick
             model_curve = getattr(model, "history_", None)
             if model_curve:
                 curves[label] = [dict(epoch) for epoch in model_curve]
@@ -298,6 +304,9 @@ def _manifest(config: ExperimentConfig, dataset: Dataset, split: Split, started:
             "test_history": "train + valid" + (" + test fold-in" if split.test_fold_in is not None else ""),
             "metrics": config.metric_labels,
             "valid_metric": config.valid_metric,
+            "beyond": config.beyond,
+            "slices": config.slices.model_dump(mode="json"),
+            "sampled": None if config.sampled is None else config.sampled.model_dump(mode="json"),
         },
         "timings": timings,
         "peak_rss_mb": _peak_rss_mb(),
