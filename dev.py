@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -45,6 +46,24 @@ def setup() -> None:
     STAMP.write_text(wanted)
 
 
+def ensure_chromium() -> None:
+    """The report's browser test drives Debian's chromium (never a browser downloaded from a CDN):
+    install it with apt when it is missing and apt is there; otherwise say how."""
+    if Path("/usr/bin/chromium").exists():
+        return
+    apt = shutil.which("apt-get") if os.name == "posix" else None
+    if apt is not None and os.geteuid() == 0:
+        sudo = []
+    else:
+        sudo = [shutil.which("sudo")] if shutil.which("sudo") else None
+    if apt is None or sudo is None:
+        print("note: /usr/bin/chromium is missing, so the report's browser test will fail; install Debian's "
+              "chromium package (apt-get install chromium) or deselect it with -m 'not browser'", flush=True)
+        return
+    sh(*sudo, apt, "update", "-q")
+    sh(*sudo, apt, "install", "-y", "-q", "--no-install-recommends", "chromium")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 1 or argv[0] not in {"benchmark", "test", "setup"}:
         print(__doc__)
@@ -55,6 +74,7 @@ def main(argv: list[str]) -> int:
     if command == "benchmark":
         return subprocess.call([str(BIN / "recstack"), "run", *rest], cwd=ROOT, env=env)
     if command == "test":
+        ensure_chromium()
         return subprocess.call([str(PYTHON), "-m", "pytest", "-q", *rest], cwd=ROOT, env=env)
     return 0
 

@@ -160,6 +160,10 @@ class RunAnalysis:
                     out.setdefault("n_undefined", {})[f"{name}@{k}"] = undefined
             for name, value in item_fairness(lists, self.n_items).items():
                 out[f"{name}@{k}"] = value
+        from recstack.experiment.charts import popularity_bias  # the report's popularity-bias chart
+
+        main = 10 if 10 in ks else min(ks)
+        out["popularity_bias"] = popularity_bias(rankings.items[:, :main], history, self.popularity)
         return out
 
     # ---- slices -------------------------------------------------------------------------------

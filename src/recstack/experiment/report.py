@@ -1,8 +1,13 @@
 """`write_report(run_dir)`: report.md and a self-contained report.html from a run directory's files.
 
-Both are rendered from one list of blocks (headings, paragraphs, tables, figures), so they
-say the same thing. The HTML needs nothing from the network: inline CSS, and hand-rolled SVG
-for the bar chart of test NDCG@k and the training curves.
+Both are rendered from one list of blocks (headings, paragraphs, tables, charts), so they say
+the same thing; report.md carries the tables only (for terminals and diffs). The charts
+(`recstack.experiment.charts`): leaderboard with 95% bootstrap intervals, metric vs k,
+accuracy vs fairness and vs novelty, slices, popularity bias and training curves. In the HTML
+they are interactive plotly charts with plotly.js inlined once (the page opens offline: no
+script, style or font is fetched), and each is also drawn with matplotlib into `plots/<chart>.png`,
+shown inside <noscript>, or in place of the interactive chart when plotly is not installed.
+Without either package the report has its tables and a line saying what to install.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from recstack.experiment import charts as C
 from recstack.fs import atomic_write_text
 
 
@@ -73,9 +79,8 @@ class _Table:
 
 
 @dataclass
-class _Figure:
-    svg: str
-    caption: str
+class _Chart:
+    chart: C.Chart
 
 
 def _cell(value: Any, column: str = "") -> str:
@@ -137,13 +142,20 @@ def _blocks(run_dir: Path) -> tuple[str, list[Any]]:
 
     # leaderboard
     labels = protocol.get("metrics") or sorted({m for e in metrics.values() for m in e.get("test", {})})
+    cis = _leaderboard_cis(run_dir, board)
+    columns = [*board.columns[:3], "95% CI", *board.columns[3:]]
+    rows = [[*row[:3], _interval(cis.get(row[0])), *row[3:]] for row in board.rows]
     blocks += [
         _Heading("Leaderboard"),
-        _Paragraph(f"Sorted by test {board.sort_label}. Recall, MRR, Hit and Coverage are test figures."),
-        _Table(board.columns, board.rows),
+        _Paragraph(f"Sorted by test {board.sort_label}. 95% CI: percentile bootstrap interval of the mean test "
+                   f"{board.sort_label} over users (2,000 resamples, seed 0). Recall, MRR, Hit and Coverage are "
+                   "test figures."),
+        _Table(columns, rows),
     ]
+    order = [row[0] for row in board.rows]
     if board.rows:
-        blocks.append(_Figure(_bar_chart([(r[0], r[2]) for r in board.rows]), f"test {board.sort_label} per model"))
+        blocks.append(_Chart(C.leaderboard_chart([(r[0], r[2]) for r in board.rows], board.sort_label, cis)))
+        blocks += [_Chart(chart) for chart in C.k_curves(metrics, ks, order=order) if len(ks) > 1]
     for part in ("test", "valid"):
         blocks += [
             _Heading(f"All {'test' if part == 'test' else 'validation'} metrics", 3),
@@ -151,7 +163,7 @@ def _blocks(run_dir: Path) -> tuple[str, list[Any]]:
                                         for row in board.rows]),
         ]
 
-    blocks += _analysis_blocks(metrics, [row[0] for row in board.rows], ks)
+    blocks += _analysis_blocks(metrics, order, ks)
 
     # data
     stats = dataset.get("stats", {})
@@ -189,9 +201,7 @@ def _blocks(run_dir: Path) -> tuple[str, list[Any]]:
                    _Paragraph("Per-epoch values logged by each model's trainer (validation metrics on the "
                               "validation part)."),
                    _Table(["model", "series", "epochs", "first", "last", "min", "max"], rows)]
-        for label, epochs in curves.items():
-            for key, values in _curve_series(epochs).items():
-                blocks.append(_Figure(_polyline(values), f"{label}: {key} per epoch"))
+        blocks += [_Chart(chart) for chart in C.training_charts(curves)]
 
     versions = manifest.get("versions", {})
     blocks += [_Heading("Environment"),
@@ -230,6 +240,23 @@ def _analysis_blocks(metrics: dict[str, Any], order: list[str], ks: Sequence[int
                      f"interactions ({first.get('n_long_tail_items', '?')} items). Serendipity and "
                      "unexpectedness are measured against the most-popular list of the same user.")
         blocks.append(_Paragraph(" ".join(notes)))
+        for x_key, x_title, key, caption in (
+                ("Gini_corrected", f"exposure Gini (corrected) @{k}", "accuracy_fairness",
+                 "one point per model; left is fairer exposure (0 = every item equally exposed), up is more "
+                 "accurate"),
+                ("Novelty", f"novelty @{k} (bits)", "accuracy_novelty",
+                 "one point per model; right recommends less popular (more novel) items, up is more accurate")):
+            chart = C.tradeoff_chart(metrics, k, x_key, x_title, key, caption, order=with_beyond)
+            if chart is not None:
+                blocks.append(_Chart(chart))
+        popularity = C.popularity_chart(metrics, order=with_beyond)
+        if popularity is not None:
+            blocks += [_Heading("Popularity bias", 3), _Table(
+                ["model", *[f"{b['bucket']} history / recommended" for b in
+                            metrics[with_beyond[0]]["beyond"]["popularity_bias"]["buckets"]]],
+                [[label, *[f"{b['historical']:.1f} / {b['recommended']:.1f}"
+                           for b in metrics[label]["beyond"].get("popularity_bias", {}).get("buckets", [])]]
+                 for label in with_beyond]), _Chart(popularity)]
         for cut in first.get("ks", [k]):
             keys = [key for key in first if key.endswith(f"@{cut}")]
             blocks += [_Heading(f"All beyond-accuracy and fairness measures @{cut}", 3),
@@ -259,6 +286,8 @@ def _analysis_blocks(metrics: dict[str, Any], order: list[str], ks: Sequence[int
                             for g in groups]],
                 [[label, *[_number(metrics[label]["slices"].get(name, {}).get("groups", {}).get(g, {})
                                    .get(f"NDCG@{k}")) for g in groups]] for label in with_slices]))
+            blocks += [_Chart(chart) for chart in C.slice_charts(metrics, k, order=with_slices)
+                       if chart.key == f"slice_{C.safe_key(name)}"]
 
     with_sampled = [label for label in order if metrics[label].get("sampled")]
     if with_sampled:
@@ -320,25 +349,22 @@ def _flatten(stats: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-# ---- SVG ---------------------------------------------------------------------------------------
+# ---- leaderboard intervals ---------------------------------------------------------------------
 
-def _bar_chart(values: list[tuple[str, float | None]], width: int = 560, bar: int = 22) -> str:
-    label_width, pad = 110, 6
-    finite = [v for _, v in values if v is not None]
-    top = max(finite) if finite and max(finite) > 0 else 1.0
-    height = len(values) * (bar + pad) + pad
-    plot = width - label_width - 70
-    parts = [f'<svg width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img">']
-    for i, (label, value) in enumerate(values):
-        y = pad + i * (bar + pad)
-        length = 0 if value is None else max(0.0, value) / top * plot
-        parts.append(f'<text x="{label_width - 6}" y="{y + bar * 0.7:.1f}" text-anchor="end">'
-                     f'{html.escape(label)}</text>')
-        parts.append(f'<rect x="{label_width}" y="{y}" width="{length:.1f}" height="{bar}" fill="#4c78a8"/>')
-        parts.append(f'<text x="{label_width + length + 4:.1f}" y="{y + bar * 0.7:.1f}">{_cell(value)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+def _leaderboard_cis(run_dir: Path, board: Leaderboard) -> dict[str, tuple[float, float, int]]:
+    """model -> 95% bootstrap interval of the leaderboard's test metric, from per_user.parquet."""
+    path = run_dir / "per_user.parquet"
+    if not path.exists() or not board.rows:
+        return {}
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["model", "part", "metric", "value"])
+    columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+    return C.leaderboard_cis(columns, board.sort_label, [row[0] for row in board.rows])
+
+
+def _interval(ci: tuple[float, float, int] | None) -> str | None:
+    return None if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
 
 
 def _curve_series(epochs: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
@@ -351,37 +377,6 @@ def _curve_series(epochs: list[dict[str, Any]]) -> dict[str, list[tuple[float, f
         if points:
             series[key] = points
     return series
-
-
-def _polyline(points: list[tuple[float, float]], width: int = 420, height: int = 160) -> str:
-    left, right, top, bottom = 56, 12, 10, 26
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-    y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
-
-    def sx(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * (width - left - right)
-
-    def sy(y: float) -> float:
-        return height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
-
-    coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
-    return (
-        f'<svg width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img">'
-        f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#999"/>'
-        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#999"/>'
-        f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{_short(y1)}</text>'
-        f'<text x="{left - 4}" y="{height - bottom}" text-anchor="end">{_short(y0)}</text>'
-        f'<text x="{left}" y="{height - 8}">epoch {_short(x0)}</text>'
-        f'<text x="{width - right}" y="{height - 8}" text-anchor="end">{_short(x1)}</text>'
-        f'<polyline fill="none" stroke="#e45756" stroke-width="2" points="{coords}"/>'
-        "</svg>"
-    )
-
-
-def _short(value: float) -> str:
-    return f"{value:.4g}"
 
 
 # ---- renderings --------------------------------------------------------------------------------
@@ -400,8 +395,8 @@ def _markdown(title: str, blocks: list[Any]) -> str:
                 cells = [_cell(v, c).replace("|", "\\|") for v, c in zip(row, block.columns)]
                 lines.append("| " + " | ".join(cells) + " |")
             lines.append("")
-        elif isinstance(block, _Figure):
-            continue  # figures are in report.html; the numbers are in the tables
+        elif isinstance(block, _Chart):
+            continue  # charts are in report.html; the numbers are in the tables
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -409,11 +404,12 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2rem auto;max-width:980px;
 color:#222;line-height:1.45;padding:0 1rem}
 h1{font-size:1.6rem}h2{margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
-table{border-collapse:collapse;margin:.6rem 0 1rem;font-size:.9rem}
+table{border-collapse:collapse;margin:.6rem 0 1rem;font-size:.9rem;display:block;overflow-x:auto;max-width:100%}
 th,td{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}
 th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}
 figure{margin:.5rem 0 1.2rem}figcaption{font-size:.85rem;color:#555}
-svg text{font-size:11px;font-family:inherit;fill:#333}code{background:#f4f4f4;padding:0 .2rem}
+code{background:#f4f4f4;padding:0 .2rem}figure.chart{max-width:100%}figure.chart img{max-width:100%;height:auto}
+.note{background:#fff8e1;border:1px solid #f0d98a;padding:.4rem .6rem}
 """
 
 
@@ -423,10 +419,13 @@ def _inline(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(pieces))
 
 
-def _html(title: str, blocks: list[Any]) -> str:
+def _html(title: str, blocks: list[Any], figures: dict[str, str], note: str | None = None) -> str:
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">',
            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
            f"<h1>{html.escape(title)}</h1>"]
+    if note:
+        out.append(f'<p class="note">{_inline(note)}</p>')
     for block in blocks:
         if isinstance(block, _Heading):
             out.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")
@@ -439,17 +438,87 @@ def _html(title: str, blocks: list[Any]) -> str:
                 out.append("<tr>" + "".join(f"<td>{html.escape(_cell(v, c))}</td>" for v, c in zip(row, block.columns))
                            + "</tr>")
             out.append("</tbody></table>")
-        elif isinstance(block, _Figure):
-            out.append(f"<figure>{block.svg}<figcaption>{html.escape(block.caption)}</figcaption></figure>")
+        elif isinstance(block, _Chart) and block.chart.key in figures:
+            chart = block.chart
+            out.append(f'<figure class="chart" data-chart="{html.escape(chart.key)}">{figures[chart.key]}'
+                       f"<figcaption>{html.escape(chart.caption)}</figcaption></figure>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
 
-def write_report(run_dir: str | Path) -> tuple[Path, Path]:
-    """Write report.md and report.html into `run_dir` from its config, manifest, metrics and curves."""
+_PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "png"}}
+
+
+def _figures(run_dir: Path, charts: list[C.Chart], interactive: bool, static: bool) -> dict[str, str]:
+    """chart key -> the HTML of its figure: plotly div (+ <noscript> PNG) or the PNG alone."""
+    pngs: dict[str, str] = {}
+    out: dict[str, str] = {}
+    if static and charts:
+        folder = run_dir / "plots"
+        folder.mkdir(exist_ok=True)
+        for chart in charts:
+            try:
+                C.to_png(chart, folder / f"{chart.key}.png")
+                pngs[chart.key] = f"plots/{chart.key}.png"
+            except Exception as error:  # noqa: BLE001 - a chart must not cost a finished run its report
+                out[chart.key] = _failed(chart, "matplotlib", error)
+    with_js = False
+    for chart in charts:
+        image = (f'<img src="{pngs[chart.key]}" alt="{html.escape(chart.title)}" width="675" height="342">'
+                 if chart.key in pngs else "")
+        if interactive:
+            try:
+                fig = C.to_plotly(chart)
+                # plotly.js inline once, before the first chart: no script is fetched
+                div = fig.to_html(full_html=False, include_plotlyjs=not with_js, div_id=f"chart-{chart.key}",
+                                  config=_PLOTLY_CONFIG, default_width="100%", default_height="380px")
+            except Exception as error:  # noqa: BLE001
+                out[chart.key] = out.get(chart.key, "") + _failed(chart, "plotly", error) + image
+                continue
+            with_js = True
+            out[chart.key] = out.get(chart.key, "") + div + (f"<noscript>{image}</noscript>" if image else "")
+        elif image:
+            out[chart.key] = image
+    return out
+
+
+def _failed(chart: C.Chart, library: str, error: Exception) -> str:
+    return (f'<p class="note">{library} could not draw "{html.escape(chart.title, quote=False)}": '
+            f"{type(error).__name__}: {html.escape(str(error), quote=False)}</p>")
+
+
+def _unique_keys(charts: list[C.Chart]) -> None:
+    seen: set[str] = set()
+    for chart in charts:
+        key, n = chart.key, 1
+        while key in seen:
+            n += 1
+            key = f"{chart.key}_{n}"
+        chart.key = key
+        seen.add(key)
+
+
+def write_report(run_dir: str | Path, *, interactive: bool | None = None, static: bool | None = None
+                 ) -> tuple[Path, Path]:
+    """Write report.md and report.html (and plots/*.png) into `run_dir` from its files.
+
+    `interactive` (plotly charts) and `static` (matplotlib PNGs) default to whether the package
+    is installed; passing False leaves that rendering out.
+    """
     run_dir = Path(run_dir)
     title, blocks = _blocks(run_dir)
+    charts = [block.chart for block in blocks if isinstance(block, _Chart)]
+    _unique_keys(charts)
+    have = C.plotting_backends()
+    interactive = have["plotly"] if interactive is None else interactive and have["plotly"]
+    static = have["matplotlib"] if static is None else static and have["matplotlib"]
+    note = None
+    if charts and not interactive and not static:
+        note = ("Charts left out: install `plotly` (interactive charts) or `matplotlib` (static PNGs), e.g. "
+                "`pip install plotly matplotlib`, then `recstack.experiment.write_report(run_dir)` again.")
+    elif charts and not interactive:
+        note = "Static charts; install `plotly` for interactive ones (`pip install plotly`)."
     md_path, html_path = run_dir / "report.md", run_dir / "report.html"
     atomic_write_text(md_path, _markdown(title, blocks))
-    atomic_write_text(html_path, _html(title, blocks))
+    atomic_write_text(html_path, _html(title, blocks, _figures(run_dir, charts, interactive, static), note))
     return md_path, html_path
