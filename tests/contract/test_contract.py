@@ -37,6 +37,8 @@ FAST_PARAMS: dict[str, dict] = {
     "dccf": {"epochs": 3, "learning_rate": 0.02, "batch_size": 2048, "embedding_size": 16, "n_intents": 8,
              "n_layers": 1, "verbose": False},
     "sasrec": {"epochs": 5, "embedding_size": 16, "max_seq_len": 20, "learning_rate": 5e-3, "verbose": False},
+    "gru4rec": {"epochs": 5, "embedding_size": 16, "max_seq_len": 20, "learning_rate": 5e-3, "verbose": False},
+    "bert4rec": {"epochs": 5, "embedding_size": 16, "max_seq_len": 20, "learning_rate": 5e-3, "verbose": False},
 }
 
 NAMES = sorted(MODELS)

@@ -43,6 +43,8 @@ MODELS: dict[str, str] = {
     "simgcl": "recstack.models.graph.simgcl:SimGCL",
     "dccf": "recstack.models.graph.dccf:DCCF",
     "sasrec": "recstack.models.sequential.sasrec:SASRec",
+    "gru4rec": "recstack.models.sequential.gru4rec:GRU4Rec",
+    "bert4rec": "recstack.models.sequential.bert4rec:BERT4Rec",
 }
 
 

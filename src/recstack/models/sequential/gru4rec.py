@@ -34,11 +34,15 @@ Differences from the papers' code: Adam with the trainer's defaults instead of A
 training window per user per epoch instead of session-parallel batches over the whole log, no
 final ELU for BPR-max, training stops early on validation NDCG@10.
 
-Defaults (embedding_size 64, one GRU layer, dropout 0.2, learning_rate 1e-3, batch_size 128,
-max_seq_len 50, tied embeddings), chosen to match SASRec's budget and checked on ml-100k
-VALIDATION NDCG@10 (leave-last-one-out by time, all ratings positive, full ranking with history
-masked, seed 2020, one run each): see the figures below.
-RESULTS_PLACEHOLDER
+Defaults (embedding_size 64, one GRU layer, dropout 0.2, batch_size 128, max_seq_len 50, tied
+embeddings: SASRec's budget) checked on ml-100k VALIDATION NDCG@10 (leave-last-one-out by time, all
+ratings positive, full ranking with history masked, seed 2020, one run each, early stopping with
+patience 10): loss "ce" with learning_rate 1e-3 -> 0.1006 (best epoch 85), 3e-3 -> 0.1075 (best
+epoch 67), hence 3e-3. loss "bpr_max" (256 negatives, bpr_max_reg 1.0, learning_rate 1e-3) -> 0.1300
+(best epoch 117): on ml-100k, as for SASRec's sampled softmax, the sampled loss did better than the
+full softmax (one standard error is about 0.008 on 943 users); "ce" stays the default because it
+needs no sampling choices. Test NDCG@10 for reference only: ce 0.094, bpr_max 0.113 (SASRec ce
+0.090, Pop 0.045). About 3-6 minutes a fit on one busy CPU core.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ class GRU4RecConfig(ModelConfig):
     loss: Literal["ce", "bpr_max"] = "ce"
     n_negatives: PositiveInt | None = None  # negatives per sequence for loss="bpr_max" (None: 256)
     bpr_max_reg: NonNegativeFloat | None = None  # BPR-max score regularisation (None: 1.0)
-    learning_rate: PositiveFloat = 1e-3
+    learning_rate: PositiveFloat = 3e-3
     batch_size: PositiveInt = 128  # sequences (users) per update
     epochs: PositiveInt = 200  # a maximum: early stopping usually ends training well before
     early_stopping_patience: PositiveInt | None = 10
@@ -150,7 +154,8 @@ class _Net(torch.nn.Module):
 def _net_from(arrays: dict[str, np.ndarray], c: GRU4RecConfig) -> _Net:
     """A `_Net` (eval mode, cpu) carrying fitted numpy weights."""
     n_items = arrays["output_bias_"].shape[0]
-    net = _Net(n_items, c)
+    with torch.random.fork_rng(devices=[]):  # the throw-away initialisation leaves the global RNG alone
+        net = _Net(n_items, c)
     with torch.no_grad():
         for name, param in net.named_parameters():
             param.copy_(torch.from_numpy(arrays[f"{name.replace('.', '_')}_"]))
@@ -175,9 +180,12 @@ def _score_blocks(net: _Net, users: np.ndarray, history: Interactions, items: np
     out = np.empty((len(users), width), dtype=np.float32)
     for start in range(0, len(users), chunk):
         part = slice(start, start + chunk)
-        tokens = torch.from_numpy(_right_align(last_items(history, users[part], max_seq_len))).to(device)
+        # one pass per distinct user: the GRU's batched kernels may round a row differently by its
+        # position in the batch, and a user asked for twice must get identical scores
+        distinct, inverse = np.unique(users[part], return_inverse=True)
+        tokens = torch.from_numpy(_right_align(last_items(history, distinct, max_seq_len))).to(device)
         with torch.no_grad():
-            hidden = net.last(tokens).to("cpu", torch.float32).numpy()
+            hidden = net.last(tokens).to("cpu", torch.float32).numpy()[inverse]
         if items is None:
             np.matmul(hidden, table.T, out=out[part])
             out[part] += bias
@@ -246,8 +254,8 @@ class GRU4Rec(SaveLoad):
                 return F.cross_entropy(h @ table.T + module.output_bias, positives)
             pos = (h * table[positives]).sum(-1) + module.output_bias[positives]
             negatives = batch[2]  # (B, N) item indices, shared by a sequence's slots
-            neg = (torch.einsum("btd,bnd->btn", hidden, table[negatives]) + module.output_bias[negatives][:, None])[slots]
-            return bpr_max_loss(pos, neg, reg)
+            neg = torch.einsum("btd,bnd->btn", hidden, table[negatives]) + module.output_bias[negatives][:, None]
+            return bpr_max_loss(pos, neg[slots], reg)
 
         trainer = Trainer(TrainerConfig(
             epochs=c.epochs, learning_rate=c.learning_rate, batch_size=c.batch_size, optimizer="adam",
