@@ -1,9 +1,10 @@
 """Peak memory of each model's training on a large synthetic interaction set (default 10M events).
 
 Each model trains in its own process at its default parameters (one epoch for neural models, no
-validation), and this script reads the child's peak resident set size (`VmHWM` in
-/proc/PID/status) twice: once when the data is ready, once when training ends or a time limit
-stops it. The difference is what training added on top of the data. A model whose first epoch
+validation). Once the data is built, the child resets its peak resident set size (writing 5 to
+/proc/self/clear_refs), so the generator's temporaries do not count; this script then polls the
+child's peak (`VmHWM` in /proc/PID/status) until training ends or a time limit stops it. The
+difference from the resident size at the reset is what training added on top of the data. A model whose first epoch
 outlasts `--limit-s` is stopped there; its peak is then a lower bound, flagged `stopped`, with how
 far it got (memory of these models is allocated in the first steps and stays flat after).
 
@@ -13,6 +14,7 @@ far it got (memory of these models is allocated in the first steps and stays fla
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import subprocess
 import sys
@@ -45,6 +47,10 @@ def child(name: str, nnz: int, threads: int) -> None:
     torch.set_num_threads(threads)
     data = power_law_interactions(nnz, seed=0)
     data.matrix()  # the cached CSR is part of the data, not of the model
+    gc.collect()
+    # reset this process's peak RSS to its current RSS (Linux >= 4.0), so the peak read later is the
+    # training's, not the data generator's temporaries
+    Path("/proc/self/clear_refs").write_text("5")
     print(json.dumps({"ready": True, "n_users": data.n_users, "n_items": data.n_items}), flush=True)
     fields = resolve(name).Config.model_fields
     wanted = {"epochs": 1, "search_epochs": 1, "early_stopping_patience": None, "verbose": False, "threads": threads}
