@@ -34,6 +34,7 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
+from recstack.models.factorization.scoring import dot_scores
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
 from recstack.train.indexing import gather_rows
 from recstack.train.losses import bpr_loss, l2_penalty
@@ -78,28 +79,6 @@ class _Net(torch.nn.Module):
         return array(self.user_embedding.weight), array(self.item_embedding.weight), bias
 
 
-def _scores(user_factors: np.ndarray, item_factors: np.ndarray, item_bias: np.ndarray | None,
-            users: np.ndarray, items: np.ndarray | None) -> np.ndarray:
-    """<p_u, q_i> (+ b_i) for the given users and all items, candidate items (C,) or per-user (B, C)."""
-    users = np.asarray(users, dtype=np.int64)
-    known = users < len(user_factors)
-    p = np.zeros((len(users), item_factors.shape[1]), dtype=np.float32)
-    p[known] = user_factors[users[known]]  # users beyond the trained vocabulary keep zero factors
-    if items is None:
-        scores = p @ item_factors.T
-        bias = item_bias
-    else:
-        items = np.asarray(items, dtype=np.int64)
-        if items.ndim == 1:
-            scores = p @ item_factors[items].T
-        else:
-            scores = np.einsum("bd,bcd->bc", p, item_factors[items])
-        bias = None if item_bias is None else item_bias[items]
-    if bias is not None:
-        scores += bias
-    return scores.astype(np.float32, copy=False)
-
-
 class _LiveScorer:
     """Scores from the module's current weights; the trainer's validation calls it."""
 
@@ -107,7 +86,7 @@ class _LiveScorer:
         self.net = net
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
-        return _scores(*self.net.factors(), users, items)
+        return dot_scores(users, items, *self.net.factors())
 
 
 class _BPRMFLoss(torch.autograd.Function):
@@ -223,4 +202,4 @@ class BPR(SaveLoad):
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
         check_fitted(self, "user_factors_", "item_factors_")
-        return _scores(self.user_factors_, self.item_factors_, getattr(self, "item_bias_", None), users, items)
+        return dot_scores(users, items, self.user_factors_, self.item_factors_, getattr(self, "item_bias_", None))

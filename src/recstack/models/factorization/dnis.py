@@ -75,6 +75,7 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
+from recstack.models.factorization.scoring import dot_scores
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
 from recstack.train.losses import bpr_loss, l2_penalty
 from recstack.train.sampling import EpochPairs, UniformNegativeSampler, positive_keys
@@ -220,26 +221,12 @@ def _column_scale(embedding: np.ndarray, block: np.ndarray, n_blocks: int) -> np
     return np.sqrt(np.asarray(one_hot @ (embedding.astype(np.float64) ** 2)) / sizes)
 
 
-def _scores(user_factors: np.ndarray, item_factors: np.ndarray, users: np.ndarray, items: np.ndarray | None
-            ) -> np.ndarray:
-    users = np.asarray(users, dtype=np.int64)
-    known = users < len(user_factors)
-    p = np.zeros((len(users), item_factors.shape[1]), dtype=np.float32)
-    p[known] = user_factors[users[known]]  # users beyond the trained vocabulary keep zero factors
-    if items is None:
-        scores = p @ item_factors.T
-    else:
-        items = np.asarray(items, dtype=np.int64)
-        scores = p @ item_factors[items].T if items.ndim == 1 else np.einsum("bd,bcd->bc", p, item_factors[items])
-    return np.ascontiguousarray(scores, dtype=np.float32)
-
-
 class _LiveScorer:
     def __init__(self, net: _Net) -> None:
         self.net = net
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
-        return _scores(*self.net.factors(), users, items)
+        return dot_scores(users, items, *self.net.factors())
 
 
 class DNIS(SaveLoad):
@@ -381,4 +368,4 @@ class DNIS(SaveLoad):
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
         check_fitted(self, "user_factors_", "item_factors_")
-        return _scores(self.user_factors_, self.item_factors_, users, items)
+        return dot_scores(users, items, self.user_factors_, self.item_factors_)

@@ -63,8 +63,9 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 
 from recstack.data.interactions import Interactions
 from recstack.models.graph.lightgcn import (
-    _check_trainable, _pair_batches, _scores, normalized_adjacency, sparse_tensor, symmetric_matmul,
+    _check_trainable, _pair_batches, normalized_adjacency, sparse_tensor, symmetric_matmul,
 )
+from recstack.models.factorization.scoring import dot_scores
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
 from recstack.train.losses import bpr_loss, l2_penalty
 from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
@@ -144,7 +145,7 @@ class _LiveScorer:
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
         if self.cache is None:
             self.cache = self.net.factors()
-        return _scores(*self.cache, users, items)
+        return dot_scores(users, items, *self.cache)
 
 
 def update_fraction(step: int, alpha: float, stop: int) -> float:
@@ -297,4 +298,4 @@ class DSL(SaveLoad):
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
         check_fitted(self, "user_factors_", "item_factors_")
-        return _scores(self.user_factors_, self.item_factors_, users, items)
+        return dot_scores(users, items, self.user_factors_, self.item_factors_)

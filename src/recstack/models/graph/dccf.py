@@ -54,6 +54,9 @@ from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveIn
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
+from recstack.models.factorization.scoring import dot_scores
+from recstack.models.graph.lightgcn import sparse_tensor as _sparse_tensor
+from recstack.models.graph.lightgcn import symmetric_matmul
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
 from recstack.train.indexing import gather_rows
 from recstack.train.losses import bpr_loss, info_nce_loss, l2_penalty
@@ -101,30 +104,6 @@ def normalized_adjacency(adjacency: sp.csr_matrix) -> sp.csr_matrix:
     normalized = sp.csr_matrix(scale @ adjacency @ scale)
     normalized.sort_indices()
     return normalized
-
-
-def _sparse_tensor(matrix: sp.csr_matrix) -> torch.Tensor:
-    """A scipy CSR matrix as a float32 torch sparse CSR tensor (cpu; the module moves it)."""
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(matrix.indptr.astype(np.int64)), torch.from_numpy(matrix.indices.astype(np.int64)),
-            torch.from_numpy(matrix.data.astype(np.float32)), size=matrix.shape, check_invariants=True,
-        )
-
-
-class _SymmetricMatmul(torch.autograd.Function):
-    """A @ x for a symmetric sparse A; backward is A @ g (torch's own CSR backward transposes A each call)."""
-
-    @staticmethod
-    def forward(ctx, matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(matrix)
-        return matrix @ dense
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        matrix, = ctx.saved_tensors
-        return None, matrix @ grad
 
 
 class _EdgeMatmul(torch.autograd.Function):
@@ -212,7 +191,7 @@ class _Net(torch.nn.Module):
     def layer(self, layer: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """One DCCF layer: (next layer, local Z, intent R, graph-augmented, intent-augmented)."""
         heads, tails = self.heads, self.tails
-        local = _SymmetricMatmul.apply(self.normalized, layer)
+        local = symmetric_matmul(self.normalized, layer)
         users, items = layer[:self.n_users], layer[self.n_users:]
         intent = torch.cat([intent_aggregation(users, self.user_intent), intent_aggregation(items, self.item_intent)])
         graph_aug = self.masked_matmul(edge_mask_values(local, heads, tails, self.transpose), layer)
@@ -247,26 +226,12 @@ def contrastive_loss(views: list[tuple[torch.Tensor, ...]], users: torch.Tensor,
     return loss
 
 
-def _scores(user_factors: np.ndarray, item_factors: np.ndarray, users: np.ndarray,
-            items: np.ndarray | None) -> np.ndarray:
-    users = np.asarray(users, dtype=np.int64)
-    known = users < len(user_factors)
-    p = np.zeros((len(users), item_factors.shape[1]), dtype=np.float32)
-    p[known] = user_factors[users[known]]  # users beyond the trained vocabulary keep zero factors
-    if items is None:
-        scores = p @ item_factors.T
-    else:
-        items = np.asarray(items, dtype=np.int64)
-        scores = p @ item_factors[items].T if items.ndim == 1 else np.einsum("bd,bcd->bc", p, item_factors[items])
-    return scores.astype(np.float32, copy=False)
-
-
 class _LiveScorer:
     def __init__(self, net: _Net) -> None:
         self.net = net
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
-        return _scores(*self.net.factors(), users, items)
+        return dot_scores(users, items, *self.net.factors())
 
 
 class DCCF(SaveLoad):
@@ -328,4 +293,4 @@ class DCCF(SaveLoad):
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
         check_fitted(self, "user_factors_", "item_factors_")
-        return _scores(self.user_factors_, self.item_factors_, users, items)
+        return dot_scores(users, items, self.user_factors_, self.item_factors_)

@@ -37,6 +37,7 @@ from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveIn
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
+from recstack.models.factorization.scoring import dot_scores
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
 from recstack.train.indexing import gather_rows
 from recstack.train.losses import bpr_loss, l2_penalty
@@ -64,8 +65,8 @@ def normalized_adjacency(matrix: sp.spmatrix) -> sp.csr_matrix:
     """D^-1/2 A D^-1/2 of the bipartite graph A = [[0, R], [R^T, 0]] of a (users x items) matrix R
     (binarised), nodes ordered users then items; zero-degree nodes get empty rows and columns."""
     r = sp.csr_matrix(matrix, dtype=np.float64, copy=True)
-    r.data[:] = 1.0
     r.sum_duplicates()
+    r.eliminate_zeros()  # an explicit zero is no edge
     r.data[:] = 1.0
     adjacency = sp.bmat([[None, r], [r.T, None]], format="csr",
                         dtype=np.float64) if r.nnz else sp.csr_matrix((sum(r.shape),) * 2)
@@ -92,21 +93,6 @@ def sparse_tensor(matrix: sp.csr_matrix) -> torch.Tensor:
 def _check_trainable(name: str, train: Interactions) -> None:
     if len(train) == 0:
         raise RecstackError(f"{name} cannot be fitted on empty training data; check the filters and split")
-
-
-def _scores(user_factors: np.ndarray, item_factors: np.ndarray, users: np.ndarray,
-            items: np.ndarray | None) -> np.ndarray:
-    """<p_u, q_i> for the given users and all items, candidate items (C,) or per-user (B, C)."""
-    users = np.asarray(users, dtype=np.int64)
-    known = users < len(user_factors)
-    p = np.zeros((len(users), item_factors.shape[1]), dtype=np.float32)
-    p[known] = user_factors[users[known]]  # users beyond the trained vocabulary keep zero factors
-    if items is None:
-        scores = p @ item_factors.T
-    else:
-        items = np.asarray(items, dtype=np.int64)
-        scores = p @ item_factors[items].T if items.ndim == 1 else np.einsum("bd,bcd->bc", p, item_factors[items])
-    return scores.astype(np.float32, copy=False)
 
 
 class _SymmetricMatmul(torch.autograd.Function):
@@ -163,7 +149,7 @@ class _LiveScorer:
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
         if self.cache is None:
             self.cache = self.net.factors()
-        return _scores(*self.cache, users, items)
+        return dot_scores(users, items, *self.cache)
 
 
 def _pair_batches(matrix: sp.csr_matrix, batch_size: int, n_negatives: int, rng: np.random.Generator):
@@ -230,4 +216,4 @@ class LightGCN(SaveLoad):
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
         check_fitted(self, "user_factors_", "item_factors_")
-        return _scores(self.user_factors_, self.item_factors_, users, items)
+        return dot_scores(users, items, self.user_factors_, self.item_factors_)

@@ -34,8 +34,9 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 
 from recstack.data.interactions import Interactions
 from recstack.models.graph.lightgcn import (
-    _check_trainable, _LiveScorer, _pair_batches, _scores, normalized_adjacency, sparse_tensor, symmetric_matmul,
+    _check_trainable, _LiveScorer, _pair_batches, normalized_adjacency, sparse_tensor, symmetric_matmul,
 )
+from recstack.models.factorization.scoring import dot_scores
 from recstack.models.protocol import SaveLoad, ModelConfig, check_fitted
 from recstack.train.indexing import gather_rows
 from recstack.train.losses import bpr_loss, l2_penalty
@@ -159,4 +160,4 @@ class NGCF(SaveLoad):
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
         check_fitted(self, "user_factors_", "item_factors_")
-        return _scores(self.user_factors_, self.item_factors_, users, items)
+        return dot_scores(users, items, self.user_factors_, self.item_factors_)

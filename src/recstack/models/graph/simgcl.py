@@ -38,17 +38,18 @@ ssl_weight=0.05 with tau=0.5 gave 0.250.
 
 from __future__ import annotations
 
-import warnings
 from typing import Self
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
+from recstack.models.factorization.scoring import dot_scores
+from recstack.models.graph.lightgcn import normalized_adjacency, symmetric_matmul
+from recstack.models.graph.lightgcn import sparse_tensor as _sparse_tensor
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
 from recstack.train.indexing import gather_rows
 from recstack.train.losses import bpr_loss, info_nce_loss, l2_penalty
@@ -75,50 +76,6 @@ class SimGCLConfig(ModelConfig):
     verbose: bool = True
 
 
-def normalized_adjacency(matrix: sp.spmatrix) -> sp.csr_matrix:
-    """D^-1/2 A D^-1/2 of the bipartite graph A = [[0, R], [R^T, 0]] of a (users x items) matrix R
-    (binarised), nodes ordered users then items; zero-degree nodes get empty rows and columns."""
-    r = sp.csr_matrix(matrix, dtype=np.float64, copy=True)
-    r.sum_duplicates()
-    r.eliminate_zeros()
-    r.data[:] = 1.0
-    n = r.shape[0] + r.shape[1]
-    adjacency = sp.bmat([[None, r], [r.T, None]], format="csr") if r.nnz else sp.csr_matrix((n, n))
-    degree = np.asarray(adjacency.sum(axis=1)).ravel()
-    inv_sqrt = np.zeros_like(degree)
-    np.divide(1.0, np.sqrt(degree), out=inv_sqrt, where=degree > 0)
-    scale = sp.diags(inv_sqrt)
-    normalized = sp.csr_matrix(scale @ adjacency @ scale)
-    normalized.sort_indices()
-    return normalized
-
-
-def _sparse_tensor(matrix: sp.csr_matrix) -> torch.Tensor:
-    """A scipy CSR matrix as a float32 torch sparse CSR tensor (cpu; the module moves it)."""
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(matrix.indptr.astype(np.int64)), torch.from_numpy(matrix.indices.astype(np.int64)),
-            torch.from_numpy(matrix.data.astype(np.float32)), size=matrix.shape, check_invariants=True,
-        )
-
-
-class _SymmetricMatmul(torch.autograd.Function):
-    """A @ x for a symmetric sparse A; backward is A @ g (torch's own CSR backward transposes A each call)."""
-
-    @staticmethod
-    def forward(ctx, matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(matrix)
-        return matrix @ dense
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        matrix, = ctx.saved_tensors
-        return None, matrix @ grad
-
-
-
-
 def perturbation(layer: torch.Tensor, eps: float) -> torch.Tensor:
     """SimGCL's noise: sign(E) * normalize(U(0, 1)) * eps, row-wise (torch's global RNG)."""
     noise = torch.rand_like(layer)
@@ -139,7 +96,7 @@ class _Net(torch.nn.Module):
         layer = self.embedding.weight
         total = torch.zeros_like(layer)
         for _ in range(self.n_layers):
-            layer = _SymmetricMatmul.apply(self.adjacency, layer)
+            layer = symmetric_matmul(self.adjacency, layer)
             if eps > 0:
                 layer = layer + perturbation(layer, eps)
             total = total + layer
@@ -159,26 +116,12 @@ def contrastive_loss(view1: torch.Tensor, view2: torch.Tensor, users: torch.Tens
             + info_nce_loss(gather_rows(view1, items), gather_rows(view2, items), temperature))
 
 
-def _scores(user_factors: np.ndarray, item_factors: np.ndarray, users: np.ndarray,
-            items: np.ndarray | None) -> np.ndarray:
-    users = np.asarray(users, dtype=np.int64)
-    known = users < len(user_factors)
-    p = np.zeros((len(users), item_factors.shape[1]), dtype=np.float32)
-    p[known] = user_factors[users[known]]  # users beyond the trained vocabulary keep zero factors
-    if items is None:
-        scores = p @ item_factors.T
-    else:
-        items = np.asarray(items, dtype=np.int64)
-        scores = p @ item_factors[items].T if items.ndim == 1 else np.einsum("bd,bcd->bc", p, item_factors[items])
-    return scores.astype(np.float32, copy=False)
-
-
 class _LiveScorer:
     def __init__(self, net: _Net) -> None:
         self.net = net
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
-        return _scores(*self.net.factors(), users, items)
+        return dot_scores(users, items, *self.net.factors())
 
 
 class SimGCL(SaveLoad):
@@ -241,4 +184,4 @@ class SimGCL(SaveLoad):
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
         check_fitted(self, "user_factors_", "item_factors_")
-        return _scores(self.user_factors_, self.item_factors_, users, items)
+        return dot_scores(users, items, self.user_factors_, self.item_factors_)
