@@ -111,3 +111,14 @@ def test_after_step_sees_each_steps_gradient_and_can_change_the_weights():
     assert seen == [(1, -1.0), (2, -1.0), (3, -1.0), (4, -1.0)]
     # w: (0+1)/2 = 0.5, (0.5+1)/2 = 0.75, 0.875, 0.9375
     assert module.w.item() == pytest.approx(0.9375)
+
+
+def test_trainer_config_from_a_model_config_takes_the_shared_settings():
+    from recstack.models.factorization.bpr import BPRConfig
+
+    model = BPRConfig(epochs=7, learning_rate=0.02, batch_size=64, early_stopping_patience=None, seed=3,
+                      verbose=False, valid_metric="Recall@20", eval_every=2, device="cpu")
+    config = TrainerConfig.from_model(model, optimizer="sgd")
+    assert (config.epochs, config.learning_rate, config.batch_size, config.seed) == (7, 0.02, 64, 3)
+    assert config.early_stopping_patience is None and config.verbose is False and config.eval_every == 2
+    assert (config.valid_metric, config.device, config.optimizer) == ("Recall@20", "cpu", "sgd")

@@ -54,6 +54,10 @@ class TrainingDivergedError(RecstackError):
     """The training loss became NaN or infinite."""
 
 
+_MODEL_SETTINGS = ("epochs", "learning_rate", "batch_size", "early_stopping_patience", "valid_metric", "eval_every",
+                   "seed", "device", "verbose")
+
+
 class TrainerConfig(BaseModel):
     """Loop settings; a model's config maps its own fields onto these."""
 
@@ -79,6 +83,14 @@ class TrainerConfig(BaseModel):
     checkpoint_dir: str | None = None  # write last.pt here after every epoch
     resume: bool = False  # continue from checkpoint_dir/last.pt when it exists
     log_path: str | None = None  # append one JSON line per epoch
+
+    @classmethod
+    def from_model(cls, config: Any, **settings: Any) -> "TrainerConfig":
+        """The loop settings every neural model's config carries under the same names (epochs,
+        learning_rate, batch_size, early_stopping_patience, valid_metric, eval_every, seed, device,
+        verbose), plus `settings` for the rest (e.g. optimizer="adam")."""
+        shared = {name: getattr(config, name) for name in _MODEL_SETTINGS}
+        return cls(**{**shared, **settings})
 
     @field_validator("valid_metric")
     @classmethod

@@ -180,11 +180,7 @@ class BPR(SaveLoad):
             penalty = l2_penalty(p_u, q_i, q_j, b_i, b_j)
             return bpr_loss(pos_scores, neg_scores) + c.reg * penalty
 
-        trainer = Trainer(TrainerConfig(
-            epochs=c.epochs, learning_rate=c.learning_rate, batch_size=c.batch_size, optimizer="adam",
-            early_stopping_patience=c.early_stopping_patience, valid_metric=c.valid_metric,
-            eval_every=c.eval_every, seed=c.seed, device=c.device, verbose=c.verbose,
-        ))
+        trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
         history = trainer.fit(net, batch_loss, batches, _LiveScorer(net), train=train, valid=valid)
 
         user_factors, item_factors, item_bias = net.factors()

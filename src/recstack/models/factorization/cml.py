@@ -177,11 +177,7 @@ class CML(SaveLoad):
                 loss = loss + c.cov_reg * covariance_loss(u, v_i)
             return loss
 
-        trainer = Trainer(TrainerConfig(
-            epochs=c.epochs, learning_rate=c.learning_rate, batch_size=c.batch_size, optimizer="adam",
-            early_stopping_patience=c.early_stopping_patience, valid_metric=c.valid_metric,
-            eval_every=c.eval_every, seed=c.seed, device=c.device, verbose=c.verbose,
-        ))
+        trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
         history = trainer.fit(net, batch_loss, batches, _LiveScorer(net, c.max_norm), train=train, valid=valid)
 
         user_factors, item_factors = net.factors(c.max_norm)

@@ -283,11 +283,7 @@ class _MultAutoencoder(SaveLoad):
             step[0] += 1
             return loss
 
-        trainer = Trainer(TrainerConfig(
-            epochs=c.epochs, learning_rate=c.learning_rate, batch_size=c.batch_size, optimizer="adam",
-            early_stopping_patience=c.early_stopping_patience, valid_metric=c.valid_metric,
-            eval_every=c.eval_every, seed=c.seed, device=c.device, verbose=c.verbose,
-        ))
+        trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
         history = trainer.fit(net, batch_loss, batches, _LiveScorer(net), train=train, valid=valid)
 
         for key in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:

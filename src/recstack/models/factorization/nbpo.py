@@ -206,11 +206,7 @@ class NBPO(SaveLoad):
             loss = nbpo_loss(pos_scores, neg_scores, pos_flip, neg_flip, module.positive_noise_logit)
             return loss + c.reg * l2_penalty(*penalised) + noise_penalty
 
-        trainer = Trainer(TrainerConfig(
-            epochs=c.epochs, learning_rate=c.learning_rate, batch_size=c.batch_size, optimizer="adam",
-            early_stopping_patience=c.early_stopping_patience, valid_metric=c.valid_metric,
-            eval_every=c.eval_every, seed=c.seed, device=c.device, verbose=c.verbose,
-        ))
+        trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
         history = trainer.fit(net, batch_loss, batches, _LiveScorer(net), train=train, valid=valid)
 
         user_factors, item_factors, item_bias = net.factors()

@@ -191,11 +191,7 @@ class RelMF(SaveLoad):
                 theta = device_propensity["theta"][pos]
             return relmf_loss(pos_scores, neg_scores, theta) + c.reg * l2_penalty(*penalised)
 
-        trainer = Trainer(TrainerConfig(
-            epochs=c.epochs, learning_rate=c.learning_rate, batch_size=c.batch_size, optimizer="adam",
-            early_stopping_patience=c.early_stopping_patience, valid_metric=c.valid_metric,
-            eval_every=c.eval_every, seed=c.seed, device=c.device, verbose=c.verbose,
-        ))
+        trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
         history = trainer.fit(net, batch_loss, batches, _LiveScorer(net), train=train, valid=valid)
 
         user_factors, item_factors, item_bias = net.factors()

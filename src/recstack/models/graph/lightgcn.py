@@ -197,11 +197,7 @@ class LightGCN(SaveLoad):
                                  gather_rows(weight, n_users + neg))
             return bpr_loss(pos_scores, neg_scores) + c.reg * penalty
 
-        trainer = Trainer(TrainerConfig(
-            epochs=c.epochs, learning_rate=c.learning_rate, batch_size=c.batch_size, optimizer="adam",
-            early_stopping_patience=c.early_stopping_patience, valid_metric=c.valid_metric,
-            eval_every=c.eval_every, seed=c.seed, device=c.device, verbose=c.verbose,
-        ))
+        trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
         history = trainer.fit(net, batch_loss, _pair_batches(matrix, c.batch_size, c.n_negatives, rng),
                               scorer, train=train, valid=valid)
 

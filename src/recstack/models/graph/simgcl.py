@@ -167,11 +167,7 @@ class SimGCL(SaveLoad):
                 loss = loss + c.ssl_weight * contrastive_loss(view1, view2, users, pos, n_users, c.temperature)
             return loss
 
-        trainer = Trainer(TrainerConfig(
-            epochs=c.epochs, learning_rate=c.learning_rate, batch_size=c.batch_size, optimizer="adam",
-            early_stopping_patience=c.early_stopping_patience, valid_metric=c.valid_metric,
-            eval_every=c.eval_every, seed=c.seed, device=c.device, verbose=c.verbose,
-        ))
+        trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
         history = trainer.fit(net, batch_loss, batches, _LiveScorer(net), train=train, valid=valid)
 
         user_factors, item_factors = net.factors()

@@ -281,11 +281,7 @@ class BERT4Rec(SaveLoad):
             logits = z @ module.params["item_embedding"][1:mask_token].T + module.params["output_bias"]
             return F.cross_entropy(logits, labels[slots] - 1)
 
-        trainer = Trainer(TrainerConfig(
-            epochs=c.epochs, learning_rate=c.learning_rate, batch_size=c.batch_size, optimizer="adam",
-            early_stopping_patience=c.early_stopping_patience, valid_metric=c.valid_metric,
-            eval_every=c.eval_every, seed=c.seed, device=c.device, verbose=c.verbose,
-        ))
+        trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
         history = trainer.fit(net, batch_loss, batches, _LiveScorer(net, c), train=train, valid=valid)
 
         for key in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:

@@ -300,11 +300,7 @@ class SASRec(SaveLoad):
             neg_logits = torch.einsum("btd,bnd->btn", hidden, table[batch[2]])[slots]  # (M, n_negatives)
             return sampled_softmax_loss(pos_logits, neg_logits)
 
-        trainer = Trainer(TrainerConfig(
-            epochs=c.epochs, learning_rate=c.learning_rate, batch_size=c.batch_size, optimizer="adam",
-            early_stopping_patience=c.early_stopping_patience, valid_metric=c.valid_metric,
-            eval_every=c.eval_every, seed=c.seed, device=c.device, verbose=c.verbose,
-        ))
+        trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
         history = trainer.fit(net, batch_loss, batches, _LiveScorer(net, c), train=train, valid=valid)
 
         for key in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
