@@ -183,6 +183,8 @@ def run_experiment(
             named = f" ({entry.name})" if entry.name != label else ""
             say(f"[{position}/{len(config.models)}] [bold]{label}[/bold]{named} fitting ...")
             model = build(entry.name, entry.params)
+            if hasattr(model, "use_dataset"):  # models that read side information (item texts)
+                model.use_dataset(dataset)
             tick = time.perf_counter()
             model.fit(split.train, split.valid)
             fit_seconds = time.perf_counter() - tick

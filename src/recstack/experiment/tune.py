@@ -77,7 +77,10 @@ def tune(config: ExperimentConfig | dict | str, *, n_trials: int | None = None, 
         params = {**spec.params, **{name: _suggest(trial, name, dim) for name, dim in spec.space.items()}}
         params.setdefault("seed", config.seed)
         started = time.perf_counter()
-        model = build(spec.model, params).fit(split.train, split.valid)
+        model = build(spec.model, params)
+        if hasattr(model, "use_dataset"):  # models that read side information (item texts)
+            model.use_dataset(dataset)
+        model.fit(split.train, split.valid)
         trial.set_user_attr("fit_seconds", time.perf_counter() - started)
         value = evaluate(model, history, split.valid, metrics=[label], mask_history=config.mask_history,
                          memory_budget_mb=config.memory_budget_mb).metrics[label]

@@ -42,6 +42,7 @@ MODELS: dict[str, str] = {
     "ngcf": "recstack.models.graph.ngcf:NGCF",
     "simgcl": "recstack.models.graph.simgcl:SimGCL",
     "dccf": "recstack.models.graph.dccf:DCCF",
+    "alpharec": "recstack.models.content.alpharec:AlphaRec",
     "sasrec": "recstack.models.sequential.sasrec:SASRec",
     "gru4rec": "recstack.models.sequential.gru4rec:GRU4Rec",
     "bert4rec": "recstack.models.sequential.bert4rec:BERT4Rec",

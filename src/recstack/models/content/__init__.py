@@ -1,0 +1,1 @@
+"""Content-aware models: recommenders that read item side information (e.g. item texts)."""
