@@ -1,6 +1,6 @@
 """Loaders: generic tables, the raw MovieLens formats and RecBole atomic files.
 
-Expected values come from reading the hand-written fixtures under tests/data/fixtures/.
+Expected values come from reading the hand-written fixtures under tests/fixtures/.
 """
 
 import shutil
@@ -15,7 +15,7 @@ from recstack.data import Dataset
 from recstack.data.load import load_atomic, load_movielens, load_table, read_table
 from recstack.errors import RecstackError
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"  # hand-written, a few lines each
 
 
 def write(path: Path, text: str) -> Path:
