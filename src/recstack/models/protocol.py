@@ -124,6 +124,14 @@ class SaveLoad:
     Models with other state (e.g. a torch module) convert it to arrays in `fit`.
     """
 
+    def _replace_fitted(self, values: dict[str, Any]) -> None:
+        """Drop every fitted attribute of an earlier fit, then set `values` (names ending in `_`), so a
+        refit never keeps state the new fit did not produce."""
+        for name in [a for a in vars(self) if _is_fitted_name(a)]:
+            delattr(self, name)
+        for name, value in values.items():
+            setattr(self, name, value)
+
     def save(self, path: str | os.PathLike) -> None:
         check_fitted(self, *[a for a in vars(self) if _is_fitted_name(a)] or ["__fitted_state__"])
         arrays: dict[str, np.ndarray] = {}

@@ -186,14 +186,11 @@ class BPR(SaveLoad):
         user_factors, item_factors, item_bias = net.factors()
         # users without training events were never updated: zero them so they score like unknown users
         user_factors[train.user_counts() == 0] = 0.0
-        self.user_factors_ = user_factors
-        self.item_factors_ = item_factors
+        fitted = {"user_factors_": user_factors, "item_factors_": item_factors, "history_": history,
+                  "best_epoch_": trainer.best_epoch if trainer.best_epoch is not None else len(history)}
         if item_bias is not None:
-            self.item_bias_ = item_bias
-        elif hasattr(self, "item_bias_"):
-            del self.item_bias_  # a refit without biases must not keep an old fit's
-        self.history_ = history
-        self.best_epoch_ = trainer.best_epoch if trainer.best_epoch is not None else len(history)
+            fitted["item_bias_"] = item_bias
+        self._replace_fitted(fitted)  # a refit without biases must not keep an old fit's
         return self
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:

@@ -196,15 +196,13 @@ class RelMF(SaveLoad):
 
         user_factors, item_factors, item_bias = net.factors()
         user_factors[train.user_counts() == 0] = 0.0  # never updated: score like unknown users
-        self.user_factors_ = user_factors
-        self.item_factors_ = item_factors
+        fitted = {"user_factors_": user_factors, "item_factors_": item_factors,
+                  "propensity_": propensity if c.unbiased else np.ones(train.n_items, dtype=np.float32),
+                  "history_": history,
+                  "best_epoch_": trainer.best_epoch if trainer.best_epoch is not None else len(history)}
         if item_bias is not None:
-            self.item_bias_ = item_bias
-        elif hasattr(self, "item_bias_"):
-            del self.item_bias_  # a refit without biases must not keep an old fit's
-        self.propensity_ = propensity if c.unbiased else np.ones(train.n_items, dtype=np.float32)
-        self.history_ = history
-        self.best_epoch_ = trainer.best_epoch if trainer.best_epoch is not None else len(history)
+            fitted["item_bias_"] = item_bias
+        self._replace_fitted(fitted)  # a refit without biases must not keep an old fit's
         return self
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:

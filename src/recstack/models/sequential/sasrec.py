@@ -303,12 +303,8 @@ class SASRec(SaveLoad):
         trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
         history = trainer.fit(net, batch_loss, batches, _LiveScorer(net, c), train=train, valid=valid)
 
-        for key in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
-            delattr(self, key)  # a refit replaces every fitted attribute
-        for key, value in net.weights().items():
-            setattr(self, key, value)
-        self.history_ = history
-        self.best_epoch_ = trainer.best_epoch if trainer.best_epoch is not None else len(history)
+        best_epoch = trainer.best_epoch if trainer.best_epoch is not None else len(history)
+        self._replace_fitted({**net.weights(), "history_": history, "best_epoch_": best_epoch})
         return self
 
     def _params(self) -> dict[str, torch.Tensor]:
