@@ -122,3 +122,11 @@ def test_trainer_config_from_a_model_config_takes_the_shared_settings():
     assert (config.epochs, config.learning_rate, config.batch_size, config.seed) == (7, 0.02, 64, 3)
     assert config.early_stopping_patience is None and config.verbose is False and config.eval_every == 2
     assert (config.valid_metric, config.device, config.optimizer) == ("Recall@20", "cpu", "sgd")
+
+
+def test_adam_betas_reach_the_optimizer_and_bad_betas_name_the_field():
+    trainer = Trainer(TrainerConfig(adam_betas=(0.9, 0.98), verbose=False))
+    optimizer = trainer._optimizer(torch.nn.Linear(2, 1))
+    assert optimizer.param_groups[0]["betas"] == (0.9, 0.98)
+    with pytest.raises(ValueError, match="adam_betas"):
+        TrainerConfig(adam_betas=(0.9, 1.0))

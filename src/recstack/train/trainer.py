@@ -68,6 +68,7 @@ class TrainerConfig(BaseModel):
     batch_size: PositiveInt = 1024  # informational for the loop; the model's batch factory uses it
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: NonNegativeFloat = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # SASRec's paper trains with beta2 = 0.98
     early_stopping_patience: PositiveInt | None = 10
     valid_metric: str = "NDCG@10"
     eval_every: PositiveInt = 1
@@ -91,6 +92,13 @@ class TrainerConfig(BaseModel):
         verbose), plus `settings` for the rest (e.g. optimizer="adam")."""
         shared = {name: getattr(config, name) for name in _MODEL_SETTINGS}
         return cls(**{**shared, **settings})
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas_in_unit_interval(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= beta < 1.0 for beta in value):
+            raise ValueError(f"adam_betas must both lie in [0, 1), got {value}")
+        return value
 
     @field_validator("valid_metric")
     @classmethod
@@ -172,9 +180,11 @@ class Trainer:
         fused = bool(params) and self.device.type in {"cpu", "cuda"} and all(
             p.is_floating_point() and not p.is_sparse for p in params)
         if c.optimizer == "adam":
-            return torch.optim.Adam(params, lr=c.learning_rate, weight_decay=c.weight_decay, fused=fused or None)
+            return torch.optim.Adam(params, lr=c.learning_rate, betas=c.adam_betas, weight_decay=c.weight_decay,
+                                    fused=fused or None)
         if c.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay, fused=fused or None)
+            return torch.optim.AdamW(params, lr=c.learning_rate, betas=c.adam_betas, weight_decay=c.weight_decay,
+                                     fused=fused or None)
         return torch.optim.SGD(params, lr=c.learning_rate, weight_decay=c.weight_decay)
 
     def _scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
