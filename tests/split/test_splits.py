@@ -71,6 +71,7 @@ ALL_SPLITS = {
     "leave_last": {"k": 1},
     "temporal": {},
     "user_holdout": {"valid_users": 0.2, "test_users": 0.2},
+    "cold_items": {"valid_items": 0.2, "test_items": 0.2},
 }
 
 
@@ -88,7 +89,7 @@ def test_every_split_partitions_the_rows_and_is_deterministic(method):
     assert moved_one_row(first).fingerprint() != first.fingerprint()
 
 
-@pytest.mark.parametrize("method", ["random", "user_holdout"])
+@pytest.mark.parametrize("method", ["random", "user_holdout", "cold_items"])
 def test_randomised_splits_differ_between_seeds(method):
     prints = {make_split(MIXED, method, seed=s, **ALL_SPLITS[method]).fingerprint() for s in range(5)}
     assert len(prints) == 5

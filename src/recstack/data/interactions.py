@@ -99,8 +99,12 @@ class Interactions:
     """An immutable event log: `user`, `item` (int32 indices), optional `value`, `timestamp`.
 
     Rows are sorted by (user, timestamp, original order); without timestamps the original
-    order is the time order.
+    order is the time order. `item_pool` is None, or, on a held-out part that must be ranked
+    against a subset of the catalogue (a cold-item split's part), the sorted item indices to rank;
+    the evaluator reads it. Derived logs (`take`, `concat`, ...) do not inherit it.
     """
+
+    item_pool: np.ndarray | None = None
 
     def __init__(
         self,
@@ -244,7 +248,21 @@ class Interactions:
             h.update(b"-" if array is None else np.ascontiguousarray(array).tobytes())
         h.update(self.users.fingerprint().encode())
         h.update(self.items.fingerprint().encode())
+        if self.item_pool is not None:
+            h.update(b"pool" + np.ascontiguousarray(self.item_pool, dtype=np.int64).tobytes())
         return h.hexdigest()[:16]
+
+    def with_item_pool(self, items: np.ndarray) -> "Interactions":
+        """The same events, to be ranked only against `items` (see the class docstring)."""
+        pool = np.unique(np.asarray(items, dtype=np.int64))
+        if len(pool) and (pool[0] < 0 or pool[-1] >= self.n_items):
+            raise ValueError(f"item_pool indices must lie in [0, {self.n_items})")
+        if not np.isin(np.unique(self.item), pool).all():
+            raise ValueError("item_pool must contain every item of the events it is attached to")
+        copy = Interactions(self.user, self.item, self.users, self.items, self.value, self.timestamp, presorted=True)
+        copy.item_pool = pool.astype(np.int32)
+        copy.item_pool.flags.writeable = False
+        return copy
 
     @classmethod
     def from_ids(

@@ -126,14 +126,26 @@ def rank(
     *,
     mask_history: bool = True,
     memory_budget_mb: float = 1024.0,
+    item_pool: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k item indices (B, k) and scores for `users`, history items masked; -1 pads unscorable slots."""
+    """Top-k item indices (B, k) and scores for `users`, history items masked; -1 pads unscorable slots.
+
+    With `item_pool`, only those items are ranked (a cold-item split's candidates); the others
+    score -inf, so a list is shorter than k (padded with -1) when the pool is small.
+    """
     users = np.asarray(users, dtype=np.int32)
     n_items = history.n_items
     if k > n_items:
         raise RecstackError(f"k={k} is larger than the catalogue ({n_items} items); choose k <= {n_items}")
-    if hasattr(model, "top_k"):  # generative / search models produce their own lists
-        items, scores = model.top_k(users, history, k)
+    outside_pool = None
+    if item_pool is not None:
+        outside_pool = np.ones(n_items, dtype=bool)
+        outside_pool[np.asarray(item_pool, dtype=np.int64)] = False
+    if hasattr(model, "top_k") and (outside_pool is None or not hasattr(model, "score")):
+        if outside_pool is not None:
+            raise RecstackError(f"{type(model).__name__} generates its own lists (top_k) and has no score(), so it "
+                                f"cannot rank a restricted item pool; evaluate it on a split without item pools")
+        items, scores = model.top_k(users, history, k)  # generative / search models produce their own lists
         return np.asarray(items), np.asarray(scores)
     hist = history.matrix()
     block = block_size_for(n_items, memory_budget_mb)
@@ -149,6 +161,8 @@ def rank(
         if mask_history:
             rows = hist[batch]
             scores[np.repeat(np.arange(len(batch)), np.diff(rows.indptr)), rows.indices] = -np.inf
+        if outside_pool is not None:
+            scores[:, outside_pool] = -np.inf
         idx, values = top_k_items(scores, k)
         idx = idx.astype(np.int32)
         idx[~np.isfinite(values) & (values < 0)] = -1  # -inf: the model cannot score it / masked
@@ -187,12 +201,17 @@ def evaluate(
     users: np.ndarray | None = None,
     memory_budget_mb: float = 1024.0,
     keep_rankings: bool = False,
+    item_pool: np.ndarray | None = None,
 ) -> EvalResult:
     """Full-ranking evaluation of `model` on `test`, seeing `history`.
 
     Users with no test events are skipped and counted. With `graded=True`, NDCG uses the test
-    values as gains (the other metrics count any positive gain as a hit).
+    values as gains (the other metrics count any positive gain as a hit). `item_pool` restricts
+    the ranked items; it defaults to `test.item_pool` (set on a cold-item split's parts), and
+    None there ranks the whole catalogue.
     """
+    if item_pool is None:
+        item_pool = test.item_pool
     if history.users != test.users or history.items != test.items:
         raise ValueError("history and test must share vocabularies (use one Split)")
     pairs = parse_metric_labels(metrics, list(ks))
@@ -208,7 +227,8 @@ def evaluate(
         candidates = np.intersect1d(candidates, np.asarray(users, dtype=np.int32))
     n_skipped = (test.n_users if users is None else len(np.unique(users))) - len(candidates)
 
-    items, _ = rank(model, candidates, history, depth, mask_history=mask_history, memory_budget_mb=memory_budget_mb)
+    items, _ = rank(model, candidates, history, depth, mask_history=mask_history, memory_budget_mb=memory_budget_mb,
+                    item_pool=item_pool)
     gains = _hits(items, candidates, truth)
     ideal = None
     if graded:
@@ -224,17 +244,17 @@ def evaluate(
     for name, k in pairs:
         label = f"{name}@{k}"
         if name == "Coverage":
-            summary[label] = item_coverage(rankings, k, test.n_items)
+            summary[label] = item_coverage(rankings, k, test.n_items if item_pool is None else len(item_pool))
             continue
         values = METRICS[name](rankings, k)
         per_user[label] = values
         summary[label] = float(values.mean()) if len(values) else float("nan")
     protocol = {
-        "ranking": "full",
+        "ranking": "full" if item_pool is None else "item_pool",
         "mask_history": mask_history,
         "graded": graded,
         "n_users_evaluated": int(len(candidates)),
         "n_users_skipped": int(n_skipped),
-        "n_items": int(test.n_items),
+        "n_items": int(test.n_items if item_pool is None else len(item_pool)),
     }
     return EvalResult(summary, per_user, candidates, int(n_skipped), protocol, rankings if keep_rankings else None)

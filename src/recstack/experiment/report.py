@@ -129,7 +129,10 @@ def _blocks(run_dir: Path) -> tuple[str, list[Any]]:
             ["split", f"{split['method']} ({params})"],
             ["split fingerprint", split["fingerprint"]],
             ["data fingerprint", dataset["fingerprint"]],
-            ["ranking", f"{protocol['ranking']} (all {split.get('n_items', '?')} items are candidates)"],
+            ["ranking", f"{protocol['ranking']} (all {split.get('n_items', '?')} items are candidates)"
+                        if "item_pool_sizes" not in split else
+                        f"each part ranks its own cold items only (valid {split['item_pool_sizes'].get('valid', '?')}, "
+                        f"test {split['item_pool_sizes'].get('test', '?')} of {split.get('n_items', '?')} items)"],
             ["history masking", f"{'on' if protocol['mask_history'] else 'off'}: valid sees "
                                 f"{protocol['valid_history']}, test sees {protocol['test_history']}"],
             ["relevance", "graded" if protocol.get("graded") else "binary"],

@@ -196,7 +196,8 @@ def run_experiment(
                 part_results[part] = evaluate(model, history, truth, metrics=config.metrics, ks=config.ks,
                                               mask_history=config.mask_history,
                                               memory_budget_mb=config.memory_budget_mb,
-                                              keep_rankings=part == "test")  # the top-k lists of `beyond`
+                                              keep_rankings=part == "test",  # the top-k lists of `beyond`
+                                              item_pool=split.item_pool(part))
                 eval_seconds[part] = time.perf_counter() - tick
             peak_mb = _peak_rss_mb()
             if hasattr(model, "save"):

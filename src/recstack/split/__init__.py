@@ -17,6 +17,7 @@ import numpy as np
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.split.base import Split
+from recstack.split.cold import cold_item_split
 from recstack.split.files import split_from_files
 from recstack.split.holdout import user_holdout_split
 from recstack.split.random import random_split
@@ -27,6 +28,7 @@ SPLITTERS: dict[str, Callable[..., Split]] = {
     "leave_last": leave_last_split,
     "temporal": temporal_split,
     "user_holdout": user_holdout_split,
+    "cold_items": cold_item_split,
 }
 
 
@@ -55,6 +57,7 @@ def make_split(data: Interactions, method: str, seed: int = 0, **params: Any) ->
 __all__ = [
     "SPLITTERS",
     "Split",
+    "cold_item_split",
     "leave_last_split",
     "make_split",
     "random_split",

@@ -16,7 +16,8 @@ class Split:
     `history("valid")` is train; `history("test")` is train + valid (+ `test_fold_in`): what a
     model may see when it is asked to rank for that part. `test_fold_in` holds the visible
     part of held-out users' histories in a user-holdout (strong generalisation) split: it is
-    never trained on, only shown to the model at test time.
+    never trained on, only shown to the model at test time. A part whose `item_pool` is set is
+    ranked against those items only (a cold-item split ranks each part's cold items).
     """
 
     train: Interactions
@@ -25,6 +26,12 @@ class Split:
     method: str = "unknown"
     params: dict[str, Any] = field(default_factory=dict)
     test_fold_in: Interactions | None = None
+
+    def item_pool(self, part: Literal["valid", "test"]) -> np.ndarray | None:
+        """The item indices ranked when evaluating `part`; None means the whole catalogue."""
+        if part not in ("valid", "test"):
+            raise ValueError(f"item_pool is defined for 'valid' or 'test', not {part!r}")
+        return getattr(self, part).item_pool
 
     def __post_init__(self) -> None:
         for part in (self.valid, self.test, self.test_fold_in):
@@ -64,4 +71,6 @@ class Split:
             "fingerprint": self.fingerprint(),
             **{f"{name}_events": len(getattr(self, name)) for name in ("train", "valid", "test")},
             **{f"{name}_users": int((getattr(self, name).user_counts() > 0).sum()) for name in ("train", "valid", "test")},
+            **({"item_pool_sizes": {name: int(len(getattr(self, name).item_pool)) for name in ("valid", "test")}}
+               if self.valid.item_pool is not None and self.test.item_pool is not None else {}),
         }

@@ -221,7 +221,8 @@ class Trainer:
                 handle.write(json.dumps(entry) + "\n")
 
     def validate(self, scorer: Scorer, train: Interactions, valid: Interactions, module: torch.nn.Module) -> float:
-        """The validation metric of `scorer` ranking over the full catalogue with `train` masked."""
+        """The validation metric of `scorer` ranking over the full catalogue with `train` masked
+        (over `valid.item_pool` only when it is set, as on a cold-item split)."""
         was_training = module.training
         module.eval()
         try:
