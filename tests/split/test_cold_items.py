@@ -84,3 +84,19 @@ def test_item_pool_restricts_the_ranking_to_the_pool():
     assert pooled.protocol["ranking"] == "item_pool" and pooled.protocol["n_items"] == len(pool)
     assert pooled.metrics["Recall@5"] > full.metrics["Recall@5"]
     assert pooled.metrics["Coverage@5"] <= 1.0
+
+
+def test_constant_scores_in_a_pool_are_ordered_by_the_fixed_random_order_not_the_index():
+    split = cold_item_split(DATA, np.random.default_rng(2), test_items=0.5)
+    pool = split.item_pool("test")
+
+    class Constant(Fixed):
+        def score(self, users, history):
+            return np.zeros((len(users), self.n_items), dtype=np.float32)
+
+    result = evaluate(Constant(DATA.n_items), split.history("test"), split.test, metrics=["Hit"], ks=[5],
+                      keep_rankings=True, mask_history=False)
+    order = np.random.default_rng(0).permutation(DATA.n_items)
+    expected = [i for i in order if i in set(pool)][:5]
+    assert all(list(row) == expected for row in result.rankings.items)
+    assert expected != sorted(pool)[:5]  # the index order would have been a different list

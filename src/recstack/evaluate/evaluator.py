@@ -20,6 +20,8 @@ from recstack.evaluate.rankings import Rankings
 
 DEFAULT_METRICS = ("Recall", "Precision", "NDCG", "MRR", "Hit", "MAP")
 DEFAULT_KS = (10, 20)
+# the fixed item order that breaks ties when ranking an item pool (see `rank`)
+POOL_TIE_SEED = 0
 # bytes per scored (user, item) cell: float32 score plus room for the top-k partition's work
 _BYTES_PER_CELL = 8
 
@@ -131,16 +133,20 @@ def rank(
     """Top-k item indices (B, k) and scores for `users`, history items masked; -1 pads unscorable slots.
 
     With `item_pool`, only those items are ranked (a cold-item split's candidates); the others
-    score -inf, so a list is shorter than k (padded with -1) when the pool is small.
+    score -inf, so a list is shorter than k (padded with -1) when the pool is small. Ties inside a
+    pool are broken by a fixed pseudo-random order of the items (`POOL_TIE_SEED`) instead of the
+    lower index: models that cannot tell unseen items apart score them all alike, and the index
+    order would hand them whatever it encodes (in ml-100k lower ids are the more popular films).
     """
     users = np.asarray(users, dtype=np.int32)
     n_items = history.n_items
     if k > n_items:
         raise RecstackError(f"k={k} is larger than the catalogue ({n_items} items); choose k <= {n_items}")
-    outside_pool = None
+    outside_pool = tie_order = None
     if item_pool is not None:
         outside_pool = np.ones(n_items, dtype=bool)
         outside_pool[np.asarray(item_pool, dtype=np.int64)] = False
+        tie_order = np.random.default_rng(POOL_TIE_SEED).permutation(n_items)
     if hasattr(model, "top_k") and (outside_pool is None or not hasattr(model, "score")):
         if outside_pool is not None:
             raise RecstackError(f"{type(model).__name__} generates its own lists (top_k) and has no score(), so it "
@@ -163,7 +169,10 @@ def rank(
             scores[np.repeat(np.arange(len(batch)), np.diff(rows.indptr)), rows.indices] = -np.inf
         if outside_pool is not None:
             scores[:, outside_pool] = -np.inf
+            scores = scores[:, tie_order]  # ties go to the earlier position of the fixed random order
         idx, values = top_k_items(scores, k)
+        if tie_order is not None:
+            idx = tie_order[idx]
         idx = idx.astype(np.int32)
         idx[~np.isfinite(values) & (values < 0)] = -1  # -inf: the model cannot score it / masked
         out_items[start:start + len(batch), : idx.shape[1]] = idx
