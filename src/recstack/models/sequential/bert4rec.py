@@ -51,6 +51,7 @@ from pydantic import PositiveFloat, PositiveInt, confloat, model_validator
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
+from recstack.models.sequential.scoring import check_item_vocabulary, score_in_chunks, trim_padding
 from recstack.train.sequences import PAD, SequenceBatches, last_items
 from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
 
@@ -176,16 +177,10 @@ def cloze_mask(tokens: np.ndarray, mask_prob: float, mask_token: int,
     return np.where(chosen, mask_token, tokens), np.where(chosen, tokens, PAD)
 
 
-def _trim(tokens: np.ndarray) -> np.ndarray:
-    """Drop leading columns that are padding in every row (at least one column stays)."""
-    filled = np.flatnonzero((tokens != PAD).any(axis=0))
-    return tokens[:, filled[0]:] if len(filled) else tokens[:, -1:]
-
-
 def _inference_tokens(history: Interactions, users: np.ndarray, max_seq_len: int, mask_token: int) -> np.ndarray:
     """(B, <= max_seq_len) tokens: the last max_seq_len - 1 items of `history`, then [MASK]."""
     items = last_items(history, users, max_seq_len - 1)
-    return _trim(np.concatenate([items, np.full((len(items), 1), mask_token, dtype=items.dtype)], axis=1))
+    return trim_padding(np.concatenate([items, np.full((len(items), 1), mask_token, dtype=items.dtype)], axis=1))
 
 
 def _score_blocks(params: dict[str, torch.Tensor], n_heads: int, users: np.ndarray, history: Interactions,
@@ -194,31 +189,16 @@ def _score_blocks(params: dict[str, torch.Tensor], n_heads: int, users: np.ndarr
     `chunk` users a pass."""
     table_t = params["item_embedding"]
     n_items = table_t.shape[0] - 2
-    if history.n_items != n_items:
-        raise RecstackError(f"the history has {history.n_items} items but the model was fitted on {n_items}; "
-                            "score with interactions that share the training item vocabulary")
+    check_item_vocabulary(history, n_items)
+
+    def encode(part: np.ndarray) -> np.ndarray:
+        tokens = torch.from_numpy(_inference_tokens(history, part, max_seq_len, n_items + 1)).to(table_t.device)
+        with torch.no_grad():
+            return _head(params, _forward(params, tokens, n_heads, last_only=True)).to("cpu", torch.float32).numpy()
+
     table = table_t.detach().to("cpu", torch.float32).numpy()[1:n_items + 1]
     bias = params["output_bias"].detach().to("cpu", torch.float32).numpy()
-    users = np.asarray(users, dtype=np.int64)
-    if items is not None:
-        items = np.asarray(items, dtype=np.int64)
-    width = n_items if items is None else items.shape[-1]
-    out = np.empty((len(users), width), dtype=np.float32)
-    for start in range(0, len(users), chunk):
-        part = slice(start, start + chunk)
-        tokens = _inference_tokens(history, users[part], max_seq_len, n_items + 1)
-        tokens = torch.from_numpy(tokens).to(table_t.device)
-        with torch.no_grad():
-            hidden = _head(params, _forward(params, tokens, n_heads, last_only=True)).to("cpu", torch.float32).numpy()
-        if items is None:
-            np.matmul(hidden, table.T, out=out[part])
-            out[part] += bias
-        elif items.ndim == 1:
-            np.matmul(hidden, table[items].T, out=out[part])
-            out[part] += bias[items]
-        else:
-            out[part] = np.einsum("bd,bcd->bc", hidden, table[items[part]]) + bias[items[part]]
-    return out
+    return score_in_chunks(encode, users, table, items, bias, chunk)
 
 
 class _Net(torch.nn.Module):

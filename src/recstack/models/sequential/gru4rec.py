@@ -58,6 +58,7 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, confloat, mod
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
+from recstack.models.sequential.scoring import check_item_vocabulary, score_in_chunks
 from recstack.train.sampling import UniformNegativeSampler
 from recstack.train.sequences import PAD, SequenceBatches, last_items
 from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
@@ -165,36 +166,21 @@ def _net_from(arrays: dict[str, np.ndarray], c: GRU4RecConfig) -> _Net:
 def _score_blocks(net: _Net, users: np.ndarray, history: Interactions, items: np.ndarray | None,
                   max_seq_len: int, chunk: int) -> np.ndarray:
     """Scores <h_u, W_i> + b_i for `users` (all items, candidates (C,) or per-user (B, C)), `chunk` users a pass."""
-    n_items = net.output_bias.shape[0]
-    if history.n_items != n_items:
-        raise RecstackError(f"the history has {history.n_items} items but the model was fitted on {n_items}; "
-                            "score with interactions that share the training item vocabulary")
+    check_item_vocabulary(history, net.output_bias.shape[0])
     device = net.output_bias.device
+
+    def encode(part: np.ndarray) -> np.ndarray:
+        # one pass per distinct user: the GRU's batched kernels may round a row differently by its
+        # position in the batch, and a user asked for twice must get identical scores
+        distinct, inverse = np.unique(part, return_inverse=True)
+        tokens = torch.from_numpy(_right_align(last_items(history, distinct, max_seq_len))).to(device)
+        with torch.no_grad():
+            return net.last(tokens).to("cpu", torch.float32).numpy()[inverse]
+
     with torch.no_grad():
         table = net.output_table().detach().to("cpu", torch.float32).numpy()
         bias = net.output_bias.detach().to("cpu", torch.float32).numpy()
-    users = np.asarray(users, dtype=np.int64)
-    if items is not None:
-        items = np.asarray(items, dtype=np.int64)
-    width = n_items if items is None else items.shape[-1]
-    out = np.empty((len(users), width), dtype=np.float32)
-    for start in range(0, len(users), chunk):
-        part = slice(start, start + chunk)
-        # one pass per distinct user: the GRU's batched kernels may round a row differently by its
-        # position in the batch, and a user asked for twice must get identical scores
-        distinct, inverse = np.unique(users[part], return_inverse=True)
-        tokens = torch.from_numpy(_right_align(last_items(history, distinct, max_seq_len))).to(device)
-        with torch.no_grad():
-            hidden = net.last(tokens).to("cpu", torch.float32).numpy()[inverse]
-        if items is None:
-            np.matmul(hidden, table.T, out=out[part])
-            out[part] += bias
-        elif items.ndim == 1:
-            np.matmul(hidden, table[items].T, out=out[part])
-            out[part] += bias[items]
-        else:
-            out[part] = np.einsum("bd,bcd->bc", hidden, table[items[part]]) + bias[items[part]]
-    return out
+    return score_in_chunks(encode, users, table, items, bias, chunk)
 
 
 class _LiveScorer:

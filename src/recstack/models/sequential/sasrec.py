@@ -70,6 +70,7 @@ from pydantic import PositiveFloat, PositiveInt, confloat, model_validator
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
+from recstack.models.sequential.scoring import check_item_vocabulary, score_in_chunks, trim_padding
 from recstack.train.losses import sampled_softmax_loss
 from recstack.train.sampling import UniformNegativeSampler
 from recstack.train.sequences import PAD, SequenceBatches, last_items
@@ -202,10 +203,7 @@ class _Net(torch.nn.Module):
 
 # ---- scoring ------------------------------------------------------------------------------------
 
-def _trim(tokens: np.ndarray) -> np.ndarray:
-    """Drop leading columns that are padding in every row (at least one column stays)."""
-    filled = np.flatnonzero((tokens != PAD).any(axis=0))
-    return tokens[:, filled[0]:] if len(filled) else tokens[:, -1:]
+_trim = trim_padding  # the name Ada-Retrieval imports
 
 
 def _score_blocks(params: dict[str, torch.Tensor], n_heads: int, users: np.ndarray, history: Interactions,
@@ -216,28 +214,15 @@ def _score_blocks(params: dict[str, torch.Tensor], n_heads: int, users: np.ndarr
     written straight into the returned array, so nothing beyond that (B, C) block is materialised.
     """
     table_t = params["item_embedding"]
-    n_items = table_t.shape[0] - 1
-    if history.n_items != n_items:
-        raise RecstackError(f"the history has {history.n_items} items but the model was fitted on {n_items}; "
-                            "score with interactions that share the training item vocabulary")
-    table = table_t.detach().to("cpu", torch.float32).numpy()
-    users = np.asarray(users, dtype=np.int64)
-    if items is not None:
-        items = np.asarray(items, dtype=np.int64)
-    width = n_items if items is None else items.shape[-1]
-    out = np.empty((len(users), width), dtype=np.float32)
-    for start in range(0, len(users), chunk):
-        part = slice(start, start + chunk)
-        tokens = torch.from_numpy(_trim(last_items(history, users[part], max_seq_len))).to(table_t.device)
+    check_item_vocabulary(history, table_t.shape[0] - 1)
+
+    def encode(part: np.ndarray) -> np.ndarray:
+        tokens = torch.from_numpy(trim_padding(last_items(history, part, max_seq_len))).to(table_t.device)
         with torch.no_grad():
-            hidden = _forward(params, tokens, n_heads, last_only=True).to("cpu", torch.float32).numpy()
-        if items is None:
-            np.matmul(hidden, table[1:].T, out=out[part])
-        elif items.ndim == 1:
-            np.matmul(hidden, table[items + 1].T, out=out[part])
-        else:
-            out[part] = np.einsum("bd,bcd->bc", hidden, table[items[part] + 1])
-    return out
+            return _forward(params, tokens, n_heads, last_only=True).to("cpu", torch.float32).numpy()
+
+    table = table_t.detach().to("cpu", torch.float32).numpy()[1:]
+    return score_in_chunks(encode, users, table, items, chunk=chunk)
 
 
 class _LiveScorer:
@@ -322,7 +307,7 @@ class SASRec(SaveLoad):
         out = np.empty((len(users), self.config.embedding_size), dtype=np.float32)
         for start in range(0, len(users), self.config.score_batch_size):
             part = slice(start, start + self.config.score_batch_size)
-            tokens = torch.from_numpy(_trim(self.input_sequences(users[part], history)))
+            tokens = torch.from_numpy(trim_padding(self.input_sequences(users[part], history)))
             with torch.no_grad():
                 out[part] = _forward(params, tokens, self.config.n_heads, last_only=True).numpy()
         return out

@@ -1,0 +1,66 @@
+"""Scoring shared by the sequential models: user representations -> item scores, block by block.
+
+A sequential model encodes each user's recent history into a vector h_u and scores item i as
+<h_u, t_i> (+ b_i) against an item table. `score_in_chunks` runs the encoder on `chunk` users at a
+time and writes their products straight into the returned (B, C) array, so nothing larger than
+the block the evaluator asked for is materialised, for any catalogue size.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from recstack.data.interactions import Interactions
+from recstack.errors import RecstackError
+from recstack.train.sequences import PAD
+
+
+def check_item_vocabulary(history: Interactions, n_items: int) -> None:
+    """A fitted sequential model reads item indices: the history must use the training vocabulary."""
+    if history.n_items != n_items:
+        raise RecstackError(f"the history has {history.n_items} items but the model was fitted on {n_items}; "
+                            "score with interactions that share the training item vocabulary")
+
+
+def trim_padding(tokens: np.ndarray) -> np.ndarray:
+    """Drop leading columns that are padding in every row (at least one column stays)."""
+    filled = np.flatnonzero((tokens != PAD).any(axis=0))
+    return tokens[:, filled[0]:] if len(filled) else tokens[:, -1:]
+
+
+def score_in_chunks(
+    encode: Callable[[np.ndarray], np.ndarray],
+    users: np.ndarray,
+    table: np.ndarray,
+    items: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    chunk: int = 256,
+) -> np.ndarray:
+    """<encode(users)_b, table_i> (+ bias_i) for all items, candidates (C,) or per-user (B, C).
+
+    `encode(user_indices)` returns the (b, d) float32 representations of up to `chunk` users;
+    `table` is (n_items, d) with row i the item of index i.
+    """
+    users = np.asarray(users, dtype=np.int64)
+    if items is not None:
+        items = np.asarray(items, dtype=np.int64)
+    width = len(table) if items is None else items.shape[-1]
+    out = np.empty((len(users), width), dtype=np.float32)
+    for start in range(0, len(users), chunk):
+        part = slice(start, start + chunk)
+        hidden = np.asarray(encode(users[part]), dtype=np.float32)
+        if items is None:
+            np.matmul(hidden, table.T, out=out[part])
+            if bias is not None:
+                out[part] += bias
+        elif items.ndim == 1:
+            np.matmul(hidden, table[items].T, out=out[part])
+            if bias is not None:
+                out[part] += bias[items]
+        else:
+            out[part] = np.einsum("bd,bcd->bc", hidden, table[items[part]])
+            if bias is not None:
+                out[part] += bias[items[part]]
+    return out
