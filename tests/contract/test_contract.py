@@ -39,10 +39,17 @@ FAST_PARAMS: dict[str, dict] = {
     "sasrec": {"epochs": 5, "embedding_size": 16, "max_seq_len": 20, "learning_rate": 5e-3, "verbose": False},
     "gru4rec": {"epochs": 5, "embedding_size": 16, "max_seq_len": 20, "learning_rate": 5e-3, "verbose": False},
     "bert4rec": {"epochs": 5, "embedding_size": 16, "max_seq_len": 20, "learning_rate": 5e-3, "verbose": False},
+    "tiger": {"epochs": 4, "embedding_size": 32, "n_heads": 2, "ffn_size": 64, "n_layers": 1, "max_seq_len": 10,
+              "learning_rate": 3e-3, "tokenizer": {"codebook_size": 8}, "verbose": False},
+    "adaretrieval": {"epochs": 2, "samples_per_user": 1, "learning_rate": 1e-3, "retrieval_size": 6, "n_rounds": 3, "n_negatives": 20,
+                     "verbose": False, "backbone_params": {"epochs": 5, "embedding_size": 16, "max_seq_len": 20,
+                                                           "learning_rate": 5e-3}},
+    "mqsated": {"epochs": 5, "embedding_size": 16, "max_seq_len": 20, "learning_rate": 5e-3, "verbose": False},
+    "hcn": {"epochs": 5, "embedding_size": 16, "max_seq_len": 20, "learning_rate": 5e-3, "verbose": False},
 }
 
 # models that need item side data: tests/models/test_<name>.py runs these same checks with item vectors
-NEEDS_ITEM_TEXTS = {"alpharec"}
+NEEDS_ITEM_TEXTS = {"alpharec", "m2trec", "colarec"}
 NAMES = sorted(n for n in MODELS if n not in NEEDS_ITEM_TEXTS)
 USERS = np.array([0, 5, 17, 42, 299, 5], dtype=np.int32)  # a repeated user on purpose
 

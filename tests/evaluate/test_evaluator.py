@@ -187,3 +187,32 @@ def test_top_k_breaks_ties_by_lower_index(backend, monkeypatch):
         np.testing.assert_array_equal(np.where(finite, idx, -1), np.where(finite, expected, -1))
         np.testing.assert_array_equal(values, np.take_along_axis(scores, expected, axis=1))
     assert top_k_items(np.zeros((1, 5), np.float32), 3)[0].tolist() == [[0, 1, 2]]
+
+
+class ListsOnly:
+    """A generative-style model: its own lists through top_k, recording the masking it was asked for."""
+
+    def __init__(self, accepts_flag: bool) -> None:
+        self.seen: list[bool] = []
+        if accepts_flag:
+            self.top_k = self._top_k_with_flag
+        else:
+            self.top_k = self._top_k
+
+    def _top_k(self, users, history, k):
+        self.seen.append(True)
+        return np.tile(np.arange(k), (len(users), 1)), np.zeros((len(users), k), np.float32)
+
+    def _top_k_with_flag(self, users, history, k, *, mask_history=True):
+        self.seen.append(mask_history)
+        return np.tile(np.arange(k), (len(users), 1)), np.zeros((len(users), k), np.float32)
+
+
+def test_top_k_models_hear_about_unmasked_evaluation_or_say_they_cannot():
+    history = log([(0, 0)])
+    flagged = ListsOnly(accepts_flag=True)
+    rank(flagged, np.array([0]), history, 3)
+    rank(flagged, np.array([0]), history, 3, mask_history=False)
+    assert flagged.seen == [True, False]
+    with pytest.raises(RecstackError, match="mask_history=False"):
+        rank(ListsOnly(accepts_flag=False), np.array([0]), history, 3, mask_history=False)

@@ -14,7 +14,8 @@ from recstack.errors import RecstackError
 from recstack.evaluate import evaluate
 from recstack.evaluate.evaluator import block_size_for
 from recstack.models import ConfigError, build, make_config
-from recstack.models.sequential.sasrec import SASRec, SASRecConfig, _forward, _initial_params, _trim
+from recstack.models.sequential.sasrec import SASRec, SASRecConfig, _forward, _initial_params
+from recstack.models.sequential.scoring import trim_padding as _trim
 from recstack.split import make_split
 
 
@@ -174,3 +175,15 @@ def test_a_million_item_catalogue_is_scored_in_bounded_blocks():
     assert max(blocks) <= block_size_for(n_items, budget_mb) == 4
     all_scores = n_users * n_items * 4
     assert peak < all_scores / 2  # far below one (users x items) matrix: only blocks ever exist
+
+
+def test_fused_attention_at_inference_matches_the_explicit_path():
+    torch.manual_seed(0)
+    params = _initial_params(9, SASRecConfig(embedding_size=8, n_heads=2, max_seq_len=6))
+    for value in params.values():
+        value.normal_(0, 0.5)
+    tokens = torch.tensor([[0, 0, 3, 4, 6, 1], [2, 5, 3, 4, 6, 1], [0, 0, 0, 0, 0, 7]])
+    with torch.no_grad():
+        fused = _forward(params, tokens, n_heads=2)  # no dropout: the fused kernel
+        explicit = _forward(params, tokens, n_heads=2, dropout=1e-12, training=True)  # explicit softmax path
+    torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)

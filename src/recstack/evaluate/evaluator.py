@@ -7,6 +7,7 @@ catalogue and a memory budget, never one user at a time.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol, Sequence
 
@@ -151,7 +152,14 @@ def rank(
         if outside_pool is not None:
             raise RecstackError(f"{type(model).__name__} generates its own lists (top_k) and has no score(), so it "
                                 f"cannot rank a restricted item pool; evaluate it on a split without item pools")
-        items, scores = model.top_k(users, history, k)  # generative / search models produce their own lists
+        # generative / search models produce their own lists, masking history themselves
+        if mask_history:
+            items, scores = model.top_k(users, history, k)
+        elif "mask_history" in inspect.signature(model.top_k).parameters:
+            items, scores = model.top_k(users, history, k, mask_history=False)
+        else:
+            raise RecstackError(f"{type(model).__name__}.top_k always leaves the history out, so it cannot be "
+                                f"evaluated with mask_history=False; evaluate it with history masking on")
         return np.asarray(items), np.asarray(scores)
     hist = history.matrix()
     block = block_size_for(n_items, memory_budget_mb)

@@ -46,6 +46,12 @@ MODELS: dict[str, str] = {
     "sasrec": "recstack.models.sequential.sasrec:SASRec",
     "gru4rec": "recstack.models.sequential.gru4rec:GRU4Rec",
     "bert4rec": "recstack.models.sequential.bert4rec:BERT4Rec",
+    "colarec": "recstack.models.generative.colarec:ColaRec",
+    "tiger": "recstack.models.generative.tiger:TIGER",
+    "adaretrieval": "recstack.models.sequential.adaretrieval:AdaRetrieval",
+    "m2trec": "recstack.models.sequential.m2trec:M2TRec",
+    "mqsated": "recstack.models.sequential.mqsated:MQSATED",
+    "hcn": "recstack.models.sequential.hcn:HCN",
 }
 
 

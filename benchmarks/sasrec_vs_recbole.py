@@ -1,0 +1,88 @@
+"""SASRec: wall-clock time to a fixed validation NDCG@10, and inference users/s, vs RecBole 1.2.1.
+
+The target is the best validation NDCG@10 that RecBole's SASRec reached on its protocol-B split
+(leave-one-out by time, max 50 items, full-softmax cross-entropy), read from the peer driver's
+result file. recstack's SASRec trains on the identical split (the driver's exported TSV files,
+row order kept) with RecBole's settings where both libraries have them: 64 dims, 2 blocks,
+2 heads, dropout 0.5, learning rate 1e-3, 50 items, CE loss, the same threads. Differences that
+remain: recstack trains on each user's sequence (every position a target, batch 128 users) where
+RecBole trains on every prefix as a separate example (batch 2048 prefixes), and recstack's
+feed-forward width is the paper's (64) where RecBole's default is 256.
+
+Time to target = the training and validation seconds up to the first epoch whose validation
+NDCG@10 reaches the target; RecBole's is the same sum up to its best epoch (its per-epoch
+training times plus one validation pass per epoch). Inference users/s = users scored, ranked and
+evaluated on the test part per second (RecBole: its `test_eval_s`, which also loads its best
+checkpoint from disk).
+
+    .peer-venv/bin/python ../shared/peers/run_recbole.py --protocol B --model SASRec --threads 2 \
+        --out peer_results --export splitB
+    .venv/bin/python benchmarks/sasrec_vs_recbole.py --split-dir splitB \
+        --recbole-result peer_results/<the SASRec result>.json --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+SETTINGS = {"embedding_size": 64, "n_layers": 2, "n_heads": 2, "dropout": 0.5, "learning_rate": 1e-3,
+            "max_seq_len": 50, "loss": "ce"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split-dir", type=Path, required=True)
+    parser.add_argument("--recbole-result", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-epochs", type=int, default=200)
+    args = parser.parse_args()
+
+    import torch
+
+    from recstack.evaluate import evaluate
+    from recstack.models import build
+    from recstack.split.files import split_from_files
+
+    torch.set_num_threads(args.threads)
+    peer = json.loads(args.recbole_result.read_text())
+    target = peer["best_valid_ndcg10"]
+    best_epoch = peer["best_epoch"]
+    peer_time = sum(peer["train_s_per_epoch_all"][:best_epoch]) + best_epoch * peer["mean_valid_s_per_pass"]
+
+    split = split_from_files(*(args.split_dir / f"{part}.tsv" for part in ("train", "valid", "test")))
+    model = build("sasrec", {**SETTINGS, "epochs": args.max_epochs, "verbose": False, "device": "cpu"})
+    started = time.perf_counter()
+    model.fit(split.train, split.valid)
+    fit_s = time.perf_counter() - started
+    elapsed, reached_at = 0.0, None
+    for entry in model.history_:
+        elapsed += entry["seconds"]
+        if entry["NDCG@10"] is not None and entry["NDCG@10"] >= target:
+            reached_at = (entry["epoch"], elapsed)
+            break
+    started = time.perf_counter()
+    result = evaluate(model, split.history("test"), split.test, metrics=["NDCG@10", "Hit@10"])
+    eval_s = time.perf_counter() - started
+    users = len(result.users)
+
+    row = {
+        "target_valid_ndcg10": target, "recbole_best_epoch": best_epoch, "recbole_time_to_target_s": peer_time,
+        "recstack_epoch_reached": reached_at[0] if reached_at else None,
+        "recstack_time_to_target_s": reached_at[1] if reached_at else None,
+        "recstack_best_valid_ndcg10": max(e["NDCG@10"] for e in model.history_ if e["NDCG@10"] is not None),
+        "recstack_fit_s": fit_s, "recstack_test_ndcg10": result.metrics["NDCG@10"],
+        "recbole_test_ndcg10": peer["test"].get("ndcg@10"),
+        "recstack_users_per_s": users / eval_s, "recbole_users_per_s": users / peer["test_eval_s"],
+        "threads": args.threads, "recbole_threads": peer.get("torch_threads"),
+    }
+    if reached_at:
+        row["time_to_target_speedup"] = peer_time / reached_at[1]
+    row["inference_speedup"] = row["recstack_users_per_s"] / row["recbole_users_per_s"]
+    print(json.dumps(row, indent=1))
+
+
+if __name__ == "__main__":
+    main()
