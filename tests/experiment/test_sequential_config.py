@@ -20,7 +20,10 @@ def test_the_sequential_example_config_is_valid():
     assert config.data.dataset == "ml-100k"
     assert config.split.method == "leave_last" and config.split.params == {"k": 1}
     assert [m.name for m in config.models] == ["sasrec", "sasrec", "sasrec", "gru4rec", "gru4rec", "bert4rec",
+                                              "m2trec", "mqsated", "hcn", "adaretrieval", "adaretrieval",
                                               "pop", "itemknn", "ease"]
+    backbones = [config.model_config_for(m).backbone for m in config.models if m.name == "adaretrieval"]
+    assert backbones == ["sasrec", "gru4rec"]
     losses = [config.model_config_for(m).loss for m in config.models if m.name == "sasrec"]
     assert losses == ["ce", "bce", "sampled_softmax"]
     assert config.metric_labels == [f"{m}@{k}" for m in ("Hit", "NDCG", "MRR") for k in (5, 10, 20)]

@@ -6,6 +6,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from recstack.data.interactions import Interactions
 
 

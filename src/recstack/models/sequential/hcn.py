@@ -86,6 +86,7 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, confloat, mod
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
+from recstack.models.sequential.scoring import trim_padding
 from recstack.train.losses import sampled_softmax_loss
 from recstack.train.sampling import UniformNegativeSampler
 from recstack.train.sequences import PAD, SequenceBatches, last_items
@@ -282,12 +283,6 @@ class _Net(torch.nn.Module):
 
 # ---- scoring ------------------------------------------------------------------------------------
 
-def _trim(tokens: np.ndarray) -> np.ndarray:
-    """Drop leading columns that are padding in every row (at least one column stays)."""
-    filled = np.flatnonzero((tokens != PAD).any(axis=0))
-    return tokens[:, filled[0]:] if len(filled) else tokens[:, -1:]
-
-
 def _interest_blocks(params: dict[str, torch.Tensor], users: np.ndarray, history: Interactions,
                      c: HCNConfig):
     """Yield (slice, interests (b, K, d) float32 numpy) for `users`, `score_batch_size` users at a time."""
@@ -298,7 +293,7 @@ def _interest_blocks(params: dict[str, torch.Tensor], users: np.ndarray, history
     device = params["item_embedding"].device
     for start in range(0, len(users), c.score_batch_size):
         part = slice(start, start + c.score_batch_size)
-        tokens = torch.from_numpy(_trim(last_items(history, users[part], c.max_seq_len))).to(device)
+        tokens = torch.from_numpy(trim_padding(last_items(history, users[part], c.max_seq_len))).to(device)
         with torch.no_grad():
             yield part, _forward(params, tokens, c.short_seq_len, last_only=True).to("cpu", torch.float32).numpy()
 

@@ -63,6 +63,7 @@ from recstack.data.dataset import Dataset
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
+from recstack.train.indexing import gather_rows
 from recstack.train.sequences import PAD, SequenceBatches, last_items
 from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
 
@@ -183,7 +184,9 @@ class _Net(torch.nn.Module):
         batch, length = tokens.shape
         valid = tokens != PAD
         table = torch.cat([items.new_zeros(1, items.shape[1]), items])  # token 0 = padding
-        x = table[tokens] + self.position.weight[self.position.num_embeddings - length:]
+        # index_select's backward is deterministic; advanced indexing's accumulates repeated tokens
+        # in a thread-dependent order (same-seed runs drifted by ~1e-7 on two threads)
+        x = gather_rows(table, tokens) + self.position.weight[self.position.num_embeddings - length:]
         x = F.dropout(x, self.dropout, self.training) * valid.unsqueeze(-1)
         allowed = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()
         allowed = allowed.unsqueeze(0) & valid.unsqueeze(1)

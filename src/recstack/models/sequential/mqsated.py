@@ -70,6 +70,8 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, confloat, mod
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
+from recstack.models.sequential.sasrec import _PARAMS as SASREC_PARAMS
+from recstack.models.sequential.sasrec import _initial_params as sasrec_initial_params
 from recstack.models.sequential.scoring import check_item_vocabulary, score_in_chunks, trim_padding
 from recstack.train.indexing import gather_rows
 from recstack.train.sequences import PAD, SequenceBatches, last_items
@@ -113,32 +115,14 @@ class MQSATEDConfig(ModelConfig):
         return self
 
 
-_PARAMS = (
-    "item_embedding", "position_embedding",
-    "attn_norm_weight", "attn_norm_bias", "query_weight", "query_bias", "key_weight", "key_bias",
-    "value_weight", "value_bias", "ffn_norm_weight", "ffn_norm_bias", "ffn_1_weight", "ffn_1_bias",
-    "ffn_2_weight", "ffn_2_bias", "final_norm_weight", "final_norm_bias",
-)
+# MQSA-TED's parameters are SASRec's (the long and short queries share W_Q/W_K/W_V), with its
+# initialisation: Glorot-uniform tables and matrices, zero biases, unit norms, zero padding row
+_PARAMS = SASREC_PARAMS
 _WEIGHTS = tuple(f"{name}_" for name in _PARAMS)
 
 
 def _initial_params(n_items: int, c: MQSATEDConfig) -> dict[str, torch.Tensor]:
-    """SASRec's initialisation (Glorot-uniform tables and matrices, zero biases, unit norms, zero
-    padding row); per-block tensors are stacked over blocks, linear maps stored (in, out)."""
-    d, n = c.embedding_size, c.n_layers
-
-    def glorot(*shape: int) -> torch.Tensor:
-        bound = math.sqrt(6.0 / (shape[-2] + shape[-1]))
-        return torch.empty(*shape).uniform_(-bound, bound)
-
-    params = {"item_embedding": glorot(n_items + 1, d), "position_embedding": glorot(c.max_seq_len, d),
-              "final_norm_weight": torch.ones(d), "final_norm_bias": torch.zeros(d)}
-    params["item_embedding"][PAD] = 0.0
-    for name in ("attn_norm", "ffn_norm"):
-        params[f"{name}_weight"], params[f"{name}_bias"] = torch.ones(n, d), torch.zeros(n, d)
-    for name in ("query", "key", "value", "ffn_1", "ffn_2"):
-        params[f"{name}_weight"], params[f"{name}_bias"] = glorot(n, d, d), torch.zeros(n, d)
-    return params
+    return sasrec_initial_params(n_items, c)
 
 
 # ---- multi-query self-attention -----------------------------------------------------------------
