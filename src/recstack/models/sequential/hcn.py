@@ -86,7 +86,7 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, confloat, mod
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
-from recstack.models.sequential.scoring import trim_padding
+from recstack.models.sequential.scoring import check_item_vocabulary, trim_padding
 from recstack.train.losses import sampled_softmax_loss
 from recstack.train.sampling import UniformNegativeSampler
 from recstack.train.sequences import PAD, SequenceBatches, last_items
@@ -286,10 +286,7 @@ class _Net(torch.nn.Module):
 def _interest_blocks(params: dict[str, torch.Tensor], users: np.ndarray, history: Interactions,
                      c: HCNConfig):
     """Yield (slice, interests (b, K, d) float32 numpy) for `users`, `score_batch_size` users at a time."""
-    n_items = params["item_embedding"].shape[0] - 1
-    if history.n_items != n_items:
-        raise RecstackError(f"the history has {history.n_items} items but the model was fitted on {n_items}; "
-                            "score with interactions that share the training item vocabulary")
+    check_item_vocabulary(history, params["item_embedding"].shape[0] - 1)
     device = params["item_embedding"].device
     for start in range(0, len(users), c.score_batch_size):
         part = slice(start, start + c.score_batch_size)
