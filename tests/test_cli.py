@@ -264,3 +264,17 @@ def test_default_benchmark_on_ml100k(tmp_path):
     assert "title" in shown.stdout and sum(line.startswith("│") for line in shown.stdout.splitlines()) == 5
     info = runner.invoke(app, ["data", "info", "ml-100k"])
     assert info.exit_code == 0 and "943" in info.stdout
+
+
+def test_run_only_runs_the_named_entries_and_names_the_labels_on_a_typo(parts, tmp_path):
+    models = [{"name": "pop"}, {"name": "ease", "label": "ease-a"}, {"name": "itemknn"}]
+    config = write_config(tmp_path / "exp.yaml", data={"files": parts}, models=models, ks=[5, 10])
+    result = runner.invoke(app, ["run", str(config), "-o", str(tmp_path / "out"), "--only", "itemknn",
+                                 "--only", "ease-a", "--quiet"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((Path(result.stdout.strip()) / "metrics.json").read_text())
+    assert list(metrics) == ["ease-a", "itemknn"]  # the file's order
+
+    result = runner.invoke(app, ["run", str(config), "-o", str(tmp_path / "typo"), "--only", "eas-a"])
+    assert_user_error(result, "'eas-a'", "pop, ease-a, itemknn")
+    assert complete_runs(tmp_path / "typo") == []

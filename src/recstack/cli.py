@@ -80,6 +80,8 @@ def run(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Exact run directory (must not exist)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the run directory."),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="Run only the model entries with this label "
+                                                                 "(repeatable), e.g. to split a long file."),
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
     """Run an experiment: data -> split -> fit -> evaluate -> run directory with a report."""
@@ -95,11 +97,23 @@ def run(
             overrides["seed"] = seed
         if cache_dir is not None:
             overrides["cache_dir"] = str(cache_dir)
+        if only:
+            overrides["models"] = _select_models(experiment.models, only)
         if overrides:
             experiment = experiment.model_copy(update=overrides)
         result = run_experiment(experiment, run_dir=run_dir, progress=not quiet, console=_console())
         if quiet:
             typer.echo(str(result.run_dir))
+
+
+def _select_models(models: list, labels: list[str]) -> list:
+    """The entries of `models` whose display label is in `labels`, in the file's order."""
+    known = [entry.display for entry in models]
+    unknown = [label for label in labels if label not in known]
+    if unknown:
+        raise RecstackError(f"--only {unknown[0]!r} matches no model entry of the config; its labels are: "
+                            f"{', '.join(known)}")
+    return [entry for entry in models if entry.display in labels]
 
 
 # ---- tune -------------------------------------------------------------------------------------
@@ -123,6 +137,8 @@ def tune(
             overrides["output_dir"] = str(output_dir)
         if cache_dir is not None:
             overrides["cache_dir"] = str(cache_dir)
+        if only:
+            overrides["models"] = _select_models(experiment.models, only)
         if overrides:
             experiment = experiment.model_copy(update=overrides)
         console = _console()

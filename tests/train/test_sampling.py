@@ -108,3 +108,13 @@ def test_sampling_and_recstack_import_without_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split("\n")[:2] == ["(2, 1)", "trainer needs torch"]
+
+
+@pytest.mark.parametrize("n_keys", [0, 1, 7, 5_000])
+def test_positive_keys_membership_is_exact(n_keys):
+    from recstack.train.sampling import PositiveKeys
+
+    rng = np.random.default_rng(n_keys)
+    keys = np.unique(rng.integers(0, 2**40, n_keys))
+    queries = np.concatenate([rng.integers(0, 2**40, 20_000), keys, keys[:3] + 1]).reshape(-1, 1)
+    np.testing.assert_array_equal(PositiveKeys(keys).contains(queries), np.isin(queries, keys))

@@ -130,3 +130,27 @@ def test_adam_betas_reach_the_optimizer_and_bad_betas_name_the_field():
     assert optimizer.param_groups[0]["betas"] == (0.9, 0.98)
     with pytest.raises(ValueError, match="adam_betas"):
         TrainerConfig(adam_betas=(0.9, 1.0))
+
+
+def test_without_an_optimizer_the_batch_function_updates_the_weights_itself(tmp_path):
+    calls = []
+
+    def add_one(module, batch):
+        assert not torch.is_grad_enabled()  # the trainer runs closed-form steps under no_grad
+        module.w.add_(1.0)
+        calls.append(module.w.item())
+        return -module.w.detach()
+
+    module = Counter()
+    trainer = _trainer(epochs=6, optimizer="none", learning_rate=0.5, checkpoint_dir=str(tmp_path))
+    history = trainer.fit(module, add_one, one_batch, PeaksAtTwo(module), train=TRAIN, valid=VALID)
+    assert calls == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert trainer.best_epoch == 2 and module.w.item() == 2.0  # early-stopping state restore still works
+    assert [h["learning_rate"] for h in history] == [0.5] * 6
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["optimizer"] is None
+
+
+@pytest.mark.parametrize("setting", [{"lr_schedule": "cosine"}, {"max_grad_norm": 1.0}, {"precision": "bf16"}])
+def test_gradient_settings_without_an_optimizer_are_refused(setting):
+    with pytest.raises(ValueError, match=f"optimizer='none'.*{next(iter(setting))}"):
+        TrainerConfig(optimizer="none", **setting)

@@ -3,7 +3,9 @@
 The model supplies four things and keeps all model code to itself:
 
 - `module`: a `torch.nn.Module` (the trainer moves it to the device and owns the optimiser);
-- `batch_loss(module, batch) -> scalar tensor`: the loss of one batch;
+- `batch_loss(module, batch) -> scalar tensor`: the loss of one batch (with `optimizer="none"`, a
+  function that updates the module's weights itself, under `torch.no_grad`, and returns the loss:
+  closed-form SGD such as BPR-MF's needs no autograd and no optimiser state);
 - `batches() -> iterable of batches`: called once per epoch; a batch is a tuple of numpy arrays
   or tensors, which the trainer moves to the device before `batch_loss` sees it;
 - `scorer`: anything with `score(users, history, items=None) -> numpy`, reading the module's current
@@ -40,7 +42,7 @@ from typing import Any, Callable, Iterable, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, field_validator, model_validator
 from pydantic import NonNegativeFloat
 
 from recstack.data.interactions import Interactions
@@ -66,7 +68,9 @@ class TrainerConfig(BaseModel):
     epochs: PositiveInt = 10
     learning_rate: PositiveFloat = 1e-3
     batch_size: PositiveInt = 1024  # informational for the loop; the model's batch factory uses it
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    # "none": `batch_loss` applies its own closed-form update under no_grad and returns the loss
+    # (BPR-MF's per-triple SGD); the trainer only runs the loop, validation and early stopping
+    optimizer: Literal["adam", "adamw", "sgd", "none"] = "adam"
     weight_decay: NonNegativeFloat = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)  # SASRec's paper trains with beta2 = 0.98
     early_stopping_patience: PositiveInt | None = 10
@@ -92,6 +96,16 @@ class TrainerConfig(BaseModel):
         verbose), plus `settings` for the rest (e.g. optimizer="adam")."""
         shared = {name: getattr(config, name) for name in _MODEL_SETTINGS}
         return cls(**{**shared, **settings})
+
+    @model_validator(mode="after")
+    def _no_gradient_settings_without_optimizer(self) -> "TrainerConfig":
+        if self.optimizer == "none":
+            used = [name for name, off in (("lr_schedule", "constant"), ("max_grad_norm", None), ("precision", "fp32"))
+                    if getattr(self, name) != off]
+            if used:
+                raise ValueError(f"optimizer='none' (the model updates its own weights) cannot honour {used}; "
+                                 "leave them at their defaults or pick a gradient optimiser")
+        return self
 
     @field_validator("adam_betas")
     @classmethod
@@ -172,8 +186,10 @@ class Trainer:
         self.best_value: float | None = None
         self.stopped_early = False
 
-    def _optimizer(self, module: torch.nn.Module) -> torch.optim.Optimizer:
+    def _optimizer(self, module: torch.nn.Module) -> torch.optim.Optimizer | None:
         c = self.config
+        if c.optimizer == "none":
+            return None
         params = [p for p in module.parameters() if p.requires_grad]
         # the fused kernel does Adam's whole update in one pass over each tensor instead of about ten
         # element-wise ops: same arithmetic, 1.5-3x faster steps on embedding tables of 1M+ rows
@@ -187,8 +203,10 @@ class Trainer:
                                      fused=fused or None)
         return torch.optim.SGD(params, lr=c.learning_rate, weight_decay=c.weight_decay)
 
-    def _scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
+    def _scheduler(self, optimizer: torch.optim.Optimizer | None) -> torch.optim.lr_scheduler.LRScheduler | None:
         c = self.config
+        if optimizer is None:
+            return None
         if c.lr_schedule == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=c.epochs)
         if c.lr_schedule == "step":
@@ -269,7 +287,8 @@ class Trainer:
         if c.resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             saved = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
             module.load_state_dict(saved["module"])
-            optimizer.load_state_dict(saved["optimizer"])
+            if optimizer is not None:
+                optimizer.load_state_dict(saved["optimizer"])
             if scheduler is not None and saved.get("scheduler") is not None:
                 scheduler.load_state_dict(saved["scheduler"])
             torch.set_rng_state(saved["torch_rng"])
@@ -289,13 +308,17 @@ class Trainer:
                 started = time.perf_counter()
                 total, n_batches = torch.zeros((), device=self.device), 0
                 for batch in batches():
-                    with self._autocast():
-                        loss = batch_loss(module, to_device(batch, self.device))
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if c.max_grad_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(module.parameters(), c.max_grad_norm)
-                    optimizer.step()
+                    if optimizer is None:  # the batch function updates the weights itself
+                        with torch.no_grad():
+                            loss = batch_loss(module, to_device(batch, self.device))
+                    else:
+                        with self._autocast():
+                            loss = batch_loss(module, to_device(batch, self.device))
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        if c.max_grad_norm is not None:
+                            torch.nn.utils.clip_grad_norm_(module.parameters(), c.max_grad_norm)
+                        optimizer.step()
                     step += 1
                     if after_step is not None:
                         after_step(module, optimizer, step)
@@ -320,14 +343,15 @@ class Trainer:
                     else:
                         evaluations_since_best += 1
                 entry = {"epoch": epoch, "loss": mean_loss, label: value,
-                         "learning_rate": optimizer.param_groups[0]["lr"],
+                         "learning_rate": c.learning_rate if optimizer is None else optimizer.param_groups[0]["lr"],
                          "seconds": round(time.perf_counter() - started, 4)}
                 self.history.append(entry)
                 self._log_epoch(entry)
                 stop = c.early_stopping_patience is not None and evaluations_since_best >= c.early_stopping_patience
                 if self.checkpoint_path is not None:
                     self._save_checkpoint({
-                        "module": module.state_dict(), "optimizer": optimizer.state_dict(),
+                        "module": module.state_dict(),
+                        "optimizer": None if optimizer is None else optimizer.state_dict(),
                         "scheduler": None if scheduler is None else scheduler.state_dict(),
                         "torch_rng": torch.get_rng_state(), "history": json.dumps(self.history),
                         "best_state": best_state, "best_value": self.best_value, "best_epoch": self.best_epoch,
