@@ -2,6 +2,7 @@
 
 import json
 import math
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -154,3 +155,26 @@ def test_without_an_optimizer_the_batch_function_updates_the_weights_itself(tmp_
 def test_gradient_settings_without_an_optimizer_are_refused(setting):
     with pytest.raises(ValueError, match=f"optimizer='none'.*{next(iter(setting))}"):
         TrainerConfig(optimizer="none", **setting)
+
+
+class _TrainItemFirst:
+    """The train item 8 scores highest, the valid item 9 second, everything else lower."""
+
+    def score(self, users, history, items=None):
+        scores = np.tile(-np.arange(10, dtype=np.float32), (len(users), 1))
+        scores[:, 8], scores[:, 9] = 2.0, 1.0
+        return scores
+
+
+def test_validation_follows_the_protocols_history_masking():
+    from recstack.evaluate.evaluator import validation_protocol
+
+    def first_value(**protocol):
+        trainer = _trainer(epochs=1)
+        with validation_protocol(**protocol) if protocol else nullcontext():
+            trainer.fit(Counter(), counter_loss, one_batch, _TrainItemFirst(), train=TRAIN, valid=VALID)
+        return trainer.history[0]["NDCG@10"]
+
+    assert first_value() == first_value(mask_history=True) == 1.0  # item 8 masked: item 9 first
+    assert first_value(mask_history=False) == pytest.approx(1 / math.log2(3))  # item 8 kept: item 9 second
+    assert first_value() == 1.0  # the block's setting does not outlive it

@@ -8,6 +8,8 @@ catalogue and a memory budget, never one user at a time.
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol, Sequence
 
@@ -119,6 +121,27 @@ def _prefer_lower_index_at_cut(scores, idx, values, rows, k) -> None:
         block = idx[part]
         block[refill] = np.take_along_axis(lowest, np.maximum(slot, 0), axis=1)[refill]
         idx[part] = block
+
+
+_VALIDATION_MASKS_HISTORY: ContextVar[bool] = ContextVar("validation_masks_history", default=True)
+
+
+@contextmanager
+def validation_protocol(*, mask_history: bool):
+    """Inside this block, validation during training (the `Trainer`'s early stopping) masks the
+    history or not as given: `recstack run` and `tune` wrap every fit in the experiment's
+    `mask_history`, so a model is selected under the protocol it is reported under (repeat
+    consumption: False). Outside any block, validation masks the history."""
+    token = _VALIDATION_MASKS_HISTORY.set(bool(mask_history))
+    try:
+        yield
+    finally:
+        _VALIDATION_MASKS_HISTORY.reset(token)
+
+
+def validation_masks_history() -> bool:
+    """The history masking that validation during training uses here (see `validation_protocol`)."""
+    return _VALIDATION_MASKS_HISTORY.get()
 
 
 def rank(

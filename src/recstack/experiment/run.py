@@ -33,7 +33,7 @@ from rich.markup import escape
 
 from recstack.data.dataset import Dataset
 from recstack.errors import RecstackError
-from recstack.evaluate.evaluator import EvalResult, evaluate, rank
+from recstack.evaluate.evaluator import EvalResult, evaluate, rank, validation_protocol
 from recstack.experiment.analysis import RunAnalysis
 from recstack.experiment.config import ExperimentConfig, load_config, parse_config
 from recstack.experiment.report import write_report
@@ -186,7 +186,8 @@ def run_experiment(
             if hasattr(model, "use_dataset"):  # models that read side information (item texts)
                 model.use_dataset(dataset)
             tick = time.perf_counter()
-            model.fit(split.train, split.valid)
+            with validation_protocol(mask_history=config.mask_history):
+                model.fit(split.train, split.valid)
             fit_seconds = time.perf_counter() - tick
             part_results: dict[str, EvalResult] = {}
             eval_seconds: dict[str, float] = {}

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from recstack.errors import RecstackError
-from recstack.evaluate.evaluator import evaluate
+from recstack.evaluate.evaluator import evaluate, validation_protocol
 from recstack.experiment.config import ExperimentConfig, ModelEntry, SearchDimension, parse_config
 from recstack.experiment.run import RunResult, prepare_data, run_experiment
 from recstack.fs import atomic_write_text
@@ -80,7 +80,8 @@ def tune(config: ExperimentConfig | dict | str, *, n_trials: int | None = None, 
         model = build(spec.model, params)
         if hasattr(model, "use_dataset"):  # models that read side information (item texts)
             model.use_dataset(dataset)
-        model.fit(split.train, split.valid)
+        with validation_protocol(mask_history=config.mask_history):
+            model.fit(split.train, split.valid)
         trial.set_user_attr("fit_seconds", time.perf_counter() - started)
         value = evaluate(model, history, split.valid, metrics=[label], mask_history=config.mask_history,
                          memory_budget_mb=config.memory_budget_mb).metrics[label]

@@ -47,7 +47,7 @@ from pydantic import NonNegativeFloat
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.evaluate.evaluator import Scorer, evaluate, parse_metric_labels
+from recstack.evaluate.evaluator import Scorer, evaluate, parse_metric_labels, validation_masks_history
 
 logger = logging.getLogger(__name__)
 
@@ -240,12 +240,14 @@ class Trainer:
 
     def validate(self, scorer: Scorer, train: Interactions, valid: Interactions, module: torch.nn.Module) -> float:
         """The validation metric of `scorer` ranking over the full catalogue with `train` masked
-        (over `valid.item_pool` only when it is set, as on a cold-item split)."""
+        (over `valid.item_pool` only when it is set, as on a cold-item split; `train` stays
+        rankable inside a `validation_protocol(mask_history=False)` block)."""
         was_training = module.training
         module.eval()
         try:
             with torch.no_grad():
-                result = evaluate(scorer, history=train, test=valid, metrics=[self.config.valid_metric])
+                result = evaluate(scorer, history=train, test=valid, metrics=[self.config.valid_metric],
+                                  mask_history=validation_masks_history())
         finally:
             module.train(was_training)
         return float(result.metrics[self.config.valid_metric])
