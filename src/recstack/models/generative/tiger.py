@@ -55,15 +55,16 @@ layers), d 128, 4 heads, feed-forward 512, dropout 0.1, 20 history items, Adam l
 residual k-means with 3 x 64 codes on L2-normalised collaborative SVD vectors (3 x 256 leaves most
 fine codewords with one item or none on a catalogue of a few thousand; without the normalisation
 rare items' near-zero vectors collapse into shared codes: 53% of ml-100k items collided, 11% with it).
-These defaults were NOT tuned: the shared CPU of this build allowed one small run per variant.
-On ml-100k (leave-last-one-out, seed 2020) the run of `examples/generative_ml100k.yaml` (d 64,
-2 heads, 10 history items, 4 targets per user per epoch, lr 3e-3, at most 20 epochs) gives
-valid / test NDCG@10 (test for reference only; beam width 2k = 40 at the evaluator's depth 20):
-residual k-means 0.065 / 0.049 (12% collisions), RQ-VAE on MiniLM texts 0.053 / 0.050 (2.4%),
-Hua sequential 0.042 / 0.043, Hua collaborative 0.064 / 0.057, projection head (residual k-means
-codes) 0.073 / 0.060, against SASRec 0.115 / 0.090 and EASE 0.083 / 0.073 in the same run; 4-9
-minutes per TIGER fit on one busy core. All but residual k-means were still improving at the
-20-epoch cap, so these are figures of undertrained models, not of the method's ceiling.
+These defaults were NOT tuned: a CPU build allows one small run per variant (TIGER's own size took
+5.5 s per step of 256 on one core, 35 minutes an epoch; `examples/tiger_paper_ml100k.yaml` is for a
+GPU). On ml-100k (leave-last-one-out, seed 2020) `examples/generative_ml100k.yaml` (d 64, 2 heads,
+10 history items, 4 targets per user per epoch, lr 3e-3, early stopping with patience 3
+validations every 5 epochs) gives valid / test NDCG@10 (test for reference only; beam width 2k = 40
+at the evaluator's depth 20): residual k-means 0.088 / 0.082 (above EASE's 0.083 / 0.073), Hua
+hybrid 0.087 / 0.067, Hua collaborative 0.081 / 0.063, projection head (residual k-means codes)
+0.081 / 0.068, RQ-VAE on MiniLM texts 0.069 / 0.064, Hua semantic 0.061 / 0.057, Hua sequential
+0.060 / 0.046 (at the 80-epoch cap), Hua random 0.037 / 0.033, against SASRec 0.115 / 0.090; 4-9
+minutes per TIGER fit on one core, best epochs 25-70.
 
 Fitted state is numpy: the item codes `codes_`, `level_sizes_` and the network weights as one flat
 float32 vector `weights_` (rebuilt into the network on first use after `load`); scoring needs torch.
