@@ -223,3 +223,10 @@ def test_compiled_sgd_step_matches_the_eager_one(clustered_split, with_bias):
     np.testing.assert_allclose(compiled.user_factors_, eager.user_factors_, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(compiled.item_factors_, eager.item_factors_, rtol=1e-4, atol=1e-6)
     assert [h["loss"] for h in compiled.history_] == pytest.approx([h["loss"] for h in eager.history_], rel=1e-5)
+
+
+def test_compile_step_without_the_sgd_solver_is_refused():
+    from recstack.models import ConfigError, make_config
+
+    with pytest.raises(ConfigError, match="compile_step.*solver='sgd'"):
+        make_config(BPRConfig, {"compile_step": True})

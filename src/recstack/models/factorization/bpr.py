@@ -48,7 +48,7 @@ from typing import Literal, Self
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
@@ -78,6 +78,13 @@ class BPRConfig(ModelConfig):
     valid_metric: str = "NDCG@10"
     device: str = "auto"  # cuda when available, else cpu
     verbose: bool = True  # progress bar (only ever shown on a terminal)
+
+    @model_validator(mode="after")
+    def _compile_only_the_sgd_step(self) -> "BPRConfig":
+        if self.compile_step and self.solver != "sgd":
+            raise ValueError("compile_step compiles the closed-form SGD step: set solver='sgd' with it "
+                             "(the Adam path has no such step)")
+        return self
 
     @property
     def step_size(self) -> float:
