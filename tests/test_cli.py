@@ -278,3 +278,12 @@ def test_run_only_runs_the_named_entries_and_names_the_labels_on_a_typo(parts, t
     result = runner.invoke(app, ["run", str(config), "-o", str(tmp_path / "typo"), "--only", "eas-a"])
     assert_user_error(result, "'eas-a'", "pop, ease-a, itemknn")
     assert complete_runs(tmp_path / "typo") == []
+
+
+def test_tune_searches_and_runs_the_best_setting(parts, tmp_path):
+    config = write_config(tmp_path / "tune.yaml", data={"files": parts}, ks=[5, 10],
+                          tune={"model": "ease", "space": {"reg": {"low": 1, "high": 1000, "log": True}},
+                                "n_trials": 2})
+    result = runner.invoke(app, ["tune", str(config), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert len(complete_runs(tmp_path / "out")) == 1  # the best setting's run

@@ -137,8 +137,6 @@ def tune(
             overrides["output_dir"] = str(output_dir)
         if cache_dir is not None:
             overrides["cache_dir"] = str(cache_dir)
-        if only:
-            overrides["models"] = _select_models(experiment.models, only)
         if overrides:
             experiment = experiment.model_copy(update=overrides)
         console = _console()
