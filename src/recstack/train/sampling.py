@@ -2,10 +2,11 @@
 
 `UniformNegativeSampler` draws every negative of a batch at once, finds the draws that hit a
 positive, and redraws only those until none is left: no Python loop per sample. Membership is
-exact: a one-hash Bloom filter over the `user * n_items + item` keys (2 bytes per positive) clears
-most draws in a few cache-friendly passes, and only the draws it flags go on to a binary search of
-the sorted keys (searching every draw cost 80% of a BPR epoch at 1M interactions). `EpochPairs` walks (user, positive item) pairs in a
-fresh random order each epoch by permuting an index, never copying the pairs themselves.
+exact: a one-hash Bloom filter over the `user * n_items + item` keys (2-4 bytes per positive)
+clears most draws in a few vectorised passes, and only the draws it flags go on to a binary search
+of the sorted keys (searching every draw had cost 80% of a BPR epoch at 1M interactions).
+`EpochPairs` walks (user, positive item) pairs in a fresh random order each epoch by permuting an
+index, never copying the pairs themselves.
 Both are seeded through `np.random.Generator`, so a seed fixes every draw.
 """
 
@@ -23,7 +24,7 @@ from recstack.errors import RecstackError
 _MAX_ROUNDS = 10_000
 
 
-_BLOOM_BITS_PER_KEY = 16  # false-positive rate about 1 - exp(-1/16) = 6%, all resolved by the exact search
+_BLOOM_BITS_PER_KEY = 16  # at least; false positives about 1 - exp(-1/16) = 6% at most, all resolved exactly
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: multiply, keep the top bits
 
 
