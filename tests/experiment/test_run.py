@@ -130,6 +130,10 @@ def test_saved_models_reload_and_score_the_same(finished):
 def test_training_curves_and_reports(finished):
     curves = json.loads((finished.run_dir / "curves.json").read_text())
     assert list(curves) == ["bpr"] and len(curves["bpr"]) == 2
+    # the trainer's live per-epoch log, written while bpr trained, ends up in the run directory
+    log = finished.run_dir / "logs" / "bpr.jsonl"
+    assert [json.loads(line) for line in log.read_text().splitlines()] == curves["bpr"]
+    assert sorted(p.name for p in (finished.run_dir / "logs").iterdir()) == ["bpr.jsonl"]  # only trained models
     md = (finished.run_dir / "report.md").read_text()
     page = (finished.run_dir / "report.html").read_text()
     fingerprint = finished.split.fingerprint()

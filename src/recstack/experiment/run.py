@@ -39,6 +39,7 @@ from recstack.experiment.config import ExperimentConfig, load_config, parse_conf
 from recstack.experiment.report import write_report
 from recstack.fs import atomic_directory
 from recstack.split.base import Split
+from recstack.train.epoch_log import epoch_log
 
 _VERSIONED = ("recstack", "numpy", "scipy", "pydantic", "pyarrow", "torch", "implicit")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]+")
@@ -186,7 +187,7 @@ def run_experiment(
             if hasattr(model, "use_dataset"):  # models that read side information (item texts)
                 model.use_dataset(dataset)
             tick = time.perf_counter()
-            with validation_protocol(mask_history=config.mask_history):
+            with validation_protocol(mask_history=config.mask_history), epoch_log(tmp / "logs" / f"{label}.jsonl"):
                 model.fit(split.train, split.valid)
             fit_seconds = time.perf_counter() - tick
             part_results: dict[str, EvalResult] = {}

@@ -17,8 +17,9 @@ weights are kept. Patience counts evaluations without improvement (epochs when `
 
 Also: a learning-rate schedule stepped once per epoch (constant, cosine, step, exponential),
 gradient-norm clipping, optional bf16 autocast, a JSON-lines log with one line per epoch
-(`log_path`), and a checkpoint after every epoch (`checkpoint_dir`) from which `resume=True`
-continues: module, optimiser, schedule, history, early-stopping state and torch's RNG are
+(`log_path`, else the file of an enclosing `train.epoch_log.epoch_log` block: `recstack run` sets
+`<run>/logs/<label>.jsonl`), and a checkpoint after every epoch (`checkpoint_dir`) from which
+`resume=True` continues: module, optimiser, schedule, history, early-stopping state and torch's RNG are
 restored. The model's own numpy samplers are not in the checkpoint, so a resumed run follows a
 different (equally valid) sample path than an uninterrupted one.
 
@@ -48,6 +49,7 @@ from pydantic import NonNegativeFloat
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.evaluate.evaluator import Scorer, evaluate, parse_metric_labels, validation_masks_history
+from recstack.train.epoch_log import current_epoch_log
 
 logger = logging.getLogger(__name__)
 
@@ -232,8 +234,8 @@ class Trainer:
         os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
 
     def _log_epoch(self, entry: dict[str, Any]) -> None:
-        if self.config.log_path is not None:
-            path = Path(self.config.log_path)
+        path = Path(self.config.log_path) if self.config.log_path is not None else current_epoch_log()
+        if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a") as handle:
                 handle.write(json.dumps(entry) + "\n")
