@@ -275,7 +275,7 @@ class BPR(SaveLoad):
                 yield users, items, negatives[index]
 
         step_function = bpr_sgd_step
-        if c.solver == "sgd" and c.compile_step:
+        if c.compile_step:  # the config allows it only with solver="sgd"
             step_function = _compiled_sgd_step(net, c, resolve_device(c.device))
 
         def sgd_step(module: _Net, batch) -> torch.Tensor:
