@@ -2,7 +2,8 @@
 """Set up recstack in ./.venv (idempotent) and run the default benchmark or the test suite.
 
     python3 dev.py benchmark   # set up, then `recstack run` (ml-100k default benchmark)
-    python3 dev.py test        # set up, then the whole test suite
+    python3 dev.py test        # set up, then the whole suite, then the contract tests as other CPUs
+    python3 dev.py test --cpu avx2 [PYTEST ARGS]   # the whole suite as an AVX2-only CPU would run it
 
 Needs nothing but Python >= 3.11. The environment is rebuilt only when pyproject.toml changes.
 """
@@ -24,6 +25,15 @@ PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / ".recstack-setup-stamp"
 # torch is pinned: an unpinned torch pulls several GB of CUDA packages
 TORCH = "torch==2.13.0"
+
+# Kernel levels of the CPU kinds the suite must pass on. float32 results move in the last bits with
+# the kernel (a row's rounding can depend on its position in a GEMM block), so the contract tests
+# are re-run with torch (ATen), MKL (torch's GEMM) and OpenBLAS (numpy's) forced down to each level.
+CPU_PROFILES: dict[str, dict[str, str]] = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "OPENBLAS_CORETYPE": "Haswell"},
+    "generic": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+                "OPENBLAS_CORETYPE": "Prescott"},
+}
 
 
 def sh(*args: str | Path) -> None:
@@ -64,6 +74,60 @@ def ensure_chromium() -> None:
     sh(*sudo, apt, "install", "-y", "-q", "--no-install-recommends", "chromium")
 
 
+def cpu_environment(profile: str, env: dict[str, str]) -> dict[str, str] | None:
+    """`env` with the kernel variables of `profile`, or None when this CPU cannot run that level.
+
+    An OPENBLAS_CORETYPE the machine already sets is kept: some hosts set it because other
+    OpenBLAS kernels crash there."""
+    if profile not in CPU_PROFILES:
+        sys.exit(f"unknown --cpu {profile!r}; choose one of: {', '.join(CPU_PROFILES)}")
+    if profile == "avx2" and not _cpu_has("avx2"):
+        return None
+    wanted = dict(CPU_PROFILES[profile])
+    if env.get("OPENBLAS_CORETYPE"):
+        wanted.pop("OPENBLAS_CORETYPE")
+    return {**env, **wanted}
+
+
+def _cpu_has(flag: str) -> bool:
+    try:
+        return any(flag in line.split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("flags"))
+    except OSError:  # not Linux: assume a current x86-64
+        return True
+
+
+def pytest(args: list[str], env: dict[str, str], label: str = "") -> int:
+    if label:
+        shown = " ".join(f"{k}={v}" for k, v in env.items() if k in CPU_PROFILES["avx2"])
+        print(f"\n== {label}: {shown}", flush=True)
+    return subprocess.call([str(PYTHON), "-m", "pytest", "-q", *args], cwd=ROOT, env=env)
+
+
+def test(rest: list[str], env: dict[str, str]) -> int:
+    """The whole suite; with no arguments (the README's and CI's command) the contract tests then run
+    again under every CPU profile. `--cpu NAME` runs the given pytest arguments under that profile only."""
+    ensure_chromium()
+    if rest[:1] == ["--cpu"] or (rest and rest[0].startswith("--cpu=")):
+        profile = rest[1] if rest[0] == "--cpu" and len(rest) > 1 else rest[0].partition("=")[2]
+        rest = rest[2:] if rest[0] == "--cpu" else rest[1:]
+        forced = cpu_environment(profile, env)
+        if forced is None:
+            sys.exit(f"this CPU has no {profile.upper()}, so it cannot run as an {profile} machine")
+        return pytest(rest, forced, f"whole suite as a {profile} CPU")
+    status = pytest(rest, env)
+    if rest:
+        return status
+    for profile in CPU_PROFILES:
+        forced = cpu_environment(profile, env)
+        if forced is None:
+            print(f"\n== contract tests as a {profile} CPU: skipped, this CPU has no {profile.upper()}", flush=True)
+            continue
+        status = pytest(["-m", "contract", "-p", "no:cacheprovider"], forced,
+                        f"contract tests as a {profile} CPU") or status
+    return status
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 1 or argv[0] not in {"benchmark", "test", "setup"}:
         print(__doc__)
@@ -74,8 +138,7 @@ def main(argv: list[str]) -> int:
     if command == "benchmark":
         return subprocess.call([str(BIN / "recstack"), "run", *rest], cwd=ROOT, env=env)
     if command == "test":
-        ensure_chromium()
-        return subprocess.call([str(PYTHON), "-m", "pytest", "-q", *rest], cwd=ROOT, env=env)
+        return test(rest, env)
     return 0
 
 

@@ -2,11 +2,47 @@
 
 from __future__ import annotations
 
+import getpass
+import os
+import tempfile
+
 import numpy as np
 import pytest
 
 from recstack.data import Interactions
 from recstack.split import Split
+
+
+# torch.compile's kernel cache is not keyed by the forced kernel level: a kernel compiled under
+# ATEN_CPU_CAPABILITY=avx2 aborts the process when a native run loads it, and the other way round.
+# One cache per level, so `dev.py test --cpu ...` and a plain run never share compiled kernels.
+_KERNEL_LEVEL = "-".join(os.environ.get(v, "native") for v in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS"))
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_{_KERNEL_LEVEL}"))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Which kernels this run used, so a log shows the CPU kind it tested (see dev.py --cpu); a
+    summary line, unlike the header, is printed under -q too."""
+    terminalreporter.write_line("kernels: " + "; ".join(_kernel_lines()))
+
+
+def _kernel_lines() -> list[str]:
+    lines = []
+    try:
+        import torch
+
+        lines.append(f"torch CPU capability: {torch.backends.cpu.get_cpu_capability()}")
+    except ImportError:
+        pass
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = [f"{i['internal_api']} {i.get('architecture', '?')}" for i in threadpool_info() if i["user_api"] == "blas"]
+        lines.append(f"numpy BLAS: {', '.join(blas) or 'none loaded'}")
+    except ImportError:
+        pass
+    return lines
 
 
 def make_clustered(n_users: int = 300, n_items: int = 120, n_clusters: int = 6, per_user: int = 25,

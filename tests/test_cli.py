@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,9 @@ def finished_run(tmp_path_factory) -> Path:
     assert result.exit_code == 0, result.output
     assert "leaderboard" in result.stdout and "ease" in result.stdout
     (run_dir,) = (folder / "runs").iterdir()
+    # the hidden directory that `tail -f` follows while it trains, then the final one
+    assert f"writing to {folder / 'runs' / ('.' + run_dir.name)}." in result.stdout
+    assert f"run directory: {run_dir}" in result.stdout
     return run_dir
 
 
@@ -183,6 +187,62 @@ def test_unknown_model_label_in_recommend(finished_run):
                       "'eas'", "'ease'")
 
 
+def _received_run(finished_run: Path, tmp_path: Path, monkeypatch) -> tuple[Path, str, Path]:
+    """A copy of a finished run, and an importable user module whose import writes a flag file."""
+    import shutil
+    import uuid
+
+    run_dir = tmp_path / "received"
+    shutil.copytree(finished_run, run_dir)
+    name = f"recstack_sender_code_{uuid.uuid4().hex[:8]}"
+    flag = tmp_path / f"{name}.imported"
+    (tmp_path / f"{name}.py").write_text(f"from pathlib import Path\nPath({str(flag)!r}).write_text('ran')\n"
+                                         "from recstack.models.neighborhood.ease import EASE\n\n"
+                                         "class MyEASE(EASE):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return run_dir, name, flag
+
+
+def test_recommend_refuses_an_unregistered_model_class_unless_trusted(finished_run, tmp_path, monkeypatch):
+    run_dir, name, flag = _received_run(finished_run, tmp_path, monkeypatch)
+    meta_file = run_dir / "models" / "ease" / "model.json"
+    meta = json.loads(meta_file.read_text())
+    meta["class"] = f"{name}:MyEASE"
+    meta_file.write_text(json.dumps(meta))
+    args = ["recommend", str(run_dir), "--model", "ease", "--user", "1003", "-k", "3"]
+    assert_user_error(runner.invoke(app, args), str(meta_file), f"'{name}:MyEASE'", "--trust-code")
+    assert name not in sys.modules and not flag.exists()
+    trusted = runner.invoke(app, [*args, "--trust-code"])
+    assert trusted.exit_code == 0, trusted.output
+    assert flag.exists() and len([line for line in trusted.stdout.splitlines() if line.startswith("│")]) == 3
+
+
+def test_recommend_refuses_an_unregistered_model_in_the_run_config(finished_run, tmp_path, monkeypatch):
+    run_dir, name, flag = _received_run(finished_run, tmp_path, monkeypatch)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["models"][1]["name"] = f"{name}:MyEASE"
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    result = runner.invoke(app, ["recommend", str(run_dir), "--model", "pop", "--user", "1003"])
+    assert_user_error(result, str(run_dir / "config.yaml"), f"'{name}:MyEASE'", "--trust-code")
+    assert name not in sys.modules and not flag.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing"])
+def test_recommend_on_a_damaged_state_file_names_it(damage, finished_run, tmp_path, monkeypatch):
+    run_dir, _, _ = _received_run(finished_run, tmp_path, monkeypatch)
+    state = run_dir / "models" / "ease" / "state.npz"
+    if damage == "truncated":
+        state.write_bytes(state.read_bytes()[:-100])
+    elif damage == "garbage":
+        state.write_bytes(b"not a numpy archive at all\n" * 20)
+    else:
+        state.unlink()
+    result = runner.invoke(app, ["recommend", str(run_dir), "--model", "ease", "--user", "1003"])
+    line = assert_user_error(result, str(state), "re-save the model")
+    assert "pickle" not in line
+
+
 def test_not_a_run_directory(tmp_path):
     assert_user_error(runner.invoke(app, ["recommend", str(tmp_path), "--model", "pop", "--user", "1"]),
                       "not a recstack run directory")
@@ -204,7 +264,40 @@ def test_k_larger_than_catalogue(parts, tmp_path, finished_run):
     assert_user_error(runner.invoke(app, ["run", str(config)]), "k=31", "30 items")
     assert complete_runs(tmp_path / "runs") == []
     assert_user_error(runner.invoke(app, ["recommend", str(finished_run), "--model", "pop", "--user", "1003",
-                                          "-k", "1000"]), "k=1000", "catalogue")
+                                          "-k", "1000"]), "k=1000", "catalogue", "30 items", "choose k <= 30")
+    assert_user_error(runner.invoke(app, ["recommend", str(finished_run), "--model", "pop", "--user", "1003",
+                                          "-k", "0"]), "k must be >= 1, got 0")
+
+
+def test_recommend_explains_a_short_or_empty_list(tmp_path):
+    """1003 has rated every item, 1004 all but two: one line says why, not an empty table."""
+    parts = write_parts(tmp_path / "data")
+    lines = {part: Path(path).read_text().splitlines() for part, path in parts.items()}
+    items = sorted({line.split("\t")[1] for rows in lines.values() for line in rows[1:]})
+    first = min(int(line.split("\t")[3]) for line in lines["train"][1:])
+    rated = {line.split("\t")[1] for rows in lines.values() for line in rows[1:] if line.startswith("1004\t")}
+    left = [item for item in items if item not in rated][:2]  # 1004 will have seen all but these
+    extra = [f"{user}\t{item}\t5\t{first - 1}" for user, skip in (("1003", []), ("1004", left))
+             for item in items if item not in skip]
+    Path(parts["train"]).write_text("\n".join(lines["train"][:1] + extra + lines["train"][1:]) + "\n")
+    config = write_config(tmp_path / "exp.yaml", data={"files": parts}, models=[{"name": "pop"}], ks=[10])
+    result = runner.invoke(app, ["run", str(config), "-o", str(tmp_path / "runs"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    run_dir = result.stdout.strip()
+
+    def shown(*args: str):
+        return runner.invoke(app, ["recommend", run_dir, "--model", "pop", *args])
+
+    assert_user_error(shown("--user", "1003"), f"user '1003' has interacted with all {len(items)} items",
+                      "nothing is left to recommend", "--include-seen")
+    everything = shown("--user", "1003", "--include-seen", "-k", "3")
+    assert everything.exit_code == 0, everything.output
+    assert sum(line.startswith("│") for line in everything.stdout.splitlines()) == 3
+    short = shown("--user", "1004", "-k", "5")
+    assert short.exit_code == 0, short.output
+    rows = [line for line in short.stdout.splitlines() if line.startswith("│")]
+    assert sorted(row.split("│")[2].strip() for row in rows) == left
+    assert "only 2 of 5: pop can score no other unseen item for user 1004" in short.stdout
 
 
 def test_debug_shows_the_traceback(tmp_path):
@@ -235,6 +328,105 @@ def test_console_script_entry_point(tmp_path):
     assert done.returncode == 2, done
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and done.stderr.startswith("error: ")
     assert "ks" in done.stderr and "Traceback" not in done.stderr
+
+
+# ---- bad input in a real process: one line, exit 2, before any model trains, nothing left behind ----
+
+def recstack_process(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, "-c", "from recstack.cli import main; main()", *args],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def tree(folder: Path) -> list[str]:
+    """Everything under `folder`, hidden entries included (a leftover temporary directory is one)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+_BPR = {"name": "bpr", "params": {"epochs": 1, "embedding_size": 4, "verbose": False}}
+
+
+def _bpr_with(**params) -> list[dict]:
+    return [{"name": "pop"}, {**_BPR, "params": {**_BPR["params"], **params}}]
+
+
+@pytest.mark.parametrize("changes, args, fragments", [
+    ({"models": _bpr_with(valid_metric="Recal@10")}, [],
+     ["models[1] (bpr)", "valid_metric 'Recal@10' is unknown", "did you mean 'Recall@10'"]),
+    ({"models": _bpr_with(valid_metric="NDCG")}, [], ["models[1] (bpr)", "valid_metric 'NDCG'", "cut-off"]),
+    ({"models": _bpr_with(device="cuda:99")}, [], ["models[1] (bpr)", "device 'cuda:99'"]),
+    ({"models": _bpr_with(seed=-1)}, [], ["models[1] (bpr)", "seed", "got -1"]),
+    ({"seed": -1}, [], ["seed", "4294967295", "got -1"]),
+    ({"seed": 2**64}, [], ["seed", "4294967295", f"got {2**64}"]),
+    ({}, ["--seed", "-1"], ["command-line options", "seed", "got -1"]),
+    ({"output_dir": "{tmp}/a-file/runs"}, [], ["output_dir", "a-file", "not a directory"]),
+    ({}, ["--run-dir", "{tmp}/taken"], ["run directory", "taken", "already exists"]),
+    ({}, ["--run-dir", "{tmp}/claimed"], ["run directory", "claimed", "being written by another run"]),
+], ids=["valid-metric-typo", "valid-metric-no-cutoff", "missing-device", "model-seed", "seed-negative",
+        "seed-too-large", "seed-option", "output-dir-unwritable", "run-dir-exists", "run-dir-being-written"])
+def test_bad_input_fails_in_one_line_before_training_and_leaves_nothing(parts, tmp_path, changes, args, fragments):
+    from recstack.fs import CLAIM_FILE
+
+    (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "results.txt").write_text("an earlier run's")
+    (tmp_path / "claimed").mkdir()
+    (tmp_path / "claimed" / CLAIM_FILE).write_text("")  # another run is writing here
+    before = tree(tmp_path)
+    raw = {"data": {"files": parts}, "ks": [5, 10], "models": [{"name": "pop"}, _BPR],
+           "output_dir": str(tmp_path / "runs"), **changes}
+    raw = {key: value.format(tmp=tmp_path) if isinstance(value, str) else value for key, value in raw.items()}
+    config = write_config(tmp_path / "exp.yaml", **raw)
+    done = recstack_process("run", str(config), *[a.format(tmp=tmp_path) for a in args])
+    assert done.returncode == 2, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert "fitting" not in done.stdout  # it failed before the first model trained
+    assert tree(tmp_path) == sorted([*before, "exp.yaml"])  # nothing made, nothing replaced
+
+
+def test_two_runs_of_one_run_dir_never_replace_each_other(parts, tmp_path):
+    config = write_config(tmp_path / "exp.yaml", data={"files": parts}, ks=[5, 10], models=[{"name": "pop"}])
+    target = tmp_path / "exact"
+    first = runner.invoke(app, ["run", str(config), "--run-dir", str(target), "--quiet"])
+    assert first.exit_code == 0, first.output
+    written = (target / "metrics.json").read_text()
+    second = runner.invoke(app, ["run", str(config), "--run-dir", str(target), "--quiet"])
+    assert_user_error(second, str(target), "already exists")
+    assert (target / "metrics.json").read_text() == written
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary sibling left
+    assert not [p for p in target.iterdir() if p.name.startswith(".")]  # nor a claim
+
+
+def test_sigterm_removes_the_unfinished_run_like_ctrl_c(parts, tmp_path):
+    import signal
+    import time
+
+    slow = {"name": "bpr", "params": {"epochs": 100_000, "early_stopping_patience": None, "verbose": False,
+                                      "embedding_size": 4}}
+    output = tmp_path / "runs"
+    config = write_config(tmp_path / "exp.yaml", data={"files": parts}, ks=[5, 10], models=[slow],
+                          output_dir=str(output))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen([sys.executable, "-c", "from recstack.cli import main; main()", "run", str(config)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.name.startswith(".") for p in (output.iterdir() if output.exists() else [])):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.1)
+        time.sleep(1.0)  # well into training
+        assert process.poll() is None
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, (stdout, stderr)
+    assert "SIGTERM" in stderr and "Traceback" not in stderr
+    assert tree(output) == []  # neither the hidden temporary directory nor the claimed run directory
 
 
 # ---- the real default benchmark ----------------------------------------------------------------
@@ -287,3 +479,94 @@ def test_tune_searches_and_runs_the_best_setting(parts, tmp_path):
     result = runner.invoke(app, ["tune", str(config), "-o", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert len(complete_runs(tmp_path / "out")) == 1  # the best setting's run
+
+
+def _tune_config(path: Path, parts, valid_metric: str = "NDCG@10", space=None) -> Path:
+    space = space or {"reg": {"low": 1, "high": 1000, "log": True}}
+    return write_config(path, data={"files": parts}, ks=[10], valid_metric=valid_metric,
+                        tune={"model": "ease", "space": space, "n_trials": 2})
+
+
+def test_tune_after_a_metric_and_space_change_reports_the_new_studys_own_best(parts, tmp_path):
+    """The reported bug: a changed metric and space resumed the old study and printed its NDCG@10
+    and an out-of-space reg as 'best Precision@10'."""
+    out = tmp_path / "out"
+    first = runner.invoke(app, ["tune", str(_tune_config(tmp_path / "a.yaml", parts)), "-o", str(out)])
+    assert first.exit_code == 0, first.output
+    changed = _tune_config(tmp_path / "b.yaml", parts, "Precision@10", {"reg": {"low": 1, "high": 50}})
+    result = runner.invoke(app, ["tune", str(changed), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    best = next(line for line in result.stdout.splitlines() if line.startswith("best "))
+    match = re.match(r"best Precision@10 on valid: ([0-9.]+) \(trial (\d+) of study (\S+)\); params (.*)$", best)
+    assert match, best
+    trials = json.loads((out / f"tune-{match[3]}" / "trials.json").read_text())
+    assert len(trials) == 2 and all(1 <= t["params"]["reg"] <= 50 for t in trials)  # its own trials only
+    own = trials[int(match[2])]
+    assert float(match[1]) == pytest.approx(own["value"], abs=5e-5)
+    assert own["value"] == max(t["value"] for t in trials)
+    assert "2 trials run now, 0 resumed" in result.stdout
+    assert len(complete_runs(out)) == 2
+
+
+def test_tune_with_fewer_trials_than_done_runs_nothing_and_trains_no_duplicate(parts, tmp_path):
+    config, out = _tune_config(tmp_path / "a.yaml", parts), tmp_path / "out"
+    assert runner.invoke(app, ["tune", str(config), "-o", str(out)]).exit_code == 0
+    result = runner.invoke(app, ["tune", str(config), "-o", str(out), "--n-trials", "1"])
+    assert result.exit_code == 0, result.output
+    assert "0 trials run now, 2 resumed" in result.stdout and "raise --n-trials" in result.stdout
+    assert "not re-trained" in result.stdout
+    assert len(complete_runs(out)) == 1
+
+
+def test_tune_bad_inputs_fail_with_one_line(parts, tmp_path):
+    out = tmp_path / "out"
+    named = runner.invoke(app, ["tune", str(_tune_config(tmp_path / "a.yaml", parts)), "-o", str(out),
+                                "--study", "mine", "--n-trials", "1"])
+    assert named.exit_code == 0, named.output
+    changed = _tune_config(tmp_path / "b.yaml", parts, "Precision@10", {"reg": {"low": 1, "high": 50}})
+    result = runner.invoke(app, ["tune", str(changed), "-o", str(out), "--study", "mine"])
+    assert_user_error(result, "study 'mine'", "metric was NDCG@10, now Precision@10",
+                      "space.reg was log-float [1.0, 1000.0], now int [1, 50]")
+    assert len(json.loads((out / "tune-mine" / "trials.json").read_text())) == 1
+    assert_user_error(runner.invoke(app, ["tune", str(changed), "-o", str(out), "--n-trials", "0"]),
+                      "--n-trials must be at least 1")
+    assert_user_error(runner.invoke(app, ["tune", str(changed), "-o", str(out), "--study", "a/b"]),
+                      "study name 'a/b'")
+
+
+def test_blank_id_and_infinite_rating_are_refused_with_one_line(parts, tmp_path):
+    train = Path(parts["train"])
+    lines = train.read_text().splitlines()
+    lines[3] = "\t".join(["", *lines[3].split("\t")[1:]])
+    train.write_text("\n".join(lines) + "\n")
+    config = write_config(tmp_path / "exp.yaml", data={"files": parts}, models=[{"name": "pop"}],
+                          output_dir=str(tmp_path / "runs"))
+    assert_user_error(runner.invoke(app, ["run", str(config)]), str(train), "line 4", "column 'user_id'",
+                      "empty user id", "drop the row")
+    test = Path(parts["test"])
+    lines = test.read_text().splitlines()
+    lines[1] = "\t".join([*lines[1].split("\t")[:2], "inf", lines[1].split("\t")[3]])
+    test.write_text("\n".join(lines) + "\n")
+    train.write_text(train.read_text().replace("\n\t", "\n1000\t"))
+    assert_user_error(runner.invoke(app, ["run", str(config)]), str(test), "line 2", "column 'rating'",
+                      "value inf is not finite")
+    assert complete_runs(tmp_path / "runs") == []
+
+
+def test_re_sorted_file_order_is_one_warning_line(parts, tmp_path):
+    train = Path(parts["train"])
+    header, first, second, *rest = train.read_text().splitlines()
+    assert first.split("\t")[0] == second.split("\t")[0]  # one user's first two events, in time order
+    train.write_text("\n".join([header, second, first, *rest]) + "\n")
+    config = write_config(tmp_path / "exp.yaml", data={"files": parts}, models=[{"name": "pop"}],
+                          output_dir=str(tmp_path / "runs"))
+    result = runner.invoke(app, ["run", str(config), "--quiet"])
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "for 1 of 60 users" in warned[0] and "order: file" in warned[0]
+    assert "RecstackWarning" not in result.stderr
+    kept = write_config(tmp_path / "kept.yaml", data={"files": {**parts, "order": "file"}},
+                        models=[{"name": "pop"}], output_dir=str(tmp_path / "runs"))
+    result = runner.invoke(app, ["run", str(kept), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "warning:" not in result.stderr

@@ -1,22 +1,26 @@
 """The `recstack` command line: thin wrappers that parse, call library functions and print.
 
     recstack run [CONFIG]                       the default benchmark, or your YAML/TOML experiment
-    recstack recommend RUN_DIR --model L --user U [-k 10]
+    recstack tune CONFIG [--n-trials N --study NAME]   Optuna search on valid, then a run of the best
+    recstack recommend RUN_DIR --model L --user U [-k 10 --include-seen --trust-code]
     recstack compare RUN_DIR [RUN_DIR ...] [--metric NDCG@10 --test t --correction holm --baseline NAME]
     recstack data list | fetch NAME | info NAME
     recstack models
 
 A mistake the user can fix (any `RecstackError`, or an invalid config) prints one red line
 `error: ...` on stderr and exits with code 2; `--debug` adds the traceback. Anything else is a
-bug and shows its traceback. The dataset cache is `--cache-dir`, else the config's `cache_dir`,
+bug and shows its traceback. SIGTERM stops `run` and `tune` as Ctrl-C does (nothing half-written
+is left; exit code 143). The dataset cache is `--cache-dir`, else the config's `cache_dir`,
 else $RECSTACK_DATA, else ~/.cache/recstack.
 """
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, List, Optional
 
@@ -25,7 +29,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from recstack.errors import RecstackError
+from recstack.errors import RecstackError, RecstackWarning
 
 app = typer.Typer(
     name="recstack",
@@ -39,6 +43,8 @@ app.add_typer(data_app, name="data")
 
 _DEBUG_HELP = "Show the full traceback of errors."
 _CACHE_HELP = "Dataset cache folder (default: $RECSTACK_DATA, else ~/.cache/recstack)."
+_TRUST_HELP = ("Import model classes the run names outside recstack's registry ('package.module:Class'), "
+               "which runs their code: only for runs you wrote or whose sender you trust.")
 
 
 def _console() -> Console:
@@ -56,17 +62,59 @@ def _fail(message: str) -> None:
 
 @contextlib.contextmanager
 def _user_errors(debug: bool) -> Iterator[None]:
-    """Turn user-fixable errors into one line and exit code 2 (traceback too with --debug)."""
+    """Turn user-fixable errors into one line and exit code 2 (traceback too with --debug).
+
+    A `RecstackWarning` raised meanwhile prints as one line `warning: ...` on stderr.
+    """
+    with warnings.catch_warnings():  # puts the previous showwarning back on the way out
+        warnings.showwarning = _one_line_warnings(warnings.showwarning)
+        try:
+            yield
+        except (RecstackError, ValidationError) as exc:
+            if debug:
+                traceback.print_exc(file=sys.stderr)
+            if isinstance(exc, ValidationError):
+                from recstack.experiment.config import format_validation_error
+
+                _fail(format_validation_error(exc, exc.title))
+            _fail(str(exc))
+
+
+def _one_line_warnings(show: Any) -> Any:
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, RecstackWarning):
+            typer.secho(f"warning: {' '.join(str(message).split())}", fg=typer.colors.YELLOW, err=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return one_line
+
+
+class _Terminated(SystemExit):
+    """SIGTERM, raised where the program is, so that every `with` and `finally` cleans up as for Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _sigterm_cleans_up() -> Iterator[None]:
+    """SIGTERM (kill, a scheduler, a container stop) unwinds like Ctrl-C instead of ending the process
+    on the spot, so an unfinished run's hidden temporary directory is removed; exit code 128 + 15."""
+
+    def stop(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+        raise _Terminated(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (recstack embedded in another program): its signals, its rules
+        yield
+        return
     try:
         yield
-    except (RecstackError, ValidationError) as exc:
-        if debug:
-            traceback.print_exc(file=sys.stderr)
-        if isinstance(exc, ValidationError):
-            from recstack.experiment.config import format_validation_error
-
-            _fail(format_validation_error(exc, exc.title))
-        _fail(str(exc))
+    except _Terminated:
+        typer.secho("stopped by SIGTERM; nothing half-written was left behind", err=True)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ---- run --------------------------------------------------------------------------------------
@@ -78,18 +126,20 @@ def run(
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Folder for run directories."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the config's seed."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Exact run directory (must not exist)."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Exact run directory (must not exist, or be "
+                                                                   "empty)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the run directory."),
     only: Optional[list[str]] = typer.Option(None, "--only", help="Run only the model entries with this label "
                                                                  "(repeatable), e.g. to split a long file."),
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
     """Run an experiment: data -> split -> fit -> evaluate -> run directory with a report."""
-    from recstack.experiment.config import default_config, load_config
+    from recstack.experiment.config import default_config, load_config, parse_config
     from recstack.experiment.run import run_experiment
 
-    with _user_errors(debug):
+    with _sigterm_cleans_up(), _user_errors(debug):
         experiment = load_config(config) if config is not None else default_config()
+        source = str(config) if config is not None else "default.yaml (packaged)"
         overrides: dict[str, Any] = {}
         if output_dir is not None:
             overrides["output_dir"] = str(output_dir)
@@ -100,7 +150,9 @@ def run(
         if only:
             overrides["models"] = _select_models(experiment.models, only)
         if overrides:
-            experiment = experiment.model_copy(update=overrides)
+            experiment = parse_config(experiment.model_copy(update=overrides),
+                                      f"{source} with the command-line options")
+        experiment.check_devices(source)
         result = run_experiment(experiment, run_dir=run_dir, progress=not quiet, console=_console())
         if quiet:
             typer.echo(str(result.run_dir))
@@ -121,7 +173,11 @@ def _select_models(models: list, labels: list[str]) -> list:
 @app.command()
 def tune(
     config: Path = typer.Argument(..., help="Experiment config with a 'tune' section (model, space, n_trials)."),
-    n_trials: Optional[int] = typer.Option(None, "--n-trials", help="Override tune.n_trials."),
+    n_trials: Optional[int] = typer.Option(None, "--n-trials", help="Finished trials the study should hold "
+                                           "(overrides tune.n_trials; trials already run count)."),
+    study: Optional[str] = typer.Option(None, "--study", help="Name the study (default: derived from its definition: "
+                                        "space, metric, params, data, split); a named study resumes only with the "
+                                        "definition it was made with."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Folder for the study and the run."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
@@ -130,8 +186,9 @@ def tune(
     from recstack.experiment.config import load_config
     from recstack.experiment.tune import tune as run_tune
 
-    with _user_errors(debug):
+    with _sigterm_cleans_up(), _user_errors(debug):
         experiment = load_config(config)
+        experiment.check_devices(str(config))
         overrides: dict[str, Any] = {}
         if output_dir is not None:
             overrides["output_dir"] = str(output_dir)
@@ -140,10 +197,9 @@ def tune(
         if overrides:
             experiment = experiment.model_copy(update=overrides)
         console = _console()
-        result = run_tune(experiment, n_trials=n_trials, console=console)
-        console.print(f"best {experiment.valid_metric} on valid: {result.best_value:.4f} "
-                      f"after {result.n_trials} trials; params {result.best_params}")
-        console.print(f"study: {result.tune_dir}")
+        result = run_tune(experiment, n_trials=n_trials, study=study, console=console)
+        for line in result.summary():
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 # ---- recommend --------------------------------------------------------------------------------
@@ -154,13 +210,16 @@ def recommend(
     model: str = typer.Option(..., "--model", "-m", help="Model label in the run (e.g. ease)."),
     user: str = typer.Option(..., "--user", "-u", help="Raw user id as in the data."),
     k: int = typer.Option(10, "-k", "--k", help="Number of recommendations."),
+    include_seen: bool = typer.Option(False, "--include-seen", help="Rank the items the user already rated too."),
+    trust_code: bool = typer.Option(False, "--trust-code", help=_TRUST_HELP),
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
-    """Top-k items for one user by a model of a finished run (items the user rated are excluded)."""
+    """Top-k items for one user by a model of a finished run (items the user rated are excluded
+    unless --include-seen)."""
     from recstack.experiment.run import recommend as recommend_items
 
     with _user_errors(debug):
-        rows = recommend_items(run_dir, model, user, k)
+        rows = recommend_items(run_dir, model, user, k, include_seen=include_seen, trust=trust_code)
         table = Table(title=f"top {k} for user {user} by {model}")
         columns = list(rows[0]) if rows else ["rank", "item_id", "score"]
         for column in columns:
@@ -168,7 +227,11 @@ def recommend(
             table.add_column(column.replace("_", " "), justify="right" if numeric else "left")
         for row in rows:
             table.add_row(*[_show(row[c], c) for c in columns])
-        _console().print(table)
+        console = _console()
+        console.print(table)
+        if len(rows) < k:  # a short list otherwise reads like a bug
+            console.print(f"only {len(rows)} of {k}: {model} can score no other "
+                          f"{'' if include_seen else 'unseen '}item for user {user}", soft_wrap=True, markup=False)
 
 
 # ---- compare ----------------------------------------------------------------------------------

@@ -6,3 +6,7 @@ class RecstackError(Exception):
 
     The CLI prints these without a traceback (unless --debug) and exits non-zero.
     """
+
+
+class RecstackWarning(UserWarning):
+    """Something the user should know that changed their data or results; the CLI prints it as one line."""

@@ -72,3 +72,26 @@ def test_arrays_are_read_only_and_bounds_checked():
         data.item[0] = 1
     with pytest.raises(ValueError, match="item index out of range"):
         Interactions(np.array([0]), np.array([5]), data.users, data.items)
+
+
+def test_file_order_keeps_the_given_order_through_take_and_concat():
+    # user a's file lists t=5 before t=3 (a one-second-style inversion): file order keeps it
+    users, user = Vocab.from_values(np.array(["a", "b", "a", "a"], dtype=object), name="user")
+    items, item = Vocab.from_values(np.array(["x", "y", "z", "w"], dtype=object), name="item")
+    stamps = np.array([5, 1, 3, 4])
+    by_file = Interactions(user, item, users, items, timestamp=stamps, order="file")
+    by_time = Interactions(user, item, users, items, timestamp=stamps)
+    assert items.id_of(by_file.sequences()[0]).tolist() == ["x", "z", "w"]
+    assert by_file.timestamp[by_file.user == 0].tolist() == [5, 3, 4]  # not monotone: the file's order
+    assert items.id_of(by_time.sequences()[0]).tolist() == ["z", "w", "x"]
+    assert by_file.fingerprint() != by_time.fingerprint() and "file order" in repr(by_file)
+    head, tail = by_file.take(np.array([0, 1])), by_file.take(np.array([2, 3]))
+    assert head.order == tail.order == "file"
+    # concat sorts by user only: a's events stay x (head) then z, w (tail) despite x's later time
+    joined = head.concat(tail)
+    assert joined.order == "file" and items.id_of(joined.sequences()[0]).tolist() == ["x", "z", "w"]
+    # one time-ordered log does not undo the other's file order
+    mixed = by_time.take(np.array([0])).concat(tail)
+    assert mixed.order == "file"
+    with pytest.raises(ValueError, match="order"):
+        Interactions(user, item, users, items, order="files")

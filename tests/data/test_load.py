@@ -3,6 +3,7 @@
 Expected values come from reading the hand-written fixtures under tests/fixtures/.
 """
 
+import re
 import shutil
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def test_wrong_field_count_names_path_and_line(tmp_path):
 
 def test_non_numeric_rating_names_path_and_line(tmp_path):
     path = write(tmp_path / "bad.csv", "user_id,item_id,rating\n1,2,3\n1,3,4\n2,3,five\n")
-    with pytest.raises(RecstackError, match=r"bad\.csv, line 4: 'five' in column 'rating' is not a number"):
+    with pytest.raises(RecstackError, match=r"bad\.csv, line 4, column 'rating': 'five' is not a number; correct"):
         read_table(path)
 
 
@@ -98,7 +99,7 @@ def test_parquet_and_data_frames(tmp_path):
     for source in (frame, pl.from_pandas(frame), tmp_path / "log.parquet"):
         raw = read_table(source)
         assert {role: column.tolist() for role, column in raw.items()} == expected
-    with pytest.raises(RecstackError, match="row 1: value 'x'"):
+    with pytest.raises(RecstackError, match=r"row 1 \(0-based\), column 'rating': value 'x' is not a number"):
         read_table(pd.DataFrame({"user_id": [1, 2], "item_id": [1, 2], "rating": ["1", "x"]}))
 
 
@@ -194,3 +195,120 @@ def test_atomic_rejects_unknown_field_type(tmp_path):
     write(tmp_path / "x.inter", "user_id:token\titem_id:int\n1\t2\n")
     with pytest.raises(RecstackError, match="unknown type 'int'"):
         load_atomic(tmp_path)
+
+
+# ---- data that is wrong is refused: one line naming file, line or row, column and the fix ---------
+HEADER = "user_id,item_id,rating,timestamp\n"
+
+
+@pytest.mark.parametrize("row, message", [
+    (",8,4,100", "line 3, column 'user_id': empty user id; give every row a user id or drop the row"),
+    ('"",8,4,100', "line 3, column 'user_id': empty user id; give every row a user id"),
+    ("  ,8,4,100", "line 3, column 'user_id': blank user id '  '; give every row a user id"),
+    ("2,,4,100", "line 3, column 'item_id': empty item id; give every row an item id"),
+    ("NaN,8,4,100", "line 3, column 'user_id': user id 'NaN' marks a missing value among integer ids; "
+                    "give the row a real user id or drop the row"),
+    ("2,NA,4,100", "line 3, column 'item_id': item id 'NA' marks a missing value among integer ids"),
+    ("2,8,inf,100", "line 3, column 'rating': value inf is not finite; values (ratings) must be finite numbers"),
+    ("2,8,-inf,100", "line 3, column 'rating': value -inf is not finite"),
+    ("2,8,,100", "line 3, column 'rating': empty value; give every row a value or drop the row"),
+    ("2,8,4,inf", "line 3, column 'timestamp': timestamp inf is not finite; timestamps must be finite seconds"),
+    ("2,8,4,-inf", "line 3, column 'timestamp': timestamp -inf is not finite"),
+    ("2,8,4,1e300", "line 3, column 'timestamp': timestamp 1e+300 is out of range"),
+    ("2,8,4,", "line 3, column 'timestamp': empty timestamp"),
+])
+def test_bad_cells_in_a_csv_are_refused_with_line_column_and_fix(tmp_path, row, message):
+    path = write(tmp_path / "log.csv", HEADER + "1,7,5,99\n" + row + "\n3,9,1,101\n")
+    with pytest.raises(RecstackError) as info:
+        load_table(path)
+    assert str(info.value).startswith(f"{path}, ") and message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_value_markers_among_text_ids_stay_ids(tmp_path):
+    # "NA" is a real id (a country code) where the ids are text anyway; only among integer
+    # ids is it a missing-value marker
+    raw = read_table(write(tmp_path / "log.csv", "user_id,item_id\nNA,7\nDE,8\nnan,9\n"))
+    assert raw["user"].tolist() == ["NA", "DE", "nan"]
+
+
+def test_the_first_bad_line_is_named(tmp_path):
+    path = write(tmp_path / "log.tsv", "user_id\titem_id\trating\n1\t2\t3\n1\t3\tinf\n1\t4\t-inf\n")
+    with pytest.raises(RecstackError, match=r"log\.tsv, line 3, column 'rating': value inf"):
+        read_table(path)
+
+
+def test_frames_refuse_missing_blank_and_non_finite_cells(tmp_path):
+    pd = pytest.importorskip("pandas")
+    pl = pytest.importorskip("polars")
+    cases = [
+        ({"user_id": ["a", None], "item_id": [1, 2]}, "row 1 (0-based), column 'user_id': empty user id"),
+        ({"user_id": [1.0, np.nan], "item_id": [1, 2]}, "row 1 (0-based), column 'user_id': empty user id"),
+        ({"user_id": ["a", " "], "item_id": [1, 2]}, "row 1 (0-based), column 'user_id': blank user id ' '"),
+        ({"user_id": [1, "a", None], "item_id": [1, 2, 3]}, "row 2 (0-based), column 'user_id': empty user id"),
+        ({"user_id": [1, 2], "item_id": [1, 2], "rating": [1.0, np.inf]},
+         "row 1 (0-based), column 'rating': value inf is not finite"),
+        ({"user_id": [1, 2], "item_id": [1, 2], "rating": [1, "x"]},
+         "row 1 (0-based), column 'rating': value 'x' is not a number"),
+        ({"user_id": [1, 2], "item_id": [1, 2], "timestamp": [1.0, -np.inf]},
+         "row 1 (0-based), column 'timestamp': timestamp -inf is not finite"),
+    ]
+    for columns, message in cases:
+        frame = pd.DataFrame(columns)
+        with pytest.raises(RecstackError, match=re.escape(f"the data frame, {message}")):
+            read_table(frame)
+        if frame.dtypes.map(lambda d: d != object).all():  # polars takes no mixed object columns
+            with pytest.raises(RecstackError, match=re.escape(message)):
+                read_table(pl.from_pandas(frame))
+    # arrow tables keep NaN as a value, not a null: still refused
+    with pytest.raises(RecstackError, match=r"row 0 \(0-based\), column 'user_id': user id nan is not finite"):
+        read_table(pa.table({"user_id": [np.nan, 1.0], "item_id": [1, 2]}))
+    with pytest.raises(RecstackError, match=r"row 1 \(0-based\), column 'rating': value nan is not finite"):
+        read_table(pa.table({"user_id": [1, 2], "item_id": [1, 2], "rating": [1.0, np.nan]}))
+
+
+def test_frame_ids_beyond_int64_become_text_ids():
+    pd = pytest.importorskip("pandas")
+    raw = read_table(pd.DataFrame({"user_id": [2 ** 70, 5], "item_id": [1, 2]}))
+    assert raw["user"].tolist() == [str(2 ** 70), "5"]
+
+
+def test_parquet_refuses_empty_ids_and_infinite_values(tmp_path):
+    path = tmp_path / "log.parquet"
+    pq.write_table(pa.table({"user_id": ["a", ""], "item_id": [1, 2]}), path)
+    with pytest.raises(RecstackError, match=r"log\.parquet, row 1 \(0-based\), column 'user_id': empty user id"):
+        read_table(path)
+    pq.write_table(pa.table({"user_id": [1, 2], "item_id": [1, 2], "timestamp": [1.0, float("inf")]}), path)
+    with pytest.raises(RecstackError, match=r"row 1 \(0-based\), column 'timestamp': timestamp inf is not finite"):
+        read_table(path)
+
+
+@pytest.mark.parametrize("row, message", [
+    ("\t2\t3\t4", "line 3, column 'user_id:token': empty user id"),
+    ("1\t \t3\t4", "line 3, column 'item_id:token': blank item id ' '"),
+    ("1\t2\tinf\t4", "line 3, column 'rating:float': value inf is not finite"),
+    ("1\t2\t\t4", "line 3, column 'rating:float': empty value"),
+    ("1\t2\t3\t-inf", "line 3, column 'timestamp:float': timestamp -inf is not finite"),
+    ("1\t2\t3\t", "line 3, column 'timestamp:float': empty timestamp"),
+])
+def test_atomic_files_refuse_bad_cells(tmp_path, row, message):
+    write(tmp_path / "x.inter", "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t1\t5\t1\n"
+          + row + "\n")
+    with pytest.raises(RecstackError, match=re.escape(f"{tmp_path / 'x.inter'}, {message}")):
+        load_atomic(tmp_path)
+
+
+@pytest.mark.parametrize("fixture, ratings, row, message", [
+    ("ml-100k-mini", "u.data", "\t3\t4\t5", "line {n}, column 'user': empty user id"),
+    ("ml-100k-mini", "u.data", "1\t3\tinf\t5", "line {n}, column 'value': value inf is not finite"),
+    ("ml-1m-mini", "ratings.dat", "1::::4::5", "line {n}, column 'item': empty item id"),
+    ("ml-latest-mini", "ratings.csv", "1,3,-inf,5", "line {n}, column 'rating': value -inf is not finite"),
+])
+def test_movielens_files_refuse_bad_cells(tmp_path, fixture, ratings, row, message):
+    folder = shutil.copytree(FIXTURES / fixture, tmp_path / fixture)
+    path = folder / ratings
+    text = path.read_text(encoding="latin-1").rstrip("\n") + "\n" + row + "\n"
+    path.write_text(text, encoding="latin-1")
+    n = text.count("\n")
+    with pytest.raises(RecstackError, match=re.escape(f"{path}, {message.format(n=n)}")):
+        load_movielens(folder)

@@ -19,6 +19,7 @@ from recstack.evaluate.stats import (
     cohens_d,
     compare_models,
     holm,
+    mean_intervals,
     paired_t_test,
     permutation_test,
     rank_biserial,
@@ -178,6 +179,16 @@ def test_bootstrap_interval_is_seeded_and_agrees_with_scipy():
         bootstrap_ci(values, confidence=95)
 
 
+def test_bootstrap_interval_depends_on_the_values_not_their_order():
+    # a run's files hold users in index order, `compare` sorts them by id: one interval for both
+    rng = np.random.default_rng(4)
+    values = rng.exponential(0.3, 257)
+    shuffled = rng.permutation(values)
+    assert not np.array_equal(values, shuffled)
+    assert bootstrap_ci(values, seed=3) == bootstrap_ci(shuffled, seed=3)
+    assert bootstrap_ci(values, seed=3) != bootstrap_ci(values, seed=4)  # the seed still matters
+
+
 # ---- compare_models ----------------------------------------------------------------------------------
 
 def long_values(n_users: int = 200, seed: int = 0) -> dict[str, np.ndarray]:
@@ -274,3 +285,19 @@ def test_compare_models_lower_is_better_and_errors():
     doubled = {key: np.concatenate([value, value[again]]) for key, value in values.items()}
     with pytest.raises(RecstackError, match="more than one NDCG@10 value"):
         compare_models(doubled, "NDCG@10")
+
+
+def test_mean_intervals_are_the_intervals_compare_models_prints():
+    columns = long_values(n_users=120, seed=6)
+    order = np.random.default_rng(1).permutation(len(columns["model"]))  # rows in any order
+    shuffled = {key: value[order] for key, value in columns.items()}
+    comparison = compare_models(columns, "NDCG@10")
+    intervals = mean_intervals(shuffled, "NDCG@10", ["twin", "weak", "absent"])
+    assert list(intervals) == ["twin", "weak"]  # the asked order; models without values left out
+    for model in ("twin", "weak"):
+        row = comparison.row(model)
+        assert intervals[model] == (row.ci_low, row.ci_high, 120)  # identical, not approximately equal
+    assert set(mean_intervals(columns, "NDCG@10")) == {"weak", "strong", "twin"}
+    valid = mean_intervals(columns, "NDCG@10", part="valid")["strong"]
+    assert valid[1] < intervals["twin"][0]  # the valid values are halved: another part, another interval
+    assert mean_intervals(columns, "Recall@10") == {} and mean_intervals(columns, "NDCG@10", part="nope") == {}

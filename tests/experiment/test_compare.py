@@ -72,6 +72,24 @@ def test_one_run_compares_its_models(runs):
     assert other.p_adjusted == pytest.approx(other.p)  # a family of one
 
 
+def test_compare_and_the_report_print_one_interval_for_one_figure(runs):
+    from recstack.experiment.report import _leaderboard_cis, leaderboard
+
+    run_dir = runs["a"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    board = leaderboard(metrics, [5, 10], "NDCG@10")
+    assert board.sort_label == "NDCG@10"
+    report = _leaderboard_cis(run_dir, board)
+    comparison = compare_runs(run_dir, "NDCG@10").comparison  # default seed and resamples, as the report
+    markdown = compare_runs(run_dir, "NDCG@10").to_markdown()
+    lines = (run_dir / "report.md").read_text().splitlines()
+    for row in comparison.rows:
+        assert report[row.model] == (row.ci_low, row.ci_high, row.n_users)  # identical floats
+        shown = f"[{row.ci_low:.4f}, {row.ci_high:.4f}]"
+        assert shown in next(line for line in lines if line.startswith(f"| {row.model} |"))
+        assert shown in next(line for line in markdown.splitlines() if line.startswith(f"| {row.model}"))
+
+
 def test_runs_on_one_split_merge_and_prefix_shared_model_names(runs):
     result = compare_runs([runs["a"], runs["b"]], "NDCG@10", baseline="ease", correction="holm")
     names = {row.model for row in result.comparison.rows}

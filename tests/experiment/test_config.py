@@ -100,12 +100,66 @@ def test_typo_names_file_key_and_suggestion(tmp_path):
      ["'preprocessing' is not applied to pre-split 'files'"]),
     (with_(memory_budget_mb=0), ["memory_budget_mb"]),
     (with_(preprocessing={"dedup": "sum"}), ["preprocessing.dedup", "'keep'"]),
+    (with_(seed=-1), ["seed: must be an integer from 0 to 4294967295", "got -1"]),
+    (with_(seed=2**32), ["seed: must be an integer from 0 to 4294967295", f"got {2**32}"]),
+    # values a model only hands to its trainer at fit time: checked now, naming the entry
+    (with_(models=[{"name": "pop"}, {"name": "bpr", "params": {"valid_metric": "Recal@10"}}]),
+     ["models[1] (bpr): valid_metric 'Recal@10' is unknown; did you mean 'Recall@10'?"]),
+    (with_(models=[{"name": "bpr", "label": "b", "params": {"valid_metric": "ndcg@0"}}]),
+     ["models[0] (b): valid_metric 'ndcg@0' needs a cut-off k >= 1, e.g. 'NDCG@10'"]),
+    (with_(models=[{"name": "pop"}, {"name": "ease", "params": {"seed": -5}}]),
+     ["models[1] (ease): seed must be an integer from 0 to 4294967295", "got -5"]),
+    (with_(models=[{"name": "ease", "params": {"seed": 2**40}}]), ["models[0] (ease): seed", f"got {2**40}"]),
 ])
 def test_invalid_configs_are_rejected_with_the_culprit(raw, expected):
     message = error_of(raw)
     assert message.startswith("exp.yaml: ")
     for fragment in expected:
         assert fragment in message, (fragment, message)
+
+
+def test_the_seed_range_ends_where_numpy_and_torch_accept_it():
+    import numpy as np
+    import torch
+
+    from recstack.experiment.config import SEED_MAX
+
+    assert parse_config(with_(seed=0)).seed == 0 and parse_config(with_(seed=SEED_MAX)).seed == SEED_MAX
+    np.random.seed(SEED_MAX)  # the widest seed is usable by every generator a model may seed
+    torch.manual_seed(SEED_MAX)
+    with pytest.raises(ValueError):
+        np.random.seed(SEED_MAX + 1)
+
+
+def test_valid_metric_of_a_model_is_canonicalised_like_the_trainer_does():
+    from recstack.train.trainer import TrainerConfig
+
+    config = parse_config(with_(models=[{"name": "bpr", "params": {"valid_metric": "recall@20"}}]))
+    assert config.model_config_for(config.models[0]).valid_metric == "recall@20"  # the model keeps what it got
+    assert TrainerConfig(valid_metric="recall@20").valid_metric == "Recall@20"
+    with pytest.raises(ValidationError, match="'Recal@10' is unknown; did you mean 'Recall@10'"):
+        TrainerConfig(valid_metric="Recal@10")
+
+
+def test_devices_are_checked_before_a_run_but_not_when_a_finished_run_is_read(tmp_path):
+    import torch
+
+    missing = f"cuda:{torch.cuda.device_count() + 3}"  # past the last GPU, or no CUDA at all
+    raw = with_(models=[{"name": "pop"}, {"name": "bpr", "label": "gpu", "params": {"device": missing}}])
+    config = parse_config(raw)  # a run written on a GPU machine stays readable anywhere
+    with pytest.raises(ExperimentConfigError) as info:
+        config.check_devices("exp.yaml")
+    assert str(info.value).startswith(f"exp.yaml: models[1] (gpu): device '{missing}'")
+    parse_config(with_(models=[{"name": "bpr", "params": {"device": "cpu"}}])).check_devices()
+
+
+def test_a_copy_with_changed_values_is_validated_again():
+    config = parse_config(BASE)
+    with pytest.raises(ExperimentConfigError, match=r"^cli: seed: must be an integer from 0 .* got -1$"):
+        parse_config(config.model_copy(update={"seed": -1}), source="cli")
+    assert parse_config(config.model_copy(update={"seed": 5})).seed == 5
+    with pytest.raises(ExperimentConfigError, match=r"models\[0\] \(bpr\): valid_metric"):
+        parse_config(config.model_copy(update={"models": [{"name": "bpr", "params": {"valid_metric": "x@1"}}]}))
 
 
 def test_errors_are_recstack_errors():

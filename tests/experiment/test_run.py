@@ -240,6 +240,80 @@ def test_named_run_dir_must_be_new(parts, tmp_path):
     assert (taken / "something").read_text() == "keep me"
 
 
+def test_runs_started_in_the_same_second_get_their_own_directories(parts, tmp_path, monkeypatch):
+    import datetime as real
+
+    import recstack.experiment.run as run_module
+
+    class Frozen(real.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return real.datetime(2030, 1, 2, 3, 4, 5, tzinfo=tz)
+
+    monkeypatch.setattr(run_module, "datetime", Frozen)
+    config = config_for(parts, tmp_path / "runs", models=[{"name": "pop"}])
+    first = run_experiment(config, progress=False)
+    written = (first.run_dir / "metrics.json").read_text()
+    second = run_experiment(config, progress=False)
+    assert second.run_dir == first.run_dir.with_name(first.run_dir.name + "-2")
+    assert (first.run_dir / "metrics.json").read_text() == written  # the first run's results are untouched
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [first.run_dir.name, second.run_dir.name]
+
+
+def test_a_run_dir_being_written_by_another_run_is_refused(parts, tmp_path):
+    from recstack.fs import exclusive_directory
+
+    target = tmp_path / "shared"
+    other = exclusive_directory(target)
+    other.claim()  # a run that started first and is still training
+    with pytest.raises(RecstackError, match=r"^run directory '.*shared' is being written by another run"):
+        run_experiment(config_for(parts, tmp_path, models=[{"name": "pop"}]), run_dir=target, progress=False)
+    with other as tmp:  # the first run finishes undisturbed
+        (tmp / "metrics.json").write_text("{}")
+    assert [p.name for p in target.iterdir()] == ["metrics.json"]
+
+
+def test_an_empty_run_dir_is_filled_and_left_empty_on_failure(parts, tmp_path, monkeypatch):
+    import recstack.models as registry
+
+    target = tmp_path / "made-by-the-caller"
+    target.mkdir()
+    config = config_for(parts, tmp_path, models=[{"name": "pop"}])
+
+    def explode(name, params=None):
+        raise RuntimeError("boom in build")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(registry, "build", explode)
+        with pytest.raises(RuntimeError, match="boom"):
+            run_experiment(config, run_dir=target, progress=False)
+    assert target.is_dir() and list(target.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["made-by-the-caller"]
+    result = run_experiment(config, run_dir=target, progress=False)
+    assert result.run_dir == target and (target / "manifest.json").is_file()
+
+
+def test_destination_and_devices_are_checked_before_the_data_is_read(parts, tmp_path, monkeypatch):
+    import recstack.experiment.run as run_module
+
+    def never(config):
+        raise AssertionError("the data was read before the check")
+
+    monkeypatch.setattr(run_module, "prepare_data", never)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(RecstackError, match=r"^output_dir '.*a-file/runs' cannot be written \(not a directory: "):
+        run_experiment(config_for(parts, tmp_path / "a-file" / "runs"), progress=False)
+    gpu = [{"name": "pop"}, {"name": "bpr", "label": "gpu", "params": {"device": "cuda:999"}}]
+    with pytest.raises(RecstackError, match=r"^models\[1\] \(gpu\): device 'cuda:999'"):
+        run_experiment(config_for(parts, tmp_path / "runs", models=gpu), progress=False)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "x").write_text("")
+    with pytest.raises(RecstackError, match="already exists"):
+        run_experiment(config_for(parts, tmp_path), run_dir=taken, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "taken"]
+
+
 def test_path_source_with_preprocessing_and_split(parts, tmp_path):
     # one file, thresholded and split by recstack: the seed fixes the split
     merged = tmp_path / "all.tsv"
@@ -259,3 +333,102 @@ def test_path_source_with_preprocessing_and_split(parts, tmp_path):
     manifest = json.loads((first.run_dir / "manifest.json").read_text())
     assert manifest["split"]["method"] == "random"
     assert yaml.safe_load((first.run_dir / "config.yaml").read_text())["preprocessing"]["threshold"] == 3
+
+
+# ---- the in-progress directory and recommend without reloading the data ----------------------------
+
+def test_the_in_progress_directory_is_printed_where_training_logs_appear(parts, tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    import recstack.models as registry
+    from recstack.train.epoch_log import current_epoch_log
+
+    real_build, logs = registry.build, []
+
+    def build_and_watch(name, params=None):
+        model = real_build(name, params)
+        fit = model.fit
+
+        def fit_and_note(train, valid=None):
+            logs.append(current_epoch_log())  # where a trainer inside this fit writes its epochs
+            return fit(train, valid)
+
+        model.fit = fit_and_note
+        return model
+
+    monkeypatch.setattr(registry, "build", build_and_watch)
+    out = io.StringIO()
+    result = run_experiment(config_for(parts, tmp_path / "runs", models=[{"name": "pop"}]), progress=True,
+                            console=Console(file=out, width=400))
+    printed = out.getvalue()
+    match = re.search(r"writing to (\S+) \(renamed to (\S+) when done; "
+                      r"follow training with tail -f (\S+)/<label>\.jsonl\)", printed)
+    assert match, printed
+    in_progress = Path(match[1])
+    assert in_progress.parent == result.run_dir.parent and in_progress.name.startswith(f".{result.run_dir.name}.")
+    assert match[2] == result.run_dir.name and Path(match[3]) == in_progress / "logs"
+    assert logs[0] == in_progress / "logs" / "pop.jsonl"  # (the analysis may fit helpers of its own)
+    assert not in_progress.exists() and f"run directory: {result.run_dir}" in printed
+
+
+def test_recommend_reads_the_saved_history_instead_of_reloading_the_data(finished, monkeypatch, tmp_path):
+    import shutil
+
+    import recstack.experiment.run as run_module
+
+    rebuilt = recommend(load_run(finished.run_dir), "ease", "u3", k=6)
+    assert (finished.run_dir / "history.npz").is_file()
+
+    def no_reload(config):
+        raise AssertionError("recommend reloaded the data")
+
+    monkeypatch.setattr(run_module, "prepare_data", no_reload)
+    assert recommend(finished.run_dir, "ease", "u3", k=6) == rebuilt  # same items, scores and raw ids
+    # a run written before history.npz existed: the data is reloaded and the split rebuilt, as before
+    old = tmp_path / finished.run_dir.name
+    shutil.copytree(finished.run_dir, old)
+    (old / "history.npz").unlink()
+    with pytest.raises(AssertionError, match="reloaded"):
+        recommend(old, "ease", "u3", k=6)
+    monkeypatch.undo()
+    assert recommend(old, "ease", "u3", k=6) == rebuilt
+
+
+def test_recommend_checks_k_and_the_user_before_loading_a_model(finished, monkeypatch):
+    import recstack.experiment.run as run_module
+
+    def fail(*args, **kwargs):
+        raise AssertionError("loaded too early")
+
+    monkeypatch.setattr(run_module, "_read_history", fail)
+    with pytest.raises(RecstackError, match=r"^k must be >= 1, got 0$"):
+        recommend(finished.run_dir, "pop", "u3", k=0)
+    with pytest.raises(RecstackError, match=r"^k=41 is larger than the catalogue of run .* \(40 items\); "
+                                            r"choose k <= 40$"):
+        recommend(finished.run_dir, "pop", "u3", k=41)
+    monkeypatch.undo()
+    monkeypatch.setattr(run_module, "_saved_model", fail)
+    with pytest.raises(RecstackError, match=r"unknown user 'u999'"):
+        recommend(finished.run_dir, "pop", "u999")
+
+
+def test_recommend_a_user_who_has_seen_everything(parts, tmp_path):
+    # u0 also rates every item in training: nothing unseen is left for them
+    train = Path(parts["train"]).read_text().splitlines()
+    items = sorted({int(line.split("\t")[1]) for line in train[1:]})
+    extended = dict(parts, train=str(tmp_path / "train.tsv"))
+    first = min(int(line.split("\t")[3]) for line in train[1:])  # before everything: file and time order agree
+    Path(extended["train"]).write_text("\n".join(train[:1] + [f"u0\t{i}\t5\t{first - 1}" for i in items]
+                                                 + train[1:]) + "\n")
+    result = run_experiment(config_for(extended, tmp_path / "runs", models=[{"name": "pop"}]), progress=False)
+    n_items = result.split.train.n_items
+    with pytest.raises(RecstackError, match=rf"^user 'u0' has interacted with all {n_items} items of run .*; "
+                                            r"nothing is left to recommend \(--include-seen"):
+        recommend(result.run_dir, "pop", "u0", k=5)
+    rows = recommend(result.run_dir, "pop", "u0", k=5, include_seen=True)
+    counts = result.split.train.item_counts()
+    top = np.argsort(-counts, kind="stable")[:5]
+    assert [row["item_id"] for row in rows] == result.split.train.items.ids[top].tolist()
+    assert [row["score"] for row in rows] == pytest.approx(sorted(counts[top].astype(float), reverse=True), rel=1e-6)

@@ -133,6 +133,7 @@ _spec.loader.exec_module(contract)
 CHECKS = sorted(name for name in vars(contract) if name.startswith("test_"))
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize("check", CHECKS)
 def test_contract_with_item_vectors(check, item_vectors, clustered_split, tmp_path, monkeypatch):
     ids, vectors = item_vectors

@@ -196,6 +196,7 @@ _spec.loader.exec_module(contract)
 CHECKS = sorted(name for name in vars(contract) if name.startswith("test_"))
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize("check", CHECKS)
 def test_contract_with_item_texts(check, fitted, clustered_split, tmp_path, monkeypatch):
     original = contract.build

@@ -211,7 +211,10 @@ def test_dead_codes_are_reseeded_from_data_residuals_and_lose_their_adam_state()
     with torch.no_grad():
         latent = net.encoder(data)
     for dead in (1, 3):  # each re-seeded codeword is one item's level-0 residual (its latent vector)
-        assert torch.cdist(after[0, dead][None], latent).min() < 1e-5
+        # a plain difference: cdist's matmul form (|a|^2 + |b|^2 - 2ab) leaves sqrt(eps)-sized noise
+        # whose size depends on the CPU's kernels (0 on one machine, 7e-4 on another)
+        distance = (latent - after[0, dead]).norm(dim=1).min()
+        assert distance < 1e-5 * latent.abs().max()
     state = optimizer.state[net.codebooks]
     assert torch.all(state["exp_avg"][0, [1, 3]] == 0) and torch.all(state["exp_avg_sq"][0, [1, 3]] == 0)
     assert torch.all(state["exp_avg"][0, [0, 2, 4]] != 0)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 
 import numpy as np
 import pytest
 
 from recstack.data import Interactions
-from recstack.errors import RecstackError
+from recstack.errors import RecstackError, RecstackWarning
 from recstack.split import (
     SPLITTERS,
     Split,
@@ -369,3 +370,70 @@ def test_split_from_files_mixed_id_types_and_missing_columns(tmp_path):
     no_time = write_tsv(tmp_path / "valid.tsv", [(1, 10, 5)], header="user_id\titem_id\trating")
     with pytest.raises(RecstackError, match="timestamp"):
         split_from_files(train, no_time, test)
+
+
+def inverted_parts(tmp_path):
+    """RecBole-like exports: u1 and u2 list an event one second before the one above it."""
+    train = write_tsv(tmp_path / "train.tsv", [
+        ("u1", "a", 5, 101), ("u1", "b", 4, 100), ("u2", "a", 3, 50), ("u2", "c", 3, 49), ("u2", "d", 3, 48),
+        ("u3", "b", 1, 10), ("u3", "c", 1, 11)])
+    valid = write_tsv(tmp_path / "valid.tsv", [("u1", "c", 2, 102), ("u3", "a", 2, 5)])  # u3: earlier than train
+    test = write_tsv(tmp_path / "test.tsv", [("u1", "d", 1, 103), ("u2", "b", 1, 60), ("u3", "d", 2, 12)])
+    return train, valid, test
+
+
+def item_ids(part: Interactions, user: str) -> list:
+    return part.items.id_of(part.item[part.user == part.users.index(user)]).tolist()
+
+
+def test_split_from_files_warns_once_with_the_count_when_file_order_disagrees_with_time(tmp_path):
+    parts = inverted_parts(tmp_path)
+    with pytest.warns(RecstackWarning) as caught:
+        split = split_from_files(*parts)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    # u1 and u2 are out of order inside train; u3's valid event precedes its train events, but
+    # across parts no order is claimed, so it is not counted
+    assert "for 2 of 3 users" in message and "order: file" in message and "\n" not in message
+    assert item_ids(split.train, "u1") == ["b", "a"] and item_ids(split.train, "u2") == ["d", "c", "a"]
+    assert split.train.order == "time"
+
+
+def test_split_from_files_keeps_the_file_order_on_request(tmp_path):
+    parts = inverted_parts(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the user chose the file order: nothing to warn about
+        split = split_from_files(*parts, order="file")
+    assert item_ids(split.train, "u1") == ["a", "b"] and item_ids(split.train, "u2") == ["a", "c", "d"]
+    assert split.train.timestamp[split.train.user == split.train.users.index("u2")].tolist() == [50, 49, 48]
+    # the test-time history is train then valid as listed, not re-sorted by time
+    history = split.history("test")
+    assert item_ids(history, "u1") == ["a", "b", "c"] and item_ids(history, "u3") == ["b", "c", "a"]
+    assert split.params["order"] == "file" and split.test.order == split.valid.order == "file"
+    with pytest.raises(RecstackError, match="order must be 'time'.*or 'file'"):
+        split_from_files(*parts, order="files")
+
+
+def test_split_from_files_in_time_order_does_not_warn(tmp_path):
+    train = write_tsv(tmp_path / "train.tsv", [("u1", "a", 5, 100), ("u1", "b", 4, 100), ("u2", "a", 3, 7)])
+    test = write_tsv(tmp_path / "test.tsv", [("u1", "c", 1, 90), ("u2", "b", 1, 8)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        split = split_from_files(train, None, test)
+    assert item_ids(split.train, "u1") == ["a", "b"]  # equal seconds keep the file order
+
+
+def test_file_order_is_reachable_from_the_experiment_config(tmp_path):
+    from recstack.experiment.config import parse_config
+    from recstack.experiment.run import prepare_data
+
+    train, valid, test = (str(p) for p in inverted_parts(tmp_path))
+    raw = {"data": {"files": {"train": train, "valid": valid, "test": test, "order": "file"}},
+           "models": [{"name": "pop"}], "ks": [2], "valid_metric": "NDCG@2"}
+    config = parse_config(raw)
+    assert config.resolved().data.files.order == "file" and config.to_dict()["data"]["files"]["order"] == "file"
+    dataset, split = prepare_data(config)
+    assert split.train.order == "file" and item_ids(split.train, "u2") == ["a", "c", "d"]
+    assert item_ids(dataset.interactions, "u1") == ["a", "b", "c", "d"]
+    with pytest.raises(RecstackError, match=r"data\.files\.order: Input should be 'time' or 'file'"):
+        parse_config({**raw, "data": {"files": {"train": train, "test": test, "order": "files"}}})

@@ -110,8 +110,10 @@ def test_other_metric_labels_are_used_as_given():
 def test_config_rejects_bad_metrics_and_keys():
     with pytest.raises(ValueError, match="cut-off"):
         TrainerConfig(valid_metric="NDCG")
-    with pytest.raises(ValueError, match="unknown metric 'NDGC@10'"):
+    with pytest.raises(ValueError, match="'NDGC@10' is unknown; did you mean 'NDCG@10'"):
         TrainerConfig(valid_metric="NDGC@10")
+    with pytest.raises(ValueError, match="cut-off k >= 1"):
+        TrainerConfig(valid_metric="NDCG@0")
     with pytest.raises(ValueError, match="epoch"):
         TrainerConfig(epoch=3)
 
@@ -131,6 +133,15 @@ def test_device_auto_and_missing_cuda():
             resolve_device("cuda")
     with pytest.raises(RecstackError, match="unknown device 'gpu0'"):
         resolve_device("gpu0")
+
+
+def test_a_gpu_index_past_the_last_device_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(RecstackError, match=r"^device 'cuda:7' was asked for but this machine shows 2 CUDA devices "
+                                            r"\(cuda:0 to cuda:1\)"):
+        resolve_device("cuda:7")
 
 
 def test_batches_reach_the_loss_as_tensors_on_the_device():

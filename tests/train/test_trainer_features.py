@@ -1,4 +1,4 @@
-"""Learning-rate schedules, gradient clipping, bf16 autocast, the epoch log and checkpoint/resume."""
+"""Learning-rate schedules, gradient clipping, bf16 autocast, the epoch log, checkpoint/resume and console progress."""
 
 import json
 import math
@@ -178,3 +178,63 @@ def test_validation_follows_the_protocols_history_masking():
     assert first_value() == first_value(mask_history=True) == 1.0  # item 8 masked: item 9 first
     assert first_value(mask_history=False) == pytest.approx(1 / math.log2(3))  # item 8 kept: item 9 second
     assert first_value() == 1.0  # the block's setting does not outlive it
+
+
+# ---- console progress without a terminal --------------------------------------------------------
+
+def _fit_printing(monkeypatch, tmp_path, every: float, progress: bool = True):
+    """Fit the early-stopping Counter (stops after epoch 5 of 8) with stderr a pipe, not a terminal."""
+    import io
+    import sys
+
+    import recstack.train.trainer as trainer_module
+    from recstack.train.epoch_log import epoch_log
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(trainer_module, "PLAIN_PROGRESS_SECONDS", every)
+    module = Counter()
+    trainer = _trainer(epochs=8, early_stopping_patience=3, verbose=True)
+    with epoch_log(tmp_path / "logs" / "counter.jsonl", progress=progress):
+        trainer.fit(module, counter_loss, one_batch, PeaksAtTwo(module), train=TRAIN, valid=VALID)
+    return trainer, stream.getvalue().splitlines()
+
+
+def test_without_a_terminal_each_epoch_prints_a_plain_line_named_after_the_model(monkeypatch, tmp_path):
+    import re
+
+    trainer, lines = _fit_printing(monkeypatch, tmp_path, every=0.0)
+    assert len(lines) == len(trainer.history) == 5
+    pattern = re.compile(r"counter: epoch (\d+)/8  loss (-?\d+\.\d{4})  NDCG@10 (\d\.\d{4})(.*)  \(\d+ s\)")
+    for line, entry in zip(lines, trainer.history):
+        match = pattern.fullmatch(line)
+        assert match, line
+        assert int(match[1]) == entry["epoch"]
+        assert float(match[2]) == pytest.approx(entry["loss"], abs=1e-4)
+        assert float(match[3]) == pytest.approx(entry["NDCG@10"], abs=1e-4)
+    assert match[4] == "  (stopped early; best NDCG@10 1.0000 at epoch 2)"  # the last line says how it ended
+    assert all("stopped early" not in line for line in lines[:-1])
+
+
+def test_plain_progress_is_silent_for_short_fits_and_under_quiet(monkeypatch, tmp_path):
+    _, lines = _fit_printing(monkeypatch, tmp_path, every=3600.0)  # the whole fit is shorter than that
+    assert lines == []
+    trainer, lines = _fit_printing(monkeypatch, tmp_path / "quiet", every=0.0, progress=False)
+    assert lines == []  # `recstack run --quiet` prints nothing of training ...
+    assert len((tmp_path / "quiet" / "logs" / "counter.jsonl").read_text().splitlines()) == len(trainer.history)
+
+
+def test_plain_progress_prints_at_most_one_line_per_interval_and_the_last_epoch(monkeypatch, capsys):
+    import types
+
+    import recstack.train.trainer as trainer_module
+
+    clock = [0.0]
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    progress = trainer_module._PlainProgress("bpr", 10, every=10.0)
+    for epoch in range(1, 11):  # 3 s per epoch: lines once 10 s have passed since the previous one
+        clock[0] = 3.0 * epoch
+        progress.epoch(epoch, f"loss {1 / epoch:.4f}", last=epoch == 10)
+    printed = capsys.readouterr().err.splitlines()
+    assert [line.split()[2] for line in printed] == ["4/10", "8/10", "10/10"]
+    assert printed[0] == "bpr: epoch 4/10  loss 0.2500  (12 s)"

@@ -2,8 +2,10 @@
 
 `Interactions` keeps columnar numpy arrays sorted by (user, timestamp, original order).
 The original order breaks timestamp ties, so "last" is well defined even on data such as
-ml-100k where many events share a second. Derived views (`matrix()`, `sequences()`) are
-cached; every operation returns a new object.
+ml-100k where many events share a second. A log made with `order="file"` is sorted by
+(user, original order) instead: the source's sequence order is kept even where its timestamps
+disagree (RecBole's exports). Derived views (`matrix()`, `sequences()`) are cached; every
+operation returns a new object.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 from functools import cached_property
-from typing import Iterable, Sequence
+from typing import Iterable, Literal, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -99,7 +101,9 @@ class Interactions:
     """An immutable event log: `user`, `item` (int32 indices), optional `value`, `timestamp`.
 
     Rows are sorted by (user, timestamp, original order); without timestamps the original
-    order is the time order. `item_pool` is None, or, on a held-out part that must be ranked
+    order is the time order. With `order="file"` rows are sorted by (user, original order): the
+    given order is the sequence order and timestamps need not increase within a user.
+    `item_pool` is None, or, on a held-out part that must be ranked
     against a subset of the catalogue (a cold-item split's part), the sorted item indices to rank;
     the evaluator reads it. Derived logs (`take`, `concat`, ...) do not inherit it.
     """
@@ -116,7 +120,10 @@ class Interactions:
         timestamp: np.ndarray | None = None,
         *,
         presorted: bool = False,
+        order: Literal["time", "file"] = "time",
     ) -> None:
+        if order not in ("time", "file"):
+            raise ValueError(f"order must be 'time' or 'file', got {order!r}")
         user = np.asarray(user, dtype=np.int32)
         item = np.asarray(item, dtype=np.int32)
         if user.shape != item.shape or user.ndim != 1:
@@ -133,17 +140,18 @@ class Interactions:
         timestamp = None if timestamp is None else np.asarray(timestamp, dtype=np.int64)
         if not presorted:
             # lexsort is stable: equal (user, time) keep their original order, which breaks ties.
-            keys = (user,) if timestamp is None else (timestamp, user)
-            order = np.lexsort(keys)
-            if not np.array_equal(order, np.arange(len(order))):
-                user, item = user[order], item[order]
-                value = None if value is None else value[order]
-                timestamp = None if timestamp is None else timestamp[order]
+            keys = (user,) if timestamp is None or order == "file" else (timestamp, user)
+            rows = np.lexsort(keys)
+            if not np.array_equal(rows, np.arange(len(rows))):
+                user, item = user[rows], item[rows]
+                value = None if value is None else value[rows]
+                timestamp = None if timestamp is None else timestamp[rows]
         for array in (user, item, value, timestamp):
             if array is not None:
                 array.flags.writeable = False
         self.user, self.item, self.value, self.timestamp = user, item, value, timestamp
         self.users, self.items = users, items
+        self.order = order
 
     # ---- sizes -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -160,7 +168,8 @@ class Interactions:
     def __repr__(self) -> str:
         extras = [c for c in ("value", "timestamp") if getattr(self, c) is not None]
         return (f"Interactions({len(self)} events, {self.n_users} users, {self.n_items} items"
-                + (f", with {', '.join(extras)}" if extras else "") + ")")
+                + (f", with {', '.join(extras)}" if extras else "")
+                + (", in file order" if self.order == "file" else "") + ")")
 
     # ---- derived views (cached) -------------------------------------------------------
     @cached_property
@@ -190,7 +199,7 @@ class Interactions:
         return m
 
     def sequences(self) -> list[np.ndarray]:
-        """Time-ordered item indices per user (views into one array; empty for inactive users)."""
+        """Item indices per user in log order (views into one array; empty for inactive users)."""
         return np.split(self.item, self.indptr[1:-1])
 
     def user_counts(self) -> np.ndarray:
@@ -214,11 +223,15 @@ class Interactions:
             self.user[rows], self.item[rows], self.users, self.items,
             value=None if self.value is None else self.value[rows],
             timestamp=None if self.timestamp is None else self.timestamp[rows],
-            presorted=True,
+            presorted=True, order=self.order,
         )
 
     def concat(self, other: "Interactions") -> "Interactions":
-        """Events of both logs, re-sorted; `self` comes first among exact ties."""
+        """Events of both logs, re-sorted; `self` comes first among exact ties.
+
+        If either log is in file order the result is too (sorted by user only), so neither
+        log's sequence order is undone by a time sort.
+        """
         if self.users != other.users or self.items != other.items:
             raise ValueError("cannot concatenate interactions with different vocabularies")
         if (self.value is None) != (other.value is None) or (self.timestamp is None) != (other.timestamp is None):
@@ -231,6 +244,7 @@ class Interactions:
             np.concatenate([self.user, other.user]), np.concatenate([self.item, other.item]),
             self.users, self.items, value=join(self.value, other.value),
             timestamp=join(self.timestamp, other.timestamp),
+            order="file" if "file" in (self.order, other.order) else "time",
         )
 
     def with_vocab(self, users: Vocab | None = None, items: Vocab | None = None) -> "Interactions":
@@ -239,7 +253,8 @@ class Interactions:
         for old, new, what in ((self.users, users, "user"), (self.items, items, "item")):
             if len(new) < len(old) or not np.array_equal(new.ids[: len(old)], old.ids):
                 raise ValueError(f"new {what} vocabulary must extend the old one")
-        return Interactions(self.user, self.item, users, items, self.value, self.timestamp, presorted=True)
+        return Interactions(self.user, self.item, users, items, self.value, self.timestamp, presorted=True,
+                            order=self.order)
 
     def fingerprint(self) -> str:
         """Content hash of the events and vocabularies (stable across processes)."""
@@ -250,6 +265,8 @@ class Interactions:
         h.update(self.items.fingerprint().encode())
         if self.item_pool is not None:
             h.update(b"pool" + np.ascontiguousarray(self.item_pool, dtype=np.int64).tobytes())
+        if self.order == "file":  # same rows, but concat keeps them in another order
+            h.update(b"file-order")
         return h.hexdigest()[:16]
 
     def with_item_pool(self, items: np.ndarray) -> "Interactions":
@@ -259,7 +276,8 @@ class Interactions:
             raise ValueError(f"item_pool indices must lie in [0, {self.n_items})")
         if not np.isin(np.unique(self.item), pool).all():
             raise ValueError("item_pool must contain every item of the events it is attached to")
-        copy = Interactions(self.user, self.item, self.users, self.items, self.value, self.timestamp, presorted=True)
+        copy = Interactions(self.user, self.item, self.users, self.items, self.value, self.timestamp, presorted=True,
+                            order=self.order)
         copy.item_pool = pool.astype(np.int32)
         copy.item_pool.flags.writeable = False
         return copy

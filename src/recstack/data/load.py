@@ -3,7 +3,10 @@
 Parsing goes through pyarrow (a core dependency, multi-threaded C++); pandas and polars frames
 are accepted but never imported here, so they stay optional. External ids are kept as read:
 an id column whose every value is a canonical integer ("17", not "017") becomes int64, anything
-else stays a `str` object array, so "007" never silently turns into 7.
+else stays a `str` object array, so "007" never silently turns into 7. Wrong cells are refused,
+never absorbed: an empty, blank or NaN id (or "nan"/"NA"/... among integer ids), and an empty,
+non-finite or out-of-range rating or timestamp, each raise one line naming the file, the line (or
+row), the column and the fix.
 
 Every loader returns a `Dataset` whose provenance holds at least {"name", "format", "source"}.
 Side tables are indexed by the dense item/user index: rows of the side file for ids that have
@@ -183,16 +186,32 @@ def _frame_to_arrow(frame: Any, mapping: dict[str, str]) -> pa.Table:
         series = frame[name]
         try:
             arrays.append(pa.array(series, from_pandas=True))
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            # mixed-type object ids (1 and "a") become strings; anything else is a user error
-            if name not in (mapping["user"], mapping["item"]):
-                raise DataFormatError(f"column {name!r} of the data frame has mixed types; expected numbers") from None
-            arrays.append(pa.array(series.astype(str).to_numpy(dtype=object)))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            cells, missing = series.to_numpy(dtype=object), series.isna().to_numpy()
+            if name in (mapping["user"], mapping["item"]):
+                # mixed-type object ids (1 and "a") and ints beyond int64 become their text; a missing
+                # cell stays missing (str() would make it a phantom id "nan"), refused with its row below
+                text = np.where(missing, None, cells.astype(str).astype(object))
+                arrays.append(pa.array(text, type=pa.string()))
+                continue
+            role = next(r for r, column in mapping.items() if column == name)
+            at = next((i for i, cell in enumerate(cells) if missing[i] or not _is_number(cell)), 0)  # error path
+            problem = f"empty {role}" if missing[at] else f"{role} {cells[at]!r} is not a number"
+            raise _cell_error("the data frame", _row_label(at), name, problem,
+                              f"every {role} must be a number: correct the cell or drop the row") from None
     return pa.table(arrays, names=wanted)
 
 
+def _is_number(cell: Any) -> bool:
+    if isinstance(cell, (bool, np.bool_)):
+        return True
+    if isinstance(cell, (int, np.integer)):
+        return -(2 ** 63) <= int(cell) < 2 ** 63
+    return isinstance(cell, (float, np.floating))
+
+
 def _row_label(i: int) -> str:
-    return f"row {i}"
+    return f"row {i} (0-based)"
 
 
 def _line_label(header: bool) -> Callable[[int], str]:
@@ -204,50 +223,154 @@ def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:
     return int(pc.index(mask, True).as_py())
 
 
+def _cell_error(where: str, at: str, name: str, problem: str, fix: str) -> DataFormatError:
+    """The one shape of every refused cell: where, which line or row, which column, what, the fix."""
+    return DataFormatError(f"{where}, {at}, column {name!r}: {problem}; {fix}")
+
+
+# Cells that writers of missing values produce (pandas, R, SQL exports). Among integer ids they
+# can only mean "missing"; in a column of text ids they stay ids ("NA" may be Namibia).
+_MISSING_MARKERS = ("nan", "NaN", "NAN", "-nan", "NA", "N/A", "n/a", "#N/A", "<NA>", "NULL", "null", "None",
+                    "NaT")
+_INT64_LIMIT = 2.0 ** 63  # a float timestamp at or beyond it does not fit int64 seconds
+_STRING_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
+
+
 def _column_to_numpy(column, role: str, name: str, where: str, line: Callable[[int], str]) -> np.ndarray:
-    """One arrow column -> numpy for its role, with a located error for empty or malformed cells."""
+    """One arrow column -> numpy for its role; an empty, blank or non-finite cell is refused with its place.
+
+    Ids: null, blank (whitespace only) and NaN/inf are refused, and so is a missing-value marker
+    such as "nan" or "NA" in an otherwise integer id column. Values must be finite numbers;
+    timestamps finite seconds within int64 (floats rounded), ISO strings or dates.
+    """
     if isinstance(column, pa.Array):
         column = pa.chunked_array([column])
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
+    what = f"{role} id" if role in ("user", "item") else role
     if column.null_count:
-        raise DataFormatError(f"{where}, {line(_first_true(column.is_null()))}: empty {role} (column {name!r})")
+        fix = f"give every row {_a(what)} or drop the row"
+        raise _cell_error(where, line(_first_true(column.is_null())), name, f"empty {what}", fix)
     kind = column.type
+    is_text = any(test(kind) for test in _STRING_TYPES)
     if role in ("user", "item"):
-        if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
-            return ids_as_read(column)
-        return column.to_numpy()
+        if is_text:
+            return _text_ids(column.cast(pa.string()), what, name, where, line)
+        values = column.to_numpy()
+        if values.dtype.kind == "f":
+            _check_finite(values, what, name, where, line, f"give every row {_a(what)} or drop the row")
+        return values
     if role == "value":
-        if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-            return column.cast(pa.float64()).to_numpy()
-        strings = column.cast(pa.string()).to_numpy(zero_copy_only=False)
-        bad = _first_non_number(strings)
-        raise DataFormatError(f"{where}, {line(bad)}: {role} {strings[bad]!r} in column {name!r} is not a number")
+        fix = "values (ratings) must be finite numbers: correct the cell or drop the row"
+        if is_text:
+            values = _parse_strings(column, pa.float64(), what, name, where, line, fix)
+        elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind) \
+                or pa.types.is_decimal(kind):
+            values = column.cast(pa.float64()).to_numpy()
+        else:
+            raise _cell_error(where, line(0), name, f"value of type {kind} is not a number", fix)
+        _check_finite(values, what, name, where, line, fix)
+        with np.errstate(over="ignore"):
+            kept = np.isfinite(values.astype(np.float32))  # Interactions keeps values as float32
+        if not kept.all():
+            at = int(np.argmin(kept))
+            raise _cell_error(where, line(at), name, f"value {float(values[at])!r} is out of range (values are kept "
+                              "as 32-bit floats, up to 3.4e38)", fix)
+        return values
     # timestamp: integer seconds; floats are rounded, dates and ISO strings converted
+    fix = "timestamps must be finite seconds (within 64 bits) or ISO dates: correct the cell or drop the row"
     if pa.types.is_integer(kind):
-        return column.cast(pa.int64()).to_numpy()
+        try:
+            return column.cast(pa.int64()).to_numpy()
+        except pa.ArrowInvalid:  # uint64 beyond int64
+            at = int(np.argmax(column.to_numpy() > np.iinfo(np.int64).max))
+            raise _cell_error(where, line(at), name, f"timestamp {column[at].as_py()} is out of range", fix) from None
+    if is_text:
+        try:  # numbers of seconds held as text (a frame or parquet file of strings)
+            column = column.cast(pa.float64())
+            kind = column.type
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
     if pa.types.is_floating(kind):
         values = column.to_numpy()
-        if not np.all(np.isfinite(values)):
-            raise DataFormatError(f"{where}, {line(int(np.flatnonzero(~np.isfinite(values))[0]))}: "
-                                  f"timestamp in column {name!r} is not finite")
+        _check_finite(values, what, name, where, line, fix)
+        outside = np.abs(values) >= _INT64_LIMIT
+        if outside.any():
+            at = int(np.argmax(outside))
+            raise _cell_error(where, line(at), name, f"timestamp {float(values[at])!r} is out of range", fix)
         return np.rint(values).astype(np.int64)
     try:
         seconds = column.cast(pa.timestamp("s")) if not pa.types.is_timestamp(kind) else column
         return seconds.cast(pa.timestamp("s"), safe=False).cast(pa.int64()).to_numpy()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         strings = column.cast(pa.string()).to_numpy(zero_copy_only=False)
-        bad = next(i for i, s in enumerate(strings) if not _is_datetime(s))  # error path only
-        raise DataFormatError(f"{where}, {line(bad)}: timestamp {strings[bad]!r} in column {name!r} is neither "
-                              "a number of seconds nor an ISO date") from None
+        bad = next((i for i, text in enumerate(strings) if not _is_time(text)), None)  # error path only
+        if bad is None:
+            raise _cell_error(where, line(0), name, "the column mixes numbers of seconds and ISO dates",
+                              fix) from None
+        raise _cell_error(where, line(bad), name, f"timestamp {strings[bad]!r} is neither a number of seconds nor "
+                          "an ISO date", fix) from None
 
 
-def _is_datetime(text: str) -> bool:
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun.startswith("item") else f"a {noun}"  # the nouns: user/item id, value, timestamp
+
+
+def _text_ids(column: pa.ChunkedArray, what: str, name: str, where: str, line: Callable[[int], str]) -> np.ndarray:
+    blank = pc.equal(pc.utf8_trim_whitespace(column), "")
+    if pc.any(blank).as_py():
+        at = _first_true(blank)
+        text = column[at].as_py()
+        problem = f"empty {what}" if text == "" else f"blank {what} {text!r}"
+        raise _cell_error(where, line(at), name, problem, f"give every row {_a(what)} or drop the row")
+    ids = ids_as_read(column)
+    if ids.dtype == object:
+        marker = pc.is_in(column, value_set=pa.array(_MISSING_MARKERS))
+        # only a marker stops the column from being integer ids: it stands for a missing id
+        if pc.any(marker).as_py() and ids_as_read(column.filter(pc.invert(marker))).dtype != object:
+            at = _first_true(marker)
+            raise _cell_error(where, line(at), name, f"{what} {column[at].as_py()!r} marks a missing value among "
+                              "integer ids", f"give the row a real {what} or drop the row")
+    return ids
+
+
+def _check_finite(values: np.ndarray, what: str, name: str, where: str, line: Callable[[int], str],
+                  fix: str) -> None:
+    finite = np.isfinite(values)
+    if not finite.all():
+        at = int(np.argmin(finite))
+        raise _cell_error(where, line(at), name, f"{what} {float(values[at])!r} is not finite", fix)
+
+
+def _parse_strings(column: pa.ChunkedArray, kind: pa.DataType, what: str, name: str, where: str,
+                   line: Callable[[int], str], fix: str) -> np.ndarray:
+    """Text cells -> numbers (a frame or parquet file of numeric strings), else the first culprit."""
     try:
-        np.datetime64(text)
-        return True
-    except ValueError:
-        return False
+        return column.cast(kind).to_numpy()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        strings = column.to_numpy(zero_copy_only=False)
+        at = _first_unparsable(strings, kind)
+        raise _cell_error(where, line(at), name, f"{what} {strings[at]!r} is not a number", fix) from None
+
+
+def _first_unparsable(strings: np.ndarray, kind: pa.DataType) -> int:
+    for i, text in enumerate(strings):  # error path only: runs once to locate the culprit
+        try:
+            pa.scalar(text, pa.string()).cast(kind)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError):
+            return i
+    return 0
+
+
+def _is_time(text: str) -> bool:
+    """A cell that arrow reads as a number (of seconds) or as an ISO timestamp."""
+    for kind in (pa.float64(), pa.timestamp("s")):
+        try:
+            pa.scalar(text, pa.string()).cast(kind)
+            return True
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    return False
 
 
 def _first_non_number(strings: np.ndarray) -> int:
@@ -380,12 +503,15 @@ def _locate(path: Path, sep: str, message: str, header: bool, source, options) -
         try:
             table = pv.read_csv(source(), read, parse, pv.ConvertOptions(strings_can_be_null=False))
             strings = table.column(column).cast(pa.string()).to_numpy(zero_copy_only=False)
-            bad = _first_non_number(strings)
-            label = _line_label(header)(bad)
-            return DataFormatError(f"{path}, {label}: {strings[bad]!r} in column "
-                                   f"{table.column_names[column]!r} is not a number")
+            # pyarrow names the culprit's text; its first occurrence is the line (float() would
+            # accept cells that arrow refuses, such as "1.5" in an integer column)
+            same = np.flatnonzero(strings == value)
+            bad = int(same[0]) if len(same) else _first_non_number(strings)
+            return _cell_error(str(path), _line_label(header)(bad), table.column_names[column],
+                               f"{strings[bad]!r} is not a number", "correct the cell or drop the row")
         except (pa.ArrowInvalid, IndexError):
-            return DataFormatError(f"{path}: value {value!r} in column {column + 1} is not a number")
+            return DataFormatError(f"{path}: value {value!r} in column {column + 1} is not a number; "
+                                   "correct the cell or drop the row")
     return DataFormatError(f"{path}: {message}")
 
 
@@ -514,8 +640,7 @@ def _load_ml100k(root: Path) -> Dataset:
     ratings = read_delimited(root / "u.data", "\t", header=False, names=["user", "item", "value", "timestamp"],
                              column_types={"user": pa.int64(), "item": pa.int64(), "value": pa.float64(),
                                            "timestamp": pa.int64()})
-    interactions = Interactions.from_ids(_column(ratings, "user"), _column(ratings, "item"),
-                                         value=_column(ratings, "value"), timestamp=_column(ratings, "timestamp"))
+    interactions = _checked_interactions(ratings, root / "u.data", header=False)
     item_table, user_table = {}, {}
     if (root / "u.item").is_file():
         names = ["item", "title", "release_date", "video_release_date", "imdb_url", *ML100K_GENRES]
@@ -539,6 +664,16 @@ def _load_ml100k(root: Path) -> Dataset:
     return Dataset(interactions, item_table, user_table, provenance=provenance)
 
 
+def _checked_interactions(ratings: pa.Table, path: Path, header: bool,
+                          names: Mapping[str, str] | None = None) -> Interactions:
+    """A MovieLens ratings table -> Interactions, refusing empty ids and non-finite cells by line."""
+    names = names or {role: role for role in ROLES}
+    line = _line_label(header)
+    raw = {role: _column_to_numpy(ratings.column(column), role, column, str(path), line)
+           for role, column in names.items() if column in ratings.column_names}
+    return Interactions.from_ids(raw["user"], raw["item"], value=raw.get("value"), timestamp=raw.get("timestamp"))
+
+
 def _genre_strings(flags: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
     labels = np.asarray(names, dtype=object)
     return np.array(["|".join(labels[row]) for row in flags], dtype=object)
@@ -548,8 +683,7 @@ def _load_ml1m(root: Path) -> Dataset:
     ratings = read_delimited(root / "ratings.dat", "::", header=False, names=["user", "item", "value", "timestamp"],
                              column_types={"user": pa.int64(), "item": pa.int64(), "value": pa.float64(),
                                            "timestamp": pa.int64()})
-    interactions = Interactions.from_ids(_column(ratings, "user"), _column(ratings, "item"),
-                                         value=_column(ratings, "value"), timestamp=_column(ratings, "timestamp"))
+    interactions = _checked_interactions(ratings, root / "ratings.dat", header=False)
     item_table, user_table = {}, {}
     if (root / "movies.dat").is_file():
         movies = read_delimited(root / "movies.dat", "::", header=False, names=["item", "title", "genres"],
@@ -582,9 +716,8 @@ def _load_ml_latest(root: Path) -> Dataset:
         if needed not in ratings.column_names:
             raise DataFormatError(f"{root / 'ratings.csv'} has no column {needed!r}; columns present: "
                                   f"{ratings.column_names}")
-    timestamp = _column(ratings, "timestamp") if "timestamp" in ratings.column_names else None
-    interactions = Interactions.from_ids(_column(ratings, "userId"), _column(ratings, "movieId"),
-                                         value=_column(ratings, "rating"), timestamp=timestamp)
+    interactions = _checked_interactions(ratings, root / "ratings.csv", header=True, names={
+        "user": "userId", "item": "movieId", "value": "rating", "timestamp": "timestamp"})
     item_table = {}
     if (root / "movies.csv").is_file():
         movies = read_delimited(root / "movies.csv", ",", header=True,
@@ -599,13 +732,17 @@ def _load_ml_latest(root: Path) -> Dataset:
 
 
 # ---- RecBole atomic files ----------------------------------------------------------------------
-_ID_FIELDS = {"user_id", "item_id"}
 # RecBole's MovieLens columns renamed so both loaders give the same side tables.
 _RENAMES = {"movie_title": "title", "release_year": "year", "class": "genres", "genre": "genres"}
 
 
-def _read_atomic(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """One atomic file -> ({field: array}, {field: type}); header fields are `name:type`."""
+def _read_atomic(path: Path, roles: Mapping[str, str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """One atomic file -> ({field: array}, {field: type}); header fields are `name:type`.
+
+    `roles` maps fields to interaction roles (user_id and item_id always are ids), read and checked
+    as `read_table` reads that role.
+    """
+    roles = {"user_id": "user", "item_id": "item", **(roles or {})}
     header = _header(path, "\t")
     fields, kinds, types = [], {}, {}
     for column in header:
@@ -622,8 +759,8 @@ def _read_atomic(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     out = {}
     for column, field in zip(header, fields):
         values = table.column(column)
-        if field in _ID_FIELDS:
-            out[field] = _column_to_numpy(values, "user" if field == "user_id" else "item", column, str(path), line)
+        if field in roles:
+            out[field] = _column_to_numpy(values, roles[field], column, str(path), line)
         elif kinds[field] == "float":
             out[field] = values.to_numpy()
         else:
@@ -668,18 +805,15 @@ def load_atomic(directory: str | Path, name: str | None = None) -> Dataset:
     inter_path = root / f"{name}.inter"
     if not inter_path.is_file():
         raise RecstackError(f"{inter_path}: no such file (RecBole atomic data needs <name>.inter)")
-    inter, kinds = _read_atomic(inter_path)
+    fields = [column.partition(":")[0] for column in _header(inter_path, "\t")]
+    value_field = next((f for f in ("rating", "label") if f in fields), None)
+    roles = {"timestamp": "timestamp", **({value_field: "value"} if value_field else {})}
+    inter, kinds = _read_atomic(inter_path, roles)
     missing = [f for f in ("user_id", "item_id") if f not in inter]
     if missing:
         raise DataFormatError(f"{inter_path} has no field {missing[0]!r}; fields present: {list(kinds)}")
-    value = next((inter[f] for f in ("rating", "label") if f in inter), None)
+    value = inter[value_field] if value_field else None
     timestamp = inter.get("timestamp")
-    if timestamp is not None:
-        timestamp = np.asarray(timestamp, dtype=np.float64)
-        if not np.isfinite(timestamp).all():
-            bad = int(np.flatnonzero(~np.isfinite(timestamp))[0])
-            raise DataFormatError(f"{inter_path}, line {bad + 2}: empty or invalid timestamp")
-        timestamp = np.rint(timestamp).astype(np.int64)
     interactions = Interactions.from_ids(inter["user_id"], inter["item_id"], value=value, timestamp=timestamp)
 
     item_table: dict[str, np.ndarray] = {}

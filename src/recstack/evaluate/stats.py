@@ -17,7 +17,8 @@ Two models evaluated on one split give one value per user each, so every compari
     Cohen's d (paired, d_z)  mean(d) / sd(d), sd with ddof=1
     rank-biserial r          (T+ - T-) / (T+ + T-) over the ranks of |d|, zeros dropped as in
                              the Wilcoxon test; in [-1, 1]
-    bootstrap CI             percentile interval of the mean over resampled users
+    bootstrap CI             percentile interval of the mean over resampled users; the values are
+                             sorted first, so the same users in any order give the same interval
 
 `compare_models` puts these together: every model against the best one (or a named baseline)
 on one metric, one correction across the family of comparisons. See docs/significance.md.
@@ -45,6 +46,11 @@ EFFECT_NAMES = {"t": "Cohen's d", "wilcoxon": "rank-biserial r", "permutation": 
 # metrics where smaller is better; every ranking metric is larger-is-better
 _LOWER_IS_BETTER = ("RMSE", "MAE", "MSE", "LOGLOSS")
 _BLOCK = 2_000_000  # resampled values held at once (16 MB of float64)
+# the one bootstrap setting of every interval recstack prints (compare, report, slices), so one
+# figure gets one interval wherever it is shown
+BOOTSTRAP_CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 2_000
+BOOTSTRAP_SEED = 0
 
 
 # ---- tests --------------------------------------------------------------------------------------
@@ -232,13 +238,15 @@ def rank_biserial(x: Any, y: Any) -> float:
     return float((ranks[d > 0].sum() - ranks[d < 0].sum()) / ranks.sum())
 
 
-def bootstrap_ci(values: Any, *, confidence: float = 0.95, n_resamples: int = 2_000,
-                 seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(values: Any, *, confidence: float = BOOTSTRAP_CONFIDENCE, n_resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean: resample users with replacement, seeded.
 
+    The interval depends on the values and the seed only, not on their order: the values are
+    sorted before resampling (a run's files keep users in index order, `compare` in id order).
     (NaN, NaN) for no values; a single value gives a zero-width interval.
     """
-    values = np.asarray(values, dtype=np.float64).ravel()
+    values = np.sort(np.asarray(values, dtype=np.float64).ravel())
     if not 0 < confidence < 1:
         raise RecstackError(f"confidence must lie strictly between 0 and 1, got {confidence}")
     if n_resamples < 1:
@@ -376,6 +384,28 @@ def _by_model(per_user: Any, metric: str, part: str | None) -> dict[str, tuple[n
     return out
 
 
+def mean_intervals(per_user: Any, metric: str, models: Any = None, *, part: str | None = "test",
+                   confidence: float = BOOTSTRAP_CONFIDENCE, n_resamples: int = BOOTSTRAP_RESAMPLES,
+                   seed: int = BOOTSTRAP_SEED) -> dict[str, tuple[float, float, int]]:
+    """model -> (CI low, CI high, n users): `bootstrap_ci` of each model's per-user `metric`.
+
+    Reads `per_user` exactly as `compare_models` does, so the report's leaderboard and
+    `recstack compare` print the same interval for the same figure. `models` picks and orders
+    the models (those without values are left out); None keeps them all.
+    """
+    for name, wanted in (("metric", metric), ("part", part)):
+        column = _column(per_user, name)
+        if wanted is not None and column is not None and wanted not in set(column.tolist()):
+            return {}  # nothing to bootstrap; `compare_models` is the one that names what is missing
+    groups = _by_model(per_user, metric, part)
+    out = {}
+    for model in groups if models is None else models:
+        if model in groups:
+            vals = groups[model][1]
+            out[model] = (*bootstrap_ci(vals, confidence=confidence, n_resamples=n_resamples, seed=seed), len(vals))
+    return out
+
+
 def compare_models(
     per_user: Any,
     metric: str,
@@ -385,10 +415,10 @@ def compare_models(
     alpha: float = 0.05,
     *,
     part: str | None = "test",
-    confidence: float = 0.95,
+    confidence: float = BOOTSTRAP_CONFIDENCE,
     n_resamples: int = 10_000,
-    n_bootstrap: int = 2_000,
-    seed: int = 0,
+    n_bootstrap: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
     higher_is_better: bool | None = None,
 ) -> Comparison:
     """Compare every model with the best one (or `baseline`) on per-user values of `metric`.

@@ -97,6 +97,14 @@ def _mean(values: np.ndarray) -> float:
     return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
+def _interval(values: np.ndarray) -> list[float] | None:
+    """The shared bootstrap interval of a group's mean (the report's slice error bars)."""
+    from recstack.evaluate.stats import bootstrap_ci
+
+    values = values[np.isfinite(values)]
+    return list(bootstrap_ci(values)) if len(values) else None
+
+
 class RunAnalysis:
     """Data-level inputs computed once per run; `for_model` returns the additions to metrics.json."""
 
@@ -114,6 +122,8 @@ class RunAnalysis:
         self.item_slices = [(name, *_find_column(dataset.item_table, name, "item")) for name in config.slices.item]
         self._pop_lists: np.ndarray | None = None
         self._negatives: np.ndarray | None = None
+        # the metric the report draws per slice, with its bootstrap interval
+        self.slice_metric = f"NDCG@{10 if 10 in config.ks else min(config.ks)}"
 
     # ---- beyond accuracy --------------------------------------------------------------------
     def _reference(self, users: np.ndarray, depth: int) -> np.ndarray:
@@ -175,6 +185,8 @@ class RunAnalysis:
             groups[label] = {"n_users": int(chosen.sum()),
                              **{m: _mean(v[chosen]) if chosen.any() else float("nan")
                                 for m, v in result.per_user.items()}}
+            if self.slice_metric in result.per_user:
+                groups[label]["ci"] = {self.slice_metric: _interval(result.per_user[self.slice_metric][chosen])}
         return {**info, "kind": "user", "groups": groups}
 
     def _item_groups(self, result: EvalResult, labels: list[str], masks: list[np.ndarray],
@@ -195,7 +207,10 @@ class RunAnalysis:
                                      "n_held_out": int(n_relevant.sum())}
             for m in labels_k:
                 name, _, k = m.partition("@")
-                entry[m] = _mean(METRICS[name](sub, int(k))) if len(sub) else float("nan")
+                values = METRICS[name](sub, int(k)) if len(sub) else np.empty(0)
+                entry[m] = _mean(values) if len(sub) else float("nan")
+                if m == self.slice_metric:
+                    entry["ci"] = {m: _interval(values)}
             groups[label] = entry
         return {**info, "kind": "item", "groups": groups}
 

@@ -28,6 +28,8 @@ DEFAULT_METRICS = ("Recall", "Precision", "NDCG", "MRR", "Hit", "MAP", "Coverage
 DEFAULT_KS = (10, 20)
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 COLUMN_ROLES = ("user", "item", "value", "timestamp")  # as recstack.data.load reads them
+# numpy's legacy seeding and the libraries behind some models (implicit) take 32-bit seeds
+SEED_MAX = 2**32 - 1
 
 
 class ExperimentConfigError(RecstackError, ValueError):
@@ -62,6 +64,9 @@ class SplitFiles(_Strict):
     train: str
     valid: str | None = None  # no validation part: validation metrics are not computed
     test: str
+    # each user's sequence order: by timestamp (file order among ties), or as the files list it
+    # (RecBole's exports, whose order may disagree with their timestamps by a second)
+    order: Literal["time", "file"] = "time"
 
 
 class DataConfig(_Strict):
@@ -287,6 +292,11 @@ class ExperimentConfig(_Strict):
             data = {**data, "models": [{"name": tune.get("model", ""), "params": tune.get("params", {})}]}
         return data
 
+    @field_validator("seed")
+    @classmethod
+    def _seed_in_range(cls, seed: int) -> int:
+        return _check_seed(seed)
+
     @field_validator("ks")
     @classmethod
     def _positive_ks(cls, ks: list[int]) -> list[int]:
@@ -320,7 +330,7 @@ class ExperimentConfig(_Strict):
                 raise ValueError(f"two models are labelled {entry.display!r}; give each a distinct 'label'")
             seen.add(entry.display)
             try:
-                self.model_config_for(entry)
+                _check_fit_settings(self.model_config_for(entry))
             except RecstackError as exc:
                 message = re.sub(r"invalid (\w+): \1: ", "", str(exc))  # make_config names the class twice
                 raise ValueError(f"models[{position}] ({entry.display}): {message}") from None
@@ -337,6 +347,21 @@ class ExperimentConfig(_Strict):
                 raise ValueError("tune.space: " + _unknown_key_message(name, fields, f" for model {self.tune.model!r}"))
             if name in self.tune.params:
                 raise ValueError(f"tune: {name!r} is both fixed in 'params' and searched in 'space'; keep one")
+
+    def check_devices(self, source: str | None = None) -> None:
+        """Every model's `device` exists on this machine. Not part of validation, so that a finished run
+        stays readable on another machine; a run calls it before it reads any data."""
+        for position, entry in enumerate(self.models):
+            device = getattr(self.model_config_for(entry), "device", None)
+            if not isinstance(device, str) or device in ("auto", "cpu"):
+                continue
+            from recstack.train.trainer import resolve_device
+
+            try:
+                resolve_device(device)
+            except RecstackError as exc:
+                where = f"{source}: " if source else ""
+                raise ExperimentConfigError(f"{where}models[{position}] ({entry.display}): {exc}") from None
 
     # ---- derived values ----------------------------------------------------------------
     @property
@@ -365,9 +390,9 @@ class ExperimentConfig(_Strict):
         if data.path is not None:  # absolute paths: the run directory must reproduce its data from anywhere
             data = data.model_copy(update={"path": os.path.abspath(data.path)})
         if data.files is not None:
-            data = data.model_copy(update={"files": SplitFiles(
-                **{part: os.path.abspath(path) for part in ("train", "valid", "test")
-                   if (path := getattr(data.files, part)) is not None})})
+            data = data.model_copy(update={"files": data.files.model_copy(update={
+                part: os.path.abspath(path) for part in ("train", "valid", "test")
+                if (path := getattr(data.files, part)) is not None})})
         return self.model_copy(update={"models": models, "data": data})
 
     def to_dict(self) -> dict[str, Any]:
@@ -376,6 +401,27 @@ class ExperimentConfig(_Strict):
         if self.data.files is not None:
             dumped.pop("split", None)  # with files the split is the files; writing it would be rejected
         return dumped
+
+
+def _check_seed(seed: int) -> int:
+    if not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"must be an integer from 0 to {SEED_MAX} (2**32 - 1), got {seed}")
+    return seed
+
+
+def _check_fit_settings(model_config: Any) -> None:
+    """Values a model hands on to its trainer, which would otherwise fail only when `fit` reaches them."""
+    seed = getattr(model_config, "seed", None)
+    if isinstance(seed, int):
+        try:
+            _check_seed(seed)
+        except ValueError as exc:
+            raise ExperimentConfigError(f"seed {exc}") from None
+    valid_metric = getattr(model_config, "valid_metric", None)
+    if isinstance(valid_metric, str):
+        from recstack.train.trainer import check_valid_metric  # torch: only models that train with it
+
+        check_valid_metric(valid_metric)
 
 
 # ---- reading configs ----------------------------------------------------------------------
@@ -396,7 +442,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
 def parse_config(raw: dict[str, Any] | ExperimentConfig, source: str = "config") -> ExperimentConfig:
     """Validate a mapping (as read from YAML/TOML) into an `ExperimentConfig`; errors name `source`."""
     if isinstance(raw, ExperimentConfig):
-        return raw
+        # `model_copy(update=...)` (command-line overrides, a tuned setting) skips validation: check the copy
+        raw = {name: getattr(raw, name) for name in raw.model_fields_set}
     if not isinstance(raw, dict):
         raise ExperimentConfigError(f"{source}: an experiment config must be a mapping of keys, "
                                     f"got {type(raw).__name__}")
@@ -449,12 +496,34 @@ def _anchor_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     return {**raw, "data": data}
 
 
-def load_config(path: str | os.PathLike) -> ExperimentConfig:
-    """Read and validate a YAML (.yaml/.yml) or TOML (.toml) experiment config."""
+def _check_model_names(raw: Any, source: str) -> None:
+    """Every model name a validation would resolve (models[*].name, tune.model) is registered."""
+    from recstack.models import MODELS
+    from recstack.models.protocol import check_trusted
+
+    if not isinstance(raw, dict):
+        return
+    entries = raw.get("models")
+    names = [e.get("name") for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+    if isinstance(raw.get("tune"), dict):
+        names.append(raw["tune"].get("model"))
+    for name in names:
+        if isinstance(name, str):
+            check_trusted(name, MODELS, trust=False, source=source)
+
+
+def load_config(path: str | os.PathLike, *, trust: bool = True) -> ExperimentConfig:
+    """Read and validate a YAML (.yaml/.yml) or TOML (.toml) experiment config.
+
+    `trust=False` (a run directory someone else may have written) refuses a model named as
+    `"package.module:Class"` outside the registry before validation would import it.
+    """
     path = Path(path)
     raw = _read_mapping(path)
     if raw is None:
         raise ExperimentConfigError(f"{path}: the config is empty")
+    if not trust:
+        _check_model_names(raw, str(path))
     if isinstance(raw, dict):
         raw = _anchor_paths(raw, path.resolve().parent)
     return parse_config(raw, source=str(path))

@@ -146,13 +146,12 @@ def _blocks(run_dir: Path) -> tuple[str, list[Any]]:
     # leaderboard
     labels = protocol.get("metrics") or sorted({m for e in metrics.values() for m in e.get("test", {})})
     cis = _leaderboard_cis(run_dir, board)
-    columns = [*board.columns[:3], "95% CI", *board.columns[3:]]
+    columns = [*board.columns[:3], f"{C.CI_PCT} CI", *board.columns[3:]]
     rows = [[*row[:3], _interval(cis.get(row[0])), *row[3:]] for row in board.rows]
     blocks += [
         _Heading("Leaderboard"),
-        _Paragraph(f"Sorted by test {board.sort_label}. 95% CI: percentile bootstrap interval of the mean test "
-                   f"{board.sort_label} over users (2,000 resamples, seed 0). Recall, MRR, Hit and Coverage are "
-                   "test figures."),
+        _Paragraph(f"Sorted by test {board.sort_label}. {C.CI_PCT} CI of test {board.sort_label}: "
+                   f"{C.BOOTSTRAP_NOTE}. Recall, MRR, Hit and Coverage are test figures."),
         _Table(columns, rows),
     ]
     order = [row[0] for row in board.rows]
@@ -195,16 +194,22 @@ def _blocks(run_dir: Path) -> tuple[str, list[Any]]:
 
     # curves
     if curves:
+        best_epochs = {label: metrics[label]["best_epoch"] for label in curves
+                       if isinstance(metrics.get(label, {}).get("best_epoch"), int)}
         rows = []
         for label, epochs in curves.items():
+            best = best_epochs.get(label)
             for key, values in _curve_series(epochs).items():
                 ys = [y for _, y in values]
-                rows.append([label, key, len(ys), ys[0], ys[-1], min(ys), max(ys)])
+                at_best = next((y for x, y in values if x == best), None)
+                rows.append([label, key, len(ys), ys[0], ys[-1], min(ys), max(ys), best, at_best])
         blocks += [_Heading("Training curves"),
                    _Paragraph("Per-epoch values logged by each model's trainer (validation metrics on the "
-                              "validation part)."),
-                   _Table(["model", "series", "epochs", "first", "last", "min", "max"], rows)]
-        blocks += [_Chart(chart) for chart in C.training_charts(curves)]
+                              "validation part). Restored epoch: the epoch whose weights the model kept (its best "
+                              "validation epoch; the last one when nothing was validated)."),
+                   _Table(["model", "series", "epochs", "first", "last", "min", "max", "restored epoch",
+                           "at restored epoch"], rows)]
+        blocks += [_Chart(chart) for chart in C.training_charts(curves, best_epochs)]
 
     versions = manifest.get("versions", {})
     blocks += [_Heading("Environment"),
@@ -273,7 +278,9 @@ def _analysis_blocks(metrics: dict[str, Any], order: list[str], ks: Sequence[int
                    _Paragraph(f"Test NDCG@{k} per group (users in the group in brackets; Recall@{k} and every "
                               "other metric are in metrics.json under `slices`). User slices split the evaluated "
                               "users, so their counts add up to the users evaluated; item slices cut each user's "
-                              "held-out items to the group's items and keep the full ranking unchanged.")]
+                              "held-out items to the group's items and keep the full ranking unchanged. The charts "
+                              f"add each group's {C.CI_PCT} bootstrap interval and fade groups of fewer than "
+                              f"{C.MIN_SLICE_USERS} users.")]
         for name, entry in metrics[with_slices[0]]["slices"].items():
             groups = list(entry["groups"])
             detail = entry.get("definition", "")
@@ -355,13 +362,13 @@ def _flatten(stats: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # ---- leaderboard intervals ---------------------------------------------------------------------
 
 def _leaderboard_cis(run_dir: Path, board: Leaderboard) -> dict[str, tuple[float, float, int]]:
-    """model -> 95% bootstrap interval of the leaderboard's test metric, from per_user.parquet."""
+    """model -> bootstrap interval of the leaderboard's test metric, from per_user.parquet (as `compare`)."""
     path = run_dir / "per_user.parquet"
     if not path.exists() or not board.rows:
         return {}
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path, columns=["model", "part", "metric", "value"])
+    table = pq.read_table(path, columns=["model", "part", "user_id", "metric", "value"])
     columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
     return C.leaderboard_cis(columns, board.sort_label, [row[0] for row in board.rows])
 
@@ -444,7 +451,7 @@ def _html(title: str, blocks: list[Any], figures: dict[str, str], note: str | No
         elif isinstance(block, _Chart) and block.chart.key in figures:
             chart = block.chart
             out.append(f'<figure class="chart" data-chart="{html.escape(chart.key)}">{figures[chart.key]}'
-                       f"<figcaption>{html.escape(chart.caption)}</figcaption></figure>")
+                       f"<figcaption>{_inline(chart.caption)}</figcaption></figure>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
@@ -467,14 +474,15 @@ def _figures(run_dir: Path, charts: list[C.Chart], interactive: bool, static: bo
                 out[chart.key] = _failed(chart, "matplotlib", error)
     with_js = False
     for chart in charts:
-        image = (f'<img src="{pngs[chart.key]}" alt="{html.escape(chart.title)}" width="675" height="342">'
-                 if chart.key in pngs else "")
+        image = (f'<img src="{pngs[chart.key]}" alt="{html.escape(chart.title)}" width="{C.PNG_SIZE[0]}" '
+                 f'height="{C.PNG_SIZE[1]}">' if chart.key in pngs else "")
         if interactive:
             try:
                 fig = C.to_plotly(chart)
                 # plotly.js inline once, before the first chart: no script is fetched
                 div = fig.to_html(full_html=False, include_plotlyjs=not with_js, div_id=f"chart-{chart.key}",
-                                  config=_PLOTLY_CONFIG, default_width="100%", default_height="380px")
+                                  config=_PLOTLY_CONFIG, default_width="100%",
+                                  default_height=f"{C.PLOTLY_SIZE[1]}px")
             except Exception as error:  # noqa: BLE001
                 out[chart.key] = out.get(chart.key, "") + _failed(chart, "plotly", error) + image
                 continue

@@ -2,10 +2,13 @@
 
 A run directory holds `config.yaml` (the resolved config: every model parameter spelled out),
 `manifest.json` (versions, data and split fingerprints and statistics, timings, peak memory),
-`metrics.json`, `per_user.parquet` (long format, external user ids), `curves.json` (training
-curves of models that keep `history_`), `models/<label>/` (each fitted model) and
-`report.md` / `report.html`. It is built in a temporary sibling and renamed into place at the
-end, so a failed or interrupted run leaves nothing that looks complete. Everything that can
+`metrics.json` (with `best_epoch`, the restored epoch, for trained models), `per_user.parquet`
+(long format, external user ids), `curves.json` (training curves of models that keep `history_`),
+`models/<label>/` (each fitted model), `history.npz` (every event of the split with both
+vocabularies and the item titles: `recommend` reads it instead of reloading the data) and
+`report.md` / `report.html`. It is claimed first (a second run of the same name gets an error or
+a fresh name, never the first run's folder), built in a temporary sibling and renamed into place
+at the end, so a failed or interrupted run leaves nothing that looks complete. Everything that can
 fail on the user's input (config, data, split, cut-offs) fails before any model trains.
 """
 
@@ -32,12 +35,13 @@ import yaml
 from rich.markup import escape
 
 from recstack.data.dataset import Dataset
+from recstack.data.interactions import Interactions, Vocab
 from recstack.errors import RecstackError
 from recstack.evaluate.evaluator import EvalResult, evaluate, rank, validation_protocol
 from recstack.experiment.analysis import RunAnalysis
 from recstack.experiment.config import ExperimentConfig, load_config, parse_config
 from recstack.experiment.report import write_report
-from recstack.fs import atomic_directory
+from recstack.fs import CLAIM_FILE, check_writable, exclusive_directory
 from recstack.split.base import Split
 from recstack.train.epoch_log import epoch_log
 
@@ -90,7 +94,7 @@ def _split_from_files(config: ExperimentConfig) -> Split:
 
     files = config.data.files
     return split_from_files(files.train, files.valid, files.test,  # type: ignore[union-attr]
-                            columns=config.data.columns, sep=config.data.sep)
+                            columns=config.data.columns, sep=config.data.sep, order=files.order)
 
 
 def _files_dataset(config: ExperimentConfig, split: Split) -> Dataset:
@@ -146,6 +150,7 @@ def run_experiment(
     if isinstance(config, (str, os.PathLike)):
         config = load_config(config)
     config = parse_config(config).resolved()
+    _check_destination(config, run_dir)
     if progress and console is None:
         from rich.console import Console
 
@@ -168,7 +173,6 @@ def run_experiment(
     fingerprint = hashlib.sha1(
         (json.dumps(config.to_dict(), sort_keys=True) + split.fingerprint()).encode()).hexdigest()[:8]
     analysis = RunAnalysis(config, dataset, split)  # checks the slice columns before anything trains
-    target = _choose_run_dir(config, dataset, started, fingerprint, run_dir)
     history_test = split.history("test")
     models: dict[str, Any] = {}
     results: dict[str, dict[str, EvalResult]] = {}
@@ -178,7 +182,12 @@ def run_experiment(
 
     from recstack.models import build
 
-    with atomic_directory(target) as tmp:
+    writer = _claim_run_dir(config, dataset, started, fingerprint, run_dir)
+    target = writer.path
+    with writer as tmp:
+        # the hidden name carries a random suffix: without it `tail -f` on a training log needs `ls -a`
+        say(f"  writing to {escape(str(tmp))} (renamed to {escape(target.name)} when done; follow training with "
+            f"tail -f {escape(str(tmp / 'logs'))}/<label>.jsonl)")
         for position, entry in enumerate(config.models, start=1):
             label = entry.display
             named = f" ({entry.name})" if entry.name != label else ""
@@ -187,7 +196,8 @@ def run_experiment(
             if hasattr(model, "use_dataset"):  # models that read side information (item texts)
                 model.use_dataset(dataset)
             tick = time.perf_counter()
-            with validation_protocol(mask_history=config.mask_history), epoch_log(tmp / "logs" / f"{label}.jsonl"):
+            with (validation_protocol(mask_history=config.mask_history),
+                  epoch_log(tmp / "logs" / f"{label}.jsonl", progress=progress)):
                 model.fit(split.train, split.valid)
             fit_seconds = time.perf_counter() - tick
             part_results: dict[str, EvalResult] = {}
@@ -222,6 +232,10 @@ def run_experiment(
             model_curve = getattr(model, "history_", None)
             if model_curve:
                 curves[label] = [dict(epoch) for epoch in model_curve]
+                # the epoch whose weights the fitted model keeps (best validation epoch, restored)
+                best = getattr(model, "best_epoch_", None)
+                if isinstance(best, (int, np.integer)) and not isinstance(best, bool):
+                    metrics[label]["best_epoch"] = int(best)
             say(f"      fit {fit_seconds:.1f} s, eval {sum(eval_seconds.values()):.1f} s; valid "
                 f"{config.valid_metric} {_fmt(part_results['valid'].metrics.get(config.valid_metric))}, test "
                 f"{config.valid_metric} {_fmt(part_results['test'].metrics.get(config.valid_metric))}")
@@ -234,6 +248,7 @@ def run_experiment(
         _write_json(tmp / "metrics.json", metrics)
         _write_json(tmp / "curves.json", curves)
         _write_per_user(tmp / "per_user.parquet", results, split)
+        _write_history(tmp / "history.npz", split, dataset)
         write_report(tmp)
 
     if progress:
@@ -242,22 +257,48 @@ def run_experiment(
     return RunResult(target, metrics, split, dataset, models, config, results)
 
 
-def _choose_run_dir(config: ExperimentConfig, dataset: Dataset, started: datetime, fingerprint: str,
-                    run_dir: str | os.PathLike | None) -> Path:
+def _check_destination(config: ExperimentConfig, run_dir: str | os.PathLike | None) -> None:
+    """Devices and the destination, checked before the data is read: not a failure after hours of training."""
+    config.check_devices()
     if run_dir is not None:
         target = Path(run_dir)
-        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        if target.exists() and (not target.is_dir() or any(p.name != CLAIM_FILE for p in target.iterdir())):
             raise RecstackError(f"run directory {str(target)!r} already exists; choose another or remove it")
-        if target.is_dir():
-            target.rmdir()  # an empty directory the caller made: the atomic rename replaces it
-        return target
-    name = _SAFE_NAME.sub("_", dataset.name or config.data.label).strip("._") or "data"
-    base = Path(config.output_dir) / f"{name}-{started:%Y%m%dT%H%M%SZ}-{fingerprint}"
-    target, n = base, 1
-    while target.exists():  # two runs of one config in the same second
-        n += 1
-        target = base.with_name(f"{base.name}-{n}")
-    return target
+    try:
+        check_writable(Path(run_dir).parent if run_dir is not None else config.output_dir)
+    except OSError as exc:
+        raise RecstackError(_cannot_write(config, run_dir, exc)) from None
+
+
+def _cannot_write(config: ExperimentConfig, run_dir: str | os.PathLike | None, exc: OSError) -> str:
+    what = f"run directory {str(run_dir)!r}" if run_dir is not None else f"output_dir {config.output_dir!r}"
+    reason = f"{exc.strerror.lower()}: {exc.filename!r}" if exc.strerror and exc.filename else str(exc)
+    return f"{what} cannot be written ({reason}); choose a writable folder"
+
+
+def _claim_run_dir(config: ExperimentConfig, dataset: Dataset, started: datetime, fingerprint: str,
+                   run_dir: str | os.PathLike | None) -> exclusive_directory:
+    """The run directory, claimed: an explicit one that exists or is being written is an error; an
+    automatic name another run took (the same config in the same second) gets a suffix."""
+    if run_dir is not None:
+        candidates = [Path(run_dir)]
+    else:
+        name = _SAFE_NAME.sub("_", dataset.name or config.data.label).strip("._") or "data"
+        base = Path(config.output_dir) / f"{name}-{started:%Y%m%dT%H%M%SZ}-{fingerprint}"
+        candidates = [base, *(base.with_name(f"{base.name}-{n}") for n in range(2, 1000))]
+    for target in candidates:
+        writer = exclusive_directory(target)
+        try:
+            writer.claim()
+            return writer
+        except FileExistsError as exc:
+            if run_dir is not None:
+                raise RecstackError(f"run directory {str(target)!r} {exc.strerror}; choose another or remove it") \
+                    from None
+        except OSError as exc:
+            raise RecstackError(_cannot_write(config, run_dir, exc)) from None
+    raise RecstackError(f"{len(candidates)} run directories named {candidates[0].name!r}[-n] already exist in "
+                        f"{config.output_dir!r}; remove some")
 
 
 def _peak_rss_mb() -> float:
@@ -369,6 +410,39 @@ def _write_per_user(path: Path, results: dict[str, dict[str, EvalResult]], split
     pq.write_table(pa.table(arrays), path)
 
 
+_SHOWN_COLUMNS = ("title", "year", "genres")  # the item columns `recommend` prints
+
+
+def _write_history(path: Path, split: Split, dataset: Dataset) -> None:
+    """Every event `recommend` masks (train + valid + fold-in + test), the vocabularies and item titles.
+
+    Plain arrays only (no pickle): ids that are neither all numbers nor all strings are not written,
+    and `recommend` then rebuilds the split from the source as for a run written before this file.
+    """
+    everything = split.history("test").concat(split.test)
+    users, items = _plain_ids(everything.users.ids), _plain_ids(everything.items.ids)
+    if users is None or items is None:
+        return
+    arrays = {"user": everything.user, "item": everything.item, "user_ids": users, "item_ids": items}
+    for name in ("value", "timestamp"):
+        if getattr(everything, name) is not None:
+            arrays[name] = getattr(everything, name)
+    for column in _SHOWN_COLUMNS:
+        if column in dataset.item_table:
+            values = np.asarray(dataset.item_table[column])
+            arrays[f"item_{column}"] = values if values.dtype.kind in "biuf" else values.astype(str)
+    with open(path, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+
+
+def _plain_ids(ids: np.ndarray) -> np.ndarray | None:
+    if ids.dtype.kind in "iuf":
+        return ids
+    if ids.dtype.kind in "OU" and all(isinstance(x, str) for x in ids.tolist()):
+        return ids.astype(str)
+    return None
+
+
 # ---- console output -----------------------------------------------------------------------------
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -404,6 +478,7 @@ class LoadedRun:
     manifest: dict[str, Any]
     dataset: Dataset
     split: Split
+    trust: bool = False  # import model classes outside the registry (only for runs the user trusts)
 
     @property
     def labels(self) -> list[str]:
@@ -411,60 +486,115 @@ class LoadedRun:
 
     def model(self, label: str):
         """The saved model `label` (loaded from models/<label>/)."""
-        from recstack.models import load_model
-
-        path = self.run_dir / "models" / label
-        if label not in self.labels or not (path / "model.json").is_file():
-            saved = [p.name for p in sorted((self.run_dir / "models").glob("*")) if (p / "model.json").is_file()]
-            close = difflib.get_close_matches(label, saved, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise RecstackError(f"run {self.run_dir.name!r} has no saved model {label!r}.{hint} "
-                                f"Saved models: {', '.join(saved) or 'none'}")
-        return load_model(path)
+        return _saved_model(self.run_dir, self.labels, label, self.trust)
 
 
-def load_run(run_dir: str | os.PathLike) -> LoadedRun:
-    """Read a run directory and rebuild its data and split, checking the split fingerprint."""
-    run_dir = Path(run_dir)
+def _saved_model(run_dir: Path, labels: list[str], label: str, trust: bool = False):
+    from recstack.models import load_model
+
+    path = run_dir / "models" / label
+    if label not in labels or not (path / "model.json").is_file():
+        saved = [p.name for p in sorted((run_dir / "models").glob("*")) if (p / "model.json").is_file()]
+        close = difflib.get_close_matches(label, saved, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise RecstackError(f"run {run_dir.name!r} has no saved model {label!r}.{hint} "
+                            f"Saved models: {', '.join(saved) or 'none'}")
+    return load_model(path, trust=trust)
+
+
+def _read_run(run_dir: Path, trust: bool = False) -> tuple[ExperimentConfig, dict[str, Any]]:
     if not (run_dir / "manifest.json").is_file() or not (run_dir / "config.yaml").is_file():
         raise RecstackError(f"{str(run_dir)!r} is not a recstack run directory (no manifest.json / config.yaml); "
                             "give a folder that `recstack run` wrote")
-    config = load_config(run_dir / "config.yaml")
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    config = load_config(run_dir / "config.yaml", trust=trust)
+    return config, json.loads((run_dir / "manifest.json").read_text())
+
+
+def load_run(run_dir: str | os.PathLike, *, trust: bool = False) -> LoadedRun:
+    """Read a run directory and rebuild its data and split, checking the split fingerprint.
+
+    A run directory may come from someone else, so a model class outside the registry (in
+    config.yaml or a model.json) is refused before it is imported unless `trust=True`.
+    """
+    run_dir = Path(run_dir)
+    config, manifest = _read_run(run_dir, trust)
     dataset, split = prepare_data(config)
     expected = manifest.get("split", {}).get("fingerprint")
     if expected and split.fingerprint() != expected:
         raise RecstackError(f"the data of run {run_dir.name!r} no longer gives the same split (fingerprint "
                             f"{split.fingerprint()}, the run had {expected}): its source files changed")
-    return LoadedRun(run_dir, config, manifest, dataset, split)
+    return LoadedRun(run_dir, config, manifest, dataset, split, trust)
 
 
-def recommend(run: LoadedRun | str | os.PathLike, label: str, user_id: Any, k: int = 10) -> list[dict[str, Any]]:
+def recommend(run: LoadedRun | str | os.PathLike, label: str, user_id: Any, k: int = 10, *,
+              include_seen: bool = False, trust: bool = False) -> list[dict[str, Any]]:
     """Top-k for one raw user id by the run's model `label`, seeing everything the user rated.
 
     The history is `split.history("test")` plus the user's test events, so nothing the user
-    already has is recommended. Rows: rank, item_id, score, and title/year/genres where known.
+    already has is recommended unless `include_seen`. A run directory is read from its
+    `history.npz` (runs written without one are rebuilt from their source), and k and the user
+    are checked before any model loads. Rows: rank, item_id, score, and title/year/genres where
+    known; fewer than k when fewer items can be scored. A user with nothing left to recommend
+    raises a `RecstackError` that says so. `trust` as in `load_run`.
     """
-    if not isinstance(run, LoadedRun):
-        run = load_run(run)
     if k < 1:
         raise RecstackError(f"k must be >= 1, got {k}")
-    model = run.model(label)
-    everything = run.split.history("test").concat(run.split.test)
+    saved = None
+    if not isinstance(run, LoadedRun):
+        run_dir = Path(run)
+        config, manifest = _read_run(run_dir, trust)
+        _check_k(k, manifest.get("split", {}).get("n_items"), run_dir)
+        saved = _read_history(run_dir / "history.npz")
+        if saved is None:
+            run = load_run(run_dir, trust=trust)  # written before history.npz: reload the data and rebuild the split
+    if saved is None:
+        run_dir, labels = run.run_dir, run.labels
+        everything, table = run.split.history("test").concat(run.split.test), run.dataset.item_table
+    else:
+        labels = [entry.display for entry in config.models]
+        everything, table = saved
+    _check_k(k, everything.n_items, run_dir)
     user_idx = everything.users.index(user_id)
-    items, scores = rank(model, np.array([user_idx], dtype=np.int32), everything, k)
-    table = run.dataset.item_table
+    n_seen = len(np.unique(everything.item[everything.indptr[user_idx]:everything.indptr[user_idx + 1]]))
+    if n_seen == everything.n_items and not include_seen:
+        raise RecstackError(f"user {user_id!r} has interacted with all {n_seen} items of run {run_dir.name!r}; "
+                            "nothing is left to recommend (--include-seen, or include_seen=True, ranks them too)")
+    model = run.model(label) if isinstance(run, LoadedRun) else _saved_model(run_dir, labels, label, trust)
+    items, scores = rank(model, np.array([user_idx], dtype=np.int32), everything, k, mask_history=not include_seen)
     rows = []
     for position, (item_idx, score) in enumerate(zip(items[0], scores[0]), start=1):
         if item_idx < 0:
             break  # fewer than k items can be scored for this user
         row: dict[str, Any] = {"rank": position, "item_id": _plain(everything.items.id_of(int(item_idx))),
                                "score": float(score)}
-        for column in ("title", "year", "genres"):
+        for column in _SHOWN_COLUMNS:
             if column in table:
                 row[column] = _plain(table[column][item_idx])
         rows.append(row)
+    if not rows:
+        unseen = everything.n_items - (0 if include_seen else n_seen)
+        raise RecstackError(f"model {label!r} can score none of the {unseen} {'' if include_seen else 'unseen '}"
+                            f"items for user {user_id!r}; nothing to recommend")
     return rows
+
+
+def _check_k(k: int, n_items: int | None, run_dir: Path) -> None:
+    if n_items is not None and k > n_items:
+        raise RecstackError(f"k={k} is larger than the catalogue of run {run_dir.name!r} ({n_items} items); "
+                            f"choose k <= {n_items}")
+
+
+def _read_history(path: Path) -> tuple[Interactions, dict[str, np.ndarray]] | None:
+    """The events and item columns `_write_history` saved, or None when the run has no such file."""
+    from recstack.models.protocol import read_state  # one place reads .npz files and names a damaged one
+
+    if not path.is_file():
+        return None
+    arrays = read_state(path)
+    everything = Interactions(arrays["user"], arrays["item"], Vocab(arrays["user_ids"], name="user"),
+                              Vocab(arrays["item_ids"], name="item"), value=arrays.get("value"),
+                              timestamp=arrays.get("timestamp"), presorted=True)
+    return everything, {c: arrays[f"item_{c}"] for c in _SHOWN_COLUMNS if f"item_{c}" in arrays}
 
 
 def _plain(value: Any) -> Any:

@@ -13,9 +13,11 @@ from typing import Any
 from recstack.models.protocol import (
     ConfigError,
     ModelConfig,
+    ModelFileError,
     NotFittedError,
     Recommender,
     SaveLoad,
+    UntrustedCodeError,
     load_model,
     make_config,
 )
@@ -90,6 +92,7 @@ def build(name: str, params: dict[str, Any] | None = None) -> Recommender:
 
 
 __all__ = [
-    "MODELS", "ConfigError", "ModelConfig", "NotFittedError", "Recommender", "SaveLoad",
+    "MODELS", "ConfigError", "ModelConfig", "ModelFileError", "NotFittedError", "Recommender", "SaveLoad",
+    "UntrustedCodeError",
     "build", "load_model", "make_config", "resolve",
 ]

@@ -13,6 +13,9 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import zipfile
+import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
@@ -31,6 +34,14 @@ class NotFittedError(RecstackError, AttributeError):
 
 class ConfigError(RecstackError, ValueError):
     """A model configuration the user wrote that cannot be accepted."""
+
+
+class ModelFileError(RecstackError, ValueError):
+    """A saved model whose `model.json` or `state.npz` is missing, truncated or damaged."""
+
+
+class UntrustedCodeError(RecstackError):
+    """A saved model or run names a class outside the registry, and the caller did not trust it."""
 
 
 class ModelConfig(BaseModel):
@@ -170,15 +181,28 @@ class SaveLoad:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Self:
         path = Path(path)
-        meta = json.loads((path / "model.json").read_text())
-        model = cls(cls.Config(**meta["config"]))  # type: ignore[call-arg, attr-defined]
-        with np.load(path / "state.npz", allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        meta = read_model_json(path, "class", "config", "scalars", "sparse")
+        expected = f"{cls.__module__}:{cls.__qualname__}"
+        if meta["class"] != expected:
+            raise ModelFileError(f"{path / 'model.json'} holds a {meta['class']!r}, not a {cls.__name__}; "
+                                 "load it with recstack.models.load_model, which reads the class from the file")
+        try:
+            config = make_config(cls.Config, meta["config"])  # type: ignore[attr-defined]
+        except ConfigError as exc:
+            raise ModelFileError(f"{path / 'model.json'}: {exc}; re-save the model with this version of "
+                                 "recstack (or re-run the experiment that wrote it)") from None
+        model = cls(config)  # type: ignore[call-arg]
+        arrays = read_state(path / "state.npz")
         for name in meta["sparse"]:
-            shape = tuple(int(x) for x in arrays.pop(f"{name}.shape"))
-            matrix = sp.csr_matrix(
-                (arrays.pop(f"{name}.data"), arrays.pop(f"{name}.indices"), arrays.pop(f"{name}.indptr")), shape=shape
-            )
+            parts = [f"{name}.{part}" for part in ("data", "indices", "indptr", "shape")]
+            missing = [part for part in parts if part not in arrays]
+            if missing:
+                raise _damaged(path / "state.npz", f"no entry {missing[0]!r}")
+            data, indices, indptr, shape = (arrays.pop(part) for part in parts)
+            try:
+                matrix = sp.csr_matrix((data, indices, indptr), shape=tuple(int(x) for x in shape))
+            except (ValueError, TypeError) as exc:
+                raise _damaged(path / "state.npz", f"sparse matrix {name!r}: {exc}") from None
             setattr(model, name, matrix)
         for name, value in arrays.items():
             setattr(model, name, value)
@@ -191,9 +215,101 @@ def _is_fitted_name(name: str) -> bool:
     return name.endswith("_") and not name.startswith("_")
 
 
-def load_model(path: str | os.PathLike) -> Recommender:
-    """Load any saved model: the class is named in `model.json` and resolved by the registry."""
-    from recstack.models import resolve  # the registry imports this module
+# ---- reading saved models: the one place that checks files and classes -------------------------
 
-    meta = json.loads((Path(path) / "model.json").read_text())
-    return resolve(meta["class"]).load(path)
+_RESAVE = "re-save the model (or re-run the experiment that wrote it)"
+_TRUST_HINT = "pass trust=True (CLI: --trust-code) only if you wrote it or trust whoever sent it"
+
+
+def _damaged(file: Path, reason: str) -> ModelFileError:
+    return ModelFileError(f"{file} is damaged or truncated ({reason}); {_RESAVE}")
+
+
+def read_model_json(path: str | os.PathLike, *keys: str) -> dict[str, Any]:
+    """`model.json` of the saved model at `path`, with `keys` present; `ModelFileError` names the file."""
+    file = Path(path) / "model.json"
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ModelFileError(f"{file} is missing, so {str(path)!r} is not a complete saved model; "
+                             f"{_RESAVE}") from None
+    except UnicodeDecodeError:
+        raise _damaged(file, "not UTF-8 text") from None
+    except OSError as exc:
+        raise ModelFileError(f"{file} cannot be read ({exc.strerror or exc}); {_RESAVE}") from None
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _damaged(file, f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    if not isinstance(meta, dict):
+        raise _damaged(file, f"a JSON object was expected, found {type(meta).__name__}")
+    for key in keys:
+        if key not in meta:
+            raise _damaged(file, f"no {key!r} entry")
+        expected = str if key == "class" else dict
+        if not isinstance(meta[key], expected):
+            raise _damaged(file, f"{key!r} is not a {'string' if expected is str else 'JSON object'}")
+    return meta
+
+
+def read_state(file: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of a saved `state.npz`, never unpickling; `ModelFileError` names the file."""
+    file = Path(file)
+    try:
+        loaded = np.load(file, allow_pickle=False)
+    except FileNotFoundError:
+        raise ModelFileError(f"{file} is missing, so the saved model is incomplete; {_RESAVE}") from None
+    except IsADirectoryError:
+        raise _damaged(file, "a folder, not a file") from None
+    except EOFError:
+        raise _damaged(file, "empty") from None
+    except (ValueError, OSError, zipfile.BadZipFile):
+        # numpy's own messages here point at allow_pickle, which would run the file's code: never say it
+        raise _damaged(file, "not an .npz archive") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise _damaged(file, "a single .npy array, not an .npz archive")
+    arrays: dict[str, np.ndarray] = {}
+    with loaded:
+        for key in loaded.files:
+            try:
+                arrays[key] = loaded[key]
+            except ValueError as exc:
+                if "pickle" in str(exc):
+                    raise ModelFileError(f"{file} is not a recstack save: entry {key!r} holds Python objects, "
+                                         f"which only pickle reads and recstack never unpickles; {_RESAVE}") from None
+                raise _damaged(file, f"entry {key!r} is unreadable") from None
+            except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
+                raise _damaged(file, f"entry {key!r} is unreadable") from None
+    return arrays
+
+
+def check_trusted(target: str, registry: Mapping[str, str], *, trust: bool, source: str, kind: str = "model") -> None:
+    """Refuse, before any import, a `"module:Class"` that is not a value of `registry` unless `trust`.
+
+    A registered name (no ':') resolves through the registry alone, so it can never import anything
+    else; a module path imports and runs that module, which only the user may allow.
+    """
+    if trust or ":" not in target or target in registry.values():
+        return
+    raise UntrustedCodeError(
+        f"{source} names the {kind} class {target!r}, which is not registered in recstack; loading it would "
+        f"import and run that module's code, so it was not loaded: {_TRUST_HINT}"
+    )
+
+
+def load_model(path: str | os.PathLike, *, trust: bool = False) -> Recommender:
+    """Load any saved model: the class named in `model.json`, which must be registered in `MODELS`.
+
+    A user's own class (`"package.module:Class"`) is imported only with `trust=True`: a saved model
+    received from someone else must not run their code. Damaged files raise `ModelFileError`.
+    """
+    from recstack.models import MODELS, resolve  # the registry imports this module
+
+    file = Path(path) / "model.json"
+    target = read_model_json(path, "class")["class"]
+    check_trusted(target, MODELS, trust=trust, source=str(file))
+    try:
+        cls = resolve(target)
+    except ConfigError as exc:
+        raise ModelFileError(f"{file}: {exc}") from None
+    return cls.load(path)

@@ -14,18 +14,27 @@ from contextvars import ContextVar
 from pathlib import Path
 
 _EPOCH_LOG: ContextVar[Path | None] = ContextVar("epoch_log", default=None)
+_PROGRESS: ContextVar[bool] = ContextVar("epoch_progress", default=True)
 
 
 @contextmanager
-def epoch_log(path: str | Path | None):
-    """Inside this block, trainers without a `log_path` of their own append to `path`."""
+def epoch_log(path: str | Path | None, *, progress: bool = True):
+    """Inside this block, trainers without a `log_path` of their own append to `path`; with
+    `progress=False` they also print nothing on the console (`recstack run --quiet`)."""
     token = _EPOCH_LOG.set(None if path is None else Path(path))
+    quiet = _PROGRESS.set(progress)
     try:
         yield
     finally:
+        _PROGRESS.reset(quiet)
         _EPOCH_LOG.reset(token)
 
 
 def current_epoch_log() -> Path | None:
     """The log file set by the innermost `epoch_log` block, or None."""
     return _EPOCH_LOG.get()
+
+
+def epoch_progress_enabled() -> bool:
+    """False inside an `epoch_log(..., progress=False)` block: trainers keep the console quiet."""
+    return _PROGRESS.get()

@@ -23,6 +23,11 @@ gradient-norm clipping, optional bf16 autocast, a JSON-lines log with one line p
 restored. The model's own numpy samplers are not in the checkpoint, so a resumed run follows a
 different (equally valid) sample path than an uninterrupted one.
 
+Progress goes to stderr, named after the epoch log (the run's model label): a rich bar on a
+terminal; elsewhere (CI, nohup, a pipe) a plain line per epoch at most every
+`PLAIN_PROGRESS_SECONDS` (nothing for a shorter fit), ending with the last epoch. `verbose=False`
+or an `epoch_log(..., progress=False)` block (`recstack run --quiet`) silences both.
+
 >>> seed_everything(config.seed)                 # before building the module: fixes its init
 >>> trainer = Trainer(TrainerConfig(epochs=50, learning_rate=1e-3, seed=config.seed))
 >>> history = trainer.fit(net, loss_fn, make_batches, scorer, train=train, valid=valid)
@@ -30,6 +35,7 @@ different (equally valid) sample path than an uninterrupted one.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
@@ -48,8 +54,9 @@ from pydantic import NonNegativeFloat
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
+from recstack.evaluate.accuracy import METRICS
 from recstack.evaluate.evaluator import Scorer, evaluate, parse_metric_labels, validation_masks_history
-from recstack.train.epoch_log import current_epoch_log
+from recstack.train.epoch_log import current_epoch_log, epoch_progress_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -119,13 +126,27 @@ class TrainerConfig(BaseModel):
     @field_validator("valid_metric")
     @classmethod
     def _one_metric_with_cutoff(cls, value: str) -> str:
-        if "@" not in value:
-            raise ValueError(f"valid_metric needs a cut-off such as 'NDCG@10', got {value!r}")
         try:
-            (name, k), = parse_metric_labels([value], [])
+            return check_valid_metric(value)
         except RecstackError as exc:  # pydantic reports ValueErrors with the field name
-            raise ValueError(str(exc)) from None
-        return f"{name}@{k}"
+            raise ValueError(str(exc).removeprefix("valid_metric ")) from None
+
+
+def check_valid_metric(value: str) -> str:
+    """'ndcg@10' -> 'NDCG@10'; anything else the trainer could not evaluate is a user error (checked when
+    an experiment is read, so it fails before the first model trains rather than at this model's fit)."""
+    name, at, k = value.partition("@")
+    known = {metric.lower(): metric for metric in [*METRICS, "Coverage"]}
+    canonical = known.get(name.strip().lower())
+    if canonical is None:
+        close = difflib.get_close_matches(name.strip().lower(), list(known), n=1, cutoff=0.6)
+        example = f"{known[close[0]]}@{k.strip() or 10}" if close else "NDCG@10"
+        hint = f"did you mean {example!r}?" if close else f"e.g. {example!r}"
+        raise RecstackError(f"valid_metric {value!r} is unknown; {hint} (metrics: {', '.join(known.values())})")
+    if not at or not k.strip().isdigit() or int(k) < 1:
+        raise RecstackError(f"valid_metric {value!r} needs a cut-off k >= 1, e.g. '{canonical}@10'")
+    (name, k), = parse_metric_labels([f"{canonical}@{int(k)}"], [])
+    return f"{name}@{k}"
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -138,6 +159,12 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise RecstackError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda[:index]'") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise RecstackError(f"device {device!r} was asked for but CUDA is not available; use device='auto' or 'cpu'")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise RecstackError(f"device {device!r} was asked for but this machine shows {count} CUDA device"
+                            f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1}); use one of those or 'auto'")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise RecstackError(f"device {device!r} was asked for but MPS is not available; use device='auto' or 'cpu'")
     return resolved
 
 
@@ -159,6 +186,28 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, dict):
         return {key: to_device(x, device) for key, x in batch.items()}
     return batch
+
+
+# without a terminal (CI, nohup, a pipe) a fit prints a plain line at most this often, and nothing
+# when it is shorter: a bar cannot redraw there, and a line per epoch of a 1 s fit is noise
+PLAIN_PROGRESS_SECONDS = 10.0
+
+
+class _PlainProgress:
+    """One stderr line per epoch, at most one per `every` seconds; a fit that printed any also
+    prints its last epoch, so a log ends with where training stopped."""
+
+    def __init__(self, name: str, total: int, every: float) -> None:
+        self.name, self.total, self.every = name, total, every
+        self.started = self.last = time.perf_counter()
+        self.printed = False
+
+    def epoch(self, epoch: int, status: str, last: bool) -> None:
+        now = time.perf_counter()
+        if now - self.last >= self.every or (last and self.printed):
+            print(f"{self.name}: epoch {epoch}/{self.total}  {status}  ({now - self.started:.0f} s)",
+                  file=sys.stderr, flush=True)
+            self.last, self.printed = now, True
 
 
 def _progress(enabled: bool):
@@ -305,9 +354,13 @@ class Trainer:
             if saved["stopped_early"]:
                 first_epoch = c.epochs + 1  # that run had already finished
 
-        interactive = c.verbose and sys.stderr.isatty()
+        log = Path(c.log_path) if c.log_path is not None else current_epoch_log()
+        name = log.stem if log is not None else "training"  # `recstack run` logs to <label>.jsonl
+        shown = c.verbose and epoch_progress_enabled()
+        interactive = shown and sys.stderr.isatty()
+        plain = _PlainProgress(name, c.epochs, PLAIN_PROGRESS_SECONDS) if shown and not interactive else None
         with _progress(interactive) as progress:
-            task = progress.add_task("training", total=c.epochs, completed=first_epoch - 1, status="")
+            task = progress.add_task(name, total=c.epochs, completed=first_epoch - 1, status="")
             for epoch in range(first_epoch, c.epochs + 1):
                 started = time.perf_counter()
                 total, n_batches = torch.zeros((), device=self.device), 0
@@ -365,6 +418,11 @@ class Trainer:
                 status = f"loss {mean_loss:.4f}" + (f"  {label} {value:.4f}" if value is not None else "")
                 progress.update(task, advance=1, status=status)
                 logger.debug("epoch %d: %s", epoch, status)
+                if plain is not None:
+                    last = stop or epoch == c.epochs
+                    best = (f"  ({'stopped early; ' if stop else ''}best {label} {self.best_value:.4f} at epoch "
+                            f"{self.best_epoch})" if last and self.best_value is not None else "")
+                    plain.epoch(epoch, status + best, last)
                 if stop:
                     self.stopped_early = True
                     break

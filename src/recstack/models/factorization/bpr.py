@@ -77,7 +77,7 @@ class BPRConfig(ModelConfig):
     eval_every: PositiveInt = 1
     valid_metric: str = "NDCG@10"
     device: str = "auto"  # cuda when available, else cpu
-    verbose: bool = True  # progress bar (only ever shown on a terminal)
+    verbose: bool = True  # progress: a bar on a terminal, else a plain line at most every 10 s
 
     @model_validator(mode="after")
     def _compile_only_the_sgd_step(self) -> "BPRConfig":

@@ -35,7 +35,6 @@ k-means on what the nearest centroid leaves over, L times. `rqvae.py` holds the 
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import warnings
 from pathlib import Path
@@ -46,7 +45,9 @@ from pydantic import PositiveInt
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.models.protocol import ConfigError, ModelConfig, SaveLoad, check_fitted, make_config
+from recstack.models.protocol import (
+    ConfigError, ModelConfig, SaveLoad, check_fitted, check_trusted, make_config, read_model_json,
+)
 
 PAD = -1
 
@@ -516,12 +517,11 @@ def build_tokenizer(name: str, params: dict[str, Any] | None = None) -> ItemToke
     return cls(make_config(cls.Config, params))
 
 
-def load_tokenizer(path: str | os.PathLike) -> ItemTokenizer:
-    """Load any saved tokenizer; its class is named in `model.json`."""
-    meta_file = Path(path) / "model.json"
-    if not meta_file.is_file():
-        raise TokenizerError(f"{path} is not a saved tokenizer (no model.json)")
-    return resolve_tokenizer(json.loads(meta_file.read_text())["class"]).load(path)
+def load_tokenizer(path: str | os.PathLike, *, trust: bool = False) -> ItemTokenizer:
+    """Load any saved tokenizer; its class, named in `model.json`, must be registered unless `trust`."""
+    target = read_model_json(path, "class")["class"]
+    check_trusted(target, TOKENIZERS, trust=trust, source=str(Path(path) / "model.json"), kind="item tokenizer")
+    return resolve_tokenizer(target).load(path)
 
 
 __all__ = [
