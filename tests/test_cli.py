@@ -532,6 +532,10 @@ def test_tune_bad_inputs_fail_with_one_line(parts, tmp_path):
                       "--n-trials must be at least 1")
     assert_user_error(runner.invoke(app, ["tune", str(changed), "-o", str(out), "--study", "a/b"]),
                       "study name 'a/b'")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert_user_error(runner.invoke(app, ["tune", str(changed), "-o", str(blocker / "out")]),
+                      f"output_dir '{blocker / 'out'}' cannot be written", "not a directory")
 
 
 def test_blank_id_and_infinite_rating_are_refused_with_one_line(parts, tmp_path):

@@ -33,7 +33,7 @@ from recstack.errors import RecstackError
 from recstack.evaluate.evaluator import evaluate, validation_protocol
 from recstack.experiment.config import ExperimentConfig, ModelEntry, SearchDimension, parse_config
 from recstack.experiment.run import RunResult, prepare_data, run_experiment
-from recstack.fs import atomic_write_text
+from recstack.fs import atomic_write_text, check_writable
 from recstack.split.base import Split
 
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
@@ -223,6 +223,12 @@ def tune(config: ExperimentConfig | dict | str, *, n_trials: int | None = None, 
         raise RecstackError(f"--n-trials must be at least 1, got {n_trials}")
     if study is not None and not _STUDY_NAME.fullmatch(study):
         raise RecstackError(f"study name {study!r} must be letters, digits, '.', '_', '+' or '-' (it names a folder)")
+    config.check_devices()  # before the data is read and any trial trains, as `run` does
+    try:
+        check_writable(config.output_dir)
+    except OSError as exc:
+        raise RecstackError(f"output_dir {config.output_dir!r} cannot be written ({exc.strerror or exc}); "
+                            "choose a writable folder") from None
     dataset, split = prepare_data(config)
     if len(split.valid) == 0:
         raise RecstackError("tuning selects on the validation part, and this split has none; use a split with valid")
