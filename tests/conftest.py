@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import getpass
 import os
+import sys
 import tempfile
+import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,3 +89,14 @@ def clustered() -> Interactions:
 @pytest.fixture(scope="session")
 def clustered_split(clustered) -> Split:
     return simple_split(clustered)
+
+
+def user_module(folder: Path, monkeypatch, body: str = "") -> tuple[str, Path]:
+    """A module on sys.path whose import writes a flag file: the proof that its code ran."""
+    name = f"recstack_user_code_{uuid.uuid4().hex[:8]}"
+    flag = folder / f"{name}.imported"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.py").write_text(f"from pathlib import Path\nPath({str(flag)!r}).write_text('ran')\n{body}")
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return name, flag

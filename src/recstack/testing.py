@@ -43,7 +43,7 @@ def assert_scores_equivalent(actual: np.ndarray, expected: np.ndarray, *, rtol: 
         raise AssertionError(f"{what}: the infinite entries differ (rows {rows[:5].tolist()})")
     scale = np.where(finite, np.abs(expected), 0.0).max(axis=1, initial=0.0)
     tolerance = rtol * np.maximum(scale, np.finfo(np.float32).tiny)
-    gap = np.where(finite, np.abs(actual - expected), 0.0).max(axis=1, initial=0.0)
+    gap = np.abs(np.where(finite, actual, 0.0) - np.where(finite, expected, 0.0)).max(axis=1, initial=0.0)
     bad = np.flatnonzero(gap > tolerance)
     if len(bad):
         row = bad[0]

@@ -9,7 +9,7 @@ import recstack.models.factorization.dsl as dsl_module
 from recstack.evaluate import evaluate
 from recstack.models import ConfigError, build, make_config
 from recstack.models.factorization.dsl import DSL, DSLConfig, SparseMask, update_fraction
-from recstack.models.graph.lightgcn import normalized_adjacency
+from recstack.models.kernels.graph import normalized_adjacency
 
 FAST = dict(epochs=12, batch_size=512, learning_rate=0.02, density=0.3, update_every=3, verbose=False)
 

@@ -10,7 +10,8 @@ import torch
 from recstack.data import Interactions
 from recstack.evaluate import evaluate
 from recstack.models import build, load_model
-from recstack.models.graph.lightgcn import LightGCN, LightGCNConfig, normalized_adjacency, sparse_tensor
+from recstack.models.graph.lightgcn import LightGCN, LightGCNConfig
+from recstack.models.kernels.graph import normalized_adjacency, sparse_tensor
 from recstack.models.graph import lightgcn as lightgcn_module
 from recstack.models.graph import ngcf as ngcf_module
 from recstack.models.graph.ngcf import NGCF, NGCFConfig

@@ -10,7 +10,7 @@ from recstack.evaluate.evaluator import evaluate
 from recstack.models.baseline.pop import Pop
 from recstack.models.neighborhood.ease import EASE, EASEConfig
 from recstack.models.neighborhood.itemknn import ItemKNN, ItemKNNConfig
-from recstack.models.neighborhood.topn import top_n_per_row
+from recstack.models.kernels.topn import top_n_per_row
 from recstack.models.neighborhood.rp3beta import RP3beta, RP3betaConfig
 from recstack.models.neighborhood.userknn import UserKNN, UserKNNConfig
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import make_clustered
+from conftest import make_clustered, user_module
 from recstack.errors import RecstackError
 from recstack.experiment.config import load_config
 from recstack.models import MODELS, ModelFileError, UntrustedCodeError, build, load_model
@@ -39,17 +38,6 @@ def copy(saved, tmp_path) -> Path:
     target = tmp_path / "model"
     shutil.copytree(saved, target)
     return target
-
-
-def user_module(folder: Path, monkeypatch, body: str = "") -> tuple[str, Path]:
-    """A module on sys.path whose import writes a flag file: the proof that its code ran."""
-    name = f"recstack_user_code_{uuid.uuid4().hex[:8]}"
-    flag = folder / f"{name}.imported"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.py").write_text(f"from pathlib import Path\nPath({str(flag)!r}).write_text('ran')\n{body}")
-    monkeypatch.syspath_prepend(str(folder))
-    monkeypatch.delitem(sys.modules, name, raising=False)
-    return name, flag
 
 
 def set_class(path: Path, target: str) -> None:

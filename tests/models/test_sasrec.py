@@ -15,7 +15,7 @@ from recstack.evaluate import evaluate
 from recstack.evaluate.evaluator import block_size_for
 from recstack.models import ConfigError, build, make_config
 from recstack.models.sequential.sasrec import SASRec, SASRecConfig, _forward, _initial_params
-from recstack.models.sequential.scoring import trim_padding as _trim
+from recstack.models.kernels.sequences import trim_padding as _trim
 from recstack.split import make_split
 
 

@@ -312,7 +312,7 @@ def test_user_holdout_rejects_bad_fractions():
 def test_make_split_names_and_params():
     with pytest.raises(RecstackError, match="leave_last") as info:
         make_split(MIXED, "leave-last")
-    assert "known:" in str(info.value) and "Did you mean 'leave_last'" in str(info.value)
+    assert "Known:" in str(info.value) and "Did you mean 'leave_last'" in str(info.value)
     with pytest.raises(RecstackError, match="'ratio'.*Did you mean 'ratios'"):
         make_split(MIXED, "random", ratio=(0.8, 0.1, 0.1))
     split = make_split(MIXED, "random", seed=3, ratios=[0.6, 0.2, 0.2])

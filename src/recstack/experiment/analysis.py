@@ -30,6 +30,8 @@ from recstack.evaluate.accuracy import METRICS
 from recstack.evaluate.evaluator import EvalResult, rank
 from recstack.evaluate.fairness import item_fairness
 from recstack.evaluate.rankings import Rankings
+from recstack.experiment.config import ModelEntry
+from recstack.experiment.steps import fit_entry
 from recstack.split.base import Split
 
 HEAD_SHARE = 0.8
@@ -128,9 +130,8 @@ class RunAnalysis:
     # ---- beyond accuracy --------------------------------------------------------------------
     def _reference(self, users: np.ndarray, depth: int) -> np.ndarray:
         if self._pop_lists is None:
-            from recstack.models import build
-
-            pop = build("pop", {}).fit(self.split.train, self.split.valid)
+            # fitted as every model of the run is (one step), then ranked for the reference lists
+            pop = fit_entry(self.config, ModelEntry(name="pop"), self.dataset, self.split).model
             items, _ = rank(pop, self.users, self.history, depth, mask_history=self.config.mask_history,
                             memory_budget_mb=self.config.memory_budget_mb)
             self._pop_lists = items

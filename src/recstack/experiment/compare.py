@@ -10,7 +10,6 @@ The result renders as a rich table or as markdown, both with the same legend.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import numpy as np
 
 from recstack.errors import RecstackError
 from recstack.evaluate.stats import CORRECTION_NAMES, Comparison, compare_models
+from recstack.experiment import rundir
 
 # protocol settings that change what a per-user value means
 _PROTOCOL_KEYS = ("ranking", "mask_history", "graded")
@@ -134,11 +134,8 @@ def _p(value: float | None) -> str:
 
 
 def _read_run(run_dir: Path) -> tuple[dict[str, Any], Path]:
-    manifest_path, values_path = run_dir / "manifest.json", run_dir / "per_user.parquet"
-    if not manifest_path.is_file() or not values_path.is_file():
-        raise RecstackError(f"{str(run_dir)!r} is not a recstack run directory (no manifest.json / "
-                            "per_user.parquet); give folders that `recstack run` wrote")
-    manifest = json.loads(manifest_path.read_text())
+    rundir.require(run_dir, (rundir.MANIFEST, rundir.PER_USER), "give folders that `recstack run` wrote")
+    manifest, values_path = rundir.read_manifest(run_dir), run_dir / rundir.PER_USER
     if not manifest.get("split", {}).get("fingerprint"):
         raise RecstackError(f"run {run_dir.name!r} records no split fingerprint in manifest.json, so it cannot "
                             "be paired with other runs; rerun it with this version of recstack")

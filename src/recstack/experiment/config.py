@@ -151,11 +151,7 @@ class SplitConfig(_Strict):
     def _known_method(self) -> "SplitConfig":
         from recstack.split import SPLITTERS
 
-        if self.method not in SPLITTERS:
-            close = difflib.get_close_matches(self.method, list(SPLITTERS), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown split method {self.method!r}.{hint} Known: {', '.join(sorted(SPLITTERS))}")
-        known = _splitter_parameters(SPLITTERS[self.method])
+        known = _splitter_parameters(SPLITTERS.resolve(self.method))  # an unknown name: the registry's ValueError
         if known is not None:
             for key in self.params:
                 if key not in known:

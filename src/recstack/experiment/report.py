@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
 from recstack.experiment import charts as C
+from recstack.experiment import rundir
 from recstack.fs import atomic_write_text
 
 
@@ -102,11 +101,10 @@ def _cell(value: Any, column: str = "") -> str:
 
 
 def _blocks(run_dir: Path) -> tuple[str, list[Any]]:
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    curves_path = run_dir / "curves.json"
-    curves = json.loads(curves_path.read_text()) if curves_path.exists() else {}
+    config = rundir.read_config_dict(run_dir)
+    manifest = rundir.read_manifest(run_dir)
+    metrics = rundir.read_metrics(run_dir)
+    curves = rundir.read_curves(run_dir)
     ks = config.get("ks", [10])
     valid_metric = config.get("valid_metric", "NDCG@10")
     board = leaderboard(metrics, ks, valid_metric)
@@ -363,7 +361,7 @@ def _flatten(stats: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _leaderboard_cis(run_dir: Path, board: Leaderboard) -> dict[str, tuple[float, float, int]]:
     """model -> bootstrap interval of the leaderboard's test metric, from per_user.parquet (as `compare`)."""
-    path = run_dir / "per_user.parquet"
+    path = run_dir / rundir.PER_USER
     if not path.exists() or not board.rows:
         return {}
     import pyarrow.parquet as pq
@@ -464,12 +462,11 @@ def _figures(run_dir: Path, charts: list[C.Chart], interactive: bool, static: bo
     pngs: dict[str, str] = {}
     out: dict[str, str] = {}
     if static and charts:
-        folder = run_dir / "plots"
-        folder.mkdir(exist_ok=True)
+        (run_dir / rundir.PLOTS).mkdir(exist_ok=True)
         for chart in charts:
             try:
-                C.to_png(chart, folder / f"{chart.key}.png")
-                pngs[chart.key] = f"plots/{chart.key}.png"
+                C.to_png(chart, rundir.plot_path(run_dir, chart.key))
+                pngs[chart.key] = rundir.plot_href(chart.key)
             except Exception as error:  # noqa: BLE001 - a chart must not cost a finished run its report
                 out[chart.key] = _failed(chart, "matplotlib", error)
     with_js = False
@@ -529,7 +526,7 @@ def write_report(run_dir: str | Path, *, interactive: bool | None = None, static
                 "`pip install plotly matplotlib`, then `recstack.experiment.write_report(run_dir)` again.")
     elif charts and not interactive:
         note = "Static charts; install `plotly` for interactive ones (`pip install plotly`)."
-    md_path, html_path = run_dir / "report.md", run_dir / "report.html"
+    md_path, html_path = run_dir / rundir.REPORT_MD, run_dir / rundir.REPORT_HTML
     atomic_write_text(md_path, _markdown(title, blocks))
     atomic_write_text(html_path, _html(title, blocks, _figures(run_dir, charts, interactive, static), note))
     return md_path, html_path

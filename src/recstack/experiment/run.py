@@ -9,7 +9,8 @@ vocabularies and the item titles: `recommend` reads it instead of reloading the 
 `report.md` / `report.html`. It is claimed first (a second run of the same name gets an error or
 a fresh name, never the first run's folder), built in a temporary sibling and renamed into place
 at the end, so a failed or interrupted run leaves nothing that looks complete. Everything that can
-fail on the user's input (config, data, split, cut-offs) fails before any model trains.
+fail on the user's input (config, data, split, cut-offs) fails before any model trains. The file
+names, writers and readers live in `rundir`; each model is fitted and scored by `steps`.
 """
 
 from __future__ import annotations
@@ -31,19 +32,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from rich.markup import escape
 
 from recstack.data.dataset import Dataset
-from recstack.data.interactions import Interactions, Vocab
 from recstack.errors import RecstackError
-from recstack.evaluate.evaluator import EvalResult, evaluate, rank, validation_protocol
+from recstack.evaluate.evaluator import EvalResult, evaluate, rank
+from recstack.experiment import rundir
 from recstack.experiment.analysis import RunAnalysis
-from recstack.experiment.config import ExperimentConfig, load_config, parse_config
+from recstack.experiment.config import ExperimentConfig, ModelEntry, load_config, parse_config
 from recstack.experiment.report import write_report
+from recstack.experiment.rundir import SHOWN_COLUMNS as _SHOWN_COLUMNS
+from recstack.experiment.rundir import read_history as _read_history
+from recstack.experiment.steps import Fitted, fit_entry, scoring
 from recstack.fs import CLAIM_FILE, check_writable, exclusive_directory
 from recstack.split.base import Split
-from recstack.train.epoch_log import epoch_log
 
 _VERSIONED = ("recstack", "numpy", "scipy", "pydantic", "pyarrow", "torch", "implicit")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]+")
@@ -173,59 +175,30 @@ def run_experiment(
     fingerprint = hashlib.sha1(
         (json.dumps(config.to_dict(), sort_keys=True) + split.fingerprint()).encode()).hexdigest()[:8]
     analysis = RunAnalysis(config, dataset, split)  # checks the slice columns before anything trains
-    history_test = split.history("test")
     models: dict[str, Any] = {}
     results: dict[str, dict[str, EvalResult]] = {}
     metrics: dict[str, dict[str, Any]] = {}
     curves: dict[str, list[dict[str, Any]]] = {}
     timings: dict[str, dict[str, float]] = {}
 
-    from recstack.models import build
-
     writer = _claim_run_dir(config, dataset, started, fingerprint, run_dir)
     target = writer.path
     with writer as tmp:
         # the hidden name carries a random suffix: without it `tail -f` on a training log needs `ls -a`
         say(f"  writing to {escape(str(tmp))} (renamed to {escape(target.name)} when done; follow training with "
-            f"tail -f {escape(str(tmp / 'logs'))}/<label>.jsonl)")
+            f"tail -f {escape(str(tmp / rundir.LOGS))}/<label>.jsonl)")
         for position, entry in enumerate(config.models, start=1):
             label = entry.display
             named = f" ({entry.name})" if entry.name != label else ""
             say(f"[{position}/{len(config.models)}] [bold]{label}[/bold]{named} fitting ...")
-            model = build(entry.name, entry.params)
-            if hasattr(model, "use_dataset"):  # models that read side information (item texts)
-                model.use_dataset(dataset)
-            tick = time.perf_counter()
-            with (validation_protocol(mask_history=config.mask_history),
-                  epoch_log(tmp / "logs" / f"{label}.jsonl", progress=progress)):
-                model.fit(split.train, split.valid)
-            fit_seconds = time.perf_counter() - tick
-            part_results: dict[str, EvalResult] = {}
-            eval_seconds: dict[str, float] = {}
-            for part, history, truth in (("valid", split.history("valid"), split.valid),
-                                         ("test", history_test, split.test)):
-                tick = time.perf_counter()
-                part_results[part] = evaluate(model, history, truth, metrics=config.metrics, ks=config.ks,
-                                              mask_history=config.mask_history,
-                                              memory_budget_mb=config.memory_budget_mb,
-                                              keep_rankings=part == "test",  # the top-k lists of `beyond`
-                                              item_pool=split.item_pool(part))
-                eval_seconds[part] = time.perf_counter() - tick
+            fitted = fit_entry(config, entry, dataset, split, log=rundir.log_path(tmp, label), progress=progress)
+            model = fitted.model
+            part_results, eval_seconds = _score(model, config, split)
             peak_mb = _peak_rss_mb()
             if hasattr(model, "save"):
-                model.save(tmp / "models" / label)
+                model.save(rundir.model_dir(tmp, label))
             models[label], results[label] = model, part_results
-            timings[label] = {"fit_seconds": fit_seconds, **{f"eval_{p}_seconds": s for p, s in eval_seconds.items()},
-                              "peak_rss_mb": peak_mb}
-            metrics[label] = {
-                "model": entry.name,
-                "valid": part_results["valid"].metrics,
-                "test": part_results["test"].metrics,
-                "fit_seconds": fit_seconds,
-                "eval_seconds": eval_seconds,
-                "n_users": {p: int(len(r.users)) for p, r in part_results.items()},
-                "n_skipped_users": {p: r.n_skipped_users for p, r in part_results.items()},
-            }
+            metrics[label], timings[label] = _model_record(entry, fitted, part_results, eval_seconds, peak_mb)
             tick = time.perf_counter()
             metrics[label].update(analysis.for_model(model, part_results["test"]))
             timings[label]["analysis_seconds"] = time.perf_counter() - tick
@@ -236,25 +209,54 @@ def run_experiment(
                 best = getattr(model, "best_epoch_", None)
                 if isinstance(best, (int, np.integer)) and not isinstance(best, bool):
                     metrics[label]["best_epoch"] = int(best)
-            say(f"      fit {fit_seconds:.1f} s, eval {sum(eval_seconds.values()):.1f} s; valid "
+            say(f"      fit {fitted.fit_seconds:.1f} s, eval {sum(eval_seconds.values()):.1f} s; valid "
                 f"{config.valid_metric} {_fmt(part_results['valid'].metrics.get(config.valid_metric))}, test "
                 f"{config.valid_metric} {_fmt(part_results['test'].metrics.get(config.valid_metric))}")
 
         finished = datetime.now(timezone.utc)
         manifest = {"run_name": target.name,
                     **_manifest(config, dataset, split, started, finished, data_seconds, timings, results)}
-        _write_yaml(tmp / "config.yaml", config.to_dict())
-        _write_json(tmp / "manifest.json", manifest)
-        _write_json(tmp / "metrics.json", metrics)
-        _write_json(tmp / "curves.json", curves)
-        _write_per_user(tmp / "per_user.parquet", results, split)
-        _write_history(tmp / "history.npz", split, dataset)
+        rundir.write_yaml(tmp / rundir.CONFIG, config.to_dict())
+        rundir.write_json(tmp / rundir.MANIFEST, manifest)
+        rundir.write_json(tmp / rundir.METRICS, metrics)
+        rundir.write_json(tmp / rundir.CURVES, curves)
+        rundir.write_per_user(tmp / rundir.PER_USER, results, split)
+        rundir.write_history(tmp / rundir.HISTORY, split, dataset)
         write_report(tmp)
 
     if progress:
         console.print(leaderboard_table(metrics, config))
         say(f"run directory: [bold]{escape(str(target))}[/bold]")
     return RunResult(target, metrics, split, dataset, models, config, results)
+
+
+def _score(model: Any, config: ExperimentConfig, split: Split) -> tuple[dict[str, EvalResult], dict[str, float]]:
+    """Valid and test figures of a fitted model, and the seconds each took."""
+    results: dict[str, EvalResult] = {}
+    seconds: dict[str, float] = {}
+    for part in ("valid", "test"):
+        plan = scoring(config, split, part, keep_rankings=part == "test")  # the top-k lists of `beyond`
+        tick = time.perf_counter()
+        results[part] = evaluate(model, plan.history, plan.truth, **plan.options)
+        seconds[part] = time.perf_counter() - tick
+    return results, seconds
+
+
+def _model_record(entry: ModelEntry, fitted: Fitted, parts: dict[str, EvalResult], eval_seconds: dict[str, float],
+                  peak_mb: float) -> tuple[dict[str, Any], dict[str, float]]:
+    """One model's metrics.json record (before the analysis adds to it) and its manifest timings."""
+    record = {
+        "model": entry.name,
+        "valid": parts["valid"].metrics,
+        "test": parts["test"].metrics,
+        "fit_seconds": fitted.fit_seconds,
+        "eval_seconds": eval_seconds,
+        "n_users": {p: int(len(r.users)) for p, r in parts.items()},
+        "n_skipped_users": {p: r.n_skipped_users for p, r in parts.items()},
+    }
+    timings = {"fit_seconds": fitted.fit_seconds, **{f"eval_{p}_seconds": s for p, s in eval_seconds.items()},
+               "peak_rss_mb": peak_mb}
+    return record, timings
 
 
 def _check_destination(config: ExperimentConfig, run_dir: str | os.PathLike | None) -> None:
@@ -359,90 +361,6 @@ def _manifest(config: ExperimentConfig, dataset: Dataset, split: Split, started:
     }
 
 
-# ---- writing ------------------------------------------------------------------------------------
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN; "not computed" reads the same
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
-def _write_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(_jsonable(value), indent=1) + "\n")
-
-
-def _write_yaml(path: Path, value: Any) -> None:
-    path.write_text(yaml.safe_dump(_jsonable(value), sort_keys=False))
-
-
-def _write_per_user(path: Path, results: dict[str, dict[str, EvalResult]], split: Split) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    columns: dict[str, list[np.ndarray]] = {"model": [], "part": [], "user_id": [], "metric": [], "value": []}
-    user_ids = split.train.users.ids
-    for label, parts in results.items():
-        for part, result in parts.items():
-            external = user_ids[result.users]
-            for metric, values in result.per_user.items():
-                n = len(values)
-                columns["model"].append(np.full(n, label, dtype=object))
-                columns["part"].append(np.full(n, part, dtype=object))
-                columns["user_id"].append(external)
-                columns["metric"].append(np.full(n, metric, dtype=object))
-                columns["value"].append(np.asarray(values, dtype=np.float64))
-    arrays = {}
-    for name, chunks in columns.items():
-        joined = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.float64 if name == "value" else object)
-        if name == "user_id" and joined.dtype.kind not in "iu":
-            joined = joined.astype(str).astype(object)  # mixed or string ids: one string column
-        arrays[name] = pa.array(joined, type=pa.string() if joined.dtype == object else None)
-    pq.write_table(pa.table(arrays), path)
-
-
-_SHOWN_COLUMNS = ("title", "year", "genres")  # the item columns `recommend` prints
-
-
-def _write_history(path: Path, split: Split, dataset: Dataset) -> None:
-    """Every event `recommend` masks (train + valid + fold-in + test), the vocabularies and item titles.
-
-    Plain arrays only (no pickle): ids that are neither all numbers nor all strings are not written,
-    and `recommend` then rebuilds the split from the source as for a run written before this file.
-    """
-    everything = split.history("test").concat(split.test)
-    users, items = _plain_ids(everything.users.ids), _plain_ids(everything.items.ids)
-    if users is None or items is None:
-        return
-    arrays = {"user": everything.user, "item": everything.item, "user_ids": users, "item_ids": items}
-    for name in ("value", "timestamp"):
-        if getattr(everything, name) is not None:
-            arrays[name] = getattr(everything, name)
-    for column in _SHOWN_COLUMNS:
-        if column in dataset.item_table:
-            values = np.asarray(dataset.item_table[column])
-            arrays[f"item_{column}"] = values if values.dtype.kind in "biuf" else values.astype(str)
-    with open(path, "wb") as handle:
-        np.savez_compressed(handle, **arrays)
-
-
-def _plain_ids(ids: np.ndarray) -> np.ndarray | None:
-    if ids.dtype.kind in "iuf":
-        return ids
-    if ids.dtype.kind in "OU" and all(isinstance(x, str) for x in ids.tolist()):
-        return ids.astype(str)
-    return None
-
-
 # ---- console output -----------------------------------------------------------------------------
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -492,9 +410,9 @@ class LoadedRun:
 def _saved_model(run_dir: Path, labels: list[str], label: str, trust: bool = False):
     from recstack.models import load_model
 
-    path = run_dir / "models" / label
-    if label not in labels or not (path / "model.json").is_file():
-        saved = [p.name for p in sorted((run_dir / "models").glob("*")) if (p / "model.json").is_file()]
+    path = rundir.model_dir(run_dir, label)
+    if label not in labels or not (path / rundir.SAVED_MODEL).is_file():
+        saved = rundir.saved_models(run_dir)
         close = difflib.get_close_matches(label, saved, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise RecstackError(f"run {run_dir.name!r} has no saved model {label!r}.{hint} "
@@ -503,11 +421,9 @@ def _saved_model(run_dir: Path, labels: list[str], label: str, trust: bool = Fal
 
 
 def _read_run(run_dir: Path, trust: bool = False) -> tuple[ExperimentConfig, dict[str, Any]]:
-    if not (run_dir / "manifest.json").is_file() or not (run_dir / "config.yaml").is_file():
-        raise RecstackError(f"{str(run_dir)!r} is not a recstack run directory (no manifest.json / config.yaml); "
-                            "give a folder that `recstack run` wrote")
-    config = load_config(run_dir / "config.yaml", trust=trust)
-    return config, json.loads((run_dir / "manifest.json").read_text())
+    rundir.require(run_dir, (rundir.MANIFEST, rundir.CONFIG), "give a folder that `recstack run` wrote")
+    config = load_config(run_dir / rundir.CONFIG, trust=trust)
+    return config, rundir.read_manifest(run_dir)
 
 
 def load_run(run_dir: str | os.PathLike, *, trust: bool = False) -> LoadedRun:
@@ -544,7 +460,7 @@ def recommend(run: LoadedRun | str | os.PathLike, label: str, user_id: Any, k: i
         run_dir = Path(run)
         config, manifest = _read_run(run_dir, trust)
         _check_k(k, manifest.get("split", {}).get("n_items"), run_dir)
-        saved = _read_history(run_dir / "history.npz")
+        saved = _read_history(run_dir / rundir.HISTORY)
         if saved is None:
             run = load_run(run_dir, trust=trust)  # written before history.npz: reload the data and rebuild the split
     if saved is None:
@@ -582,19 +498,6 @@ def _check_k(k: int, n_items: int | None, run_dir: Path) -> None:
     if n_items is not None and k > n_items:
         raise RecstackError(f"k={k} is larger than the catalogue of run {run_dir.name!r} ({n_items} items); "
                             f"choose k <= {n_items}")
-
-
-def _read_history(path: Path) -> tuple[Interactions, dict[str, np.ndarray]] | None:
-    """The events and item columns `_write_history` saved, or None when the run has no such file."""
-    from recstack.models.protocol import read_state  # one place reads .npz files and names a damaged one
-
-    if not path.is_file():
-        return None
-    arrays = read_state(path)
-    everything = Interactions(arrays["user"], arrays["item"], Vocab(arrays["user_ids"], name="user"),
-                              Vocab(arrays["item_ids"], name="item"), value=arrays.get("value"),
-                              timestamp=arrays.get("timestamp"), presorted=True)
-    return everything, {c: arrays[f"item_{c}"] for c in _SHOWN_COLUMNS if f"item_{c}" in arrays}
 
 
 def _plain(value: Any) -> Any:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,11 @@ from rich.markup import escape
 
 from recstack.data.dataset import Dataset
 from recstack.errors import RecstackError
-from recstack.evaluate.evaluator import evaluate, validation_protocol
+from recstack.evaluate.evaluator import evaluate
+from recstack.experiment import rundir
 from recstack.experiment.config import ExperimentConfig, ModelEntry, SearchDimension, parse_config
 from recstack.experiment.run import RunResult, prepare_data, run_experiment
+from recstack.experiment.steps import fit_entry, scoring
 from recstack.fs import atomic_write_text, check_writable
 from recstack.split.base import Split
 
@@ -232,8 +233,6 @@ def tune(config: ExperimentConfig | dict | str, *, n_trials: int | None = None, 
     dataset, split = prepare_data(config)
     if len(split.valid) == 0:
         raise RecstackError("tuning selects on the validation part, and this split has none; use a split with valid")
-    from recstack.models import build
-
     label = config.valid_metric
     definition = study_definition(config, dataset, split)
     model_name = spec.model.rpartition(":")[2].rpartition(".")[2]
@@ -248,21 +247,16 @@ def tune(config: ExperimentConfig | dict | str, *, n_trials: int | None = None, 
     # a sampler seeded as in the last call would propose that call's trials again; offsetting the seed
     # by the trials already made keeps a resumed search reproducible and new
     optuna_study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(optuna_study.trials))
-    history = split.history("valid")
     fixed = _fixed_params(config)
+    valid = scoring(config, split, "valid", metrics=[label])  # as the final run scores valid, one metric
 
     def objective(trial) -> float:
-        params = {**fixed, **{param: _suggest(trial, param, dim) for param, dim in spec.space.items()}}
-        started = time.perf_counter()
-        model = build(spec.model, params)
-        if hasattr(model, "use_dataset"):  # models that read side information (item texts)
-            model.use_dataset(dataset)
-        with validation_protocol(mask_history=config.mask_history):
-            model.fit(split.train, split.valid)
-        trial.set_user_attr("fit_seconds", time.perf_counter() - started)
-        # scored exactly as the final run scores its valid part, so the two figures agree
-        value = evaluate(model, history, split.valid, metrics=[label], mask_history=config.mask_history,
-                         memory_budget_mb=config.memory_budget_mb, item_pool=split.item_pool("valid")).metrics[label]
+        suggested = {param: _suggest(trial, param, dim) for param, dim in spec.space.items()}
+        params = {**fixed, **suggested}  # as printed; the step adds the experiment seed by the same rule
+        # the very steps the final run takes, so the trial's valid figure is the run's
+        fitted = fit_entry(config, ModelEntry(name=spec.model, params={**spec.params, **suggested}), dataset, split)
+        trial.set_user_attr("fit_seconds", fitted.setup_seconds + fitted.fit_seconds)
+        value = evaluate(fitted.model, valid.history, valid.truth, **valid.options).metrics[label]
         if progress and console is not None:
             console.print(escape(f"trial {trial.number}: {label} {value:.4f}  {params}"), soft_wrap=True)
         return value if math.isfinite(value) else float("-inf")
@@ -310,7 +304,7 @@ def tune(config: ExperimentConfig | dict | str, *, n_trials: int | None = None, 
                            .encode()).hexdigest()[:16]
         runs = previous.get("final_runs") if isinstance(previous.get("final_runs"), dict) else {}
         earlier = runs.get(key) if isinstance(runs.get(key), dict) else {}
-        if earlier.get("run_dir") and (Path(str(earlier["run_dir"])) / "manifest.json").is_file():
+        if earlier.get("run_dir") and rundir.is_complete(Path(str(earlier["run_dir"]))):
             result.run_dir, result.run_reused = Path(str(earlier["run_dir"])), True
         else:
             result.run = run_experiment(final, progress=progress, console=console)

@@ -6,8 +6,6 @@ torch still loads. A user's own class is accepted as `"package.module:Class"`.
 
 from __future__ import annotations
 
-import difflib
-import importlib
 from typing import Any
 
 from recstack.models.protocol import (
@@ -21,8 +19,9 @@ from recstack.models.protocol import (
     load_model,
     make_config,
 )
+from recstack.registry import Registry
 
-MODELS: dict[str, str] = {
+MODELS = Registry("model", {
     "random": "recstack.models.baseline.random:Random",
     "pop": "recstack.models.baseline.pop:Pop",
     "itemknn": "recstack.models.neighborhood.itemknn:ItemKNN",
@@ -54,35 +53,12 @@ MODELS: dict[str, str] = {
     "m2trec": "recstack.models.sequential.m2trec:M2TRec",
     "mqsated": "recstack.models.sequential.mqsated:MQSATED",
     "hcn": "recstack.models.sequential.hcn:HCN",
-}
+}, error=ConfigError)
 
 
 def resolve(name: str) -> type:
     """A registered name (case-insensitive) or `"package.module:Class"` -> the class."""
-    target = MODELS.get(name.lower()) if ":" not in name else name
-    if target is None:
-        close = difflib.get_close_matches(name.lower(), MODELS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(
-            f"unknown model {name!r}.{hint} Known: {', '.join(sorted(MODELS))}; "
-            "or give your own class as 'package.module:Class'."
-        )
-    module_name, _, class_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise ConfigError(f"model {name!r}: module {module_name!r} cannot be imported") from None
-        raise ConfigError(
-            f"model {name!r} needs the package {exc.name!r}; install it "
-            f"(e.g. pip install 'recstack[all]', torch pinned as torch==2.13.0)"
-        ) from None
-    cls = module
-    for part in class_name.split("."):
-        cls = getattr(cls, part, None)
-        if cls is None:
-            raise ConfigError(f"model {name!r}: {module_name!r} has no class {class_name!r}")
-    return cls
+    return MODELS.resolve(name)
 
 
 def build(name: str, params: dict[str, Any] | None = None) -> Recommender:

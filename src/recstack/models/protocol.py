@@ -15,7 +15,6 @@ import json
 import os
 import zipfile
 import zlib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
@@ -26,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.fs import atomic_directory
+from recstack.registry import UntrustedCodeError, check_trusted  # noqa: F401  (re-exported: callers import them here)
 
 
 class NotFittedError(RecstackError, AttributeError):
@@ -38,10 +38,6 @@ class ConfigError(RecstackError, ValueError):
 
 class ModelFileError(RecstackError, ValueError):
     """A saved model whose `model.json` or `state.npz` is missing, truncated or damaged."""
-
-
-class UntrustedCodeError(RecstackError):
-    """A saved model or run names a class outside the registry, and the caller did not trust it."""
 
 
 class ModelConfig(BaseModel):
@@ -105,6 +101,12 @@ def check_fitted(model: Any, *attributes: str) -> None:
     """Raise `NotFittedError` unless every named fitted attribute exists."""
     if not all(getattr(model, a, None) is not None for a in attributes):
         raise NotFittedError(f"{type(model).__name__} is not fitted: call fit(train) first")
+
+
+def check_trainable(name: str, train: Interactions) -> None:
+    """Refuse to fit model `name` on training data without a single interaction."""
+    if len(train) == 0:
+        raise RecstackError(f"{name} cannot be fitted on empty training data; check the filters and split")
 
 
 def gather_items(scores: np.ndarray, items: np.ndarray | None) -> np.ndarray:
@@ -218,7 +220,6 @@ def _is_fitted_name(name: str) -> bool:
 # ---- reading saved models: the one place that checks files and classes -------------------------
 
 _RESAVE = "re-save the model (or re-run the experiment that wrote it)"
-_TRUST_HINT = "pass trust=True (CLI: --trust-code) only if you wrote it or trust whoever sent it"
 
 
 def _damaged(file: Path, reason: str) -> ModelFileError:
@@ -283,33 +284,18 @@ def read_state(file: str | os.PathLike) -> dict[str, np.ndarray]:
     return arrays
 
 
-def check_trusted(target: str, registry: Mapping[str, str], *, trust: bool, source: str, kind: str = "model") -> None:
-    """Refuse, before any import, a `"module:Class"` that is not a value of `registry` unless `trust`.
-
-    A registered name (no ':') resolves through the registry alone, so it can never import anything
-    else; a module path imports and runs that module, which only the user may allow.
-    """
-    if trust or ":" not in target or target in registry.values():
-        return
-    raise UntrustedCodeError(
-        f"{source} names the {kind} class {target!r}, which is not registered in recstack; loading it would "
-        f"import and run that module's code, so it was not loaded: {_TRUST_HINT}"
-    )
-
-
 def load_model(path: str | os.PathLike, *, trust: bool = False) -> Recommender:
     """Load any saved model: the class named in `model.json`, which must be registered in `MODELS`.
 
     A user's own class (`"package.module:Class"`) is imported only with `trust=True`: a saved model
     received from someone else must not run their code. Damaged files raise `ModelFileError`.
     """
-    from recstack.models import MODELS, resolve  # the registry imports this module
+    from recstack.models import MODELS  # the registry imports this module
 
     file = Path(path) / "model.json"
     target = read_model_json(path, "class")["class"]
-    check_trusted(target, MODELS, trust=trust, source=str(file))
     try:
-        cls = resolve(target)
+        cls = MODELS.resolve_trusted(target, trust=trust, source=str(file))
     except ConfigError as exc:
         raise ModelFileError(f"{file}: {exc}") from None
     return cls.load(path)

@@ -198,3 +198,16 @@ class EpochPairs:
         for start in range(0, len(order), self.batch_size):
             index = order[start:start + self.batch_size]
             yield index, self.users[index], self.items[index]
+
+
+def pair_batches(matrix: sp.csr_matrix, batch_size: int, n_negatives: int, rng: np.random.Generator):
+    """An epoch factory of (users, positives, negatives (B, n_negatives)) batches."""
+    pairs = EpochPairs.from_matrix(matrix, batch_size, rng)
+    sampler = UniformNegativeSampler(matrix, rng)
+
+    def batches():
+        negatives = sampler.sample(pairs.users, n_negatives)  # one vectorised draw per epoch
+        for index, users, items in pairs.indexed():
+            yield users, items, negatives[index]
+
+    return batches

@@ -42,8 +42,8 @@ from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 from recstack.data.dataset import Dataset
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.models.factorization.scoring import dot_scores
-from recstack.models.graph.lightgcn import normalized_adjacency, sparse_tensor, symmetric_matmul
+from recstack.models.kernels.graph import normalized_adjacency, sparse_tensor, symmetric_matmul
+from recstack.models.kernels.scoring import dot_scores
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
 from recstack.train.indexing import gather_rows
 from recstack.train.sampling import EpochPairs, UniformNegativeSampler

@@ -52,7 +52,7 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, model_validat
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.models.factorization.scoring import dot_scores
+from recstack.models.kernels.scoring import dot_scores
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
 from recstack.train.indexing import gather_rows
 from recstack.train.losses import bpr_loss, l2_penalty

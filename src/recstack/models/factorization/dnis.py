@@ -75,7 +75,7 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.models.factorization.scoring import dot_scores
+from recstack.models.kernels.scoring import dot_scores
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
 from recstack.train.losses import bpr_loss, l2_penalty
 from recstack.train.sampling import EpochPairs, UniformNegativeSampler, positive_keys

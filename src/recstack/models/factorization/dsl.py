@@ -62,12 +62,11 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from recstack.data.interactions import Interactions
-from recstack.models.graph.lightgcn import (
-    _check_trainable, _pair_batches, normalized_adjacency, sparse_tensor, symmetric_matmul,
-)
-from recstack.models.factorization.scoring import dot_scores
-from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
+from recstack.models.kernels.graph import normalized_adjacency, sparse_tensor, symmetric_matmul
+from recstack.models.kernels.scoring import dot_scores
+from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted, check_trainable
 from recstack.train.losses import bpr_loss, l2_penalty
+from recstack.train.sampling import pair_batches
 from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
 
 # the dense backbones' tuned defaults (BPR-MF and LightGCN on ml-100k validation data)
@@ -229,7 +228,7 @@ class DSL(SaveLoad):
 
     def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
         c = self.config
-        _check_trainable("DSL", train)
+        check_trainable("DSL", train)
         batch_size, reg = c.resolved("batch_size"), c.resolved("reg")
         n_layers = c.resolved("n_layers") if c.backbone == "lightgcn" else 0
         seed_everything(c.seed)  # before the module exists, so its initialisation repeats per seed
@@ -245,8 +244,8 @@ class DSL(SaveLoad):
         if c.density < 1.0:
             mask = SparseMask(tuple(weight.shape), c.density, torch.Generator().manual_seed(c.seed))
             mask.apply(weight.data)  # sparse from the first forward pass
-        batches = _pair_batches(matrix, batch_size, c.n_negatives, rng)
-        steps_per_epoch = -(-matrix.nnz // batch_size)  # one pair per distinct (user, item), as _pair_batches
+        batches = pair_batches(matrix, batch_size, c.n_negatives, rng)
+        steps_per_epoch = -(-matrix.nnz // batch_size)  # one pair per distinct (user, item), as pair_batches
         stop = c.update_stop if c.update_stop is not None else max(1, c.epochs * steps_per_epoch // 2)
         updates: list[dict[str, Any]] = []
 

@@ -46,8 +46,9 @@ from pydantic import PositiveInt
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.protocol import (
-    ConfigError, ModelConfig, SaveLoad, check_fitted, check_trusted, make_config, read_model_json,
+    ConfigError, ModelConfig, SaveLoad, check_fitted, make_config, read_model_json,
 )
+from recstack.registry import Registry
 
 PAD = -1
 
@@ -485,7 +486,7 @@ class ResidualKMeansTokenizer(ItemTokenizer):
 
 
 # ---- registry -----------------------------------------------------------------------------------
-TOKENIZERS: dict[str, str] = {
+TOKENIZERS = Registry("item tokenizer", {
     "rqvae": "recstack.models.generative.rqvae:RQVAETokenizer",
     "rkmeans": "recstack.models.generative.semantic_ids:ResidualKMeansTokenizer",
     "random": "recstack.models.generative.item_indexing:RandomIndexing",
@@ -493,22 +494,14 @@ TOKENIZERS: dict[str, str] = {
     "collaborative": "recstack.models.generative.item_indexing:CollaborativeIndexing",
     "semantic": "recstack.models.generative.item_indexing:SemanticIndexing",
     "hybrid": "recstack.models.generative.item_indexing:HybridIndexing",
-}
+}, error=ConfigError)
 
 
 def resolve_tokenizer(name: str) -> type[ItemTokenizer]:
     """A registered tokenizer name or `"package.module:Class"` -> the class."""
-    target = TOKENIZERS.get(name.lower()) if ":" not in name else name
-    if target is None:
-        raise ConfigError(f"unknown item tokenizer {name!r}; known: {', '.join(sorted(TOKENIZERS))}, "
-                          "or your own class as 'package.module:Class'")
-    module_name, _, class_name = target.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"item tokenizer {name!r} cannot be loaded from {target!r}: {exc}") from None
+    cls = TOKENIZERS.resolve(name)
     if not (isinstance(cls, type) and issubclass(cls, ItemTokenizer)):
-        raise ConfigError(f"{target!r} is not an ItemTokenizer")
+        raise ConfigError(f"{TOKENIZERS.target(name)!r} is not an ItemTokenizer")
     return cls
 
 
@@ -520,7 +513,7 @@ def build_tokenizer(name: str, params: dict[str, Any] | None = None) -> ItemToke
 def load_tokenizer(path: str | os.PathLike, *, trust: bool = False) -> ItemTokenizer:
     """Load any saved tokenizer; its class, named in `model.json`, must be registered unless `trust`."""
     target = read_model_json(path, "class")["class"]
-    check_trusted(target, TOKENIZERS, trust=trust, source=str(Path(path) / "model.json"), kind="item tokenizer")
+    TOKENIZERS.resolve_trusted(target, trust=trust, source=str(Path(path) / "model.json"))  # refuses before importing
     return resolve_tokenizer(target).load(path)
 
 

@@ -27,21 +27,20 @@ One epoch on ml-100k (80k pairs, batch 2048, 3 layers, 64 dims, one thread) take
 
 from __future__ import annotations
 
-import warnings
 from typing import Self
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from recstack.data.interactions import Interactions
-from recstack.errors import RecstackError
-from recstack.models.factorization.scoring import dot_scores
-from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
+from recstack.models.kernels.graph import normalized_adjacency, sparse_tensor, symmetric_matmul
+from recstack.models.kernels.live import LiveScorer
+from recstack.models.kernels.scoring import dot_scores
+from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted, check_trainable
 from recstack.train.indexing import gather_rows
 from recstack.train.losses import bpr_loss, l2_penalty
-from recstack.train.sampling import EpochPairs, UniformNegativeSampler
+from recstack.train.sampling import pair_batches
 from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
 
 
@@ -59,60 +58,6 @@ class LightGCNConfig(ModelConfig):
     valid_metric: str = "NDCG@10"
     device: str = "auto"  # cuda when available, else cpu
     verbose: bool = True
-
-
-def normalized_adjacency(matrix: sp.spmatrix) -> sp.csr_matrix:
-    """D^-1/2 A D^-1/2 of the bipartite graph A = [[0, R], [R^T, 0]] of a (users x items) matrix R
-    (binarised), nodes ordered users then items; zero-degree nodes get empty rows and columns."""
-    r = sp.csr_matrix(matrix, dtype=np.float64, copy=True)
-    r.sum_duplicates()
-    r.eliminate_zeros()  # an explicit zero is no edge
-    r.data[:] = 1.0
-    adjacency = sp.bmat([[None, r], [r.T, None]], format="csr",
-                        dtype=np.float64) if r.nnz else sp.csr_matrix((sum(r.shape),) * 2)
-    degree = np.asarray(adjacency.sum(axis=1)).ravel()
-    inv_sqrt = np.zeros_like(degree)
-    np.divide(1.0, np.sqrt(degree), out=inv_sqrt, where=degree > 0)
-    scale = sp.diags(inv_sqrt)
-    normalized = (scale @ adjacency @ scale).tocsr()
-    normalized.sort_indices()
-    return normalized
-
-
-def sparse_tensor(matrix: sp.csr_matrix) -> torch.Tensor:
-    """A scipy CSR matrix as a float32 torch sparse CSR tensor (cpu; modules move it to their device)."""
-    matrix = sp.csr_matrix(matrix)
-    with warnings.catch_warnings():  # torch says "sparse CSR support is in beta" once per process
-        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(matrix.indptr.astype(np.int64)), torch.from_numpy(matrix.indices.astype(np.int64)),
-            torch.from_numpy(matrix.data.astype(np.float32)), size=matrix.shape, check_invariants=True,
-        )
-
-
-def _check_trainable(name: str, train: Interactions) -> None:
-    if len(train) == 0:
-        raise RecstackError(f"{name} cannot be fitted on empty training data; check the filters and split")
-
-
-class _SymmetricMatmul(torch.autograd.Function):
-    """A @ x for a symmetric sparse A: the gradient A^T @ g is A @ g, which spares torch's backward
-    for sparse CSR (it transposes A on every call, 5x slower than the product itself on the cpu)."""
-
-    @staticmethod
-    def forward(ctx, matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(matrix)
-        return matrix @ dense
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        matrix, = ctx.saved_tensors
-        return None, matrix @ grad
-
-
-def symmetric_matmul(matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-    """`matrix @ dense` for a symmetric sparse `matrix` (no gradient for the matrix itself)."""
-    return _SymmetricMatmul.apply(matrix, dense)
 
 
 class _Net(torch.nn.Module):
@@ -139,32 +84,6 @@ class _Net(torch.nn.Module):
         return final[:self.n_users], final[self.n_users:]
 
 
-class _LiveScorer:
-    """Scores from the module's current weights for the trainer's validation; the propagation is
-    computed once per validation (every training step clears the cache)."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        self.net, self.cache = net, None
-
-    def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
-        if self.cache is None:
-            self.cache = self.net.factors()
-        return dot_scores(users, items, *self.cache)
-
-
-def _pair_batches(matrix: sp.csr_matrix, batch_size: int, n_negatives: int, rng: np.random.Generator):
-    """An epoch factory of (users, positives, negatives (B, n_negatives)) batches."""
-    pairs = EpochPairs.from_matrix(matrix, batch_size, rng)
-    sampler = UniformNegativeSampler(matrix, rng)
-
-    def batches():
-        negatives = sampler.sample(pairs.users, n_negatives)  # one vectorised draw per epoch
-        for index, users, items in pairs.indexed():
-            yield users, items, negatives[index]
-
-    return batches
-
-
 class LightGCN(SaveLoad):
     """Linear propagation of free user and item embeddings on the normalised interaction graph."""
 
@@ -175,13 +94,13 @@ class LightGCN(SaveLoad):
 
     def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
         c = self.config
-        _check_trainable("LightGCN", train)
+        check_trainable("LightGCN", train)
         seed_everything(c.seed)
         rng = np.random.default_rng(c.seed)
         matrix = train.matrix()
         adjacency = sparse_tensor(normalized_adjacency(matrix))
         net = _Net(adjacency, train.n_users, train.n_items, c.embedding_size, c.n_layers, c.init_std)
-        scorer = _LiveScorer(net)
+        scorer = LiveScorer(net)
         n_users = train.n_users
 
         def batch_loss(module: _Net, batch) -> torch.Tensor:
@@ -198,7 +117,7 @@ class LightGCN(SaveLoad):
             return bpr_loss(pos_scores, neg_scores) + c.reg * penalty
 
         trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
-        history = trainer.fit(net, batch_loss, _pair_batches(matrix, c.batch_size, c.n_negatives, rng),
+        history = trainer.fit(net, batch_loss, pair_batches(matrix, c.batch_size, c.n_negatives, rng),
                               scorer, train=train, valid=valid)
 
         user_factors, item_factors = net.factors()

@@ -33,13 +33,13 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from recstack.data.interactions import Interactions
-from recstack.models.graph.lightgcn import (
-    _check_trainable, _LiveScorer, _pair_batches, normalized_adjacency, sparse_tensor, symmetric_matmul,
-)
-from recstack.models.factorization.scoring import dot_scores
-from recstack.models.protocol import SaveLoad, ModelConfig, check_fitted
+from recstack.models.kernels.graph import normalized_adjacency, sparse_tensor, symmetric_matmul
+from recstack.models.kernels.live import LiveScorer
+from recstack.models.kernels.scoring import dot_scores
+from recstack.models.protocol import SaveLoad, ModelConfig, check_fitted, check_trainable
 from recstack.train.indexing import gather_rows
 from recstack.train.losses import bpr_loss, l2_penalty
+from recstack.train.sampling import pair_batches
 from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
 
 
@@ -120,13 +120,13 @@ class NGCF(SaveLoad):
 
     def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
         c = self.config
-        _check_trainable("NGCF", train)
+        check_trainable("NGCF", train)
         seed_everything(c.seed)
         rng = np.random.default_rng(c.seed)
         matrix = train.matrix()
         laplacian = sparse_tensor(normalized_adjacency(matrix))
         net = _Net(laplacian, train.n_users, train.n_items, c.embedding_size, c.n_layers, c.dropout, c.node_dropout)
-        scorer = _LiveScorer(net)
+        scorer = LiveScorer(net)
         n_users = train.n_users
 
         def batch_loss(module: _Net, batch) -> torch.Tensor:
@@ -143,7 +143,7 @@ class NGCF(SaveLoad):
             return bpr_loss(pos_scores, neg_scores) + c.reg * penalty
 
         trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
-        history = trainer.fit(net, batch_loss, _pair_batches(matrix, c.batch_size, c.n_negatives, rng),
+        history = trainer.fit(net, batch_loss, pair_batches(matrix, c.batch_size, c.n_negatives, rng),
                               scorer, train=train, valid=valid)
 
         user_factors, item_factors = net.factors()

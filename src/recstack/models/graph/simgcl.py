@@ -47,9 +47,9 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.models.factorization.scoring import dot_scores
-from recstack.models.graph.lightgcn import normalized_adjacency, symmetric_matmul
-from recstack.models.graph.lightgcn import sparse_tensor as _sparse_tensor
+from recstack.models.kernels.graph import normalized_adjacency, symmetric_matmul
+from recstack.models.kernels.graph import sparse_tensor as _sparse_tensor
+from recstack.models.kernels.scoring import dot_scores
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
 from recstack.train.indexing import gather_rows
 from recstack.train.losses import bpr_loss, info_nce_loss, l2_penalty

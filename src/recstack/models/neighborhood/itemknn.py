@@ -28,7 +28,7 @@ from pydantic import NonNegativeFloat, PositiveInt
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.models.neighborhood.topn import top_n_per_row
+from recstack.models.kernels.topn import top_n_per_row
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted, gather_items
 
 # float64 cells per similarity block (128 MB; a few such temporaries live at once): bounds fit

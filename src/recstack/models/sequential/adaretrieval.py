@@ -82,14 +82,14 @@ from pydantic import PositiveFloat, PositiveInt, confloat, model_validator
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.evaluate.evaluator import top_k_items
+from recstack.models.kernels.sequences import trim_padding
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted, gather_items
 from recstack.models.sequential import gru4rec as _gru4rec
 from recstack.models.sequential import sasrec as _sasrec
-from recstack.models.sequential.scoring import trim_padding
 from recstack.train.sampling import UniformNegativeSampler
 from recstack.train.sequences import PAD, last_items
 from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
+from recstack.topk import top_k_items
 
 _BACKBONES = {"sasrec": (_sasrec.SASRec, _sasrec.SASRecConfig), "gru4rec": (_gru4rec.GRU4Rec, _gru4rec.GRU4RecConfig)}
 _SHARED = ("seed", "device", "verbose")  # set on the backbone from this config unless backbone_params has them

@@ -57,8 +57,8 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, confloat, mod
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
+from recstack.models.kernels.sequences import check_item_vocabulary, score_in_chunks
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
-from recstack.models.sequential.scoring import check_item_vocabulary, score_in_chunks
 from recstack.train.sampling import UniformNegativeSampler
 from recstack.train.sequences import PAD, SequenceBatches, last_items
 from recstack.train.trainer import Trainer, TrainerConfig, seed_everything

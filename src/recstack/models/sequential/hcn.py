@@ -85,8 +85,8 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, confloat, mod
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
+from recstack.models.kernels.sequences import check_item_vocabulary, trim_padding
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
-from recstack.models.sequential.scoring import check_item_vocabulary, trim_padding
 from recstack.train.losses import sampled_softmax_loss
 from recstack.train.sampling import UniformNegativeSampler
 from recstack.train.sequences import PAD, SequenceBatches, last_items

@@ -69,10 +69,9 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, confloat, mod
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
+from recstack.models.kernels.attention import SASREC_PARAMS, sasrec_initial_params
+from recstack.models.kernels.sequences import check_item_vocabulary, score_in_chunks, trim_padding
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
-from recstack.models.sequential.sasrec import _PARAMS as SASREC_PARAMS
-from recstack.models.sequential.sasrec import _initial_params as sasrec_initial_params
-from recstack.models.sequential.scoring import check_item_vocabulary, score_in_chunks, trim_padding
 from recstack.train.indexing import gather_rows
 from recstack.train.sequences import PAD, SequenceBatches, last_items
 from recstack.train.trainer import Trainer, TrainerConfig, seed_everything

@@ -69,8 +69,9 @@ from pydantic import PositiveFloat, PositiveInt, confloat, model_validator
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
+from recstack.models.kernels.attention import SASREC_PARAMS, sasrec_initial_params
+from recstack.models.kernels.sequences import check_item_vocabulary, score_in_chunks, trim_padding
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
-from recstack.models.sequential.scoring import check_item_vocabulary, score_in_chunks, trim_padding
 from recstack.train.losses import sampled_softmax_loss
 from recstack.train.sampling import UniformNegativeSampler
 from recstack.train.sequences import PAD, SequenceBatches, last_items
@@ -109,34 +110,14 @@ class SASRecConfig(ModelConfig):
         return self
 
 
-# parameter name -> fitted attribute `name_`; per-block tensors are stacked over blocks (first dim),
-# linear maps are stored (in, out) so that a layer is x @ W + b
-_PARAMS = (
-    "item_embedding", "position_embedding",
-    "attn_norm_weight", "attn_norm_bias", "query_weight", "query_bias", "key_weight", "key_bias",
-    "value_weight", "value_bias", "ffn_norm_weight", "ffn_norm_bias", "ffn_1_weight", "ffn_1_bias",
-    "ffn_2_weight", "ffn_2_bias", "final_norm_weight", "final_norm_bias",
-)
+# parameter name -> fitted attribute `name_` (the layout and initialisation live in the kernel that
+# MQSA-TED shares)
+_PARAMS = SASREC_PARAMS
 _WEIGHTS = tuple(f"{name}_" for name in _PARAMS)
 
 
 def _initial_params(n_items: int, c: SASRecConfig) -> dict[str, torch.Tensor]:
-    """The authors' TF initialisation: Glorot-uniform tables and matrices, zero biases, unit norms,
-    and a zero padding row in the item table."""
-    d, n = c.embedding_size, c.n_layers
-
-    def glorot(*shape: int) -> torch.Tensor:
-        bound = math.sqrt(6.0 / (shape[-2] + shape[-1]))
-        return torch.empty(*shape).uniform_(-bound, bound)
-
-    params = {"item_embedding": glorot(n_items + 1, d), "position_embedding": glorot(c.max_seq_len, d),
-              "final_norm_weight": torch.ones(d), "final_norm_bias": torch.zeros(d)}
-    params["item_embedding"][PAD] = 0.0
-    for name in ("attn_norm", "ffn_norm"):
-        params[f"{name}_weight"], params[f"{name}_bias"] = torch.ones(n, d), torch.zeros(n, d)
-    for name in ("query", "key", "value", "ffn_1", "ffn_2"):
-        params[f"{name}_weight"], params[f"{name}_bias"] = glorot(n, d, d), torch.zeros(n, d)
-    return params
+    return sasrec_initial_params(n_items, c)
 
 
 def _forward(p: dict[str, torch.Tensor], tokens: torch.Tensor, n_heads: int, dropout: float = 0.0,

@@ -1,4 +1,4 @@
-"""Scores of dot-product models from their fitted numpy factors, shared by every MF and graph model."""
+"""Scores of dot-product models from their fitted numpy factors (MF, graph and content models)."""
 
 from __future__ import annotations
 
