@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import os
 import sys
 import tempfile
@@ -20,8 +19,9 @@ from recstack.split import Split
 # ATEN_CPU_CAPABILITY=avx2 aborts the process when a native run loads it, and the other way round.
 # One cache per level, so `dev.py test --cpu ...` and a plain run never share compiled kernels.
 _KERNEL_LEVEL = "-".join(os.environ.get(v, "native") for v in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS"))
+_OWNER = os.getuid() if hasattr(os, "getuid") else "user"  # getpass.getuser() fails for a uid without a name
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
-                      os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_{_KERNEL_LEVEL}"))
+                      os.path.join(tempfile.gettempdir(), f"torchinductor_{_OWNER}_{_KERNEL_LEVEL}"))
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
