@@ -53,7 +53,7 @@ def child(name: str, nnz: int, threads: int) -> None:
     Path("/proc/self/clear_refs").write_text("5")
     print(json.dumps({"ready": True, "n_users": data.n_users, "n_items": data.n_items}), flush=True)
     fields = resolve(name).Config.model_fields
-    wanted = {"epochs": 1, "search_epochs": 1, "early_stopping_patience": None, "verbose": False, "threads": threads}
+    wanted = {"epochs": 1, "search_epochs": 1, "early_stopping_patience": None, "verbose": False, "n_threads": threads}
     params = {k: v for k, v in wanted.items() if k in fields}
     started = time.perf_counter()
     build(name, params).fit(data)

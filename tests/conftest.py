@@ -8,11 +8,11 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from recstack.data import Interactions
 from recstack.split import Split
+from recstack.testing import clustered_interactions, shuffled_split
 
 
 # torch.compile's kernel cache is not keyed by the forced kernel level: a kernel compiled under
@@ -48,37 +48,9 @@ def _kernel_lines() -> list[str]:
     return lines
 
 
-def make_clustered(n_users: int = 300, n_items: int = 120, n_clusters: int = 6, per_user: int = 25,
-                   in_cluster: float = 0.85, seed: int = 0) -> Interactions:
-    """Users of cluster c mostly consume items of cluster c; popularity skews within clusters."""
-    rng = np.random.default_rng(seed)
-    user_cluster = rng.integers(0, n_clusters, n_users)
-    item_cluster = np.arange(n_items) % n_clusters
-    popularity = 1.0 / np.arange(1, n_items + 1) ** 0.5
-    users, items, times = [], [], []
-    for u in range(n_users):
-        own = item_cluster == user_cluster[u]
-        p = np.where(own, in_cluster / own.sum(), (1 - in_cluster) / (~own).sum()) * popularity
-        chosen = rng.choice(n_items, size=per_user, replace=False, p=p / p.sum())
-        users.append(np.full(per_user, u))
-        items.append(chosen)
-        times.append(rng.permutation(per_user) + 1000 * u)
-    return Interactions.from_ids(
-        np.concatenate(users), np.concatenate(items),
-        value=rng.integers(1, 6, n_users * per_user).astype(np.float32),
-        timestamp=np.concatenate(times),
-    )
-
-
-def simple_split(data: Interactions, seed: int = 0) -> Split:
-    """Per-user 8:1:1 by a seeded shuffle (independent of recstack.split, for model tests)."""
-    rng = np.random.default_rng(seed)
-    position = np.empty(len(data), dtype=np.float64)
-    for u in range(data.n_users):
-        lo, hi = data.indptr[u], data.indptr[u + 1]
-        position[lo:hi] = rng.permutation(hi - lo) / max(hi - lo, 1)
-    return Split(data.take(position < 0.8), data.take((position >= 0.8) & (position < 0.9)),
-                 data.take(position >= 0.9), method="fixture")
+# the contract's synthetic data, shipped in `recstack.testing` so a user's own tests use it too
+make_clustered = clustered_interactions
+simple_split = shuffled_split
 
 
 @pytest.fixture(scope="session")

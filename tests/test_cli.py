@@ -352,8 +352,8 @@ def _bpr_with(**params) -> list[dict]:
 
 @pytest.mark.parametrize("changes, args, fragments", [
     ({"models": _bpr_with(valid_metric="Recal@10")}, [],
-     ["models[1] (bpr)", "valid_metric 'Recal@10' is unknown", "did you mean 'Recall@10'"]),
-    ({"models": _bpr_with(valid_metric="NDCG")}, [], ["models[1] (bpr)", "valid_metric 'NDCG'", "cut-off"]),
+     ["models[1] (bpr)", "valid_metric: 'Recal@10' is unknown", "did you mean 'Recall@10'"]),
+    ({"models": _bpr_with(valid_metric="NDCG")}, [], ["models[1] (bpr)", "valid_metric: 'NDCG'", "cut-off"]),
     ({"models": _bpr_with(device="cuda:99")}, [], ["models[1] (bpr)", "device 'cuda:99'"]),
     ({"models": _bpr_with(seed=-1)}, [], ["models[1] (bpr)", "seed", "got -1"]),
     ({"seed": -1}, [], ["seed", "4294967295", "got -1"]),

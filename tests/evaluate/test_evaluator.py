@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from recstack.abilities import ListRecommender
 from recstack.data import Interactions, Vocab
 from recstack.errors import RecstackError
 from recstack.evaluate import evaluate, rank
@@ -192,27 +193,31 @@ def test_top_k_breaks_ties_by_lower_index(backend, monkeypatch):
 class ListsOnly:
     """A generative-style model: its own lists through top_k, recording the masking it was asked for."""
 
-    def __init__(self, accepts_flag: bool) -> None:
+    def __init__(self) -> None:
         self.seen: list[bool] = []
-        if accepts_flag:
-            self.top_k = self._top_k_with_flag
-        else:
-            self.top_k = self._top_k
 
-    def _top_k(self, users, history, k):
-        self.seen.append(True)
-        return np.tile(np.arange(k), (len(users), 1)), np.zeros((len(users), k), np.float32)
-
-    def _top_k_with_flag(self, users, history, k, *, mask_history=True):
+    def top_k(self, users, history, k, *, mask_history):
         self.seen.append(mask_history)
         return np.tile(np.arange(k), (len(users), 1)), np.zeros((len(users), k), np.float32)
 
 
-def test_top_k_models_hear_about_unmasked_evaluation_or_say_they_cannot():
+def test_top_k_models_are_told_whether_the_history_is_masked():
     history = log([(0, 0)])
-    flagged = ListsOnly(accepts_flag=True)
-    rank(flagged, np.array([0]), history, 3)
-    rank(flagged, np.array([0]), history, 3, mask_history=False)
-    assert flagged.seen == [True, False]
-    with pytest.raises(RecstackError, match="mask_history=False"):
-        rank(ListsOnly(accepts_flag=False), np.array([0]), history, 3, mask_history=False)
+    lists = ListsOnly()
+    assert isinstance(lists, ListRecommender)
+    rank(lists, np.array([0]), history, 3)
+    rank(lists, np.array([0]), history, 3, mask_history=False)
+    assert lists.seen == [True, False]
+
+
+def test_a_scorer_with_a_top_k_of_another_name_is_ranked_by_its_scores():
+    class ScoresOnly:
+        def score(self, users, history, items=None):
+            return np.tile(np.arange(history.n_items, dtype=np.float32), (len(users), 1))
+
+        def top_n(self, users, history, k):  # not the declared ability: never called
+            raise AssertionError("rank used a method the model did not declare")
+
+    history = log([(0, 5)])
+    items, _ = rank(ScoresOnly(), np.array([0]), history, 2)
+    assert items.tolist() == [[4, 3]]  # the highest scores, the history item 5 masked

@@ -104,9 +104,9 @@ def test_typo_names_file_key_and_suggestion(tmp_path):
     (with_(seed=2**32), ["seed: must be an integer from 0 to 4294967295", f"got {2**32}"]),
     # values a model only hands to its trainer at fit time: checked now, naming the entry
     (with_(models=[{"name": "pop"}, {"name": "bpr", "params": {"valid_metric": "Recal@10"}}]),
-     ["models[1] (bpr): valid_metric 'Recal@10' is unknown; did you mean 'Recall@10'?"]),
+     ["models[1] (bpr): invalid BPRConfig: valid_metric: 'Recal@10' is unknown; did you mean 'Recall@10'?"]),
     (with_(models=[{"name": "bpr", "label": "b", "params": {"valid_metric": "ndcg@0"}}]),
-     ["models[0] (b): valid_metric 'ndcg@0' needs a cut-off k >= 1, e.g. 'NDCG@10'"]),
+     ["models[0] (b): invalid BPRConfig: valid_metric: 'ndcg@0' needs a cut-off k >= 1, e.g. 'NDCG@10'"]),
     (with_(models=[{"name": "pop"}, {"name": "ease", "params": {"seed": -5}}]),
      ["models[1] (ease): seed must be an integer from 0 to 4294967295", "got -5"]),
     (with_(models=[{"name": "ease", "params": {"seed": 2**40}}]), ["models[0] (ease): seed", f"got {2**40}"]),
@@ -135,7 +135,8 @@ def test_valid_metric_of_a_model_is_canonicalised_like_the_trainer_does():
     from recstack.train.trainer import TrainerConfig
 
     config = parse_config(with_(models=[{"name": "bpr", "params": {"valid_metric": "recall@20"}}]))
-    assert config.model_config_for(config.models[0]).valid_metric == "recall@20"  # the model keeps what it got
+    # the model's config holds the canonical label, as the trainer did (TrainingFields validates it)
+    assert config.model_config_for(config.models[0]).valid_metric == "Recall@20"
     assert TrainerConfig(valid_metric="recall@20").valid_metric == "Recall@20"
     with pytest.raises(ValidationError, match="'Recal@10' is unknown; did you mean 'Recall@10'"):
         TrainerConfig(valid_metric="Recal@10")
@@ -158,7 +159,7 @@ def test_a_copy_with_changed_values_is_validated_again():
     with pytest.raises(ExperimentConfigError, match=r"^cli: seed: must be an integer from 0 .* got -1$"):
         parse_config(config.model_copy(update={"seed": -1}), source="cli")
     assert parse_config(config.model_copy(update={"seed": 5})).seed == 5
-    with pytest.raises(ExperimentConfigError, match=r"models\[0\] \(bpr\): valid_metric"):
+    with pytest.raises(ExperimentConfigError, match=r"models\[0\] \(bpr\): invalid BPRConfig: valid_metric: 'x@1' is unknown"):
         parse_config(config.model_copy(update={"models": [{"name": "bpr", "params": {"valid_metric": "x@1"}}]}))
 
 

@@ -208,7 +208,7 @@ def test_failed_run_leaves_no_directory(parts, tmp_path, monkeypatch):
     real_build = registry.build
 
     class Exploding:
-        def fit(self, train, valid=None):
+        def fit(self, train, valid=None, *, options=None):
             raise RuntimeError("boom in fit")
 
     def build_or_explode(name, params=None):
@@ -343,7 +343,6 @@ def test_the_in_progress_directory_is_printed_where_training_logs_appear(parts, 
     from rich.console import Console
 
     import recstack.models as registry
-    from recstack.train.epoch_log import current_epoch_log
 
     real_build, logs = registry.build, []
 
@@ -351,9 +350,9 @@ def test_the_in_progress_directory_is_printed_where_training_logs_appear(parts, 
         model = real_build(name, params)
         fit = model.fit
 
-        def fit_and_note(train, valid=None):
-            logs.append(current_epoch_log())  # where a trainer inside this fit writes its epochs
-            return fit(train, valid)
+        def fit_and_note(train, valid=None, *, options=None):
+            logs.append(options.log_path)  # where a trainer inside this fit writes its epochs
+            return fit(train, valid, options=options)
 
         model.fit = fit_and_note
         return model

@@ -11,12 +11,10 @@ from typer.testing import CliRunner
 import recstack.models as registry
 from recstack.cli import app
 from recstack.errors import RecstackError
-from recstack.evaluate.evaluator import validation_masks_history
 from recstack.experiment import load_run, parse_config, recommend, run_experiment, rundir
 from recstack.experiment.compare import compare_runs
 from recstack.experiment.report import write_report
 from recstack.experiment.tune import tune
-from recstack.train.epoch_log import current_epoch_log
 from test_run import write_parts
 
 
@@ -35,20 +33,23 @@ class Recording:
     def use_dataset(self, dataset) -> None:
         self.dataset = dataset
 
-    def fit(self, train, valid=None):
+    def fit(self, train, valid=None, *, options=None):
         self.notes.append({
             "model": type(self.inner).__name__,
             "config": self.inner.config.model_dump(),
             "side_data": None if self.dataset is None else self.dataset.interactions.fingerprint(),
-            "mask_history_in_validation": validation_masks_history(),
+            "mask_history_in_validation": options.mask_history,
             "train": train.fingerprint(), "valid": None if valid is None else valid.fingerprint(),
-            "epoch_log": current_epoch_log(),
+            "epoch_log": options.log_path,
         })
-        self.inner.fit(train, valid)
+        self.inner.fit(train, valid, options=options)
         return self
 
     def score(self, users, history, items=None):
         return self.inner.score(users, history, items)
+
+    def save(self, path):
+        self.inner.save(path)
 
 
 @pytest.fixture

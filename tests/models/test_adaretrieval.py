@@ -56,12 +56,16 @@ def test_pinned_ndcg_on_the_clustered_fixture(sasrec_model, gru_model, clustered
 
 def test_rounds_list_no_item_twice_and_no_history(sasrec_model, clustered_split):
     history = clustered_split.history("test")
-    items, scores = sasrec_model.top_k(USERS, history, 12)
+    items, scores = sasrec_model.top_k(USERS, history, 12, mask_history=True)
     assert items.shape == (len(USERS), 12) and (items >= 0).all()
     assert all(len(set(row)) == 12 for row in items)  # no duplicates across rounds
     seen = history.matrix()[USERS].toarray() > 0
     assert not np.take_along_axis(seen, items.astype(np.int64), axis=1).any()
     assert (np.diff(scores, axis=1) <= 0).all()  # scores follow the list order
+    # without history masking the rounds may list seen items, still none twice
+    kept, _ = sasrec_model.top_k(USERS, history, 12, mask_history=False)
+    assert all(len(set(row)) == 12 for row in kept) and (kept >= 0).all()
+    assert np.take_along_axis(seen, kept.astype(np.int64), axis=1).any()
 
 
 def test_each_round_is_the_top_k_over_t_of_its_own_representation(sasrec_model, clustered_split):
@@ -84,9 +88,9 @@ def test_each_round_is_the_top_k_over_t_of_its_own_representation(sasrec_model, 
             rounds_users.append(h)
             listed.append(idx)
     expected = np.concatenate(listed, axis=1)
-    np.testing.assert_array_equal(sasrec_model.top_k(users, history, 12)[0], expected)
+    np.testing.assert_array_equal(sasrec_model.top_k(users, history, 12, mask_history=True)[0], expected)
     # a shorter list is the same rounds cut short (rounds of 3: the 3rd round gives one item of 7)
-    np.testing.assert_array_equal(sasrec_model.top_k(users, history, 7)[0], expected[:, :7])
+    np.testing.assert_array_equal(sasrec_model.top_k(users, history, 7, mask_history=True)[0], expected[:, :7])
     # round 1 alone is plain nearest-neighbour retrieval; later rounds differ from continuing it
     single, _ = top_k_items(np.where(history.matrix()[users].toarray() > 0, -np.inf, scores_round_1(net, tokens)), 12)
     np.testing.assert_array_equal(expected[:, :3], single[:, :3])
@@ -120,7 +124,7 @@ def test_sorting_score_reproduces_top_k(sasrec_model, clustered_split, k):
     """score() with history masked ranks exactly as the multi-round list, also beyond K (= 12) where
     the last round continues; the evaluator's score path therefore equals its top_k path."""
     history = clustered_split.history("test")
-    listed, _ = sasrec_model.top_k(USERS, history, k)
+    listed, _ = sasrec_model.top_k(USERS, history, k, mask_history=True)
 
     class ScoreOnly:
         score = sasrec_model.score
@@ -132,9 +136,8 @@ def test_sorting_score_reproduces_top_k(sasrec_model, clustered_split, k):
 @pytest.mark.parametrize("kind, cls", [("sasrec", SASRec), ("gru4rec", GRU4Rec)])
 def test_round_one_is_exactly_the_wrapped_backbone(clustered_split, kind, cls):
     backbone = cls(cls.Config(**{**BACKBONE, "epochs": 2, "verbose": False})).fit(clustered_split.train)
-    arrays = {k: v for k, v in vars(backbone).items() if k.endswith("_") and isinstance(v, np.ndarray)}
-    net = _Net(kind, _backbone_module(kind, backbone.config, clustered_split.train.n_items, arrays), backbone.config,
-               3, 0.1).eval()
+    net = _Net(kind, _backbone_module(kind, backbone.config, clustered_split.train.n_items, backbone.weights_),
+               backbone.config, 3, 0.1).eval()
     history = clustered_split.history("test")
     tokens = torch.from_numpy(_layout(kind, last_items(history, USERS, BACKBONE["max_seq_len"])))
     np.testing.assert_allclose(scores_round_1(net, tokens), backbone.score(USERS, history), rtol=1e-4, atol=1e-5)
@@ -143,7 +146,7 @@ def test_round_one_is_exactly_the_wrapped_backbone(clustered_split, kind, cls):
 def test_given_backbone_skips_pretraining_and_end_to_end_runs(clustered_split):
     backbone = SASRec(SASRec.Config(**{**BACKBONE, "epochs": 2, "verbose": False})).fit(clustered_split.train)
     model = AdaRetrieval(AdaRetrieval.Config(**{**FAST, "epochs": 1})).fit(clustered_split.train, backbone=backbone)
-    assert model.top_k(USERS, clustered_split.train, 12)[0].shape == (len(USERS), 12)
+    assert model.top_k(USERS, clustered_split.train, 12, mask_history=True)[0].shape == (len(USERS), 12)
     scratch = build("adaretrieval", {**FAST, "epochs": 1, "pretrain": False, "loss": "ce"})
     assert scratch.fit(clustered_split.train).score(USERS, clustered_split.train).shape == (len(USERS), 120)
     with pytest.raises(RecstackError, match="backbone must be a fitted SASRec"):
@@ -154,7 +157,8 @@ def test_gru4rec_variant_saves_and_loads(gru_model, clustered_split, tmp_path):
     gru_model.save(tmp_path / "m")
     loaded = load_model(tmp_path / "m")
     history = clustered_split.history("test")
-    np.testing.assert_array_equal(loaded.top_k(USERS, history, 12)[0], gru_model.top_k(USERS, history, 12)[0])
+    np.testing.assert_array_equal(loaded.top_k(USERS, history, 12, mask_history=True)[0],
+                                  gru_model.top_k(USERS, history, 12, mask_history=True)[0])
 
 
 def test_bad_configs_name_the_culprit():

@@ -1,14 +1,10 @@
 """AlphaRec: item texts -> language vectors -> MLP -> graph propagation, cosine scores, InfoNCE.
 
-The generic contract suite builds models with `build(name, params)` and fits them on interactions
-only; AlphaRec also needs item texts, so the same contract checks run here with the model given
-item vectors (keyed by item id) by a wrapped `build`.
-"""
+The contract suite (tests/contract) covers AlphaRec too: its data carries an item table, handed over
+through `use_dataset`."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,6 +88,17 @@ def test_vectors_are_matched_by_item_id_not_by_row(item_vectors, clustered_split
                                b.score(np.arange(10), clustered_split.train), rtol=1e-5, atol=1e-6)
 
 
+def test_item_vectors_given_before_fit_survive_fit(item_vectors, clustered_split):
+    """fit drops only the training-only state it adds; the side data stays for the next fit."""
+    ids, vectors = item_vectors
+    small = {**FAST, "epochs": 1}
+    model = build("alpharec", small).set_item_embeddings(ids, vectors).fit(clustered_split.train)
+    assert model._item_vectors is not None and not hasattr(model, "_pairs") and not hasattr(model, "_untrained_users")
+    first = model.user_factors_.copy()
+    model.fit(clustered_split.train)  # again, without handing the vectors over a second time
+    np.testing.assert_array_equal(model.user_factors_, first)
+
+
 def test_an_item_without_training_events_is_placed_by_its_text(item_vectors):
     data = make_clustered(n_users=80, n_items=N_ITEMS, per_user=12, seed=4)
     cold = data.items.index(int(data.items.ids[0]))
@@ -123,37 +130,3 @@ def test_missing_vector_for_a_training_item_is_rejected(item_vectors, clustered_
         build("alpharec", FAST).set_item_embeddings(ids[1:], vectors[1:]).fit(clustered_split.train)
     with pytest.raises(RecstackError, match="one row per id"):
         build("alpharec", FAST).set_item_embeddings(ids, vectors[:5])
-
-
-# ---- the contract suite, with item vectors ------------------------------------------------------
-_spec = importlib.util.spec_from_file_location(
-    "_contract_for_alpharec", Path(__file__).resolve().parents[1] / "contract" / "test_contract.py")
-contract = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(contract)
-CHECKS = sorted(name for name in vars(contract) if name.startswith("test_"))
-
-
-@pytest.mark.contract
-@pytest.mark.parametrize("check", CHECKS)
-def test_contract_with_item_vectors(check, item_vectors, clustered_split, tmp_path, monkeypatch):
-    ids, vectors = item_vectors
-    original = contract.build
-
-    def build_with_vectors(name, params=None):
-        model = original(name, params)
-        return model.set_item_embeddings(ids, vectors) if isinstance(model, AlphaRec) else model
-
-    monkeypatch.setattr(contract, "build", build_with_vectors)
-    monkeypatch.setitem(contract.FAST_PARAMS, "alpharec", FAST)
-    cache: dict[str, object] = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = contract.build(name, contract.params(name)).fit(clustered_split.train, clustered_split.valid)
-        return cache[name]
-
-    available = {"name": "alpharec", "clustered_split": clustered_split, "tmp_path": tmp_path, "fitted": get}
-    function = getattr(contract, check)
-    function = getattr(function, "__wrapped__", function)
-    wanted = function.__code__.co_varnames[:function.__code__.co_argcount]
-    function(**{arg: available[arg] for arg in wanted})

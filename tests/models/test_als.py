@@ -10,7 +10,7 @@ from recstack.evaluate.evaluator import evaluate
 from recstack.models.baseline.pop import Pop
 from recstack.models.factorization.als import ALS, ALSConfig
 
-CONFIG = ALSConfig(embedding_size=16, reg=5.0, alpha=5.0, epochs=8, threads=1, seed=3)
+CONFIG = ALSConfig(embedding_size=16, reg=5.0, alpha=5.0, epochs=8, n_threads=1, seed=3)
 
 
 def ndcg10(model, split) -> float:

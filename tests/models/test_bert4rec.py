@@ -106,11 +106,10 @@ def test_scores_are_the_head_against_the_tied_table_plus_bias(chain_model, chain
     users = np.array([3, 0, 7, 3])
     n_items = chain_split.train.n_items
     scores = chain_model.score(users, history)
-    table = chain_model.item_embedding_[1:n_items + 1]  # without padding and [MASK]
-    expected = chain_model.embed(users, history) @ table.T + chain_model.output_bias_
+    table = chain_model.weights_["item_embedding"][1:n_items + 1]  # without padding and [MASK]
+    expected = chain_model.embed(users, history) @ table.T + chain_model.weights_["output_bias"]
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
-    p = {k[:-1]: torch.from_numpy(v) for k, v in vars(chain_model).items()
-         if k.endswith("_") and isinstance(v, np.ndarray)}
+    p = {k: torch.from_numpy(v) for k, v in chain_model.weights_.items()}
     tokens = torch.from_numpy(chain_model.input_sequences(users, history))
     with torch.no_grad():
         direct = _head(p, _forward(p, tokens, chain_model.config.n_heads)[:, -1]).numpy()

@@ -104,6 +104,20 @@ def test_item_bias_and_several_negatives(clustered_split):
     assert len(model.history_) == 3 and model.history_[0]["NDCG@10"] is None  # no valid data: all epochs
 
 
+def test_refit_without_biases_validates_and_scores_without_the_old_fits(clustered_split):
+    # validation scores a copy of the model holding this fit's arrays: an earlier fit's item_bias_
+    # is still on the model then and must not leak into the new fit's validation or its scores
+    split = clustered_split
+    model = build("bpr", {**FAST, "epochs": 3, "item_bias": True}).fit(split.train, split.valid)
+    model.config = BPRConfig(**{**FAST, "epochs": 3})
+    model.fit(split.train, split.valid)
+    fresh = BPR(BPRConfig(**{**FAST, "epochs": 3})).fit(split.train, split.valid)
+    assert not hasattr(model, "item_bias_")
+    assert [e["NDCG@10"] for e in model.history_] == [e["NDCG@10"] for e in fresh.history_]
+    users = np.arange(10)
+    np.testing.assert_array_equal(model.score(users, split.train), fresh.score(users, split.train))
+
+
 def test_users_without_training_events_get_zero_factors(clustered_split):
     train = clustered_split.train
     without_user_0 = train.take(train.user != 0)

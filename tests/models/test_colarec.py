@@ -1,14 +1,12 @@
 """ColaRec: users as the content of their items -> encoder-decoder -> the collaborative GID of the
 next item, decoded by beam search constrained to the GID trie.
 
-The generic contract suite fits models on interactions only; ColaRec also reads item texts, so the
-same contract checks run here with the model given item texts (keyed by item id) by a wrapped `build`.
+The contract suite (tests/contract) covers ColaRec too: its data carries an item table, whose texts
+reach the model through `use_dataset`.
 """
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,14 +106,14 @@ def test_constrained_beam_search_emits_only_codes_in_the_trie(fitted, clustered_
     assert np.isfinite(scores).all() and (np.diff(scores, axis=1) <= 1e-6).all()  # best first
     for row in items:
         assert len(set(row.tolist())) == 15  # each code once
-    free = fitted.top_k(users, clustered_split.train, 10)[0]
+    free = fitted.top_k(users, clustered_split.train, 10, mask_history=True)[0]
     assert not np.isin(free, allowed).all()  # the constraint changed what was decoded
 
 
 def test_top_k_is_valid_unseen_and_matches_exact_scores_with_a_full_beam(fitted, clustered_split):
     history = clustered_split.history("test")
     users = np.arange(30)
-    items, scores = fitted.top_k(users, history, 10)
+    items, scores = fitted.top_k(users, history, 10, mask_history=True)
     assert items.shape == (30, 10) and (items >= 0).all() and (items < N_ITEMS).all()
     seen = history.matrix()[users].toarray() > 0
     assert not np.take_along_axis(seen, items, axis=1).any()
@@ -123,11 +121,16 @@ def test_top_k_is_valid_unseen_and_matches_exact_scores_with_a_full_beam(fitted,
     # with a beam as wide as the catalogue the search is exhaustive: it must equal exact scoring
     exhaustive = build("colarec", {**FAST, "n_beams": N_ITEMS})
     exhaustive._replace_fitted({k: v for k, v in vars(fitted).items() if k.endswith("_") and not k.startswith("_")})
-    top, top_scores = exhaustive.top_k(users, history, 10)
+    top, top_scores = exhaustive.top_k(users, history, 10, mask_history=True)
     exact = fitted.score(users, history)
     exact[seen] = -np.inf
     np.testing.assert_allclose(top_scores, -np.sort(-exact, axis=1)[:, :10], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(np.take_along_axis(exact, top, axis=1), top_scores, rtol=1e-4, atol=1e-4)
+    # without history masking the exhaustive search ranks every item, history included
+    unmasked, unmasked_scores = exhaustive.top_k(users, history, 10, mask_history=False)
+    everything = fitted.score(users, history)
+    np.testing.assert_allclose(unmasked_scores, -np.sort(-everything, axis=1)[:, :10], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.take_along_axis(everything, unmasked, axis=1), unmasked_scores, rtol=1e-4, atol=1e-4)
 
 
 def test_over_generated_beams_leave_k_unseen_items_for_heavy_users(fitted, clustered_split):
@@ -135,7 +138,7 @@ def test_over_generated_beams_leave_k_unseen_items_for_heavy_users(fitted, clust
     keep_out = np.arange(100, 110)  # user 0 has seen every item but these ten
     heavy = Interactions(np.zeros(N_ITEMS - 10, dtype=np.int32), np.setdiff1d(np.arange(N_ITEMS), keep_out),
                          train.users, train.items)
-    items, scores = fitted.top_k(np.array([0]), heavy, 10)
+    items, scores = fitted.top_k(np.array([0]), heavy, 10, mask_history=True)
     assert sorted(items[0].tolist()) == keep_out.tolist() and np.isfinite(scores).all()
 
 
@@ -157,7 +160,8 @@ def test_alignment_and_contrastive_losses_are_active_and_decrease(fitted, cluste
 
     def weights(**change):
         model = build("colarec", {**short, **change}).set_item_texts(ITEM_IDS, ITEM_TEXTS)
-        return model.fit(clustered_split.train).weights_
+        fitted_weights = model.fit(clustered_split.train).weights_
+        return np.concatenate([fitted_weights[key].ravel() for key in sorted(fitted_weights)])
 
     base = weights()
     np.testing.assert_array_equal(weights(), base)  # so any difference below is the switched-off term
@@ -186,33 +190,3 @@ def test_use_dataset_reads_the_item_table(clustered, clustered_split):
              "genres": np.array([WORDS[int(i) % N_CLUSTERS] for i in clustered.items.ids], dtype=object)}
     model = build("colarec", {**FAST, "epochs": 1}).use_dataset(Dataset(clustered, item_table=table))
     assert model.fit(clustered_split.train).item_words_.shape[0] == clustered.n_items
-
-
-# ---- the contract suite, with item texts ----------------------------------------------------------
-_spec = importlib.util.spec_from_file_location(
-    "_contract_for_colarec", Path(__file__).resolve().parents[1] / "contract" / "test_contract.py")
-contract = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(contract)
-CHECKS = sorted(name for name in vars(contract) if name.startswith("test_"))
-
-
-@pytest.mark.contract
-@pytest.mark.parametrize("check", CHECKS)
-def test_contract_with_item_texts(check, fitted, clustered_split, tmp_path, monkeypatch):
-    original = contract.build
-
-    def build_with_texts(name, params=None):
-        model = original(name, params)
-        return model.set_item_texts(ITEM_IDS, ITEM_TEXTS) if isinstance(model, ColaRec) else model
-
-    monkeypatch.setattr(contract, "build", build_with_texts)
-    monkeypatch.setitem(contract.FAST_PARAMS, "colarec", FAST)
-
-    def get(name):
-        return fitted if name == "colarec" else contract.build(name, contract.params(name)).fit(clustered_split.train)
-
-    available = {"name": "colarec", "clustered_split": clustered_split, "tmp_path": tmp_path, "fitted": get}
-    function = getattr(contract, check)
-    function = getattr(function, "__wrapped__", function)
-    wanted = function.__code__.co_varnames[:function.__code__.co_argcount]
-    function(**{arg: available[arg] for arg in wanted})

@@ -120,7 +120,7 @@ def test_dccf_layer_and_propagation_match_dense_numpy():
 def test_simgcl_propagation_is_the_mean_of_layers_one_to_k():
     a_hat = _dense_normalized(R)
     torch.manual_seed(0)
-    net = simgcl._Net(simgcl._sparse_tensor(simgcl.normalized_adjacency(sp.csr_matrix(R))), 3, 4, 6, 3, 0.1)
+    net = simgcl._Net(simgcl.sparse_tensor(simgcl.normalized_adjacency(sp.csr_matrix(R))), 3, 4, 6, 3, 0.1)
     e0 = net.embedding.weight.detach().numpy().astype(np.float64)
     expected = (a_hat @ e0 + a_hat @ a_hat @ e0 + a_hat @ a_hat @ a_hat @ e0) / 3  # no layer-0 term
     with torch.no_grad():
@@ -138,7 +138,7 @@ def test_simgcl_noise_has_the_sign_of_e_and_norm_eps_per_row():
     assert not torch.allclose(simgcl.perturbation(e, 0.1), delta)  # a fresh draw every call
     # the perturbed propagation differs from the clean one by at most eps per row (mean of layers)
     torch.manual_seed(0)
-    net = simgcl._Net(simgcl._sparse_tensor(simgcl.normalized_adjacency(sp.csr_matrix(R))), 3, 4, 6, 1, 0.1)
+    net = simgcl._Net(simgcl.sparse_tensor(simgcl.normalized_adjacency(sp.csr_matrix(R))), 3, 4, 6, 1, 0.1)
     with torch.no_grad():
         diff = (net.propagate(0.1) - net.propagate()).norm(dim=1).numpy()
     np.testing.assert_allclose(diff[:6], 0.1, rtol=1e-5)  # one layer: exactly the noise
@@ -222,6 +222,13 @@ def test_save_load_round_trip(name, fitted, clustered_split, tmp_path):
     users = np.arange(20)
     np.testing.assert_array_equal(loaded.score(users, clustered_split.train), model.score(users, clustered_split.train))
     assert loaded.history_ == model.history_ and loaded.best_epoch_ == model.best_epoch_
+
+
+@pytest.mark.parametrize("cls, config, fast", [(SimGCL, SimGCLConfig, SIMGCL_FAST), (DCCF, DCCFConfig, DCCF_FAST)])
+def test_users_without_training_events_score_zero(cls, config, fast, clustered_split):
+    train = clustered_split.train
+    model = cls(config(**{**fast, "epochs": 1})).fit(train.take(train.user != 0))
+    assert not model.user_factors_[0].any() and not model.score(np.array([0]), train).any()
 
 
 def test_empty_training_data_is_a_clear_error(clustered_split):

@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-import recstack.models.factorization.dsl as dsl_module
+import recstack.models.neural as neural_module
 from recstack.evaluate import evaluate
 from recstack.models import ConfigError, build, make_config
 from recstack.models.factorization.dsl import DSL, DSLConfig, SparseMask, update_fraction
@@ -32,14 +32,15 @@ def _ndcg(model, split) -> float:
 
 
 class _Watch:
-    """Wraps the trainer so every step's table (the one the next forward pass sees) is recorded."""
+    """Wraps the trainer (the one TorchRecommender runs) so every step's table (the one the next
+    forward pass sees) is recorded."""
 
     def __init__(self, monkeypatch):
         self.nonzero: list[int] = []
         self.patterns: list[np.ndarray] = []
         watch = self
 
-        class WatchedTrainer(dsl_module.Trainer):
+        class WatchedTrainer(neural_module.Trainer):
             def fit(self, module, batch_loss, batches, scorer=None, *, train=None, valid=None, after_step=None):
                 def record(mod):
                     table = mod.embedding.weight.detach()
@@ -55,7 +56,7 @@ class _Watch:
 
                 return super().fit(module, batch_loss, batches, scorer, train=train, valid=valid, after_step=checked)
 
-        monkeypatch.setattr(dsl_module, "Trainer", WatchedTrainer)
+        monkeypatch.setattr(neural_module, "Trainer", WatchedTrainer)
 
 
 @pytest.mark.parametrize("backbone", ["mf", "lightgcn"])

@@ -114,9 +114,10 @@ def test_scores_are_the_state_against_the_output_table_plus_bias(chain_split, ti
     model.fit(chain_split.train)
     history = chain_split.history("test")
     users = np.array([3, 0, 7, 3])
-    table = model.item_embedding_[1:] if tied else model.output_embedding_
-    assert hasattr(model, "output_embedding_") is not tied
-    expected = model.embed(users, history) @ table.T + model.output_bias_
+    weights = model.weights_
+    table = weights["item_embedding"][1:] if tied else weights["output_embedding"]
+    assert ("output_embedding" in weights) is not tied
+    expected = model.embed(users, history) @ table.T + weights["output_bias"]
     np.testing.assert_allclose(model.score(users, history), expected, rtol=1e-5, atol=1e-5)
     chunked = GRU4Rec(model.config.model_copy(update={"score_batch_size": 3}))
     for name, value in vars(model).items():

@@ -71,7 +71,7 @@ def test_the_interests_separate_a_users_two_topics(topics_fit):
     model, split, topics = topics_fit
     users = np.arange(len(topics))
     interests = model.interests(users, split.history("test"))  # (B, 2, d)
-    table = model.item_embedding_[1:]
+    table = model.weights_["params.item_embedding"][1:]
     by_topic = table.reshape(N_TOPICS, TOPIC_SIZE, -1)
     separated = 0
     for u, (a, b) in enumerate(topics):
@@ -86,7 +86,7 @@ def test_score_is_the_max_over_interest_scores(topics_fit):
     model, split, _ = topics_fit
     history = split.history("test")
     users = np.array([3, 0, 7, 3, 11])
-    per_interest = model.interests(users, history) @ model.item_embedding_[1:].T  # (B, K, n_items)
+    per_interest = model.interests(users, history) @ model.weights_["params.item_embedding"][1:].T  # (B, K, n_items)
     scores = model.score(users, history)
     np.testing.assert_allclose(scores, per_interest.max(axis=1), rtol=1e-5, atol=1e-5)
     # the max is not the mean or one fixed interest: both interests win somewhere
@@ -197,8 +197,7 @@ def test_a_million_item_catalogue_is_scored_in_bounded_blocks():
     config = HCNConfig(embedding_size=d, n_interests=3, n_levels=1, max_seq_len=4, short_seq_len=2, score_batch_size=2)
     model = HCN(config)
     torch.manual_seed(0)
-    for name, value in _initial_params(n_items, config).items():
-        setattr(model, f"{name}_", value.numpy())
+    model.weights_ = {f"params.{name}": value.numpy() for name, value in _initial_params(n_items, config).items()}
     rng = np.random.default_rng(0)
     history = Interactions(np.repeat(np.arange(n_users), 3), rng.integers(0, n_items, 3 * n_users),
                            Vocab(np.arange(n_users), "user"), Vocab(np.arange(n_items), "item"))

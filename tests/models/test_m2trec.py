@@ -1,14 +1,10 @@
 """M2TRec: items built from their metadata only, a Transformer over the session, item + category heads.
 
-The generic contract suite builds models with `build(name, params)` and fits them on interactions
-only; M2TRec also needs item metadata, so the same contract checks run here with an item table
-(keyed by item id) handed to every M2TRec by a wrapped `build`.
-"""
+The contract suite (tests/contract) covers M2TRec too: its data carries an item table, handed over
+through `use_dataset`."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,37 +164,3 @@ def test_bad_side_data_is_rejected(clustered, clustered_split):
     with pytest.raises(RecstackError, match="no metadata for 1 item"):
         build("m2trec", FAST).set_item_table(ALL_IDS[1:], {k: v[1:] for k, v in TABLE.items()}) \
             .fit(clustered_split.train)
-
-
-# ---- the contract suite, with item metadata -----------------------------------------------------
-_spec = importlib.util.spec_from_file_location(
-    "_contract_for_m2trec", Path(__file__).resolve().parents[1] / "contract" / "test_contract.py")
-contract = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(contract)
-CHECKS = sorted(name for name in vars(contract) if name.startswith("test_"))
-CONTRACT_FAST = {**FAST, "epochs": 5}  # enough to beat random; keeps the suite's many fits short
-_FITTED: dict[str, object] = {}  # one fitted model for the read-only checks, as the suite's own fixture
-
-
-@pytest.mark.contract
-@pytest.mark.parametrize("check", CHECKS)
-def test_contract_with_item_metadata(check, clustered_split, tmp_path, monkeypatch):
-    original = contract.build
-
-    def build_with_metadata(name, params=None):
-        model = original(name, params)
-        return model.set_item_table(ALL_IDS, TABLE) if isinstance(model, M2TRec) else model
-
-    monkeypatch.setattr(contract, "build", build_with_metadata)
-    monkeypatch.setitem(contract.FAST_PARAMS, "m2trec", CONTRACT_FAST)
-
-    def get(name):
-        if name not in _FITTED:
-            _FITTED[name] = contract.build(name, contract.params(name)).fit(clustered_split.train, clustered_split.valid)
-        return _FITTED[name]
-
-    available = {"name": "m2trec", "clustered_split": clustered_split, "tmp_path": tmp_path, "fitted": get}
-    function = getattr(contract, check)
-    function = getattr(function, "__wrapped__", function)
-    wanted = function.__code__.co_varnames[:function.__code__.co_argcount]
-    function(**{arg: available[arg] for arg in wanted})

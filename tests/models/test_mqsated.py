@@ -193,7 +193,7 @@ def transition_loss(model: MQSATED, train: Interactions) -> float:
     teacher = teacher_labels(transition_graph(train, 1), model.config.kd_temperature)
     sources = np.flatnonzero(np.diff(teacher.indptr))
     block = teacher[sources].tocoo()
-    return distillation_loss(torch.from_numpy(model.item_embedding_), torch.from_numpy(sources),
+    return distillation_loss(torch.from_numpy(model.weights_["item_embedding"]), torch.from_numpy(sources),
                              torch.from_numpy(block.row.astype(np.int64)), torch.from_numpy(block.col.astype(np.int64)),
                              torch.from_numpy(block.data)).item()
 
@@ -207,7 +207,7 @@ def test_distillation_writes_the_transitions_into_the_item_table(cycle_split):
     assert transition_loss(with_ted, cycle_split.train) < 0.5 * transition_loss(without, cycle_split.train)
 
     def successor_in_top_2(model: MQSATED) -> float:
-        items = model.item_embedding_[1:]
+        items = model.weights_["item_embedding"][1:]
         products = items @ items.T
         np.fill_diagonal(products, -np.inf)
         successor = (np.arange(len(items)) + 1) % len(items)

@@ -15,6 +15,7 @@ from recstack.evaluate import evaluate
 from recstack.evaluate.evaluator import block_size_for
 from recstack.models import ConfigError, build, make_config
 from recstack.models.sequential.sasrec import SASRec, SASRecConfig, _forward, _initial_params
+from recstack.models.kernels.attention import SASREC_PARAMS
 from recstack.models.kernels.sequences import trim_padding as _trim
 from recstack.split import make_split
 
@@ -62,6 +63,15 @@ def test_learns_the_next_item_rule_and_reads_valid_at_test_time(cycle_model, cyc
     assert hit_at_1(cycle_model, cycle_split.history("valid"), cycle_split.test) < 0.1
     assert cycle_model.best_epoch_ >= 1 and len(cycle_model.history_) >= cycle_model.best_epoch_
 
+
+
+def test_the_fitted_state_is_the_named_state_dict_and_survives_saving(cycle_model, cycle_split, tmp_path):
+    assert set(cycle_model.weights_) == set(SASREC_PARAMS)  # named, never by parameter order
+    assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in cycle_model.weights_.values())
+    cycle_model.save(tmp_path / "m")
+    loaded = SASRec.load(tmp_path / "m")
+    history, users = cycle_split.history("test"), np.arange(10)
+    np.testing.assert_array_equal(loaded.score(users, history), cycle_model.score(users, history))
 
 @pytest.mark.parametrize("loss, extra", [("bce", {}), ("sampled_softmax", {"n_negatives": 8})])
 def test_the_other_losses_learn_the_rule_too(cycle_split, loss, extra):
@@ -119,7 +129,7 @@ def test_scores_are_the_last_slot_against_the_shared_item_table(cycle_model, cyc
     history = cycle_split.history("test")
     users = np.array([3, 0, 7, 3])
     scores = cycle_model.score(users, history)
-    np.testing.assert_allclose(scores, cycle_model.embed(users, history) @ cycle_model.item_embedding_[1:].T,
+    np.testing.assert_allclose(scores, cycle_model.embed(users, history) @ cycle_model.weights_["item_embedding"][1:].T,
                                rtol=1e-5, atol=1e-5)
     chunked = SASRec(cycle_model.config.model_copy(update={"score_batch_size": 3}))
     for name, value in vars(cycle_model).items():
@@ -150,8 +160,7 @@ def test_a_million_item_catalogue_is_scored_in_bounded_blocks():
     config = SASRecConfig(embedding_size=d, n_layers=1, max_seq_len=4, score_batch_size=2)
     model = SASRec(config)
     torch.manual_seed(0)
-    for name, value in _initial_params(n_items, config).items():
-        setattr(model, f"{name}_", value.numpy())
+    model.weights_ = {name: value.numpy() for name, value in _initial_params(n_items, config).items()}
     rng = np.random.default_rng(0)
     history = Interactions(np.repeat(np.arange(n_users), 3), rng.integers(0, n_items, 3 * n_users),
                            Vocab(np.arange(n_users), "user"), Vocab(np.arange(n_items), "item"))

@@ -33,6 +33,7 @@ FAST = {
     "collaborative": dict(n_clusters=3, max_cluster_size=12),
     "semantic": dict(depth=2),
     "hybrid": dict(n_clusters=3, max_cluster_size=12),
+    "hkmeans": dict(n_clusters=3, n_levels=2),
 }
 GENRES = np.array(["Drama", "Comedy", "Drama|Romance", "Action|Thriller", "Comedy|Romance", ""], dtype=object)
 

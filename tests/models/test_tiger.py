@@ -10,12 +10,14 @@ import torch
 
 from recstack.data import Interactions, Vocab
 from recstack.data.dataset import Dataset
+from recstack.abilities import ListRecommender
 from recstack.errors import RecstackError
 from recstack.evaluate import evaluate
 from recstack.models import ConfigError, build, make_config
 from recstack.models.generative.semantic_ids import PAD, ItemTokenizer
 from recstack.models.generative.tiger import TIGER, TIGERConfig
 from recstack.split import make_split
+from recstack.topk import top_k_items
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -70,7 +72,7 @@ def test_learns_the_chain_pinned_metric(beam_model, chain_split):
 def test_beam_search_emits_only_valid_unseen_items(beam_model, chain_split):
     history = chain_split.history("test")
     users = np.arange(history.n_users)
-    items, scores = beam_model.top_k(users, history, 10)
+    items, scores = beam_model.top_k(users, history, 10, mask_history=True)
     assert items.shape == scores.shape == (len(users), 10)
     assert ((items >= 0) & (items < N_ITEMS)).all()  # never one of the two unused codes, never padding
     assert all(len(set(row)) == 10 for row in items.tolist())
@@ -102,7 +104,7 @@ def test_exhaustive_beam_equals_exact_log_probabilities(beam_model, chain_split)
 def test_beam_and_projection_agree_on_the_top_item(beam_model, projection_model, chain_split):
     history = chain_split.history("test")
     users = np.arange(history.n_users)
-    beam_top = beam_model.top_k(users, history, 1)[0][:, 0]
+    beam_top = beam_model.top_k(users, history, 1, mask_history=True)[0][:, 0]
     scores = projection_model.score(users, history)
     scores[history.matrix()[users].nonzero()] = -np.inf
     projection_top = scores.argmax(axis=1)
@@ -111,15 +113,26 @@ def test_beam_and_projection_agree_on_the_top_item(beam_model, projection_model,
     assert np.mean(projection_model.beam_search(users, history, 1)[0][:, 0] == projection_top) > 0.9
 
 
-def test_projection_model_has_no_top_k_so_the_evaluator_ranks_all_items(projection_model, beam_model):
-    assert not hasattr(projection_model, "top_k")
-    assert hasattr(beam_model, "top_k")
+def test_projection_top_k_ranks_every_item_by_score_as_the_evaluator_would(projection_model, beam_model,
+                                                                          chain_split):
+    assert isinstance(projection_model, ListRecommender) and isinstance(beam_model, ListRecommender)
+    history = chain_split.history("test")
+    users = np.arange(history.n_users)
+    for mask_history in (True, False):
+        scores = projection_model.score(users, history)
+        if mask_history:
+            scores[history.matrix()[users].nonzero()] = -np.inf
+        expected, expected_scores = top_k_items(scores, 10)
+        expected[~np.isfinite(expected_scores)] = -1
+        items, values = projection_model.top_k(users, history, 10, mask_history=mask_history)
+        np.testing.assert_array_equal(items, expected)
+        np.testing.assert_array_equal(values, expected_scores)
 
 
 class MixedLengthCodes(ItemTokenizer):
     """Items i % 3 == 0 get 2 tokens, the others 3 (padded): prefix-free codes of different lengths."""
 
-    def fit(self, embeddings=None, *, interactions=None, item_table=None):
+    def fit(self, embeddings=None, *, interactions=None, item_table=None, options=None):
         i = np.arange(interactions.n_items)
         codes = np.stack([i % 3, (i // 3) // 2, (i // 3) % 2], axis=1)
         codes[i % 3 == 0, 1:] = [(j, PAD) for j in i[i % 3 == 0] // 3]
@@ -139,7 +152,7 @@ def test_variable_length_codes_decode_exactly(chain_split):
     exact[history.matrix()[users].nonzero()] = -np.inf
     items, scores = model.beam_search(users, history, 6, beam_size=N_ITEMS)
     np.testing.assert_array_equal(items, np.argsort(-exact, axis=1, kind="stable")[:, :6])
-    assert set(model.top_k(users, history, 6)[0].ravel().tolist()) <= set(range(N_ITEMS))
+    assert set(model.top_k(users, history, 6, mask_history=True)[0].ravel().tolist()) <= set(range(N_ITEMS))
 
 
 def test_semantic_indexing_reads_the_item_table_through_use_dataset(chain_split):

@@ -2,7 +2,6 @@
 
 import json
 import math
-from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -20,9 +19,9 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def _trainer(**config) -> Trainer:
+def _trainer(options=None, **config) -> Trainer:
     defaults = dict(epochs=4, learning_rate=1.0, optimizer="sgd", early_stopping_patience=None, verbose=False)
-    return Trainer(TrainerConfig(**{**defaults, **config}))
+    return Trainer(TrainerConfig(**{**defaults, **config}), options)
 
 
 def test_step_schedule_halves_the_rate_and_the_steps():
@@ -119,10 +118,12 @@ def test_trainer_config_from_a_model_config_takes_the_shared_settings():
 
     model = BPRConfig(epochs=7, learning_rate=0.02, batch_size=64, early_stopping_patience=None, seed=3,
                       verbose=False, valid_metric="Recall@20", eval_every=2, device="cpu")
-    config = TrainerConfig.from_model(model, optimizer="sgd")
+    config = TrainerConfig.from_fields(model, model.seed, optimizer="sgd")
     assert (config.epochs, config.learning_rate, config.batch_size, config.seed) == (7, 0.02, 64, 3)
     assert config.early_stopping_patience is None and config.verbose is False and config.eval_every == 2
     assert (config.valid_metric, config.device, config.optimizer) == ("Recall@20", "cpu", "sgd")
+    with pytest.raises(TypeError, match="TrainingFields"):
+        TrainerConfig.from_fields(object(), 0)
 
 
 def test_adam_betas_reach_the_optimizer_and_bad_betas_name_the_field():
@@ -166,18 +167,17 @@ class _TrainItemFirst:
         return scores
 
 
-def test_validation_follows_the_protocols_history_masking():
-    from recstack.evaluate.evaluator import validation_protocol
+def test_validation_follows_the_fit_options_history_masking():
+    from recstack.train.options import FitOptions
 
-    def first_value(**protocol):
-        trainer = _trainer(epochs=1)
-        with validation_protocol(**protocol) if protocol else nullcontext():
-            trainer.fit(Counter(), counter_loss, one_batch, _TrainItemFirst(), train=TRAIN, valid=VALID)
+    def first_value(**options):
+        trainer = _trainer(epochs=1, options=FitOptions(**options) if options else None)
+        trainer.fit(Counter(), counter_loss, one_batch, _TrainItemFirst(), train=TRAIN, valid=VALID)
         return trainer.history[0]["NDCG@10"]
 
     assert first_value() == first_value(mask_history=True) == 1.0  # item 8 masked: item 9 first
     assert first_value(mask_history=False) == pytest.approx(1 / math.log2(3))  # item 8 kept: item 9 second
-    assert first_value() == 1.0  # the block's setting does not outlive it
+    assert first_value() == 1.0  # one call's options do not outlive it
 
 
 # ---- console progress without a terminal --------------------------------------------------------
@@ -188,15 +188,15 @@ def _fit_printing(monkeypatch, tmp_path, every: float, progress: bool = True):
     import sys
 
     import recstack.train.trainer as trainer_module
-    from recstack.train.epoch_log import epoch_log
+    from recstack.train.options import FitOptions
 
     stream = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stream)
     monkeypatch.setattr(trainer_module, "PLAIN_PROGRESS_SECONDS", every)
     module = Counter()
-    trainer = _trainer(epochs=8, early_stopping_patience=3, verbose=True)
-    with epoch_log(tmp_path / "logs" / "counter.jsonl", progress=progress):
-        trainer.fit(module, counter_loss, one_batch, PeaksAtTwo(module), train=TRAIN, valid=VALID)
+    options = FitOptions(log_path=tmp_path / "logs" / "counter.jsonl", progress=progress)
+    trainer = _trainer(epochs=8, early_stopping_patience=3, verbose=True, options=options)
+    trainer.fit(module, counter_loss, one_batch, PeaksAtTwo(module), train=TRAIN, valid=VALID)
     return trainer, stream.getvalue().splitlines()
 
 

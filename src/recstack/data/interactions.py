@@ -293,12 +293,13 @@ class Interactions:
         items: Vocab | None = None,
     ) -> "Interactions":
         """Build from external ids; vocabularies are created (first-appearance order) unless given."""
-        if users is None:
-            users, user = Vocab.from_values(user_ids, name="user")
-        else:
-            user = users.index(user_ids) if len(user_ids) else np.empty(0, np.int32)
-        if items is None:
-            items, item = Vocab.from_values(item_ids, name="item")
-        else:
-            item = items.index(item_ids) if len(item_ids) else np.empty(0, np.int32)
+        users, user = _encoded(user_ids, users, "user")
+        items, item = _encoded(item_ids, items, "item")
         return cls(user, item, users, items, value=value, timestamp=timestamp)
+
+
+def _encoded(ids: np.ndarray, vocab: Vocab | None, name: str) -> tuple[Vocab, np.ndarray]:
+    """External ids -> (vocabulary, dense indices): a new vocabulary in first-appearance order unless given."""
+    if vocab is None:
+        return Vocab.from_values(ids, name=name)
+    return vocab, (vocab.index(ids) if len(ids) else np.empty(0, np.int32))

@@ -25,25 +25,23 @@ def _empty_error(step: str, settings: str, knob: str) -> RecstackError:
     return RecstackError(f"no interactions left after {step} ({settings}); lower {knob}")
 
 
+def _still_used(codes: np.ndarray, vocab: Vocab) -> tuple[np.ndarray, np.ndarray, Vocab]:
+    """The indices of `vocab` that `codes` still use, the old -> new index map (-1: dropped), the new vocab.
+
+    The map is increasing, so the (user, time, original order) sort of the events survives it.
+    """
+    kept = np.flatnonzero(np.bincount(codes, minlength=len(vocab)) > 0)
+    new_index = np.full(len(vocab), -1, dtype=np.int32)
+    new_index[kept] = np.arange(len(kept), dtype=np.int32)
+    return kept, new_index, vocab if len(kept) == len(vocab) else Vocab(vocab.ids[kept], name=vocab.name)
+
+
 def _subset(dataset: Dataset, keep: np.ndarray) -> Dataset:
     """Events where `keep` is true, with users/items that lost every event removed everywhere."""
     data = dataset.interactions
     user, item = data.user[keep], data.item[keep]
-    kept_users = np.flatnonzero(np.bincount(user, minlength=data.n_users) > 0)
-    kept_items = np.flatnonzero(np.bincount(item, minlength=data.n_items) > 0)
-    # The old -> new maps are increasing, so the (user, time, original order) sort survives.
-    user_map = np.full(data.n_users, -1, dtype=np.int32)
-    user_map[kept_users] = np.arange(len(kept_users), dtype=np.int32)
-    item_map = np.full(data.n_items, -1, dtype=np.int32)
-    item_map[kept_items] = np.arange(len(kept_items), dtype=np.int32)
-    if len(kept_users) == data.n_users:
-        users = data.users
-    else:
-        users = Vocab(data.users.ids[kept_users], name=data.users.name)
-    if len(kept_items) == data.n_items:
-        items = data.items
-    else:
-        items = Vocab(data.items.ids[kept_items], name=data.items.name)
+    kept_users, user_map, users = _still_used(user, data.users)
+    kept_items, item_map, items = _still_used(item, data.items)
     interactions = Interactions(
         user_map[user], item_map[item], users, items,
         value=None if data.value is None else data.value[keep],

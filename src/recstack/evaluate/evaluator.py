@@ -1,21 +1,19 @@
 """Full-ranking evaluation: user blocks -> scores -> history mask -> top-k -> `Rankings` -> metrics.
 
-`evaluate` knows nothing of models beyond the structural `Scorer` protocol, so the trainer
-can call it for early stopping. Scores are computed for blocks of users sized from the
-catalogue and a memory budget, never one user at a time.
+`evaluate` knows nothing of models beyond the declared abilities in `recstack.abilities`
+(`Scorer`, `ListRecommender`), so the trainer can call it for early stopping. Scores are computed
+for blocks of users sized from the catalogue and a memory budget, never one user at a time.
 """
 
 from __future__ import annotations
 
-import inspect
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 
+from recstack.abilities import ListRecommender, Scorer  # noqa: F401  (Scorer re-exported)
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.evaluate.accuracy import METRICS, item_coverage
@@ -28,10 +26,6 @@ DEFAULT_KS = (10, 20)
 POOL_TIE_SEED = 0
 # bytes per scored (user, item) cell: float32 score plus room for the top-k partition's work
 _BYTES_PER_CELL = 8
-
-
-class Scorer(Protocol):
-    def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray: ...
 
 
 @dataclass
@@ -71,27 +65,6 @@ def parse_metric_labels(metrics: Sequence[str], ks: Sequence[int]) -> list[tuple
     return list(dict.fromkeys(pairs))
 
 
-_VALIDATION_MASKS_HISTORY: ContextVar[bool] = ContextVar("validation_masks_history", default=True)
-
-
-@contextmanager
-def validation_protocol(*, mask_history: bool):
-    """Inside this block, validation during training (the `Trainer`'s early stopping) masks the
-    history or not as given: `recstack run` and `tune` wrap every fit in the experiment's
-    `mask_history`, so a model is selected under the protocol it is reported under (repeat
-    consumption: False). Outside any block, validation masks the history."""
-    token = _VALIDATION_MASKS_HISTORY.set(bool(mask_history))
-    try:
-        yield
-    finally:
-        _VALIDATION_MASKS_HISTORY.reset(token)
-
-
-def validation_masks_history() -> bool:
-    """The history masking that validation during training uses here (see `validation_protocol`)."""
-    return _VALIDATION_MASKS_HISTORY.get()
-
-
 def rank(
     model: Scorer,
     users: np.ndarray,
@@ -119,18 +92,12 @@ def rank(
         outside_pool = np.ones(n_items, dtype=bool)
         outside_pool[np.asarray(item_pool, dtype=np.int64)] = False
         tie_order = np.random.default_rng(POOL_TIE_SEED).permutation(n_items)
-    if hasattr(model, "top_k") and (outside_pool is None or not hasattr(model, "score")):
+    if isinstance(model, ListRecommender) and (outside_pool is None or not isinstance(model, Scorer)):
         if outside_pool is not None:
             raise RecstackError(f"{type(model).__name__} generates its own lists (top_k) and has no score(), so it "
                                 f"cannot rank a restricted item pool; evaluate it on a split without item pools")
-        # generative / search models produce their own lists, masking history themselves
-        if mask_history:
-            items, scores = model.top_k(users, history, k)
-        elif "mask_history" in inspect.signature(model.top_k).parameters:
-            items, scores = model.top_k(users, history, k, mask_history=False)
-        else:
-            raise RecstackError(f"{type(model).__name__}.top_k always leaves the history out, so it cannot be "
-                                f"evaluated with mask_history=False; evaluate it with history masking on")
+        # generative / search models produce their own lists, masking history as told
+        items, scores = model.top_k(users, history, k, mask_history=mask_history)
         return np.asarray(items), np.asarray(scores)
     hist = history.matrix()
     block = block_size_for(n_items, memory_budget_mb)

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
 
 from recstack.errors import RecstackError
+from recstack.train.fields import TrainingFields, check_valid_metric
 
 DEFAULT_METRICS = ("Recall", "Precision", "NDCG", "MRR", "Hit", "MAP", "Coverage")
 DEFAULT_KS = (10, 20)
@@ -348,9 +349,10 @@ class ExperimentConfig(_Strict):
         """Every model's `device` exists on this machine. Not part of validation, so that a finished run
         stays readable on another machine; a run calls it before it reads any data."""
         for position, entry in enumerate(self.models):
-            device = getattr(self.model_config_for(entry), "device", None)
-            if not isinstance(device, str) or device in ("auto", "cpu"):
+            model_config = self.model_config_for(entry)
+            if not isinstance(model_config, TrainingFields) or model_config.device in ("auto", "cpu"):
                 continue
+            device = model_config.device
             from recstack.train.trainer import resolve_device
 
             try:
@@ -407,17 +409,14 @@ def _check_seed(seed: int) -> int:
 
 def _check_fit_settings(model_config: Any) -> None:
     """Values a model hands on to its trainer, which would otherwise fail only when `fit` reaches them."""
-    seed = getattr(model_config, "seed", None)
+    seed = getattr(model_config, "seed", None)  # a user's own config may have none
     if isinstance(seed, int):
         try:
             _check_seed(seed)
         except ValueError as exc:
             raise ExperimentConfigError(f"seed {exc}") from None
-    valid_metric = getattr(model_config, "valid_metric", None)
-    if isinstance(valid_metric, str):
-        from recstack.train.trainer import check_valid_metric  # torch: only models that train with it
-
-        check_valid_metric(valid_metric)
+    if isinstance(model_config, TrainingFields):
+        check_valid_metric(model_config.valid_metric)
 
 
 # ---- reading configs ----------------------------------------------------------------------

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from rich.markup import escape
 
+from recstack.abilities import TrainedByEpochs
 from recstack.data.dataset import Dataset
 from recstack.errors import RecstackError
 from recstack.evaluate.evaluator import EvalResult, evaluate, rank
@@ -195,20 +196,16 @@ def run_experiment(
             model = fitted.model
             part_results, eval_seconds = _score(model, config, split)
             peak_mb = _peak_rss_mb()
-            if hasattr(model, "save"):
-                model.save(rundir.model_dir(tmp, label))
+            model.save(rundir.model_dir(tmp, label))  # every Recommender saves
             models[label], results[label] = model, part_results
             metrics[label], timings[label] = _model_record(entry, fitted, part_results, eval_seconds, peak_mb)
             tick = time.perf_counter()
             metrics[label].update(analysis.for_model(model, part_results["test"]))
             timings[label]["analysis_seconds"] = time.perf_counter() - tick
-            model_curve = getattr(model, "history_", None)
-            if model_curve:
-                curves[label] = [dict(epoch) for epoch in model_curve]
+            if isinstance(model, TrainedByEpochs) and model.history_:
+                curves[label] = [dict(epoch) for epoch in model.history_]
                 # the epoch whose weights the fitted model keeps (best validation epoch, restored)
-                best = getattr(model, "best_epoch_", None)
-                if isinstance(best, (int, np.integer)) and not isinstance(best, bool):
-                    metrics[label]["best_epoch"] = int(best)
+                metrics[label]["best_epoch"] = int(model.best_epoch_)
             say(f"      fit {fitted.fit_seconds:.1f} s, eval {sum(eval_seconds.values()):.1f} s; valid "
                 f"{config.valid_metric} {_fmt(part_results['valid'].metrics.get(config.valid_metric))}, test "
                 f"{config.valid_metric} {_fmt(part_results['test'].metrics.get(config.valid_metric))}")

@@ -2,25 +2,24 @@
 
 `run_experiment` (each model), `tune` (each trial) and `RunAnalysis` (its popularity reference)
 fit through `fit_entry`, so wherever a model trains it is built with the experiment seed as its
-default seed, given the dataset's side data and fitted under the experiment's validation
-protocol. `run_experiment` and `tune` score through `scoring`, so a part is always scored with
+default seed, given the dataset's side data (when it declares `UsesDataset`) and fitted with
+one explicit `FitOptions` carrying the experiment's validation protocol. `run_experiment` and `tune` score through `scoring`, so a part is always scored with
 the same history, item pool, history masking and memory budget.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from recstack.abilities import UsesDataset
 from recstack.data.dataset import Dataset
 from recstack.data.interactions import Interactions
-from recstack.evaluate.evaluator import validation_protocol
 from recstack.experiment.config import ExperimentConfig, ModelEntry
 from recstack.split.base import Split
-from recstack.train.epoch_log import epoch_log
+from recstack.train.options import FitOptions
 
 
 @dataclass
@@ -48,19 +47,19 @@ def fit_entry(config: ExperimentConfig, entry: ModelEntry, dataset: Dataset, spl
 
     Validation during training masks the history as the experiment's `mask_history` says, so a
     model is selected under the protocol it is reported under. With `log`, trainers append their
-    epochs there (and print nothing when `progress` is False).
+    epochs there; with `progress` False they print nothing.
     """
     from recstack.models import build  # looked up at each call: a patched registry (tests watch builds) holds
 
     tick = time.perf_counter()
     model = build(entry.name, config.model_config_for(entry))  # the experiment seed unless the entry sets one
-    if hasattr(model, "use_dataset"):  # models that read side information (item texts)
+    if isinstance(model, UsesDataset):  # models that read side information (item texts)
         model.use_dataset(dataset)
     setup_seconds = time.perf_counter() - tick
+    options = FitOptions(mask_history=config.mask_history, log_path=log, progress=progress,
+                         label=entry.display if log is not None else None)
     tick = time.perf_counter()
-    with (validation_protocol(mask_history=config.mask_history),
-          epoch_log(log, progress=progress) if log is not None else nullcontext()):
-        model.fit(split.train, split.valid)
+    model.fit(split.train, split.valid, options=options)
     return Fitted(model, time.perf_counter() - tick, setup_seconds)
 
 

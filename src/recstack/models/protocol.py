@@ -1,7 +1,9 @@
 """The `Recommender` protocol, `ModelConfig`, and helpers every model shares.
 
-A recommender is any class with a `Config`, `fit(train, valid=None) -> self` and
-`score(users, history, items=None) -> float32 (B, n_items or C)`. `history` carries
+A recommender is any class with a `Config`, `fit(train, valid=None, *, options=None) -> self`,
+`score(users, history, items=None) -> float32 (B, n_items or C)`, `save` and `load`. Optional
+abilities (own lists, side data, epoch history) are the protocols of `recstack.abilities`,
+re-exported here; `FitOptions` carries per-call training options. `history` carries
 everything the model may look at for those users, so leakage is impossible by
 construction and users unseen at fit time are scored from their history where the model
 allows it. `score` returns a fresh array the caller may write into (the evaluator masks in place). Fitted state ends in `_` (scikit-learn's convention); `save`/`load` write the
@@ -22,10 +24,12 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from recstack.abilities import ListRecommender, Scorer, TrainedByEpochs, UsesDataset  # noqa: F401  (re-exported)
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.fs import atomic_directory
 from recstack.registry import UntrustedCodeError, check_trusted  # noqa: F401  (re-exported: callers import them here)
+from recstack.train.options import FitOptions
 
 
 class NotFittedError(RecstackError, AttributeError):
@@ -65,12 +69,15 @@ class ModelConfig(BaseModel):
 
 @runtime_checkable
 class Recommender(Protocol):
-    """What `evaluate`, `experiment` and `serve` rely on."""
+    """The lifecycle every model has: what `evaluate` and `experiment` rely on. `options` changes how
+    training runs (validation protocol, logs, device), never what the config describes; a model that
+    does not train epoch by epoch accepts and ignores it."""
 
     Config: ClassVar[type[ModelConfig]]
     config: ModelConfig
 
-    def fit(self, train: Interactions, valid: Interactions | None = None) -> Self: ...
+    def fit(self, train: Interactions, valid: Interactions | None = None, *,
+            options: FitOptions | None = None) -> Self: ...
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray: ...
 
@@ -133,25 +140,27 @@ class SaveLoad:
     """Generic `save`/`load` for models whose fitted state is arrays, sparse matrices and scalars.
 
     Every attribute whose name ends in `_` (and does not start with `_`) is saved: numpy arrays
-    and scipy sparse matrices into `state.npz`, JSON-able scalars and lists into `model.json`.
+    and scipy sparse matrices into `state.npz`, a dict of named arrays (a module's state dict, see
+    `TorchRecommender`) as `name/key` entries there, JSON-able scalars and lists into `model.json`.
     Models with other state (e.g. a torch module) convert it to arrays in `fit`.
     """
 
     def _replace_fitted(self, values: dict[str, Any]) -> None:
         """Drop every fitted attribute of an earlier fit, then set `values` (names ending in `_`), so a
         refit never keeps state the new fit did not produce."""
-        for name in [a for a in vars(self) if _is_fitted_name(a)]:
+        for name in [a for a in vars(self) if is_fitted_name(a)]:
             delattr(self, name)
         for name, value in values.items():
             setattr(self, name, value)
 
     def save(self, path: str | os.PathLike) -> None:
-        check_fitted(self, *[a for a in vars(self) if _is_fitted_name(a)] or ["__fitted_state__"])
+        check_fitted(self, *[a for a in vars(self) if is_fitted_name(a)] or ["__fitted_state__"])
         arrays: dict[str, np.ndarray] = {}
         scalars: dict[str, Any] = {}
         sparse: dict[str, str] = {}
+        named: list[str] = []
         for name, value in vars(self).items():
-            if not _is_fitted_name(name):
+            if not is_fitted_name(name):
                 continue
             if sp.issparse(value):
                 value = value.tocsr()
@@ -160,6 +169,13 @@ class SaveLoad:
                 arrays[f"{name}.indices"] = value.indices
                 arrays[f"{name}.indptr"] = value.indptr
                 arrays[f"{name}.shape"] = np.asarray(value.shape)
+            elif isinstance(value, dict) and value and all(isinstance(v, np.ndarray) for v in value.values()):
+                named.append(name)
+                for key, array in value.items():
+                    if array.dtype == object:
+                        raise TypeError(f"{type(self).__name__}.{name}[{key!r}] is an object array; cannot save "
+                                        "without pickle")
+                    arrays[f"{name}/{key}"] = array
             elif isinstance(value, np.ndarray):
                 if value.dtype == object:
                     raise TypeError(f"{type(self).__name__}.{name} is an object array; cannot save without pickle")
@@ -175,6 +191,7 @@ class SaveLoad:
             "config": self.config.model_dump(mode="json"),
             "scalars": scalars,
             "sparse": sparse,
+            "named_arrays": named,
         }
         with atomic_directory(path) as tmp:
             (tmp / "model.json").write_text(json.dumps(meta, indent=1))
@@ -206,6 +223,9 @@ class SaveLoad:
             except (ValueError, TypeError) as exc:
                 raise _damaged(path / "state.npz", f"sparse matrix {name!r}: {exc}") from None
             setattr(model, name, matrix)
+        for name in meta.get("named_arrays", []):
+            prefix = f"{name}/"
+            setattr(model, name, {key[len(prefix):]: arrays.pop(key) for key in list(arrays) if key.startswith(prefix)})
         for name, value in arrays.items():
             setattr(model, name, value)
         for name, value in meta["scalars"].items():
@@ -213,7 +233,8 @@ class SaveLoad:
         return model
 
 
-def _is_fitted_name(name: str) -> bool:
+def is_fitted_name(name: str) -> bool:
+    """Fitted state: a name ending in `_` that does not start with one (scikit-learn's convention)."""
     return name.endswith("_") and not name.startswith("_")
 
 

@@ -9,7 +9,9 @@ The model supplies four things and keeps all model code to itself:
 - `batches() -> iterable of batches`: called once per epoch; a batch is a tuple of numpy arrays
   or tensors, which the trainer moves to the device before `batch_loss` sees it;
 - `scorer`: anything with `score(users, history, items=None) -> numpy`, reading the module's current
-  weights, used for validation with `recstack.evaluate.evaluate(scorer, history=train, test=valid)`.
+  weights, used for validation with `recstack.evaluate.evaluate(scorer, history=train, test=valid)`;
+  or a zero-argument function returning one, called once per validation (`TorchRecommender` passes
+  the model itself with the module's current weights exported into it).
 
 Early stopping watches one validation metric (higher is better) and restores the weights of the
 best evaluated epoch at the end; without validation data every epoch is trained and the last
@@ -17,25 +19,26 @@ weights are kept. Patience counts evaluations without improvement (epochs when `
 
 Also: a learning-rate schedule stepped once per epoch (constant, cosine, step, exponential),
 gradient-norm clipping, optional bf16 autocast, a JSON-lines log with one line per epoch
-(`log_path`, else the file of an enclosing `train.epoch_log.epoch_log` block: `recstack run` sets
-`<run>/logs/<label>.jsonl`), and a checkpoint after every epoch (`checkpoint_dir`) from which
+(`log_path`, else `FitOptions.log_path`: `recstack run` passes `<run>/logs/<label>.jsonl`), and a checkpoint after every epoch (`checkpoint_dir`) from which
 `resume=True` continues: module, optimiser, schedule, history, early-stopping state and torch's RNG are
 restored. The model's own numpy samplers are not in the checkpoint, so a resumed run follows a
 different (equally valid) sample path than an uninterrupted one.
 
-Progress goes to stderr, named after the epoch log (the run's model label): a rich bar on a
+Per-call options (validation history masking, epoch log, progress, device) arrive as one
+explicit `FitOptions`, never as ambient state.
+
+Progress goes to stderr, named after `FitOptions.name` (the run's model label): a rich bar on a
 terminal; elsewhere (CI, nohup, a pipe) a plain line per epoch at most every
 `PLAIN_PROGRESS_SECONDS` (nothing for a shorter fit), ending with the last epoch. `verbose=False`
-or an `epoch_log(..., progress=False)` block (`recstack run --quiet`) silences both.
+or `FitOptions(progress=False)` (`recstack run --quiet`) silences both.
 
 >>> seed_everything(config.seed)                 # before building the module: fixes its init
->>> trainer = Trainer(TrainerConfig(epochs=50, learning_rate=1e-3, seed=config.seed))
+>>> trainer = Trainer(TrainerConfig(epochs=50, learning_rate=1e-3, seed=config.seed), options)
 >>> history = trainer.fit(net, loss_fn, make_batches, scorer, train=train, valid=valid)
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import math
@@ -49,14 +52,15 @@ from typing import Any, Callable, Iterable, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import ConfigDict, PositiveFloat, PositiveInt, field_validator, model_validator
 from pydantic import NonNegativeFloat
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.evaluate.accuracy import METRICS
-from recstack.evaluate.evaluator import Scorer, evaluate, parse_metric_labels, validation_masks_history
-from recstack.train.epoch_log import current_epoch_log, epoch_progress_enabled
+from recstack.evaluate.evaluator import Scorer, evaluate
+from recstack.train.fields import TRAINING_FIELDS, TrainingFields, check_valid_metric
+from recstack.train.options import DEFAULT_FIT_OPTIONS, FitOptions
 
 logger = logging.getLogger(__name__)
 
@@ -65,30 +69,18 @@ class TrainingDivergedError(RecstackError):
     """The training loss became NaN or infinite."""
 
 
-_MODEL_SETTINGS = ("epochs", "learning_rate", "batch_size", "early_stopping_patience", "valid_metric", "eval_every",
-                   "seed", "device", "verbose")
-
-
-class TrainerConfig(BaseModel):
-    """Loop settings; a model's config maps its own fields onto these."""
+class TrainerConfig(TrainingFields):
+    """The shared `TrainingFields` plus the loop settings a model chooses in code (optimiser, schedule...)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     epochs: PositiveInt = 10
-    learning_rate: PositiveFloat = 1e-3
-    batch_size: PositiveInt = 1024  # informational for the loop; the model's batch factory uses it
     # "none": `batch_loss` applies its own closed-form update under no_grad and returns the loss
     # (BPR-MF's per-triple SGD); the trainer only runs the loop, validation and early stopping
     optimizer: Literal["adam", "adamw", "sgd", "none"] = "adam"
     weight_decay: NonNegativeFloat = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)  # SASRec's paper trains with beta2 = 0.98
-    early_stopping_patience: PositiveInt | None = 10
-    valid_metric: str = "NDCG@10"
-    eval_every: PositiveInt = 1
     seed: int = 0
-    device: str = "auto"
-    n_threads: PositiveInt | None = None  # None leaves torch's own default
-    verbose: bool = True
     lr_schedule: Literal["constant", "cosine", "step", "exponential"] = "constant"
     lr_step_size: PositiveInt = 30  # epochs between decays for "step"
     lr_gamma: PositiveFloat = 0.5  # decay factor for "step" and (per epoch) "exponential"
@@ -99,12 +91,13 @@ class TrainerConfig(BaseModel):
     log_path: str | None = None  # append one JSON line per epoch
 
     @classmethod
-    def from_model(cls, config: Any, **settings: Any) -> "TrainerConfig":
-        """The loop settings every neural model's config carries under the same names (epochs,
-        learning_rate, batch_size, early_stopping_patience, valid_metric, eval_every, seed, device,
-        verbose), plus `settings` for the rest (e.g. optimizer="adam")."""
-        shared = {name: getattr(config, name) for name in _MODEL_SETTINGS}
-        return cls(**{**shared, **settings})
+    def from_fields(cls, fields: TrainingFields, seed: int, **settings: Any) -> "TrainerConfig":
+        """The loop a model's config describes: its `TrainingFields` and `seed`, plus `settings` the
+        model fixes in code (e.g. optimizer="none", adam_betas=(0.9, 0.98))."""
+        if not isinstance(fields, TrainingFields):
+            raise TypeError(f"{type(fields).__name__} does not carry TrainingFields; derive the config from it")
+        shared = {name: getattr(fields, name) for name in TRAINING_FIELDS}
+        return cls(**{**shared, "seed": seed, **settings})
 
     @model_validator(mode="after")
     def _no_gradient_settings_without_optimizer(self) -> "TrainerConfig":
@@ -122,31 +115,6 @@ class TrainerConfig(BaseModel):
         if not all(0.0 <= beta < 1.0 for beta in value):
             raise ValueError(f"adam_betas must both lie in [0, 1), got {value}")
         return value
-
-    @field_validator("valid_metric")
-    @classmethod
-    def _one_metric_with_cutoff(cls, value: str) -> str:
-        try:
-            return check_valid_metric(value)
-        except RecstackError as exc:  # pydantic reports ValueErrors with the field name
-            raise ValueError(str(exc).removeprefix("valid_metric ")) from None
-
-
-def check_valid_metric(value: str) -> str:
-    """'ndcg@10' -> 'NDCG@10'; anything else the trainer could not evaluate is a user error (checked when
-    an experiment is read, so it fails before the first model trains rather than at this model's fit)."""
-    name, at, k = value.partition("@")
-    known = {metric.lower(): metric for metric in [*METRICS, "Coverage"]}
-    canonical = known.get(name.strip().lower())
-    if canonical is None:
-        close = difflib.get_close_matches(name.strip().lower(), list(known), n=1, cutoff=0.6)
-        example = f"{known[close[0]]}@{k.strip() or 10}" if close else "NDCG@10"
-        hint = f"did you mean {example!r}?" if close else f"e.g. {example!r}"
-        raise RecstackError(f"valid_metric {value!r} is unknown; {hint} (metrics: {', '.join(known.values())})")
-    if not at or not k.strip().isdigit() or int(k) < 1:
-        raise RecstackError(f"valid_metric {value!r} needs a cut-off k >= 1, e.g. '{canonical}@10'")
-    (name, k), = parse_metric_labels([f"{canonical}@{int(k)}"], [])
-    return f"{name}@{k}"
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -229,9 +197,10 @@ class Trainer:
     and `stopped_early`.
     """
 
-    def __init__(self, config: TrainerConfig | None = None) -> None:
+    def __init__(self, config: TrainerConfig | None = None, options: FitOptions | None = None) -> None:
         self.config = config or TrainerConfig()
-        self.device = resolve_device(self.config.device)
+        self.options = options or DEFAULT_FIT_OPTIONS
+        self.device = resolve_device(self.options.device or self.config.device)
         self.history: list[dict[str, Any]] = []
         self.best_epoch: int | None = None
         self.best_value: float | None = None
@@ -282,23 +251,31 @@ class Trainer:
         torch.save(state, tmp)
         os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
 
+    @property
+    def log_path(self) -> Path | None:
+        """The config's own log file, else the one the fit options name."""
+        return Path(self.config.log_path) if self.config.log_path is not None else self.options.log_path
+
     def _log_epoch(self, entry: dict[str, Any]) -> None:
-        path = Path(self.config.log_path) if self.config.log_path is not None else current_epoch_log()
+        path = self.log_path
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a") as handle:
                 handle.write(json.dumps(entry) + "\n")
 
-    def validate(self, scorer: Scorer, train: Interactions, valid: Interactions, module: torch.nn.Module) -> float:
+    def validate(self, scorer: Scorer | Callable[[], Scorer], train: Interactions, valid: Interactions,
+                 module: torch.nn.Module) -> float:
         """The validation metric of `scorer` ranking over the full catalogue with `train` masked
         (over `valid.item_pool` only when it is set, as on a cold-item split; `train` stays
-        rankable inside a `validation_protocol(mask_history=False)` block)."""
+        rankable with `FitOptions(mask_history=False)`). A scorer factory is called here, with the
+        module in eval mode and gradients off."""
         was_training = module.training
         module.eval()
         try:
             with torch.no_grad():
-                result = evaluate(scorer, history=train, test=valid, metrics=[self.config.valid_metric],
-                                  mask_history=validation_masks_history())
+                current = scorer if isinstance(scorer, Scorer) else scorer()
+                result = evaluate(current, history=train, test=valid, metrics=[self.config.valid_metric],
+                                  mask_history=self.options.mask_history)
         finally:
             module.train(was_training)
         return float(result.metrics[self.config.valid_metric])
@@ -308,7 +285,7 @@ class Trainer:
         module: torch.nn.Module,
         batch_loss: Callable[[torch.nn.Module, Any], torch.Tensor],
         batches: Callable[[], Iterable[Any]],
-        scorer: Scorer | None = None,
+        scorer: Scorer | Callable[[], Scorer] | None = None,
         *,
         train: Interactions | None = None,
         valid: Interactions | None = None,
@@ -354,9 +331,9 @@ class Trainer:
             if saved["stopped_early"]:
                 first_epoch = c.epochs + 1  # that run had already finished
 
-        log = Path(c.log_path) if c.log_path is not None else current_epoch_log()
-        name = log.stem if log is not None else "training"  # `recstack run` logs to <label>.jsonl
-        shown = c.verbose and epoch_progress_enabled()
+        log = self.log_path
+        name = self.options.label or (log.stem if log is not None else "training")  # `recstack run`: the label
+        shown = c.verbose and self.options.progress
         interactive = shown and sys.stderr.isatty()
         plain = _PlainProgress(name, c.epochs, PLAIN_PROGRESS_SECONDS) if shown and not interactive else None
         with _progress(interactive) as progress:
@@ -433,3 +410,4 @@ class Trainer:
         if validating and c.verbose:
             logger.info("best %s %.4f at epoch %s of %d", label, self.best_value, self.best_epoch, len(self.history))
         return self.history
+

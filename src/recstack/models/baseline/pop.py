@@ -13,6 +13,7 @@ import numpy as np
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
+from recstack.train.options import FitOptions
 
 
 class PopConfig(ModelConfig):
@@ -27,7 +28,8 @@ class Pop(SaveLoad):
     def __init__(self, config: PopConfig | None = None) -> None:
         self.config = config or PopConfig()
 
-    def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
+    def fit(self, train: Interactions, valid: Interactions | None = None, *,
+            options: FitOptions | None = None) -> Self:
         self.item_counts_ = train.item_counts().astype(np.float32)
         return self
 

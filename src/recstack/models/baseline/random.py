@@ -14,6 +14,7 @@ import numpy as np
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
+from recstack.train.options import FitOptions
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -40,7 +41,8 @@ class Random(SaveLoad):
     def __init__(self, config: RandomConfig | None = None) -> None:
         self.config = config or RandomConfig()
 
-    def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
+    def fit(self, train: Interactions, valid: Interactions | None = None, *,
+            options: FitOptions | None = None) -> Self:
         self.n_items_ = int(train.n_items)
         return self
 

@@ -17,17 +17,11 @@ Item texts reach the model outside `fit(train, valid)`, keyed by external item i
 - `set_item_embeddings(item_ids, vectors)`: precomputed vectors (e.g. the paper's LLM embeddings).
 `fit` without either raises a `RecstackError`; an item of the training data without a vector too.
 
-Notable choices: the whole graph is propagated once per step (as LightGCN here); the user input
-representation uses the training interactions given to `fit`; users without training events get
-zero factors (score 0 everywhere). After `fit` the L2-normalised propagated factors are plain numpy
-(`user_factors_`, `item_factors_`), so scores are `P[users] @ Q.T`. No weight decay.
+Users without training events score 0 everywhere; no weight decay (implementation notes:
+docs/models/alpharec.md).
 
-Defaults follow the paper and its reference code (tau=0.15, 2 propagation layers, 64-d output, Adam,
-learning_rate=5e-4) except `n_negatives`, lowered from the code's 256 to 64 for CPU cost; they were
-not tuned further. Checked on ml-100k VALIDATION data only (all ratings positive, per-user random
-8:1:1 split, seed 2020, MiniLM vectors of "Title (year). Genres: ...", one thread, one run):
-validation NDCG@10 0.260 (best epoch 21, about 7 s per epoch, 210 s in all) against LightGCN's 0.255
-in the same run. For reference only, test NDCG@10 0.302 (LightGCN 0.311).
+Defaults follow the paper and its reference code except `n_negatives` (64, not 256, for CPU cost);
+tuning record: docs/models/alpharec.md.
 """
 
 from __future__ import annotations
@@ -42,15 +36,13 @@ from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 from recstack.data.dataset import Dataset
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.models.kernels.graph import normalized_adjacency, sparse_tensor, symmetric_matmul
-from recstack.models.kernels.scoring import dot_scores
-from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
-from recstack.train.indexing import gather_rows
-from recstack.train.sampling import EpochPairs, UniformNegativeSampler
-from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
+from recstack.models.kernels.graph import (PropagatedFactors, layer_mean, normalized_adjacency, sparse_tensor,
+                                           triple_scores)
+from recstack.models.neural import TorchRecommender, TrainingFields
+from recstack.models.protocol import ModelConfig
 
 
-class AlphaRecConfig(ModelConfig):
+class AlphaRecConfig(ModelConfig, TrainingFields):
     encoder: Literal["minilm", "tfidf"] = "minilm"  # how use_dataset turns item texts into vectors
     tfidf_dim: PositiveInt = 128  # width of the "tfidf" encoder's vectors
     cache_embeddings: bool = True  # keep encoded item texts on disk (recstack's embeddings cache)
@@ -62,11 +54,6 @@ class AlphaRecConfig(ModelConfig):
     learning_rate: PositiveFloat = 5e-4
     epochs: PositiveInt = 300  # a maximum: early stopping usually ends training before
     batch_size: PositiveInt = 2048
-    early_stopping_patience: PositiveInt | None = 10
-    eval_every: PositiveInt = 1
-    valid_metric: str = "NDCG@10"
-    device: str = "auto"  # cuda when available, else cpu
-    verbose: bool = True
 
 
 class _Net(torch.nn.Module):
@@ -82,29 +69,12 @@ class _Net(torch.nn.Module):
 
     def propagate(self) -> torch.Tensor:
         """(n_users + n_items, d): the mean of layers 0..K of the MLP's output on the graph."""
-        layer = self.mlp(self.inputs)
-        total = layer
-        for _ in range(self.n_layers):
-            layer = symmetric_matmul(self.adjacency, layer)
-            total = total + layer
-        return total / (self.n_layers + 1)
+        return layer_mean(self.adjacency, self.mlp(self.inputs), self.n_layers)
 
     def factors(self) -> tuple[np.ndarray, np.ndarray]:
         with torch.no_grad():
             final = torch.nn.functional.normalize(self.propagate(), dim=-1).to("cpu", torch.float32).numpy().copy()
         return final[:self.n_users], final[self.n_users:]
-
-
-class _LiveScorer:
-    def __init__(self, net: _Net, inactive: np.ndarray) -> None:
-        self.net, self.inactive, self.cache = net, inactive, None
-
-    def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
-        if self.cache is None:
-            user_factors, item_factors = self.net.factors()
-            user_factors[self.inactive] = 0.0
-            self.cache = user_factors, item_factors
-        return dot_scores(users, items, *self.cache)
 
 
 def user_mean_inputs(matrix: sp.csr_matrix, item_inputs: np.ndarray) -> np.ndarray:
@@ -118,13 +88,14 @@ def user_mean_inputs(matrix: sp.csr_matrix, item_inputs: np.ndarray) -> np.ndarr
     return (sums / np.maximum(counts, 1.0)[:, None]).astype(np.float32)
 
 
-class AlphaRec(SaveLoad):
+class AlphaRec(PropagatedFactors, TorchRecommender):
     """Frozen language embeddings of items -> MLP -> LightGCN propagation, cosine scores, InfoNCE."""
 
     Config = AlphaRecConfig
 
     def __init__(self, config: AlphaRecConfig | None = None) -> None:
-        self.config = config or AlphaRecConfig()
+        super().__init__(config)
+        # side data, given before fit: fit keeps it (it drops only the private state it adds); never saved
         self._item_ids: np.ndarray | None = None
         self._item_vectors: np.ndarray | None = None
 
@@ -170,52 +141,17 @@ class AlphaRec(SaveLoad):
         return self._item_vectors[rows]
 
     # ---- training -----------------------------------------------------------------------------
-    def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
+    def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
-        if len(train) == 0:
-            raise RecstackError("AlphaRec cannot be fitted on empty training data; check the filters and split")
         item_inputs = self._aligned_item_inputs(train)
-        seed_everything(c.seed)
-        rng = np.random.default_rng(c.seed)
-        matrix = train.matrix()
+        matrix = self.sample_pairs(train, rng)
         user_inputs = user_mean_inputs(matrix, item_inputs)
-        net = _Net(sparse_tensor(normalized_adjacency(matrix)), torch.from_numpy(user_inputs),
-                   torch.from_numpy(np.ascontiguousarray(item_inputs)), c.mlp_hidden, c.embedding_size, c.n_layers)
-        inactive = train.user_counts() == 0
-        scorer = _LiveScorer(net, inactive)
-        n_users = train.n_users
+        return _Net(sparse_tensor(normalized_adjacency(matrix)), torch.from_numpy(user_inputs),
+                    torch.from_numpy(np.ascontiguousarray(item_inputs)), c.mlp_hidden, c.embedding_size, c.n_layers)
 
-        def batch_loss(module: _Net, batch) -> torch.Tensor:
-            users, pos, neg = batch
-            scorer.cache = None  # the weights are about to change
-            final = torch.nn.functional.normalize(module.propagate(), dim=-1)
-            e_u = gather_rows(final, users)
-            e_i = gather_rows(final, n_users + pos)
-            e_j = gather_rows(final, n_users + neg)  # (B, n_negatives, d)
-            pos_logits = (e_u * e_i).sum(-1, keepdim=True)
-            neg_logits = (e_u.unsqueeze(1) * e_j).sum(-1)
-            logits = torch.cat([pos_logits, neg_logits], dim=1) / c.tau
-            return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
-
-        pairs = EpochPairs.from_matrix(matrix, c.batch_size, rng)
-        sampler = UniformNegativeSampler(matrix, rng)
-
-        def batches():
-            negatives = sampler.sample(pairs.users, c.n_negatives)
-            for index, users, items in pairs.indexed():
-                yield users, items, negatives[index]
-
-        trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
-        history = trainer.fit(net, batch_loss, batches, scorer, train=train, valid=valid)
-
-        user_factors, item_factors = net.factors()
-        user_factors[inactive] = 0.0
-        self.user_factors_ = user_factors
-        self.item_factors_ = item_factors
-        self.history_ = history
-        self.best_epoch_ = trainer.best_epoch if trainer.best_epoch is not None else len(history)
-        return self
-
-    def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
-        check_fitted(self, "user_factors_", "item_factors_")
-        return dot_scores(users, items, self.user_factors_, self.item_factors_)
+    def batch_loss(self, module: _Net, batch) -> torch.Tensor:
+        users, pos, neg = batch
+        final = torch.nn.functional.normalize(module.propagate(), dim=-1)
+        pos_logits, neg_logits = triple_scores(final, users, pos, neg, module.n_users)  # (B,), (B, n_negatives)
+        logits = torch.cat([pos_logits.unsqueeze(1), neg_logits], dim=1) / self.config.tau
+        return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()

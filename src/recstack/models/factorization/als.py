@@ -6,7 +6,7 @@ p_ui = 1 for each (binary) training interaction r_ui and 0 elsewhere. This wraps
 `implicit.cpu.als.AlternatingLeastSquares` rather than re-implementing it; implicit reads the
 matrix entries as the confidence c_ui itself, so we hand it 1 + alpha r_ui and keep its own
 alpha at 1. Its conjugate-gradient solver fits; BLAS is held to one thread meanwhile because
-implicit parallelises over users itself (`threads`, 0 = all cores).
+implicit parallelises over users itself (`n_threads`, None = all cores).
 
 Scoring folds every user in from `history`: x_u = (Y^T C_u Y + reg I)^-1 Y^T C_u p_u, solved
 exactly for the whole block by implicit's `recalculate_user` (Cholesky per user, in parallel),
@@ -26,12 +26,13 @@ from typing import Self
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 from threadpoolctl import threadpool_limits
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted, gather_items
+from recstack.train.options import FitOptions
 
 
 class ALSConfig(ModelConfig):
@@ -39,7 +40,7 @@ class ALSConfig(ModelConfig):
     reg: NonNegativeFloat = 30.0
     alpha: PositiveFloat = 3.0
     epochs: PositiveInt = 15
-    threads: NonNegativeInt = 0
+    n_threads: PositiveInt | None = None  # implicit's worker threads; None: every core
 
 
 def _confidence(matrix: sp.csr_matrix, alpha: float) -> sp.csr_matrix:
@@ -65,10 +66,11 @@ class ALS(SaveLoad):
         with threadpool_limits(1, "blas"):  # implicit warns (and slows down) if BLAS threads too
             return AlternatingLeastSquares(
                 factors=cfg.embedding_size, regularization=cfg.reg, alpha=1.0, dtype=np.float32,
-                iterations=cfg.epochs, num_threads=cfg.threads, random_state=cfg.seed,
+                iterations=cfg.epochs, num_threads=cfg.n_threads or 0, random_state=cfg.seed,
             )
 
-    def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
+    def fit(self, train: Interactions, valid: Interactions | None = None, *,
+            options: FitOptions | None = None) -> Self:
         model = self._implicit_model()
         with threadpool_limits(1, "blas"):
             model.fit(_confidence(train.matrix(), self.config.alpha), show_progress=False)

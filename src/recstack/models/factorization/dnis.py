@@ -1,71 +1,26 @@
 """DNIS (Cheng, Shen and Huang, "Differentiable Neural Input Search for Recommender Systems",
 arXiv 2006.04466, 2020) on BPR matrix factorisation: mixed embedding dimensions per frequency block.
 
-The search space is a dimension per block of feature values: user ids and item ids are each
-sorted by training frequency and cut into `n_blocks` equal-sized blocks (block 0 the most
-frequent). A soft selection layer multiplies every embedding by its block's weights,
-e~_x = e_x * alpha[f, block(x)] with alpha in [0, 1]^(2 x K x d), so that
-score(u, i) = <p_u * alpha_U[b(u)], q_i * alpha_I[b(i)]>, trained with BPR (uniform negatives)
-plus `reg` times the squared norms of the raw embeddings (alpha then acts as a per-block,
-per-dimension regularisation strength: a weight near 0 switches a dimension off).
+User and item ids are each sorted by training frequency and cut into `n_blocks` equal-sized blocks.
+A soft selection layer scales every embedding by its block's weights, alpha in [0, 1]^(2 x K x d):
+score(u, i) = <p_u * alpha_U[b(u)], q_i * alpha_I[b(i)]>, trained with BPR (uniform negatives) plus
+`reg` times the raw embeddings' squared norms. Search stage (first-order DARTS): every optimiser step
+of the embeddings is followed (`after_step`) by one Adam step of alpha on the BPR loss of *search*
+triples (`search_data`: held-out training pairs, or the validation set as in the paper), each
+block's gradient divided by its look-ups, alpha clipped to [0, 1]. Cells with |alpha| <
+`prune_threshold` are then removed (or the largest kept within `target_parameters`), and a training
+stage fine-tunes the pruned model with alpha frozen (`retrain="finetune"`) or retrains it from
+scratch with the 0/1 mask. Both stages stop early on validation; `search_history_` /
+`search_best_epoch_` record the search stage, `history_` / `best_epoch_` the training stage.
 
-Two levels, alternated DARTS-style (first-order, xi = 0): every optimiser step of the embeddings
-on the training loss (the shared `Trainer`) is followed, through `Trainer.fit(after_step=...)`,
-by one Adam step of alpha on the BPR loss of a batch of *search* triples with the embeddings held
-fixed. Gradient normalisation: a block's weight gradient is summed over its look-ups in the
-batch, so frequent blocks would move faster; each block's gradient is divided by its number of
-look-ups (users once per triple, items once per positive and per negative). After each step alpha
-is clipped to [0, 1] (1 = dimension kept whole): unbounded weights grow wherever the ranking is
-already right, because a larger scale always lowers the BPR loss, and that only undoes the
-regularisation. After the search, cells with |alpha| < `prune_threshold` are removed (or, with
-`target_parameters`, the largest weights are kept greedily within that share of the embedding
-parameters), giving each block its own dimension; the pruned model is then fine-tuned on all
-training pairs with alpha frozen (`retrain="finetune"`, the searched embeddings and weights,
-pruned cells zeroed) or retrained from a fresh initialisation as a plain mixed-dimension MF
-(`retrain="scratch"`, alpha replaced by the 0/1 mask). Both stages stop early on validation.
-
-Which data the architecture step reads (`search_data`):
-- "train_holdout" (default): a random `search_fraction` of each user's training pairs is held
-  out of the embeddings' loss during the search and feeds the alpha step; the retraining stage
-  then uses all training pairs. The validation part stays untouched by any gradient, so its
-  metric (early stopping, model selection, the figures below) is a held-out one.
-- "valid": the alpha step reads the validation interactions, as the paper does. Validation then
-  is part of the search: the validation metric of such a fit (and any model selection on it) is
-  optimistic, because the same interactions trained alpha.
-
-Fitted state: `user_factors_`, `item_factors_` (selected, pruned embeddings; scoring is
-P[users] @ Q.T without torch), `selection_weights_` (alpha after the search, (2, K, d): users,
-items), `dimension_mask_` (the kept cells), `block_dimensions_` ((2, K) kept dimensions per
-block), `block_sizes_`, `user_block_`, `item_block_`, `parameters_kept_` (kept embedding
-parameters / (n_users + n_items) * embedding_size), `search_history_`/`search_best_epoch_` and
-`history_`/`best_epoch_` of the two stages. Like BPR-MF, no fold-in: users without training
-events score zero.
-
-Defaults were chosen on ml-100k VALIDATION NDCG@10 (all ratings as positives, per-user random
-8:1:1 split, seed 2020, full ranking, train masked; test figures only for reference). The
-embedding settings are BPR-MF's tuned ones (64 dims, lr 2e-3, reg 3e-3, init 0.01, batch 4096).
-Search and pruning (about 12 fits): arch_learning_rate 1e-2 (1e-3 hardly moved alpha: 99% of the
-parameters kept; 3e-2 found nearly the same dimensions), n_blocks 8 (with fine-tuning at 2e-3,
-4 / 8 / 16 blocks kept 94% / 88% / 82% of the parameters at validation 0.247 / 0.244 / 0.242: 8 is
-the middle of that trade-off), fine-tuning at retrain_learning_rate 2e-4 (at 2e-3 the first
-fine-tuning epoch was the best, validation 0.244; from scratch 0.246 in twice the time;
-fine-tuning at 2e-4 0.248), prune_threshold 0.5 (0.1 gave the same validation NDCG,
-0.2486 vs 0.2484, with 92% instead of 88% of the parameters; 0.9 and 0.99 trade accuracy for size,
-see `benchmarks/dnis_tradeoff.py`). Without an upper clip alpha grew to 2-4 within 25 epochs
-and validation NDCG@10 fell to 0.228. Gradient normalisation leaves the found dimensions unchanged
-on ml-100k: Adam rescales each weight's step by its own gradient history, which absorbs a constant
-per-block factor. At the defaults: 88% of the embedding parameters, validation NDCG@10 0.248
-(BPR-MF, 64 dims: 0.245), test 0.298 (BPR-MF 0.293), about 60 s on one core.
-
-Reading of the paper: the full text was not at hand while writing this; the layer, the frequency
-blocks, the alternating first-order optimisation, the per-block gradient normalisation, threshold
-pruning and retraining follow its description as summarised here, and the clip to [0, 1], the
-equal-sized blocks and the train-holdout option are our choices.
+Deviations: the full text was not at hand; the clip to [0, 1], the equal-sized blocks and the
+train-holdout search data are our choices. Fitted state, design notes and tuning record:
+`docs/models/dnis.md`.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -76,15 +31,17 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.kernels.scoring import dot_scores
-from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
+from recstack.models.neural import TorchRecommender, TrainingFields
+from recstack.models.protocol import ModelConfig, check_fitted
 from recstack.train.losses import bpr_loss, l2_penalty
+from recstack.train.options import FitOptions
 from recstack.train.sampling import EpochPairs, UniformNegativeSampler, positive_keys
-from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
+from recstack.train.trainer import seed_everything
 
 USERS, ITEMS = 0, 1  # the two feature fields, the first axis of the selection weights
 
 
-class DNISConfig(ModelConfig):
+class DNISConfig(ModelConfig, TrainingFields):
     embedding_size: PositiveInt = 64  # the largest dimension a block can keep
     learning_rate: PositiveFloat = 2e-3
     reg: NonNegativeFloat = 3e-3  # times the batch's squared (unselected) embedding norms per example
@@ -103,11 +60,6 @@ class DNISConfig(ModelConfig):
     target_parameters: float | None = Field(None, gt=0.0, le=1.0)  # or: keep this share of parameters
     retrain: Literal["finetune", "scratch"] = "finetune"
     retrain_learning_rate: PositiveFloat | None = 2e-4  # fine-tuning takes smaller steps; None: learning_rate
-    early_stopping_patience: PositiveInt | None = 10
-    eval_every: PositiveInt = 1
-    valid_metric: str = "NDCG@10"
-    device: str = "auto"
-    verbose: bool = True
 
 
 class _Net(torch.nn.Module):
@@ -221,41 +173,40 @@ def _column_scale(embedding: np.ndarray, block: np.ndarray, n_blocks: int) -> np
     return np.sqrt(np.asarray(one_hot @ (embedding.astype(np.float64) ** 2)) / sizes)
 
 
-class _LiveScorer:
-    def __init__(self, net: _Net) -> None:
-        self.net = net
-
-    def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
-        return dot_scores(users, items, *self.net.factors())
-
-
-class DNIS(SaveLoad):
+class DNIS(TorchRecommender):
     """BPR-MF whose user and item embedding dimensions are searched per frequency block (DNIS)."""
 
     Config = DNISConfig
 
-    def __init__(self, config: DNISConfig | None = None) -> None:
-        self.config = config or DNISConfig()
+    # ---- fit: a search stage, pruning, then a training stage ---------------------------------
 
-    # ---- fit -------------------------------------------------------------------------------
+    def fit(self, train: Interactions, valid: Interactions | None = None, *,
+            options: FitOptions | None = None) -> Self:
+        private = set(vars(self))
+        try:
+            fitted = self._fit_stages(train, valid, options)
+        finally:
+            for name in [n for n in vars(self) if n.startswith("_") and n not in private]:
+                delattr(self, name)  # samplers and search state of this fit: training-only
+        self._replace_fitted(fitted)
+        return self
 
-    def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
+    def _fit_stages(self, train: Interactions, valid: Interactions | None,
+                    options: FitOptions | None) -> dict[str, Any]:
         c = self.config
-        if len(train) == 0:
-            raise RecstackError("DNIS cannot be fitted on empty training data; check the filters and split")
+        rng = self.start_fit(train)
         has_valid = valid is not None and len(valid) > 0
         if c.search_data == "valid" and not has_valid:
             raise RecstackError(
                 "DNIS with search_data='valid' needs validation interactions for its architecture step: "
                 "pass fit(train, valid) or set search_data='train_holdout'")
-        seed_everything(c.seed)
-        rng = np.random.default_rng(c.seed)
         matrix = train.matrix()
         n_users, n_items = train.n_users, train.n_items
         user_block = frequency_blocks(train.user_counts(), c.n_blocks)
         item_block = frequency_blocks(train.item_counts(), c.n_blocks)
         block_sizes = np.stack([np.bincount(user_block, minlength=c.n_blocks),
                                 np.bincount(item_block, minlength=c.n_blocks)])
+        self._untrained_users = train.user_counts() == 0
 
         # ---- data of the two levels: embeddings learn from `fit_keys`, alpha from `search_keys`
         if c.search_data == "valid":
@@ -269,63 +220,18 @@ class DNIS(SaveLoad):
                 raise RecstackError(
                     f"search_fraction={c.search_fraction} holds out no training pair for the architecture step "
                     "(users need at least two training items); raise search_fraction or use search_data='valid'")
-        train_pairs = EpochPairs(fit_keys // n_items, fit_keys % n_items, c.batch_size, rng)
-        sampler = UniformNegativeSampler(known, rng)
+        self._pairs = EpochPairs(fit_keys // n_items, fit_keys % n_items, c.batch_size, rng)
+        self._sampler = UniformNegativeSampler(known, rng)
         arch_rng = np.random.default_rng([c.seed, 1])
-        arch_sampler = UniformNegativeSampler(known, arch_rng)
-        search_users, search_items = search_keys // n_items, search_keys % n_items
+        self._search = {"rng": arch_rng, "sampler": UniformNegativeSampler(known, arch_rng), "adam": None,
+                        "users": search_keys // n_items, "items": search_keys % n_items,
+                        "user_block": user_block, "item_block": item_block}
 
         alpha = np.ones((2, c.n_blocks, c.embedding_size), dtype=np.float32)
         net = _Net(n_users, n_items, c.embedding_size, c.init_std, user_block, item_block, alpha)
-        arch: dict[str, torch.optim.Optimizer] = {}
-
-        def batches(pairs: EpochPairs):
-            def epoch():
-                negatives = sampler.sample(pairs.users, c.n_negatives)
-                for index, users, items in pairs.indexed():
-                    yield users, items, negatives[index]
-            return epoch
-
-        def batch_loss(module: _Net, batch) -> torch.Tensor:
-            return _triple_loss(module, *batch, reg=c.reg)
-
-        def architecture_step(module: _Net, optimizer: torch.optim.Optimizer, step: int) -> None:
-            """First-order DARTS step: alpha descends the search loss at the current embeddings."""
-            if "adam" not in arch:
-                arch["adam"] = torch.optim.Adam([module.alpha], lr=c.arch_learning_rate)
-            pick = arch_rng.integers(0, len(search_users), size=min(c.arch_batch_size, len(search_users)))
-            users, pos = search_users[pick], search_items[pick]
-            neg = arch_sampler.sample(users, c.n_negatives)
-            device = module.alpha.device
-            users_t, pos_t, neg_t = (torch.from_numpy(x).to(device) for x in (users, pos, neg))
-            module.alpha.requires_grad_(True)
-            try:
-                loss = _triple_loss(module, users_t, pos_t, neg_t, reg=0.0, detach_embeddings=True)
-                (grad,) = torch.autograd.grad(loss, module.alpha)
-            finally:
-                module.alpha.requires_grad_(False)
-            if c.gradient_normalization:
-                # frequent blocks appear in many more look-ups of a batch than rare ones: average each
-                # block's gradient over its own look-ups so every block moves at a comparable rate
-                counts = block_occurrences(user_block, item_block, users, pos, neg, c.n_blocks)
-                grad = grad * len(users) / torch.as_tensor(np.maximum(counts, 1)[..., None], dtype=grad.dtype,
-                                                           device=device)
-            module.alpha.grad = grad
-            arch["adam"].step()
-            module.alpha.grad = None
-            with torch.no_grad():
-                # a soft selection: 1 keeps a dimension whole, 0 removes it. Unbounded weights would
-                # grow wherever the ranking is right (a larger scale always lowers the BPR loss)
-                module.alpha.clamp_(0.0, 1.0)
-
-        trainer_config = dict(
-            learning_rate=c.learning_rate, batch_size=c.batch_size, optimizer="adam",
-            early_stopping_patience=c.early_stopping_patience, valid_metric=c.valid_metric,
-            eval_every=c.eval_every, seed=c.seed, device=c.device, verbose=c.verbose,
-        )
-        search = Trainer(TrainerConfig(epochs=c.search_epochs, **trainer_config))
-        search_history = search.fit(net, batch_loss, batches(train_pairs), _LiveScorer(net),
-                                    train=train, valid=valid, after_step=architecture_step)
+        search = self.train_module(net, train, valid, options=options,
+                                   fields=c.model_copy(update={"epochs": c.search_epochs}))
+        self._search = None  # the training stage keeps the selection frozen
         searched_alpha = net.alpha.detach().cpu().numpy().copy()
 
         # ---- prune, then retrain on all training pairs with the selection frozen
@@ -341,28 +247,65 @@ class DNIS(SaveLoad):
         if c.retrain == "finetune":
             final.user_embedding.weight.data.copy_(net.user_embedding.weight.data.cpu())
             final.item_embedding.weight.data.copy_(net.item_embedding.weight.data.cpu())
-        all_pairs = EpochPairs.from_matrix(matrix, c.batch_size, rng)
-        trainer_config["learning_rate"] = c.retrain_learning_rate or c.learning_rate
-        retrain = Trainer(TrainerConfig(epochs=c.epochs, **trainer_config))
-        history = retrain.fit(final, batch_loss, batches(all_pairs), _LiveScorer(final), train=train, valid=valid)
+        self._pairs = EpochPairs.from_matrix(matrix, c.batch_size, rng)
+        retrain_fields = c.model_copy(update={"learning_rate": c.retrain_learning_rate or c.learning_rate})
+        fitted = self.train_module(final, train, valid, options=options, fields=retrain_fields)
 
-        user_factors, item_factors = final.factors()
-        user_factors[train.user_counts() == 0] = 0.0  # never trained: score like unknown users
-        self.user_factors_ = user_factors
-        self.item_factors_ = item_factors
-        self.user_block_ = user_block
-        self.item_block_ = item_block
-        self.block_sizes_ = block_sizes
-        self.selection_weights_ = searched_alpha
-        self.dimension_mask_ = keep
-        self.block_dimensions_ = keep.sum(axis=2)
-        self.parameters_kept_ = float((self.block_dimensions_ * block_sizes).sum()
-                                      / (c.embedding_size * (n_users + n_items)))
-        self.search_history_ = search_history
-        self.search_best_epoch_ = search.best_epoch if search.best_epoch is not None else len(search_history)
-        self.history_ = history
-        self.best_epoch_ = retrain.best_epoch if retrain.best_epoch is not None else len(history)
-        return self
+        block_dimensions = keep.sum(axis=2)
+        return {
+            **fitted,  # user_factors_, item_factors_, history_, best_epoch_
+            "user_block_": user_block, "item_block_": item_block, "block_sizes_": block_sizes,
+            "selection_weights_": searched_alpha, "dimension_mask_": keep, "block_dimensions_": block_dimensions,
+            "parameters_kept_": float((block_dimensions * block_sizes).sum() / (c.embedding_size * (n_users + n_items))),
+            "search_history_": search["history_"], "search_best_epoch_": search["best_epoch_"],
+        }
+
+    def batches(self):
+        pairs = self._pairs
+        negatives = self._sampler.sample(pairs.users, self.config.n_negatives)
+        for index, users, items in pairs.indexed():
+            yield users, items, negatives[index]
+
+    def batch_loss(self, module: _Net, batch) -> torch.Tensor:
+        return _triple_loss(module, *batch, reg=self.config.reg)
+
+    def after_step(self, module: _Net, optimizer: torch.optim.Optimizer, step: int) -> None:
+        """First-order DARTS step (search stage only): alpha descends the search loss at the current embeddings."""
+        search, c = self._search, self.config
+        if search is None:
+            return
+        if search["adam"] is None:
+            search["adam"] = torch.optim.Adam([module.alpha], lr=c.arch_learning_rate)
+        search_users = search["users"]
+        pick = search["rng"].integers(0, len(search_users), size=min(c.arch_batch_size, len(search_users)))
+        users, pos = search_users[pick], search["items"][pick]
+        neg = search["sampler"].sample(users, c.n_negatives)
+        device = module.alpha.device
+        users_t, pos_t, neg_t = (torch.from_numpy(x).to(device) for x in (users, pos, neg))
+        module.alpha.requires_grad_(True)
+        try:
+            loss = _triple_loss(module, users_t, pos_t, neg_t, reg=0.0, detach_embeddings=True)
+            (grad,) = torch.autograd.grad(loss, module.alpha)
+        finally:
+            module.alpha.requires_grad_(False)
+        if c.gradient_normalization:
+            # frequent blocks appear in many more look-ups of a batch than rare ones: average each
+            # block's gradient over its own look-ups so every block moves at a comparable rate
+            counts = block_occurrences(search["user_block"], search["item_block"], users, pos, neg, c.n_blocks)
+            grad = grad * len(users) / torch.as_tensor(np.maximum(counts, 1)[..., None], dtype=grad.dtype,
+                                                       device=device)
+        module.alpha.grad = grad
+        search["adam"].step()
+        module.alpha.grad = None
+        with torch.no_grad():
+            # a soft selection: 1 keeps a dimension whole, 0 removes it. Unbounded weights would
+            # grow wherever the ranking is right (a larger scale always lowers the BPR loss)
+            module.alpha.clamp_(0.0, 1.0)
+
+    def export(self, module: _Net) -> dict[str, np.ndarray]:
+        user_factors, item_factors = module.factors()
+        user_factors[self._untrained_users] = 0.0  # never trained: score like unknown users
+        return {"user_factors_": user_factors, "item_factors_": item_factors}
 
     # ---- score -----------------------------------------------------------------------------
 

@@ -1,40 +1,20 @@
 """NBPO: matrix factorisation trained by noisy-label robust point-wise optimisation (Yu & Qin,
 "Sampler Design for Implicit Feedback Data by Noisy-label Robust Learning", SIGIR 2020).
 
-An unclicked item is only a noisy negative: the user may like it and not have met it yet. NBPO keeps
-the point-wise likelihood of the OBSERVED labels (their "BPO", a Bernoulli likelihood per pair) but
-connects the model's clean preference sigma(s_ui) to the observed label through a label-noise
-transition (Bayes' rule over the unknown true label y):
+An unclicked item is only a noisy negative. The clean preference sigma(s_ui), s_ui = <p_u, q_i> (+ b_i),
+reaches the observed label through a label-flip transition:
 
     P(obs = 1) = sigma(s) * (1 - rho_10) + (1 - sigma(s)) * rho_01,    P(obs = 0) = 1 - P(obs = 1)
     L = -mean [ obs * log P(obs = 1) + (1 - obs) * log P(obs = 0) ]  +  reg * ||touched embeddings||^2
 
-where rho_10 = P(unobserved | truly liked) is the flip rate of positives into unvoted samples and
-rho_01 = P(clicked | not liked) that of negatives into clicks. Ranking uses the clean logit s_ui =
-<p_u, q_i> (+ b_i); the transition only shapes training. With rho_10 = rho_01 = 0 the loss is plain
-pointwise BCE. The paper assumes clicks are clean (rho_01 = 0, our default `positive_noise_rate`) and
-learns a flip rate per (user, item) with a low-rank factorisation to avoid n_users x n_items
-parameters; `noise="low_rank"` does that: rho_10(u, i) = sigmoid(c + <g_u, h_i>), with
-`noise_embedding_size` factors and offset c initialised at logit(`noise_rate`). `noise="global"` learns
-one flip rate, `noise="fixed"` keeps `noise_rate` fixed.
+rho_10 = P(unobserved | liked), rho_01 = P(clicked | not liked) (fixed, default 0). `noise` picks
+rho_10: "low_rank" (the paper's) sigmoid(c + <g_u, h_i>), "global" one learned rate, "fixed".
+Ranking uses the clean logit s_ui; with both rates 0 the loss is pointwise BCE.
 
-Sources and differences: the formulation above follows the paper's abstract and method summary
-(observation likelihood factorised through label-flip probabilities, low-rank flip probabilities);
-the full text could not be read here, so the exact parametrisation is our reading. Not implemented:
-the paper's surrogate likelihood / surrogate gradient (its fix for vanishing gradients of the flip
-model); we compute the exact log-likelihood stably in log space (logaddexp of log-sigmoids) and
-train with Adam, which did not stall in practice. Negatives are `n_negatives` uniformly sampled
-unclicked items per click; the loss is averaged over the B * (1 + n_negatives) pairs of a batch.
-
-Defaults were chosen on ml-100k VALIDATION NDCG@10 (all ratings as positives, per-user random 8:1:1
-split, seed 2020, full ranking, train masked; 7 settings of noise, noise_rate, n_negatives):
-noise="low_rank" (rank 8), noise_rate=0.1 at the start, n_negatives=8, reg=1e-3, lr 2e-3, batch 4096
-reach validation NDCG@10 = 0.267 (best epoch 98, about 150 s on one busy core; test 0.322 for
-reference). With n_negatives=4: low_rank 0.255, global 0.257, fixed 0.1 0.256, fixed 0 (= plain
-BCE, bit-for-bit the NaiveMF path) 0.2545, global starting at 0.3: 0.252; with 8 negatives global
-0.267. So the noise correction is worth +0.001..0.002 here, within seed noise; the naive pointwise
-model with the same 8 negatives reaches 0.269. Like BPR-MF, it cannot fold in new users: a user
-without training events has zero factors.
+Deviations: the full text could not be read, so the parametrisation is our reading of its method
+summary; the paper's surrogate likelihood / gradient is not implemented (the exact log-likelihood,
+in log space, trained with Adam); negatives are `n_negatives` uniform unclicked items per click.
+Design notes and tuning record: `docs/models/nbpo.md`.
 """
 
 from __future__ import annotations
@@ -48,15 +28,14 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
 from recstack.data.interactions import Interactions
-from recstack.errors import RecstackError
 from recstack.models.kernels.scoring import dot_scores
-from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
+from recstack.models.neural import TorchRecommender, TrainingFields
+from recstack.models.protocol import ModelConfig, check_fitted
 from recstack.train.losses import l2_penalty
 from recstack.train.sampling import EpochPairs, UniformNegativeSampler
-from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
 
 
-class NBPOConfig(ModelConfig):
+class NBPOConfig(ModelConfig, TrainingFields):
     # tuned on ml-100k validation NDCG@10 (see the module docstring)
     embedding_size: PositiveInt = 64
     learning_rate: PositiveFloat = 2e-3
@@ -71,11 +50,6 @@ class NBPOConfig(ModelConfig):
     positive_noise_rate: float = Field(0.0, ge=0.0, lt=1.0)  # rho_01, always fixed
     noise_embedding_size: PositiveInt = 8  # rank of the per-(user, item) flip model ("low_rank")
     noise_reg: NonNegativeFloat = 1e-3  # L2 weight on the flip model's factors
-    early_stopping_patience: PositiveInt | None = 10
-    eval_every: PositiveInt = 1
-    valid_metric: str = "NDCG@10"
-    device: str = "auto"  # cuda when available, else cpu
-    verbose: bool = True
 
     @model_validator(mode="after")
     def _transition_is_invertible(self) -> Self:
@@ -155,76 +129,55 @@ def _array(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float32).numpy().copy()
 
 
-class _LiveScorer:
-    def __init__(self, net: _Net) -> None:
-        self.net = net
-
-    def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
-        return dot_scores(users, items, *self.net.factors())
-
-
-class NBPO(SaveLoad):
+class NBPO(TorchRecommender):
     """Matrix factorisation trained with the noisy-label robust point-wise likelihood (NBPO)."""
 
     Config = NBPOConfig
 
-    def __init__(self, config: NBPOConfig | None = None) -> None:
-        self.config = config or NBPOConfig()
-
-    def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
+    def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
-        if len(train) == 0:
-            raise RecstackError("NBPO cannot be fitted on empty training data; check the filters and split")
-        seed_everything(c.seed)
-        rng = np.random.default_rng(c.seed)
         matrix = train.matrix()
-        pairs = EpochPairs.from_matrix(matrix, c.batch_size, rng)
-        sampler = UniformNegativeSampler(matrix, rng)
-        net = _Net(train.n_users, train.n_items, c)
+        self._pairs = EpochPairs.from_matrix(matrix, c.batch_size, rng)
+        self._sampler = UniformNegativeSampler(matrix, rng)
+        self._untrained_users = train.user_counts() == 0
+        return _Net(train.n_users, train.n_items, c)
 
-        def batches():
-            for users, items in pairs:
-                yield users, items, sampler.sample(users, c.n_negatives)
+    def batches(self):
+        for users, items in self._pairs:
+            yield users, items, self._sampler.sample(users, self.config.n_negatives)
 
-        def batch_loss(module: _Net, batch) -> torch.Tensor:
-            users, pos, neg = batch
-            p_u, q_i, q_j = module.user_embedding(users), module.item_embedding(pos), module.item_embedding(neg)
-            pos_scores = (p_u * q_i).sum(-1)
-            neg_scores = (p_u.unsqueeze(1) * q_j).sum(-1)
-            penalised = [p_u, q_i, q_j]
-            if module.item_bias is not None:
-                b_i, b_j = module.item_bias(pos)[:, 0], module.item_bias(neg)[..., 0]
-                pos_scores, neg_scores = pos_scores + b_i, neg_scores + b_j
-                penalised += [b_i, b_j]
-            pos_flip = neg_flip = module.noise_logit
-            noise_penalty = 0.0
-            if module.noise_user is not None:
-                g_u, h_i, h_j = module.noise_user(users), module.noise_item(pos), module.noise_item(neg)
-                pos_flip = module.noise_logit + (g_u * h_i).sum(-1)
-                neg_flip = module.noise_logit + (g_u.unsqueeze(1) * h_j).sum(-1)
-                noise_penalty = c.noise_reg * l2_penalty(g_u, h_i, h_j)
-            loss = nbpo_loss(pos_scores, neg_scores, pos_flip, neg_flip, module.positive_noise_logit)
-            return loss + c.reg * l2_penalty(*penalised) + noise_penalty
+    def batch_loss(self, module: _Net, batch) -> torch.Tensor:
+        c = self.config
+        users, pos, neg = batch
+        p_u, q_i, q_j = module.user_embedding(users), module.item_embedding(pos), module.item_embedding(neg)
+        pos_scores = (p_u * q_i).sum(-1)
+        neg_scores = (p_u.unsqueeze(1) * q_j).sum(-1)
+        penalised = [p_u, q_i, q_j]
+        if module.item_bias is not None:
+            b_i, b_j = module.item_bias(pos)[:, 0], module.item_bias(neg)[..., 0]
+            pos_scores, neg_scores = pos_scores + b_i, neg_scores + b_j
+            penalised += [b_i, b_j]
+        pos_flip = neg_flip = module.noise_logit
+        noise_penalty = 0.0
+        if module.noise_user is not None:
+            g_u, h_i, h_j = module.noise_user(users), module.noise_item(pos), module.noise_item(neg)
+            pos_flip = module.noise_logit + (g_u * h_i).sum(-1)
+            neg_flip = module.noise_logit + (g_u.unsqueeze(1) * h_j).sum(-1)
+            noise_penalty = c.noise_reg * l2_penalty(g_u, h_i, h_j)
+        loss = nbpo_loss(pos_scores, neg_scores, pos_flip, neg_flip, module.positive_noise_logit)
+        return loss + c.reg * l2_penalty(*penalised) + noise_penalty
 
-        trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
-        history = trainer.fit(net, batch_loss, batches, _LiveScorer(net), train=train, valid=valid)
-
-        user_factors, item_factors, item_bias = net.factors()
-        user_factors[train.user_counts() == 0] = 0.0  # never updated: score like unknown users
-        self.user_factors_ = user_factors
-        self.item_factors_ = item_factors
-        for name in ("item_bias_", "noise_user_factors_", "noise_item_factors_"):
-            if hasattr(self, name):
-                delattr(self, name)  # a refit must not keep state of an earlier, differently configured fit
+    def export(self, module: _Net) -> dict:
+        user_factors, item_factors, item_bias = module.factors()
+        user_factors[self._untrained_users] = 0.0  # never updated: score like unknown users
+        fitted = {"user_factors_": user_factors, "item_factors_": item_factors,
+                  "noise_logit_": float(module.noise_logit.detach().cpu())}
         if item_bias is not None:
-            self.item_bias_ = item_bias
-        self.noise_logit_ = float(net.noise_logit.detach().cpu())
-        if net.noise_user is not None:
-            self.noise_user_factors_ = _array(net.noise_user.weight)
-            self.noise_item_factors_ = _array(net.noise_item.weight)
-        self.history_ = history
-        self.best_epoch_ = trainer.best_epoch if trainer.best_epoch is not None else len(history)
-        return self
+            fitted["item_bias_"] = item_bias
+        if module.noise_user is not None:
+            fitted["noise_user_factors_"] = _array(module.noise_user.weight)
+            fitted["noise_item_factors_"] = _array(module.noise_item.weight)
+        return fitted
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
         check_fitted(self, "user_factors_", "item_factors_")

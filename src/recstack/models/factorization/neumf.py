@@ -6,65 +6,37 @@ y_ui = sigmoid(h^T [phi_gmf ; phi_mlp] + b), trained with the pointwise log loss
 L = -sum_{(u,i) in Y} log y_ui - sum_{(u,j) in Y-} log(1 - y_uj), with `n_negatives` uniform
 negatives per positive redrawn every epoch (paper: 4), Adam, mini-batches.
 
-Notable choices:
-- `mlp_layers` follows the authors' code: mlp_layers[0] is the width of the MLP *input*, so the
-  MLP embeddings have size mlp_layers[0] // 2, and the tower is mlp_layers[0] -> mlp_layers[1]
-  -> ... with ReLU after each layer (default [128, 64, 32]: MLP embeddings 64, predictive factors 32).
-  `embedding_size` is the GMF factor size.
-- Joint training from scratch; the paper's optional GMF/MLP pre-training is NOT implemented.
-- `score` returns the logit h^T[...] + b (the sigmoid is monotone, and float32 sigmoid saturates
-  to ties near 1). It is plain numpy: the first MLP layer on [p'_u ; q'_i] splits into a user
-  part W_u p'_u and an item part W_i q'_i computed once per block, then the rest of the tower runs
-  over (users x item chunk) cells, chunked so a block never holds more than ~4M hidden values.
-- Users without training events get zero embeddings (like BPR): they are scored by the item side
-  of the network alone; users outside the training vocabulary likewise. No fold-in.
-- Optional L2 `reg` on the batch's embeddings (per example, as in BPR) and `dropout` in the tower.
-
-Defaults tuned briefly on ml-100k VALIDATION (random 8:1:1 split seed 2020, full ranking, NDCG@10
-with train masked; 11 settings of learning_rate, batch_size, reg, dropout, n_negatives, sizes, seed 0):
-learning_rate=1e-3, batch_size=1024, n_negatives=4 (paper), embedding_size=32,
-mlp_layers=[128, 64, 32], dropout=0.2, reg=0, patience 10 -> validation NDCG@10 = 0.241 (best
-epoch 27 of 37, ~57 s on one shared core); test NDCG@10 0.281, for information. Others: the
-smaller [64, 32, 16] / 16 (patience 5) 0.208 at lr 1e-3, 0.230 at 3e-3; reg 1e-4 or 1e-3 did not
-help (0.237); no dropout 0.238; n_negatives=8 0.244 at twice the cost. As Rendle et al.
-(RecSys 2020) report, NeuMF does not reach a well-tuned dot product here (BPR-MF 0.250 valid /
-0.304 test, EASE 0.340 test).
+As in the authors' code, mlp_layers[0] is the width of the MLP *input* (MLP embeddings of size
+mlp_layers[0] // 2). Deviations: joint training from scratch (no GMF/MLP pre-training); optional L2
+`reg` on the batch's embeddings and `dropout` in the tower. `score` returns the logit (the sigmoid
+is monotone and saturates to ties in float32) and is plain numpy, with the first layer split into
+user and item halves computed once per block. Users without training events get zero embeddings
+(no fold-in). Design notes and tuning record: docs/models/neumf.md.
 """
 
 from __future__ import annotations
-
-from typing import Self
 
 import numpy as np
 import torch
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator
 
 from recstack.data.interactions import Interactions
-from recstack.errors import RecstackError
-from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
+from recstack.models.factorization.sampled_mf import epoch_triples, training_triples
+from recstack.models.neural import TorchRecommender, TrainingFields
+from recstack.models.protocol import ModelConfig, check_fitted
 from recstack.train.losses import bce_loss, l2_penalty
-from recstack.train.sampling import EpochPairs, UniformNegativeSampler
-from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
 
 # hidden values (floats) one scoring chunk may hold: users x items x widest hidden layer
 _CHUNK_CELLS = 1 << 22
 
 
-class NeuMFConfig(ModelConfig):
+class NeuMFConfig(ModelConfig, TrainingFields):
     embedding_size: PositiveInt = 32  # GMF factors
     mlp_layers: list[PositiveInt] = Field(default_factory=lambda: [128, 64, 32])  # [input, hidden...]
-    learning_rate: PositiveFloat = 1e-3
     reg: NonNegativeFloat = 0.0  # times the batch's squared embedding norms per example
     dropout: float = Field(default=0.2, ge=0.0, lt=1.0)  # after each hidden ReLU of the MLP tower
-    epochs: PositiveInt = 100  # a maximum: early stopping usually ends training well before
-    batch_size: PositiveInt = 1024
     n_negatives: PositiveInt = 4
     init_std: PositiveFloat = 0.01  # normal init of all embeddings (as in the paper)
-    early_stopping_patience: PositiveInt | None = 10
-    eval_every: PositiveInt = 1
-    valid_metric: str = "NDCG@10"
-    device: str = "auto"
-    verbose: bool = True
 
     @field_validator("mlp_layers")
     @classmethod
@@ -167,71 +139,46 @@ def _scores(w: dict[str, np.ndarray], users: np.ndarray, items: np.ndarray | Non
     return out
 
 
-class _LiveScorer:
-    """Scores from the module's current weights; the trainer's validation calls it."""
-
-    def __init__(self, net: _Net) -> None:
-        self.net = net
-
-    def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
-        return _scores(self.net.arrays(), users, items)
-
-
-class NeuMF(SaveLoad):
+class NeuMF(TorchRecommender):
     """GMF and MLP branches fused by a final linear layer, trained with pointwise log loss."""
 
     Config = NeuMFConfig
 
-    def __init__(self, config: NeuMFConfig | None = None) -> None:
-        self.config = config or NeuMFConfig()
+    def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
+        self._pairs, self._sampler = training_triples(train.matrix(), self.config.batch_size, rng)
+        self._untrained_users = train.user_counts() == 0
+        return _Net(train.n_users, train.n_items, self.config)
 
-    def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
-        c = self.config
-        if len(train) == 0:
-            raise RecstackError("NeuMF cannot be fitted on empty training data; check the filters and split")
-        seed_everything(c.seed)
-        rng = np.random.default_rng(c.seed)
-        matrix = train.matrix()
-        pairs = EpochPairs.from_matrix(matrix, c.batch_size, rng)
-        sampler = UniformNegativeSampler(matrix, rng)
-        net = _Net(train.n_users, train.n_items, c)
+    def batches(self):
+        return epoch_triples(self._pairs, self._sampler, self.config.n_negatives)
 
-        def batches():
-            negatives = sampler.sample(pairs.users, c.n_negatives)  # one vectorised draw per epoch
-            for index, users, items in pairs.indexed():
-                yield users, items, negatives[index]
+    def batch_loss(self, module: _Net, batch) -> torch.Tensor:
+        users, pos, neg = batch
+        pos_logits = module(users, pos)
+        neg_logits = module(users[:, None], neg)  # (B, n_negatives)
+        loss = bce_loss(pos_logits, neg_logits)
+        if self.config.reg > 0:
+            loss = loss + self.config.reg * l2_penalty(
+                module.user_gmf(users), module.user_mlp(users), module.item_gmf(pos), module.item_mlp(pos),
+                module.item_gmf(neg), module.item_mlp(neg),
+            )
+        return loss
 
-        def batch_loss(module: _Net, batch) -> torch.Tensor:
-            users, pos, neg = batch
-            pos_logits = module(users, pos)
-            neg_logits = module(users[:, None], neg)  # (B, n_negatives)
-            loss = bce_loss(pos_logits, neg_logits)
-            if c.reg > 0:
-                loss = loss + c.reg * l2_penalty(
-                    module.user_gmf(users), module.user_mlp(users), module.item_gmf(pos), module.item_mlp(pos),
-                    module.item_gmf(neg), module.item_mlp(neg),
-                )
-            return loss
-
-        trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
-        history = trainer.fit(net, batch_loss, batches, _LiveScorer(net), train=train, valid=valid)
-
-        for name in [n for n in vars(self) if n.startswith("mlp_weight_") or n.startswith("mlp_bias_")]:
-            delattr(self, name)  # a refit with another tower must not keep an old fit's layers
-        arrays = net.arrays()
-        untrained = train.user_counts() == 0
-        arrays["user_gmf_"][untrained] = 0.0
-        arrays["user_mlp_"][untrained] = 0.0
-        for name, value in arrays.items():
-            setattr(self, name, value)
-        self.history_ = history
-        self.best_epoch_ = trainer.best_epoch if trainer.best_epoch is not None else len(history)
-        return self
+    def export(self, module: _Net) -> dict[str, np.ndarray]:
+        """One fitted array per weight (`user_gmf_`, `mlp_weight_0_`...); a refit with another tower
+        drops the old fit's layers (`_replace_fitted`)."""
+        arrays = module.arrays()
+        arrays["user_gmf_"][self._untrained_users] = 0.0
+        arrays["user_mlp_"][self._untrained_users] = 0.0
+        return arrays
 
     def _weights(self) -> dict[str, np.ndarray]:
-        return {n: v for n, v in vars(self).items()
-                if n.endswith("_") and isinstance(v, np.ndarray)}
+        """The arrays of this config's tower: while a refit validates, the model still holds an
+        earlier (perhaps deeper) fit's layers beside the ones this fit exported."""
+        layers = [f"mlp_{kind}_{k}_" for k in range(len(self.config.mlp_layers) - 1) for kind in ("weight", "bias")]
+        names = ["user_gmf_", "item_gmf_", "user_mlp_", "item_mlp_", "predict_weight_", "predict_bias_", *layers]
+        check_fitted(self, *names)
+        return {name: getattr(self, name) for name in names}
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
-        check_fitted(self, "user_gmf_", "item_gmf_", "user_mlp_", "item_mlp_", "predict_weight_", "mlp_weight_0_")
         return _scores(self._weights(), users, items)

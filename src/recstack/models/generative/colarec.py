@@ -1,74 +1,20 @@
 """ColaRec (Wang et al., "Content-Based Collaborative Generation for Recommender Systems", CIKM 2024,
-arXiv 2403.18480; journal version "Enhanced Generative Recommendation via Content and Collaboration
-Integration"; authors' code: github.com/Junewang0614/ColaRec).
+arXiv 2403.18480; authors' code: github.com/Junewang0614/ColaRec).
 
 A sequence-to-sequence recommender that writes the generative identifier (GID) of the next item.
-
-- **GIDs from collaborative signals.** A collaborative model (LightGCN by default, as in the paper;
-  or BPR-MF) is trained first on the training interactions; its item embeddings are clustered
-  hierarchically: k-means into `n_clusters` groups, then k-means again inside every group, for
-  `n_cluster_levels` levels; one last token numbers the items of a leaf (0, 1, ... in item order,
-  `semantic_ids.disambiguate`). An item's GID is that path, e.g. (c1, c2, n), and collaboratively
-  similar items share prefixes. The codes form a `semantic_ids.PrefixTrie`.
-- **Users as content.** The encoder reads [USER] then, for each of the user's items, an item block
-  [ATOM_i, w_1, ..., w_m] (a learned per-item embedding followed by the words of the item's text:
-  for MovieLens "Title (year). Genres: ..."), then [EOS]. Within-block positions are embedded; the
-  items themselves are an unordered set, as in the reference code. At training a random sample of
-  `n_user_items` of the user's other training items is read; at scoring the `max_items` most recent
-  items of the given history, newest first (the reference's "latest" mode).
-- **Decoder.** Each GID level has its own token embedding (plus BOS) and its own output head;
-  a causal decoder with cross-attention over the encoder states emits the L tokens.
-- **Losses** (per training interaction (u, i), a uniform negative j not in u's training items, and
-  an "augmented" item a sharing i's GID leaf, a = i when the leaf has no other item):
-  L = gen_weight * (L_rec + L_index(i) + L_index(j)) + bpr_weight * L_bpr + cl_weight * L_c, where
-  L_rec = CE of i's GID given u's content; L_index(x) = CE of x's GID given x's own block
-  [ITEM, ATOM_x, words..., EOS] (the item-indexing alignment task); with h = the encoder state at EOS,
-  L_bpr = -log sigmoid(<h_u, h_i> - <h_u, h_j>) (user-side vs item-side representations) and
-  L_c = -log sigmoid(<h_i, h_a> - <h_i, h_j>) (items with similar collaborative GIDs get similar
-  content representations). CE is the mean over GID tokens. Weights are the reference code's
-  (generate_lamda 0.08, BPR 1, content_cl_lamda 0.1 in its command line); AdamW (weight decay 0.01),
-  gradient-norm clipping at 1.
-
-Scoring and generation:
-- `top_k(users, history, k)`: constrained beam search over the GID trie (only prefixes of real
-  items can be extended, so every finished beam is an item). The evaluator uses it. History items are
-  excluded by over-generating: the beam holds max(n_beams, k + |history of u|) sequences (capped at
-  the catalogue, users grouped by history size so a block shares one width), and history items are
-  dropped from the finished beams before the first k are kept; k + |history| beams always leave at
-  least k unseen items (so `mask_history: false` does not apply to ColaRec's lists). Returned scores
-  are the GID log-probabilities; beam search is approximate, so a list can miss an item whose full
-  log-probability is higher (with a beam as wide as the catalogue it is exact, as tested).
-- `score(users, history, items)`: the exact log-probability log P(GID_i | user content) of every
-  item (teacher-forced, all items at once per user); the same network, used where scores are needed.
-
-Differences from the paper: the paper fine-tunes a pretrained T5-small (512-d, 6 + 6 layers, T5
-sentencepiece vocabulary); here a small pre-norm encoder-decoder is trained from scratch on a word
-vocabulary of the item texts (words seen in at least `min_word_count` item texts) for CPU cost.
-The reference also appends a sampled interacting user's ID embedding to item-side inputs, and uses
-size-constrained k-means (leaves of at most 32 items, 32 clusters a level); here plain k-means is
-used and the last token's range grows to the largest leaf. Negatives are not kept out of the
-positive's leaf. Training stops early on validation NDCG@10 (computed with `top_k`).
-
-Defaults: the reference code's GID shape (32 clusters a level, 2 cluster levels + the leaf number),
-loss weights, batch size 128, 10 sampled items at training and 20 at inference, and beam width 100;
-the network size (64-d, 2 heads, 2 + 2 layers, feed-forward 256, dropout 0.1) and learning_rate 1e-3
-are a small from-scratch stand-in for T5-small, not tuned: on a busy 2-core machine one training step
-at batch 128 (about 80 encoder tokens a user) took about 1 s with 2 layers and 0.6 s with 1, so no
-sweep was affordable. `pairs_per_epoch` lets a large log validate more often than once a full pass.
-
-ml-100k, sequential protocol (`examples/colarec_ml100k.yaml`: leave-last-one-out by time, all
-ratings positive, full ranking with history masked, seed 2020, one thread; LightGCN 60 epochs for
-the GIDs, 1 + 1 layers, 24,000 training pairs an epoch, at most 24 epochs, patience 6): validation
-NDCG@10 0.0630 (best epoch 10 of 16, about 1 min an epoch, 987 s in all), test NDCG@10 0.0448 for
-reference only. Patience 3 had stopped at epoch 5 on a validation curve that is noisy at 943
-users (0.0553 at epoch 2; the curve then climbed to 0.063 at epoch 10 with dips of 0.005 between
-validations). The GIDs: 32 x 32 clusters, leaves of up to 28 items (40% of items share a leaf with
-an earlier item). gen_weight 1.0 instead of the reference's 0.08 gave validation 0.0502 (test
-0.0387, patience 3), so the reference weight stays. Against the same protocol's
-`examples/sequential_ml100k.yaml` (valid / test): SASRec 0.115 / 0.090, EASE 0.083 / 0.073, Pop
-0.035 / 0.045: this small from-scratch network is well above Pop on validation and level with it
-on test, and well below the sequential models; the paper's ColaRec fine-tunes a pretrained
-T5-small, which this offline build cannot load.
+GIDs: a collaborative model (LightGCN by default) is trained first; its item embeddings are
+clustered by hierarchical k-means (`HierarchicalKMeansTokenizer`, registered as "hkmeans"), plus
+the item's number within its leaf. The encoder reads the user as the content of their items
+([USER], then [ATOM_i, words of i's text] per item, [EOS]); the decoder emits the GID. Losses per
+(u, i), negative j, same-leaf item a: L = gen_weight (L_rec + L_index(i) + L_index(j)) +
+bpr_weight L_bpr + cl_weight L_c, with L_rec / L_index cross-entropies of the GID given user / item
+content, L_bpr = -log sigmoid(<h_u, h_i> - <h_u, h_j>) and L_c = -log sigmoid(<h_i, h_a> - <h_i, h_j>)
+on encoder states at EOS. AdamW (weight decay 0.01), gradient clipping at 1.
+`top_k` is beam search constrained to the GID trie (`kernels/beam.py`), over-generating k +
+|history| beams to drop history items; `score` is the exact log P(GID_i | user content).
+Deviations: a small encoder-decoder trained from scratch on a word vocabulary of the item texts
+instead of fine-tuning T5-small; plain (not size-constrained) k-means; no interacting-user
+embedding on item-side inputs. Details, defaults and the ml-100k record: docs/models/colarec.md.
 """
 
 from __future__ import annotations
@@ -81,7 +27,7 @@ from typing import Any, Literal, Mapping, Self, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, confloat, model_validator
+from pydantic import Field, NonNegativeFloat, PositiveInt, confloat, model_validator
 
 from recstack.data.dataset import Dataset
 from recstack.data.interactions import Interactions
@@ -93,10 +39,13 @@ from recstack.models.generative.semantic_ids import (
     disambiguate,
     require_sklearn,
 )
-from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted, gather_items, make_config
+from recstack.models.kernels.beam import constrained_beam_search
+from recstack.models.neural import TorchRecommender, TrainingFields, module_arrays
+from recstack.models.protocol import ModelConfig, check_fitted, check_trainable, gather_items, make_config
+from recstack.train.options import FitOptions
 from recstack.train.sampling import EpochPairs, UniformNegativeSampler, positive_keys
 from recstack.train.sequences import last_items
-from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
+from recstack.train.trainer import resolve_device
 
 # encoder word ids below N_SPECIAL are structural tokens; words of the item texts follow
 PAD, USER, ITEM, EOS, ATOM = 0, 1, 2, 3, 4
@@ -119,7 +68,7 @@ class HierarchicalKMeansTokenizer(ItemTokenizer):
     Config = HierarchicalKMeansConfig
 
     def fit(self, embeddings: Any = None, *, interactions: Interactions | None = None,
-            item_table: Mapping[str, np.ndarray] | None = None) -> Self:
+            item_table: Mapping[str, np.ndarray] | None = None, options: FitOptions | None = None) -> Self:
         c = self.config
         cluster = require_sklearn("ColaRec's hierarchical k-means")
         x = as_embeddings(embeddings, "collaborative item embeddings")
@@ -147,7 +96,7 @@ class HierarchicalKMeansTokenizer(ItemTokenizer):
 
 
 # ---- the network --------------------------------------------------------------------------------
-class ColaRecConfig(ModelConfig):
+class ColaRecConfig(ModelConfig, TrainingFields):
     # item content
     max_words: PositiveInt = 16  # words of an item text read per item
     min_word_count: PositiveInt = 2  # a word enters the vocabulary when that many item texts have it
@@ -169,20 +118,15 @@ class ColaRecConfig(ModelConfig):
     bpr_weight: NonNegativeFloat = 1.0  # user-item ranking loss on encoder representations
     cl_weight: NonNegativeFloat = 0.1  # item-item contrastive loss (same-leaf item vs negative)
     # training
-    learning_rate: PositiveFloat = 1e-3
     weight_decay: NonNegativeFloat = 0.01
     batch_size: PositiveInt = 128
     pairs_per_epoch: PositiveInt | None = None  # training interactions drawn per epoch (None: all, once each)
     epochs: PositiveInt = 60
     early_stopping_patience: PositiveInt | None = 5
-    eval_every: PositiveInt = 1
-    valid_metric: str = "NDCG@10"
     # generation
     n_beams: PositiveInt = 100  # beam width (at least k + |history| to leave k unseen items)
     beam_budget: PositiveInt = 32768  # users x beams decoded at once
     score_batch_size: PositiveInt = 64
-    device: str = "auto"
-    verbose: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> "ColaRecConfig":
@@ -368,32 +312,19 @@ def _encode_users(net: _Net, item_words: np.ndarray, items: np.ndarray, device) 
 
 def _beam_search(net: _Net, trie: PrefixTrie, memory: torch.Tensor, mask: torch.Tensor,
                  level_sizes: Sequence[int], width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Constrained beam search: (B, width) items and GID log-probabilities, best first (-1 / -inf pad)."""
-    batch, device = memory.shape[0], memory.device
-    prefix = torch.zeros(batch, 1, 0, dtype=torch.int64, device=device)
-    nodes = np.zeros((batch, 1), dtype=np.int64)  # trie node of each beam (-1: dead)
-    scores = torch.zeros(batch, 1, device=device)
-    for level, size in enumerate(level_sizes):
+    """Constrained beam search: (B, width) items and GID log-probabilities, best first (-1 / -inf pad).
+    Every beam is decoded at every level, all users' beams in one pass (float32 scores)."""
+
+    def log_probs(level: int, prefix: torch.Tensor, open_: np.ndarray) -> torch.Tensor:
         hidden = net.decode(memory, mask, prefix)[:, :, level]
-        log_probs = net.level_log_probs(hidden, level) + scores[:, :, None]  # (B, W, size)
-        allowed = trie.allowed_mask(level, nodes.reshape(-1), size).reshape(*nodes.shape, size)
-        log_probs = log_probs.masked_fill(~torch.from_numpy(allowed).to(device), -torch.inf)
-        flat = log_probs.reshape(batch, -1)
-        keep = min(width, flat.shape[1])
-        scores, index = torch.topk(flat, keep, dim=1)  # sorted, best first
-        parent, token = (index // size).cpu().numpy(), (index % size).cpu().numpy()
-        finite = torch.isfinite(scores).cpu().numpy()
-        nodes = np.where(finite, trie.step(level, np.take_along_axis(nodes, parent, 1), token), -1)
-        prefix = torch.cat([prefix.gather(1, torch.from_numpy(parent).to(device)[:, :, None].expand(-1, -1, level)),
-                            torch.from_numpy(token).to(device)[:, :, None]], dim=2)
-    items = trie.item_at(len(level_sizes), nodes)
-    values = scores.float().cpu().numpy()
-    values[items < 0] = -np.inf
-    return items, values
+        return net.level_log_probs(hidden, level)
+
+    return constrained_beam_search(log_probs, trie, level_sizes, memory.shape[0], width, device=memory.device)
 
 
 def _top_k(net: _Net, trie: PrefixTrie, level_sizes: Sequence[int], item_words: np.ndarray,
-           c: ColaRecConfig, users: np.ndarray, history: Interactions, k: int) -> tuple[np.ndarray, np.ndarray]:
+           c: ColaRecConfig, users: np.ndarray, history: Interactions, k: int,
+           mask_history: bool = True) -> tuple[np.ndarray, np.ndarray]:
     users = np.asarray(users, dtype=np.int64)
     n_items = item_words.shape[0]
     if history.n_items != n_items:
@@ -402,8 +333,9 @@ def _top_k(net: _Net, trie: PrefixTrie, level_sizes: Sequence[int], item_words: 
     if not 1 <= k <= n_items:
         raise RecstackError(f"k must be between 1 and the catalogue size {n_items}, got {k}")
     device = next(net.parameters()).device
-    seen = positive_keys(history.matrix())
-    n_seen = np.diff(history.matrix().indptr)[users]
+    matrix = history.matrix()
+    seen = positive_keys(matrix) if mask_history else np.empty(0, dtype=np.int64)
+    n_seen = np.diff(matrix.indptr)[users] if mask_history else np.zeros(len(users), dtype=np.int64)
     out_items = np.full((len(users), k), -1, dtype=np.int64)
     out_scores = np.full((len(users), k), -np.inf, dtype=np.float32)
     order = np.argsort(n_seen, kind="stable")  # users with similar history sizes share a beam width
@@ -453,29 +385,14 @@ def _score(net: _Net, codes: np.ndarray, item_words: np.ndarray, c: ColaRecConfi
     return gather_items(out, items).astype(np.float32, copy=False) if items is not None else out
 
 
-class _LiveScorer:
-    """The module's current weights, for the trainer's validation (which uses `top_k`)."""
-
-    def __init__(self, net: _Net, trie: PrefixTrie, codes: np.ndarray, item_words: np.ndarray,
-                 config: ColaRecConfig, level_sizes: Sequence[int]) -> None:
-        self.net, self.trie, self.codes, self.item_words = net, trie, codes, item_words
-        self.config, self.level_sizes = config, level_sizes
-
-    def top_k(self, users, history, k):
-        return _top_k(self.net, self.trie, self.level_sizes, self.item_words, self.config, users, history, k)
-
-    def score(self, users, history, items=None):
-        return _score(self.net, self.codes, self.item_words, self.config, users, history, items)
-
-
 # ---- the recommender ----------------------------------------------------------------------------
-class ColaRec(SaveLoad):
+class ColaRec(TorchRecommender):
     """Content-based collaborative generation: user content in, the next item's collaborative GID out."""
 
     Config = ColaRecConfig
 
     def __init__(self, config: ColaRecConfig | None = None) -> None:
-        self.config = config or ColaRecConfig()
+        super().__init__(config)
         self._item_ids: np.ndarray | None = None
         self._item_texts: np.ndarray | None = None
         self._cache: tuple | None = None
@@ -514,130 +431,143 @@ class ColaRec(SaveLoad):
         return self._item_texts[rows]
 
     # ---- training -----------------------------------------------------------------------------
-    def _collaborative_embeddings(self, train: Interactions, valid: Interactions | None) -> np.ndarray:
+    def _collaborative_embeddings(self, train: Interactions, valid: Interactions | None,
+                                  options: FitOptions | None) -> np.ndarray:
         from recstack.models import build
 
         c = self.config
         params = {"verbose": c.verbose, "device": c.device, **c.cf_params, "seed": c.seed}
-        return build(c.cf_model, params).fit(train, valid).item_factors_
+        return build(c.cf_model, params).fit(train, valid, options=options).item_factors_
 
-    def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
+    def fit(self, train: Interactions, valid: Interactions | None = None, *,
+            options: FitOptions | None = None) -> Self:
+        """The GIDs first (the collaborative model trains with its own seed), then the
+        encoder-decoder with the shared loop."""
         c = self.config
-        if len(train) == 0:
-            raise RecstackError("ColaRec cannot be fitted on empty training data; check the filters and split")
+        check_trainable("ColaRec", train)
         texts = self._aligned_texts(train)
         item_words, n_words = _tokenize(texts, c.max_words, c.min_word_count)
-        seed_everything(c.seed)
         tokenizer = HierarchicalKMeansTokenizer(make_config(
             HierarchicalKMeansConfig, {"n_clusters": c.n_clusters, "n_levels": c.n_cluster_levels, "seed": c.seed}))
-        tokenizer.fit(self._collaborative_embeddings(train, valid))
-        codes, level_sizes, trie = tokenizer.codes_, list(tokenizer.level_sizes_), tokenizer.trie
+        tokenizer.fit(self._collaborative_embeddings(train, valid, options))
+        self._gids = (item_words, n_words, tokenizer)
+        try:
+            return super().fit(train, valid, options=options)
+        finally:
+            del self._gids
 
-        seed_everything(c.seed)  # the network's initialisation repeats per seed
-        rng = np.random.default_rng(c.seed)
-        matrix = train.matrix()
+    def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
+        c = self.config
+        item_words, n_words, tokenizer = self._gids
+        codes, level_sizes = tokenizer.codes_, list(tokenizer.level_sizes_)
+        self._fixed = {"codes_": codes, "level_sizes_": level_sizes, "item_words_": item_words,
+                       "n_words_": n_words, "gid_stats_": tokenizer.stats()}
+        self._rng, self._item_words = rng, item_words
+        self._matrix = matrix = train.matrix()
         net = _Net(c, train.n_items, n_words, level_sizes, item_words.shape[1] + 1)
-        pairs = EpochPairs.from_matrix(matrix, c.batch_size, rng)
-        sampler = UniformNegativeSampler(matrix, rng)
+        self._pairs = EpochPairs.from_matrix(matrix, c.batch_size, rng)
+        self._sampler = UniformNegativeSampler(matrix, rng)
         # items sharing a GID leaf (all tokens but the last): the augmented positives of L_c
         leaf = np.unique(codes[:, :-1], axis=0, return_inverse=True)[1].reshape(-1)
-        by_leaf = np.argsort(leaf, kind="stable")
-        leaf_start = np.searchsorted(leaf[by_leaf], leaf)
-        leaf_size = np.bincount(leaf)[leaf]
-        rank_in_leaf = np.empty(len(leaf), dtype=np.int64)
-        rank_in_leaf[by_leaf] = np.arange(len(leaf)) - np.searchsorted(leaf[by_leaf], leaf[by_leaf])
-        codes_t = torch.from_numpy(codes)
-        terms: list[list[torch.Tensor]] = []
-        epochs: list[dict[str, float]] = []
+        self._by_leaf = by_leaf = np.argsort(leaf, kind="stable")
+        self._leaf_start = np.searchsorted(leaf[by_leaf], leaf)
+        self._leaf_size = np.bincount(leaf)[leaf]
+        self._rank_in_leaf = np.empty(len(leaf), dtype=np.int64)
+        self._rank_in_leaf[by_leaf] = np.arange(len(leaf)) - np.searchsorted(leaf[by_leaf], leaf[by_leaf])
+        self._codes_t = torch.from_numpy(codes)
+        self._terms: list[list[torch.Tensor]] = []  # this epoch's loss terms, per batch
+        self._epochs: list[dict[str, float]] = []  # their means, per finished epoch
+        return net
 
-        def close_epoch() -> None:
-            if terms:
-                stacked = torch.stack([torch.stack(t) for t in terms]).mean(0).tolist()
-                epochs.append(dict(zip(("rec", "index", "bpr", "cl"), stacked)))
-                terms.clear()
+    def _close_epoch(self) -> None:
+        if self._terms:
+            self._epochs.append(self._mean_terms())
+            self._terms.clear()
 
-        def batches():
-            close_epoch()
-            drawn = 0
-            negatives = sampler.sample(pairs.users, 1)[:, 0]
-            # a random other member of the positive's leaf (the item itself when it is alone there)
-            shift = rng.integers(1, np.maximum(leaf_size[pairs.items], 2))
-            for index, users, items in pairs.indexed():
-                if c.pairs_per_epoch is not None:  # a random subset per epoch: validation more often
-                    drawn += len(index)
-                    if drawn - len(index) >= c.pairs_per_epoch:
-                        break
-                # the user's other training items, a random sample of at most n_user_items
-                lo, degree = matrix.indptr[users], np.diff(matrix.indptr)[users]
-                column = index - lo  # the target's place in the user's CSR row
-                width = int(degree.max())
-                draw = rng.random((len(users), width))
-                cols = np.arange(width)[None, :]
-                draw[(cols >= degree[:, None]) | (cols == column[:, None])] = np.inf
-                chosen = np.argsort(draw, axis=1, kind="stable")[:, :c.n_user_items]
-                valid_pick = np.take_along_axis(draw, chosen, 1) < np.inf
-                context = np.where(valid_pick, matrix.indices[np.minimum(lo[:, None] + chosen, matrix.nnz - 1)], -1)
-                size = leaf_size[items]
-                augmented = by_leaf[leaf_start[items] + (rank_in_leaf[items] + shift[index]) % size]
-                neg = negatives[index]
-                user_in = _inputs(item_words, context, USER)[:3]
-                item_in = _inputs(item_words, np.stack([items, neg, augmented]).reshape(-1, 1), ITEM)[:3]
-                yield (*user_in, *item_in, items, neg)
+    def _mean_terms(self) -> dict[str, float]:
+        stacked = torch.stack([torch.stack(t) for t in self._terms]).mean(0).tolist()
+        return dict(zip(("rec", "index", "bpr", "cl"), stacked))
 
-        def batch_loss(module: _Net, batch) -> torch.Tensor:
-            u_words, u_atoms, u_slots, i_words, i_atoms, i_slots, items, neg = batch
-            n = len(items)
-            user_memory, user_mask = module.encode(u_words, u_atoms, u_slots)
-            item_memory, item_mask = module.encode(i_words, i_atoms, i_slots)
-            pos_codes, neg_codes = codes_t.to(items.device)[items], codes_t.to(items.device)[neg]
-            rec = module.code_loss(user_memory, user_mask, pos_codes)
-            index = (module.code_loss(item_memory[:n], item_mask[:n], pos_codes)
-                     + module.code_loss(item_memory[n:2 * n], item_mask[n:2 * n], neg_codes))
-            user_last = (u_words != PAD).sum(1) - 1
-            h_user = user_memory[torch.arange(n, device=items.device), user_last]
-            item_last = (i_words != PAD).sum(1) - 1
-            h_items = item_memory[torch.arange(3 * n, device=items.device), item_last]
-            h_pos, h_neg, h_aug = h_items[:n], h_items[n:2 * n], h_items[2 * n:]
-            bpr = _bpr(h_user, h_pos, h_neg)
-            cl = _bpr(h_pos, h_aug, h_neg)
-            terms.append([rec.detach(), index.detach(), bpr.detach(), cl.detach()])
-            return c.gen_weight * (rec + index) + c.bpr_weight * bpr + c.cl_weight * cl
+    def batches(self):
+        c, rng, matrix, pairs = self.config, self._rng, self._matrix, self._pairs
+        leaf_size, by_leaf, leaf_start, rank_in_leaf = self._leaf_size, self._by_leaf, self._leaf_start, \
+            self._rank_in_leaf
+        self._close_epoch()
+        drawn = 0
+        negatives = self._sampler.sample(pairs.users, 1)[:, 0]
+        # a random other member of the positive's leaf (the item itself when it is alone there)
+        shift = rng.integers(1, np.maximum(leaf_size[pairs.items], 2))
+        for index, users, items in pairs.indexed():
+            if c.pairs_per_epoch is not None:  # a random subset per epoch: validation more often
+                drawn += len(index)
+                if drawn - len(index) >= c.pairs_per_epoch:
+                    break
+            # the user's other training items, a random sample of at most n_user_items
+            lo, degree = matrix.indptr[users], np.diff(matrix.indptr)[users]
+            column = index - lo  # the target's place in the user's CSR row
+            width = int(degree.max())
+            draw = rng.random((len(users), width))
+            cols = np.arange(width)[None, :]
+            draw[(cols >= degree[:, None]) | (cols == column[:, None])] = np.inf
+            chosen = np.argsort(draw, axis=1, kind="stable")[:, :c.n_user_items]
+            valid_pick = np.take_along_axis(draw, chosen, 1) < np.inf
+            context = np.where(valid_pick, matrix.indices[np.minimum(lo[:, None] + chosen, matrix.nnz - 1)], -1)
+            size = leaf_size[items]
+            augmented = by_leaf[leaf_start[items] + (rank_in_leaf[items] + shift[index]) % size]
+            neg = negatives[index]
+            user_in = _inputs(self._item_words, context, USER)[:3]
+            item_in = _inputs(self._item_words, np.stack([items, neg, augmented]).reshape(-1, 1), ITEM)[:3]
+            yield (*user_in, *item_in, items, neg)
 
-        scorer = _LiveScorer(net, trie, codes, item_words, c, level_sizes)
-        trainer = Trainer(TrainerConfig.from_model(c, optimizer="adamw", weight_decay=c.weight_decay,
-                                                   max_grad_norm=1.0))
-        history = trainer.fit(net, batch_loss, batches, scorer, train=train, valid=valid)
-        close_epoch()
+    def batch_loss(self, module: _Net, batch) -> torch.Tensor:
+        c = self.config
+        u_words, u_atoms, u_slots, i_words, i_atoms, i_slots, items, neg = batch
+        n = len(items)
+        user_memory, user_mask = module.encode(u_words, u_atoms, u_slots)
+        item_memory, item_mask = module.encode(i_words, i_atoms, i_slots)
+        pos_codes, neg_codes = self._codes_t.to(items.device)[items], self._codes_t.to(items.device)[neg]
+        rec = module.code_loss(user_memory, user_mask, pos_codes)
+        index = (module.code_loss(item_memory[:n], item_mask[:n], pos_codes)
+                 + module.code_loss(item_memory[n:2 * n], item_mask[n:2 * n], neg_codes))
+        user_last = (u_words != PAD).sum(1) - 1
+        h_user = user_memory[torch.arange(n, device=items.device), user_last]
+        item_last = (i_words != PAD).sum(1) - 1
+        h_items = item_memory[torch.arange(3 * n, device=items.device), item_last]
+        h_pos, h_neg, h_aug = h_items[:n], h_items[n:2 * n], h_items[2 * n:]
+        bpr = _bpr(h_user, h_pos, h_neg)
+        cl = _bpr(h_pos, h_aug, h_neg)
+        self._terms.append([rec.detach(), index.detach(), bpr.detach(), cl.detach()])
+        return c.gen_weight * (rec + index) + c.bpr_weight * bpr + c.cl_weight * cl
 
-        net = net.to("cpu").eval()
-        weights = torch.nn.utils.parameters_to_vector(net.parameters()).detach().numpy().astype(np.float32)
-        self._replace_fitted({
-            "codes_": codes, "level_sizes_": level_sizes, "item_words_": item_words, "n_words_": n_words,
-            "weights_": weights, "history_": history, "loss_terms_": epochs,
-            "best_epoch_": trainer.best_epoch if trainer.best_epoch is not None else len(history),
-            "gid_stats_": tokenizer.stats(),
-        })
-        self._cache = None
-        return self
+    def trainer_settings(self) -> dict[str, Any]:
+        return {"optimizer": "adamw", "weight_decay": self.config.weight_decay, "max_grad_norm": 1.0}
+
+    def export(self, module: _Net) -> dict[str, Any]:
+        # the last epoch's terms are still open (an epoch closes when the next one starts)
+        loss_terms = self._epochs + ([self._mean_terms()] if self._terms else [])
+        return {**self._fixed, "weights_": module_arrays(module), "loss_terms_": loss_terms}
 
     # ---- scoring ------------------------------------------------------------------------------
     def _fitted(self) -> tuple[_Net, PrefixTrie]:
         check_fitted(self, "weights_", "codes_", "item_words_")
         cache = getattr(self, "_cache", None)
         if cache is None or cache[2] is not self.weights_:
-            net = _Net(self.config, len(self.codes_), int(self.n_words_), self.level_sizes_,
-                       self.item_words_.shape[1] + 1)
-            torch.nn.utils.vector_to_parameters(torch.from_numpy(np.asarray(self.weights_, dtype=np.float32)),
-                                                net.parameters())
+            with torch.random.fork_rng(devices=[]):  # the throw-away initialisation leaves the global RNG alone
+                net = _Net(self.config, len(self.codes_), int(self.n_words_), self.level_sizes_,
+                           self.item_words_.shape[1] + 1)
+            net.load_state_dict({key: torch.from_numpy(np.asarray(value)) for key, value in self.weights_.items()})
+            net = net.to(resolve_device(self.config.device))
             cache = (net.eval(), PrefixTrie(self.codes_), self.weights_)
             self._cache = cache
         return cache[0], cache[1]
 
-    def top_k(self, users: np.ndarray, history: Interactions, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(B, k) items by constrained beam search over the GIDs, history items excluded, and their
-        GID log-probabilities; -1 / -inf where fewer than k unseen items exist."""
+    def top_k(self, users: np.ndarray, history: Interactions, k: int, *,
+              mask_history: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(B, k) items by constrained beam search over the GIDs, and their GID log-probabilities;
+        -1 / -inf where fewer than k items are found. With `mask_history` the history items are
+        left out (by over-generating k + |history| beams)."""
         net, trie = self._fitted()
-        return _top_k(net, trie, self.level_sizes_, self.item_words_, self.config, users, history, k)
+        return _top_k(net, trie, self.level_sizes_, self.item_words_, self.config, users, history, k, mask_history)
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
         """Exact log P(GID_i | the user's recent content) for every item (or the candidates)."""

@@ -46,6 +46,7 @@ from recstack.models.generative.semantic_ids import (
     require_sklearn,
 )
 from recstack.models.protocol import ModelConfig
+from recstack.train.options import FitOptions
 
 
 # ---- number-based schemes -----------------------------------------------------------------------
@@ -71,7 +72,7 @@ class RandomIndexing(ItemTokenizer):
     Config = NumberIndexingConfig
 
     def fit(self, embeddings: Any = None, *, interactions: Interactions | None = None,
-            item_table: Mapping[str, np.ndarray] | None = None) -> Self:
+            item_table: Mapping[str, np.ndarray] | None = None, options: FitOptions | None = None) -> Self:
         n = count_items(embeddings, interactions, item_table)
         self.numbers_ = np.random.default_rng(self.config.seed).permutation(n).astype(np.int64)
         codes, sizes = digits(self.numbers_, self.config.base, n)
@@ -85,7 +86,7 @@ class SequentialIndexing(ItemTokenizer):
     Config = NumberIndexingConfig
 
     def fit(self, embeddings: Any = None, *, interactions: Interactions | None = None,
-            item_table: Mapping[str, np.ndarray] | None = None) -> Self:
+            item_table: Mapping[str, np.ndarray] | None = None, options: FitOptions | None = None) -> Self:
         if interactions is None:
             raise TokenizerError("sequential indexing reads the users' sequences: pass fit(interactions=train)")
         n = count_items(embeddings, interactions, item_table)
@@ -171,7 +172,7 @@ class CollaborativeIndexing(ItemTokenizer):
     Config = ClusterFields
 
     def fit(self, embeddings: Any = None, *, interactions: Interactions | None = None,
-            item_table: Mapping[str, np.ndarray] | None = None) -> Self:
+            item_table: Mapping[str, np.ndarray] | None = None, options: FitOptions | None = None) -> Self:
         if interactions is None:
             raise TokenizerError("collaborative indexing clusters the co-occurrence graph: pass fit(interactions=train)")
         count_items(embeddings, interactions, item_table)
@@ -224,7 +225,7 @@ class SemanticIndexing(ItemTokenizer):
     Config = CategoryFields
 
     def fit(self, embeddings: Any = None, *, interactions: Interactions | None = None,
-            item_table: Mapping[str, np.ndarray] | None = None) -> Self:
+            item_table: Mapping[str, np.ndarray] | None = None, options: FitOptions | None = None) -> Self:
         c = self.config
         paths, categories = category_paths(item_table, c.column, c.separator, c.depth)
         count_items(embeddings, interactions, item_table)
@@ -246,7 +247,7 @@ class HybridIndexing(ItemTokenizer):
     Config = HybridConfig
 
     def fit(self, embeddings: Any = None, *, interactions: Interactions | None = None,
-            item_table: Mapping[str, np.ndarray] | None = None) -> Self:
+            item_table: Mapping[str, np.ndarray] | None = None, options: FitOptions | None = None) -> Self:
         c = self.config
         if interactions is None:
             raise TokenizerError("hybrid indexing needs the co-occurrence graph: "

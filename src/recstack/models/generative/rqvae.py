@@ -35,38 +35,37 @@ from typing import Any, Mapping, Self
 
 import numpy as np
 import torch
-from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import NonNegativeFloat, PositiveInt
 
 from recstack.data.interactions import Interactions
 from recstack.models.generative.semantic_ids import (
     ItemTokenizer,
     TokenizerError,
     as_embeddings,
-    count_items,
+    checked_embeddings,
     disambiguate,
     nearest_codes,
     residual_kmeans,
 )
 from recstack.models.protocol import ModelConfig, check_fitted
+from recstack.train.fields import TrainingFields
+from recstack.train.options import FitOptions
 from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
 
 _RESET_SAMPLE = 65_536  # items whose residuals re-seed dead codewords (all of them when fewer)
 
 
-class RQVAEConfig(ModelConfig):
+class RQVAEConfig(ModelConfig, TrainingFields):
     n_levels: PositiveInt = 3
     codebook_size: PositiveInt = 256
     embedding_size: PositiveInt = 32  # latent / codeword size
     hidden_sizes: tuple[PositiveInt, ...] = (512, 256, 128)
     commitment: NonNegativeFloat = 0.25  # beta
-    learning_rate: PositiveFloat = 1e-3
     epochs: PositiveInt = 500
-    batch_size: PositiveInt = 1024
+    early_stopping_patience: PositiveInt | None = None  # no validation data: every epoch trains
     standardize: bool = True
     kmeans_init: bool = True
     reset_dead_codes: bool = True
-    device: str = "auto"
-    verbose: bool = True
 
 
 def _mlp(dims: list[int]) -> torch.nn.Sequential:
@@ -135,11 +134,9 @@ class RQVAETokenizer(ItemTokenizer):
     Config = RQVAEConfig
 
     def fit(self, embeddings: Any = None, *, interactions: Interactions | None = None,
-            item_table: Mapping[str, np.ndarray] | None = None) -> Self:
+            item_table: Mapping[str, np.ndarray] | None = None, options: FitOptions | None = None) -> Self:
         c = self.config
-        x = as_embeddings(embeddings)
-        if interactions is not None or item_table:
-            count_items(x, interactions, item_table)
+        x = checked_embeddings(embeddings, interactions, item_table)
         n = len(x)
         mean = x.mean(axis=0) if c.standardize else np.zeros(x.shape[1], dtype=np.float32)
         scale = (x.std(axis=0) + 1e-8) if c.standardize else np.ones(x.shape[1], dtype=np.float32)
@@ -184,10 +181,7 @@ class RQVAETokenizer(ItemTokenizer):
                 resets.append(self._reset_dead_codes(module, optimizer, data, rng))
             module.usage.zero_()
 
-        trainer = Trainer(TrainerConfig(
-            epochs=c.epochs, learning_rate=c.learning_rate, batch_size=c.batch_size, optimizer="adam",
-            early_stopping_patience=None, seed=c.seed, device=c.device, verbose=c.verbose,
-        ))
+        trainer = Trainer(TrainerConfig.from_fields(c, c.seed, optimizer="adam"), options)
         history = trainer.fit(net, batch_loss, batches, None, after_step=after_step)
 
         net = net.cpu().eval()

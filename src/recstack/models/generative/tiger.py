@@ -2,72 +2,19 @@
 Generative Retrieval", NeurIPS 2023), with the projection-head decoding of Lite-LLM4Rec (Wang et
 al., "Rethinking Large Language Model Architectures for Sequential Recommendations", 2024).
 
-Every item is a short code tuple (c_1, ..., c_L) from an item tokenizer (`indexing`: the RQ-VAE or
-residual k-means semantic IDs of `semantic_ids.py` / `rqvae.py`, or Hua et al.'s random,
-sequential, collaborative, semantic and hybrid indexing of `item_indexing.py`). A user is written
-as one hashed user-id token (TIGER hashes user ids into 2,000 tokens) followed by the code tokens of
-their last `max_seq_len` items, oldest first. A transformer encoder reads that sequence; a causal
-decoder, started from a BOS token, is teacher-forced to emit the next item's code:
-
-    loss = - sum_l log p(c_l | c_<l, history),   p(. | ...) a softmax over the level-l tokens only
-
-(level l's token values are a token range of their own; the output layer is tied to the token
-embeddings as in T5). Codes of Hua's collaborative/hybrid schemes have different lengths; their
-padded tail is neither read nor predicted (codes are prefix-free, so no end token is needed).
-
-Decoding (`decoding`):
-- "beam" (TIGER): beam search constrained by the tokenizer's `PrefixTrie`, so only codes of real
-  items are ever emitted; `top_k(users, history, k)` returns the items and their log-probabilities
-  (the evaluator uses `top_k` when a model has it). History masking: the user's history items are
-  removed while decoding, at the token that would complete their code (that candidate gets -inf),
-  and the search keeps `beam_size` beams (default 2k) where k items are asked for, so the k
-  returned items are new ones and a beam is never spent on an item already consumed. Where fewer
-  than k items survive (tiny catalogues), the list is padded with -1 / -inf. `top_k(...,
-  mask_history=False)` keeps history items (the evaluator's call does not pass the flag).
-  `score(users, history)` gives the exact quantity beam search approximates, the sum of the
-  per-level log-probabilities of every item's code under teacher forcing (n_items decoder passes
-  per user: exact but costly, used where a caller needs every item, e.g. a restricted item pool).
-- "projection" (Lite-LLM4Rec's observation that beam search is often unnecessary): the decoder's
-  first state h (after BOS) is projected, z = W h, and scored against every item's code embedding
-  e_i = sum_l E[c_l(i)] (the same token embeddings the model reads and writes), score(i) = <z, e_i>,
-  all items in one matrix product. The head is trained with a full-catalogue softmax cross-entropy
-  added to the generative loss with weight `projection_weight` (default 0 for "beam", 1 for
-  "projection"), so the projection model still decodes with `beam_search`. Such a model has no
-  `top_k` (the attribute raises AttributeError), so the evaluator ranks all items through `score`
-  and masks history as for any other model.
-
-Item embeddings for the semantic tokenizers (`item_embeddings`): "collaborative" (default, needs no
-side data): truncated SVD of the training user-item matrix, item rows of V sqrt(S)
-L2-normalised; "text": the item
-texts of the dataset handed to `use_dataset(dataset)` (as `recstack run` does), encoded with
-TF-IDF + SVD ("tfidf", offline and cheap) or all-MiniLM-L6-v2 ("minilm", the paper uses Sentence-T5).
-Semantic and hybrid indexing read the dataset's item table (genres) through `use_dataset` too.
-Side data is matched to items by external id.
-
-Training examples: per epoch, `samples_per_user` target events drawn uniformly from each user's
-training events after their first (None: every such event once), the input being the up to
-`max_seq_len` events before the target. TIGER trains on all; sampling keeps an epoch cheap on CPU.
-
-Architecture and defaults: TIGER's model is T5-like with 4 + 4 layers, d_model 128, 6 heads,
-MLP 1,024, dropout 0.1, 20 history items, 3 x 256 codes + collision token, Adagrad. The defaults
-here are the brief's small model: 2 encoder + 2 decoder pre-norm layers (torch.nn.Transformer
-layers), d 128, 4 heads, feed-forward 512, dropout 0.1, 20 history items, Adam lr 1e-3, and
-residual k-means with 3 x 64 codes on L2-normalised collaborative SVD vectors (3 x 256 leaves most
-fine codewords with one item or none on a catalogue of a few thousand; without the normalisation
-rare items' near-zero vectors collapse into shared codes: 53% of ml-100k items collided, 11% with it).
-These defaults were NOT tuned: a CPU build allows one small run per variant (TIGER's own size took
-5.5 s per step of 256 on one core, 35 minutes an epoch; `examples/tiger_paper_ml100k.yaml` is for a
-GPU). On ml-100k (leave-last-one-out, seed 2020) `examples/generative_ml100k.yaml` (d 64, 2 heads,
-10 history items, 4 targets per user per epoch, lr 3e-3, early stopping with patience 3
-validations every 5 epochs) gives valid / test NDCG@10 (test for reference only; beam width 2k = 40
-at the evaluator's depth 20): residual k-means 0.088 / 0.082 (above EASE's 0.083 / 0.073), Hua
-hybrid 0.087 / 0.067, Hua collaborative 0.081 / 0.063, projection head (residual k-means codes)
-0.081 / 0.068, RQ-VAE on MiniLM texts 0.069 / 0.064, Hua semantic 0.061 / 0.057, Hua sequential
-0.060 / 0.046 (at the 80-epoch cap), Hua random 0.037 / 0.033, against SASRec 0.115 / 0.090; 4-9
-minutes per TIGER fit on one core, best epochs 25-70.
-
-Fitted state is numpy: the item codes `codes_`, `level_sizes_` and the network weights as one flat
-float32 vector `weights_` (rebuilt into the network on first use after `load`); scoring needs torch.
+Every item is a code tuple (c_1, ..., c_L) from an item tokenizer (`indexing`: residual k-means or
+RQ-VAE semantic IDs, or Hua et al.'s indexing schemes). An encoder reads a hashed user token and
+the codes of the user's last `max_seq_len` items; a causal decoder is teacher-forced to emit the
+next item's code, loss = - sum_l log p(c_l | c_<l, history), a softmax over level l's tokens, the
+output layer tied to the token embeddings (T5).
+- decoding="beam": `top_k` is beam search constrained by the codes' `PrefixTrie`
+  (`kernels/beam.py`), history items banned at the token completing them; `score` is the exact
+  sum of per-level log-probabilities of every item's code.
+- decoding="projection" (Lite-LLM4Rec): score(i) = <W h, sum_l E[c_l(i)]>, h the decoder state
+  after BOS, trained with a full-catalogue softmax (weight `projection_weight`); `top_k` ranks by it.
+Deviations: a small pre-norm torch.nn.Transformer (2 + 2 layers, d 128) trained with Adam, not
+TIGER's T5 (4 + 4, Adagrad); residual k-means 3 x 64 on L2-normalised collaborative SVD vectors
+by default. Decoding details, defaults and the ml-100k record: docs/models/tiger.md.
 """
 
 from __future__ import annotations
@@ -77,15 +24,20 @@ from typing import Any, Literal, Self
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, confloat, model_validator
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt, confloat, model_validator
 
 from recstack.data.dataset import Dataset
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
+from recstack.evaluate.evaluator import block_size_for
 from recstack.models.generative.semantic_ids import PAD, PrefixTrie, TokenizerError, build_tokenizer
-from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted, gather_items
+from recstack.models.kernels.beam import constrained_beam_search
+from recstack.models.neural import TorchRecommender, TrainingFields, module_arrays
+from recstack.models.protocol import ModelConfig, check_fitted, check_trainable, gather_items
+from recstack.topk import top_k_items
+from recstack.train.options import FitOptions
 from recstack.train.sequences import window_rows
-from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
+from recstack.train.trainer import resolve_device
 
 _PAD_TOKEN, _BOS = 0, 1  # flat token ids: 0 padding, 1 begin-of-code / empty user, 2.. code tokens, then users
 _FIRST_CODE = 2
@@ -97,7 +49,7 @@ _TOKENIZER_DEFAULTS: dict[str, dict[str, Any]] = {
 _BEAM_ROWS = 4096  # decoder sequences per pass in beam search and exact scoring
 
 
-class TIGERConfig(ModelConfig):
+class TIGERConfig(ModelConfig, TrainingFields):
     indexing: str = "rkmeans"  # a tokenizer of semantic_ids.TOKENIZERS, or "package.module:Class"
     tokenizer: dict[str, Any] | None = None  # its parameters (None: rkmeans/rqvae use codebook_size 64)
     item_embeddings: Literal["collaborative", "text"] = "collaborative"  # what rqvae/rkmeans quantise
@@ -114,15 +66,11 @@ class TIGERConfig(ModelConfig):
     projection_weight: NonNegativeFloat | None = None  # projection head's loss weight (None: 0 beam, 1 projection)
     beam_size: PositiveInt | None = None  # beams per user in top_k (None: 2k; never fewer than k)
     samples_per_user: PositiveInt | None = 8  # training targets per user per epoch (None: all events)
-    learning_rate: PositiveFloat = 1e-3
     batch_size: PositiveInt = 256
     epochs: PositiveInt = 200  # a maximum: early stopping usually ends training before
     early_stopping_patience: PositiveInt | None = 5
     eval_every: PositiveInt = 5
-    valid_metric: str = "NDCG@10"
     score_batch_size: PositiveInt = 256  # users per encoder pass when scoring
-    device: str = "auto"
-    verbose: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> "TIGERConfig":
@@ -274,75 +222,43 @@ def _beam_search(net: _Net, trie: PrefixTrie, level_sizes: list[int], encoder_to
     """Trie-constrained beam search for a block of users: (items (B, width), log-probs (B, width)).
 
     `banned`: sorted keys user_row * n_items + item of items that may not be emitted (history).
-    Beams that have completed an item (codes of different lengths) stay in the beam with their score
-    and compete with longer prefixes (a prefix's log-probability bounds those of its completions).
+    Only the beams still extending a prefix are decoded, `_BEAM_ROWS` sequences a pass; their
+    log-probabilities add up in float64.
     """
     memory, pad = net.encode(encoder_tokens)
-    n_users, device = len(memory), memory.device
-    n_items, depth = trie.n_items, trie.depth
-    offsets = np.concatenate([[0], np.cumsum(level_sizes)])
-    scores = np.full((n_users, 1), 0.0)
-    nodes = np.zeros((n_users, 1), dtype=np.int64)  # trie node at the current depth; -1 = dead
-    items = np.full((n_users, 1), -1, dtype=np.int64)  # completed item, -1 while still a prefix
-    prefix = np.full((n_users, 1, 0), 0, dtype=np.int64)  # flat tokens decoded so far
-    for level in range(depth):
-        beams = nodes.shape[1]
-        open_ = (items < 0) & (nodes >= 0)
-        size = level_sizes[level]
-        cand = np.full((n_users, beams, size + 1), -np.inf)
-        cand[:, :, size] = np.where(items >= 0, scores, -np.inf)  # a finished beam carries over
+    device = memory.device
+    offsets = torch.as_tensor(np.concatenate([[0], np.cumsum(level_sizes)]), dtype=torch.int64, device=device)
+
+    def log_probs(level: int, prefix: torch.Tensor, open_: np.ndarray) -> torch.Tensor:
+        n_users, beams = open_.shape
+        lo, hi = int(offsets[level]), int(offsets[level + 1])
+        out = torch.zeros((n_users * beams, hi - lo), dtype=torch.float64, device=device)
         rows = np.flatnonzero(open_.ravel())
         if len(rows):
-            decoded = prefix.reshape(n_users * beams, level)[rows]
-            inputs = np.concatenate([np.full((len(rows), 1), _BOS), decoded], axis=1)
+            rows_t = torch.from_numpy(rows).to(device)
+            decoded = prefix.reshape(n_users * beams, level)[rows_t]
+            decoded = torch.where(decoded >= 0, decoded + offsets[:level] + _FIRST_CODE, _PAD_TOKEN)
+            inputs = torch.cat([torch.full((len(rows), 1), _BOS, dtype=torch.int64, device=device), decoded], dim=1)
             user_of_row = rows // beams
-            logp = np.empty((len(rows), size), dtype=np.float64)
             for start in range(0, len(rows), _BEAM_ROWS):
                 part = slice(start, start + _BEAM_ROWS)
                 who = torch.from_numpy(user_of_row[part]).to(device)
-                states = net.decode(torch.from_numpy(inputs[part]).to(device), memory[who], pad[who])
+                states = net.decode(inputs[part], memory[who], pad[who])
                 lp = net.level_log_probs(states[:, -1:], first_level=level)[:, 0]
-                logp[part] = lp[:, offsets[level]:offsets[level + 1]].double().cpu().numpy()
-            flat_nodes = nodes.ravel()[rows]
-            allowed = trie.allowed_mask(level, flat_nodes, size)
-            value = np.where(allowed, scores.ravel()[rows, None] + logp, -np.inf)
-            if banned is not None and len(banned):
-                r, token = np.nonzero(allowed)
-                done = trie.item_at(level + 1, trie.step(level, flat_nodes[r], token))
-                hit = done >= 0
-                keys = user_of_row[r[hit]] * n_items + done[hit]
-                where = np.minimum(np.searchsorted(banned, keys), len(banned) - 1)
-                is_banned = banned[where] == keys
-                value[r[hit][is_banned], token[hit][is_banned]] = -np.inf
-            cand.reshape(-1, size + 1)[rows, :size] = value
-        flat = cand.reshape(n_users, -1)
-        keep = min(width, flat.shape[1])
-        best = np.argsort(-flat, axis=1, kind="stable")[:, :keep]  # ties: lower beam, then lower token
-        new_scores = np.take_along_axis(flat, best, axis=1)
-        parent, token = best // (size + 1), best % (size + 1)
-        parent_nodes = np.take_along_axis(nodes, parent, axis=1)
-        parent_items = np.take_along_axis(items, parent, axis=1)
-        stays = token == size
-        alive = np.isfinite(new_scores)
-        child = trie.step(level, parent_nodes, np.where(stays, 0, token))
-        nodes = np.where(stays | ~alive, np.where(alive, parent_nodes, -1), child)
-        items = np.where(stays, parent_items, np.where(alive, trie.item_at(level + 1, np.maximum(child, 0)), -1))
-        items[~alive] = -1
-        new_token = np.where(stays | ~alive, _PAD_TOKEN, token + offsets[level] + _FIRST_CODE)
-        prefix = np.concatenate([np.take_along_axis(prefix, parent[..., None], axis=1), new_token[..., None]], axis=2)
-        scores = np.where(alive, new_scores, -np.inf)
-    scores = np.where(items >= 0, scores, -np.inf)
-    order = np.argsort(-scores, axis=1, kind="stable")
-    items, scores = np.take_along_axis(items, order, axis=1), np.take_along_axis(scores, order, axis=1)
-    items[~np.isfinite(scores)] = -1
-    return items, scores.astype(np.float32)
+                out[rows_t[part]] = lp[:, lo:hi].double()
+        return out.reshape(n_users, beams, hi - lo)
+
+    return constrained_beam_search(log_probs, trie, level_sizes, len(memory), width, device=device, banned=banned)
 
 
 class _Decoder:
-    """Scoring and beam search on a network's current weights (shared by training and the fitted model)."""
+    """Scoring and beam search on one set of network weights (the fitted model's, or, during
+    training, the copy the trainer validates)."""
 
-    def __init__(self, net: _Net, codes: np.ndarray, level_sizes: list[int], config: TIGERConfig) -> None:
+    def __init__(self, net: _Net, codes: np.ndarray, level_sizes: list[int], config: TIGERConfig,
+                 weights: Any = None) -> None:
         self.net, self.codes, self.level_sizes, self.config = net, codes, level_sizes, config
+        self.weights = weights  # the `weights_` the network was built from
         self.trie = PrefixTrie(codes)
         self.item_tokens = _item_tokens(codes, level_sizes)
         self.n_codes = int(sum(level_sizes))
@@ -415,30 +331,14 @@ class _Decoder:
         return out_items, out_scores
 
 
-class _LiveScorer:
-    """What the trainer validates: beam search (top_k) for "beam", all-item scores for "projection"."""
-
-    def __init__(self, decoder: _Decoder) -> None:
-        self.decoder = decoder
-
-    def score(self, users, history, items=None):
-        return self.decoder.score(users, history, items)
-
-    @property
-    def top_k(self):
-        if self.decoder.config.decoding != "beam":
-            raise AttributeError("top_k")
-        return self.decoder.beam_search
-
-
 # ---- the recommender ----------------------------------------------------------------------------
-class TIGER(SaveLoad):
+class TIGER(TorchRecommender):
     """Encoder-decoder transformer that generates the next item's semantic ID."""
 
     Config = TIGERConfig
 
     def __init__(self, config: TIGERConfig | None = None) -> None:
-        self.config = config or TIGERConfig()
+        super().__init__(config)
         self._dataset_items: np.ndarray | None = None
         self._item_table: dict[str, np.ndarray] | None = None
         self._text_vectors: np.ndarray | None = None
@@ -492,7 +392,7 @@ class TIGER(SaveLoad):
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return np.ascontiguousarray((vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32))
 
-    def _tokenize(self, train: Interactions):
+    def _tokenize(self, train: Interactions, options: FitOptions | None = None):
         c = self.config
         name = c.indexing
         params = {**_TOKENIZER_DEFAULTS.get(name.lower(), {}), "seed": c.seed, **(c.tokenizer or {})}
@@ -503,82 +403,88 @@ class TIGER(SaveLoad):
             table = {key: np.asarray(column)[rows] for key, column in self._item_table.items()}
         embeddings = self._item_embeddings(train) if self._uses_embeddings() else None
         try:
-            return tokenizer.fit(embeddings, interactions=train, item_table=table)
+            return tokenizer.fit(embeddings, interactions=train, item_table=table, options=options)
         except TokenizerError as exc:
             raise RecstackError(f"TIGER indexing {name!r} could not be fitted: {exc}. Item tables reach TIGER "
                                 "through model.use_dataset(dataset) (recstack run calls it)") from None
 
     # -- training --------------------------------------------------------------------------------
-    def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
-        c = self.config
-        if len(train) == 0:
-            raise RecstackError("TIGER cannot be fitted on empty training data; check the filters and split")
-        counts = train.user_counts()
-        learners = np.flatnonzero(counts >= 2).astype(np.int64)
-        if not len(learners):
+    def fit(self, train: Interactions, valid: Interactions | None = None, *,
+            options: FitOptions | None = None) -> Self:
+        """Tokenize the items (before seeding: an RQ-VAE trains with its own seed), then train the
+        encoder-decoder with the shared loop."""
+        check_trainable("TIGER", train)
+        if not (train.user_counts() >= 2).any():
             raise RecstackError("TIGER needs at least one user with two or more training events "
                                 "(one to read, one to predict); check the filters and split")
-        tokenizer = self._tokenize(train)
+        self._tokenizer = self._tokenize(train, options)
+        try:
+            return super().fit(train, valid, options=options)
+        finally:
+            del self._tokenizer
+
+    def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
+        c = self.config
+        tokenizer = self._tokenizer
         codes, level_sizes = tokenizer.codes_, list(tokenizer.level_sizes_)
-        seed_everything(c.seed)
-        rng = np.random.default_rng(c.seed)
-        item_tokens = _item_tokens(codes, level_sizes)
-        net = _Net(item_tokens, level_sizes, c)
-        decoder = _Decoder(net, codes, level_sizes, c)
-        n_codes = decoder.n_codes
-        head_weight = c.head_weight
+        self._fixed = {"codes_": codes, "level_sizes_": level_sizes,
+                       "tokenizer_stats_": _json_safe(tokenizer.stats())}
+        self._train, self._rng = train, rng
+        self._counts = train.user_counts()
+        self._learners = np.flatnonzero(self._counts >= 2).astype(np.int64)
+        self._item_tokens = _item_tokens(codes, level_sizes)
+        self._n_codes = int(sum(level_sizes))
+        return _Net(self._item_tokens, level_sizes, c)
 
-        def batches():
-            if c.samples_per_user is None:  # every event after a user's first is a target
-                targets = np.flatnonzero(np.arange(len(train)) > train.indptr[train.user.astype(np.int64)])
-            else:
-                users = np.repeat(learners, c.samples_per_user)
-                offset = rng.integers(1, counts[users])  # position within the user's events, >= 1
-                targets = train.indptr[users] + offset
-            targets = rng.permutation(targets)
-            for start in range(0, len(targets), c.batch_size):
-                rows = targets[start:start + c.batch_size]
-                users = train.user[rows].astype(np.int64)
-                window = rows[:, None] - c.max_seq_len + np.arange(c.max_seq_len)[None, :]
-                window = np.where(window >= train.indptr[users][:, None], window, -1)
-                items = np.where(window >= 0, train.item[np.maximum(window, 0)].astype(np.int64), -1)
-                tokens = _encoder_tokens(item_tokens, items, _user_tokens(users, n_codes, c.n_user_buckets))
-                yield tokens, train.item[rows].astype(np.int64)
+    def batches(self):
+        c, train, rng, counts = self.config, self._train, self._rng, self._counts
+        if c.samples_per_user is None:  # every event after a user's first is a target
+            targets = np.flatnonzero(np.arange(len(train)) > train.indptr[train.user.astype(np.int64)])
+        else:
+            users = np.repeat(self._learners, c.samples_per_user)
+            offset = rng.integers(1, counts[users])  # position within the user's events, >= 1
+            targets = train.indptr[users] + offset
+        targets = rng.permutation(targets)
+        for start in range(0, len(targets), c.batch_size):
+            rows = targets[start:start + c.batch_size]
+            users = train.user[rows].astype(np.int64)
+            window = rows[:, None] - c.max_seq_len + np.arange(c.max_seq_len)[None, :]
+            window = np.where(window >= train.indptr[users][:, None], window, -1)
+            items = np.where(window >= 0, train.item[np.maximum(window, 0)].astype(np.int64), -1)
+            tokens = _encoder_tokens(self._item_tokens, items, _user_tokens(users, self._n_codes, c.n_user_buckets))
+            yield tokens, train.item[rows].astype(np.int64)
 
-        def batch_loss(module: _Net, batch) -> torch.Tensor:
-            tokens, target = batch
-            memory, pad = module.encode(tokens)
-            states = module.decode(module.decoder_inputs(target), memory, pad)
-            n_tokens = (module.item_tokens[target] != _PAD_TOKEN).sum()  # padded tails are not predicted
-            loss = -module.code_log_prob(states, target).sum() / n_tokens
-            if head_weight > 0:
-                loss = loss + head_weight * F.cross_entropy(module.project(states[:, 0]), target)
-            return loss
+    def batch_loss(self, module: _Net, batch) -> torch.Tensor:
+        tokens, target = batch
+        memory, pad = module.encode(tokens)
+        states = module.decode(module.decoder_inputs(target), memory, pad)
+        n_tokens = (module.item_tokens[target] != _PAD_TOKEN).sum()  # padded tails are not predicted
+        loss = -module.code_log_prob(states, target).sum() / n_tokens
+        head_weight = self.config.head_weight
+        if head_weight > 0:
+            loss = loss + head_weight * F.cross_entropy(module.project(states[:, 0]), target)
+        return loss
 
-        trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
-        history = trainer.fit(net, batch_loss, batches, _LiveScorer(decoder), train=train, valid=valid)
-        best_epoch = trainer.best_epoch if trainer.best_epoch is not None else len(history)
-        net.eval()
-        weights = torch.nn.utils.parameters_to_vector(net.parameters()).detach().to("cpu", torch.float32).numpy()
-        self._replace_fitted({"codes_": codes, "level_sizes_": level_sizes, "weights_": weights.copy(),
-                              "history_": history, "best_epoch_": best_epoch,
-                              "tokenizer_stats_": _json_safe(tokenizer.stats())})
-        self._decoder = decoder
-        return self
+    def trainer_settings(self) -> dict[str, Any]:
+        return {"optimizer": "adam"}
+
+    def export(self, module: _Net) -> dict[str, Any]:
+        return {**self._fixed, "weights_": module_arrays(module)}
 
     # -- inference -------------------------------------------------------------------------------
     def _fitted_decoder(self) -> _Decoder:
         check_fitted(self, "codes_", "level_sizes_", "weights_")
-        if self._decoder is None or self._decoder.codes is not self.codes_:
+        decoder = getattr(self, "_decoder", None)
+        if decoder is None or decoder.weights is not self.weights_ or decoder.codes is not self.codes_:
             codes = np.asarray(self.codes_, dtype=np.int64)
             self.codes_ = codes
             level_sizes = [int(s) for s in self.level_sizes_]
-            net = _Net(_item_tokens(codes, level_sizes), level_sizes, self.config)
-            torch.nn.utils.vector_to_parameters(torch.from_numpy(np.asarray(self.weights_, dtype=np.float32)),
-                                                net.parameters())
-            net.eval()
-            self._decoder = _Decoder(net, codes, level_sizes, self.config)
-        return self._decoder
+            with torch.random.fork_rng(devices=[]):  # the throw-away initialisation leaves the global RNG alone
+                net = _Net(_item_tokens(codes, level_sizes), level_sizes, self.config)
+            net.load_state_dict({key: torch.from_numpy(np.asarray(value)) for key, value in self.weights_.items()})
+            net = net.to(resolve_device(self.config.device)).eval()
+            decoder = self._decoder = _Decoder(net, codes, level_sizes, self.config, self.weights_)
+        return decoder
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
         """Projection-head scores ("projection") or exact code log-probabilities ("beam") of every item."""
@@ -589,12 +495,29 @@ class TIGER(SaveLoad):
         """Trie-constrained beam search: (items (B, k), log-probabilities (B, k)); -1 / -inf pad short lists."""
         return self._fitted_decoder().beam_search(users, history, k, mask_history=mask_history, beam_size=beam_size)
 
-    @property
-    def top_k(self):
-        """Beam-search top-k (decoding="beam" only; a projection model ranks every item through `score`)."""
-        if self.config.decoding != "beam":
-            raise AttributeError(f"{type(self).__name__}.top_k: decoding='projection' ranks every item through score()")
-        return self.beam_search
+    def top_k(self, users: np.ndarray, history: Interactions, k: int, *,
+              mask_history: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The k best items per user: beam search for decoding="beam"; for "projection", every item
+        ranked by `score` (the history masked when asked), as the evaluator ranks a scorer."""
+        if self.config.decoding == "beam":
+            return self.beam_search(users, history, k, mask_history=mask_history)
+        users = np.asarray(users, dtype=np.int64)
+        n_items = len(self._fitted_decoder().codes)
+        out_items = np.full((len(users), k), -1, dtype=np.int64)
+        out_scores = np.full((len(users), k), -np.inf, dtype=np.float32)
+        matrix = history.matrix() if mask_history else None
+        block = block_size_for(n_items)
+        for start in range(0, len(users), block):
+            batch = users[start:start + block]
+            scores = np.array(self.score(batch, history), dtype=np.float32)
+            if matrix is not None:
+                rows = matrix[batch]
+                scores[np.repeat(np.arange(len(batch)), np.diff(rows.indptr)), rows.indices] = -np.inf
+            idx, values = top_k_items(scores, k)
+            idx[~np.isfinite(values) & (values < 0)] = -1  # a masked item
+            out_items[start:start + len(batch), :idx.shape[1]] = idx
+            out_scores[start:start + len(batch), :idx.shape[1]] = values
+        return out_items, out_scores
 
     @property
     def trie(self) -> PrefixTrie:

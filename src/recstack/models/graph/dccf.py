@@ -18,33 +18,14 @@ with InfoNCE (cosine similarity / tau, in-batch negatives) over the batch's dist
 distinct positive items I, as in the authors' code (HKUDS/DCCF, model.py): the local view Z is the
 anchor of every pair; gradients flow through the edge masks.
 
-Notable choices: A_hat is a torch sparse CSR tensor built once in `fit` (one symmetric sparse @
-dense product per layer); each learned mask is a sparse CSR tensor on A's pattern whose values carry
-gradients (one sparse @ dense product each, with a hand-written backward: M^T g on the same pattern
-and <g_h, x_t> per edge; the cosines are computed once per undirected edge). The L2 term on layer-0
-embeddings is per example (the authors sum over the batch instead; reg here ~ their emb_reg times
-their batch size: 2.5e-5 * 10240 = 0.26). Embedding and prototype initialisation is Xavier-normal as
-in the authors' code. Rows are gathered with index_select (advanced indexing's backward accumulates
-in a thread-dependent order). After `fit` the final embeddings are plain numpy (`user_factors_`,
-`item_factors_`); no fold-in for new users.
-
-Defaults keep the paper's code where it held up (d = 32, 2 layers, K = 128 intents, tau = 1,
-intent_reg 5e-3, batch 10240) and were tuned on ml-100k VALIDATION data (all ratings as positives,
-per-user random 8:1:1 split, seed 2020, full ranking, NDCG@10 on valid with train masked; 10 short
-runs, seed 0, one cpu thread): learning_rate=2e-3, reg=0.1, ssl_weight=0.01 reach validation NDCG@10
-= 0.246 (best epoch 48, 126 s at ~2.5 s per epoch on a shared cpu; test 0.295, for information
-only). The paper's ssl_weight = 0.1 (12 InfoNCE terms for 2 layers) dominates the loss here and
-holds validation at 0.16-0.19, near Pop (0.13); with small reg (1e-4 without the contrastive term,
-1e-3 with 0.01 of it) BPR overfits within a few epochs (0.21). Lower learning rates helped steadily
-(1e-2: 0.226, 5e-3: 0.238, 2e-3: 0.246); the paper's 1e-3 was not tried (it needs over 100 epochs
-here). A step costs about 0.3 s on one cpu thread for ml-100k (four sparse products and two edge
-masks per layer), hence the large batch.
+Deviation: the L2 term on layer-0 embeddings is per example (the authors sum over the batch
+instead; reg here ~ their emb_reg times their batch size: 2.5e-5 * 10240 = 0.26). No fold-in for
+new users. Implementation notes and tuning record: docs/models/dccf.md.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -53,18 +34,14 @@ import torch.nn.functional as F
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from recstack.data.interactions import Interactions
-from recstack.errors import RecstackError
-from recstack.models.kernels.graph import sparse_tensor as _sparse_tensor
-from recstack.models.kernels.graph import symmetric_matmul
-from recstack.models.kernels.scoring import dot_scores
-from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
+from recstack.models.kernels.graph import PropagatedFactors, sparse_tensor, symmetric_matmul, triple_scores
+from recstack.models.neural import TorchRecommender, TrainingFields
+from recstack.models.protocol import ModelConfig
 from recstack.train.indexing import gather_rows
 from recstack.train.losses import bpr_loss, info_nce_loss, l2_penalty
-from recstack.train.sampling import EpochPairs, UniformNegativeSampler
-from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
 
 
-class DCCFConfig(ModelConfig):
+class DCCFConfig(ModelConfig, TrainingFields):
     embedding_size: PositiveInt = 32
     n_layers: NonNegativeInt = 2
     n_intents: PositiveInt = 128  # K global intent prototypes, for users and for items
@@ -73,14 +50,8 @@ class DCCFConfig(ModelConfig):
     intent_reg: NonNegativeFloat = 5e-3  # times the squared norms of all prototypes
     ssl_weight: NonNegativeFloat = 0.01  # paper: 0.1
     temperature: PositiveFloat = 1.0  # tau of InfoNCE
-    epochs: PositiveInt = 100  # a maximum: early stopping usually ends training before
     batch_size: PositiveInt = 10240
     n_negatives: PositiveInt = 1
-    early_stopping_patience: PositiveInt | None = 10
-    eval_every: PositiveInt = 1
-    valid_metric: str = "NDCG@10"
-    device: str = "auto"  # cuda when available, else cpu
-    verbose: bool = True
 
 
 def bipartite_adjacency(matrix: sp.spmatrix) -> sp.csr_matrix:
@@ -171,7 +142,7 @@ class _Net(torch.nn.Module):
         self.item_embedding = torch.nn.Parameter(_xavier_normal(n_items, embedding_size))
         self.user_intent = torch.nn.Parameter(_xavier_normal(embedding_size, n_intents))
         self.item_intent = torch.nn.Parameter(_xavier_normal(embedding_size, n_intents))
-        self.register_buffer("normalized", _sparse_tensor(normalized_adjacency(adjacency)), persistent=False)
+        self.register_buffer("normalized", sparse_tensor(normalized_adjacency(adjacency)), persistent=False)
         # A's edge list in CSR order (by head, then tail) and, per edge (h, t), the position of (t, h)
         heads = np.repeat(np.arange(adjacency.shape[0]), np.diff(adjacency.indptr))
         tails = adjacency.indices.astype(np.int64)
@@ -226,67 +197,25 @@ def contrastive_loss(views: list[tuple[torch.Tensor, ...]], users: torch.Tensor,
     return loss
 
 
-class _LiveScorer:
-    def __init__(self, net: _Net) -> None:
-        self.net = net
-
-    def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
-        return dot_scores(users, items, *self.net.factors())
-
-
-class DCCF(SaveLoad):
+class DCCF(PropagatedFactors, TorchRecommender):
     """Graph CF with intent prototypes, learned edge masks and InfoNCE between local, intent and augmented views."""
 
     Config = DCCFConfig
 
-    def __init__(self, config: DCCFConfig | None = None) -> None:
-        self.config = config or DCCFConfig()
-
-    def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
+    def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
-        if len(train) == 0:
-            raise RecstackError("DCCF cannot be fitted on empty training data; check the filters and split")
-        seed_everything(c.seed)
-        rng = np.random.default_rng(c.seed)
-        matrix = train.matrix()
-        pairs = EpochPairs.from_matrix(matrix, c.batch_size, rng)
-        sampler = UniformNegativeSampler(matrix, rng)
-        net = _Net(bipartite_adjacency(matrix), train.n_users, train.n_items, c.embedding_size,
-                   c.n_layers, c.n_intents)
-        n_users = train.n_users
+        return _Net(bipartite_adjacency(self.sample_pairs(train, rng)), train.n_users, train.n_items,
+                    c.embedding_size, c.n_layers, c.n_intents)
 
-        def batches():
-            negatives = sampler.sample(pairs.users, c.n_negatives)
-            for index, users, items in pairs.indexed():
-                yield users, items, negatives[index]
-
-        def batch_loss(module: _Net, batch) -> torch.Tensor:
-            users, pos, neg = batch
-            final, views = module.propagate()
-            # e_j: (B, n_negatives, d)
-            e_u = gather_rows(final, users)
-            e_i, e_j = gather_rows(final, n_users + pos), gather_rows(final, n_users + neg)
-            pos_scores = (e_u * e_i).sum(-1)
-            neg_scores = (e_u.unsqueeze(1) * e_j).sum(-1)
-            penalty = l2_penalty(gather_rows(module.user_embedding, users), gather_rows(module.item_embedding, pos),
-                                 gather_rows(module.item_embedding, neg))
-            prototypes = module.user_intent.pow(2).sum() + module.item_intent.pow(2).sum()
-            loss = bpr_loss(pos_scores, neg_scores) + c.reg * penalty + c.intent_reg * prototypes
-            if c.ssl_weight > 0 and views:
-                loss = loss + c.ssl_weight * contrastive_loss(views, users, pos, n_users, c.temperature)
-            return loss
-
-        trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
-        history = trainer.fit(net, batch_loss, batches, _LiveScorer(net), train=train, valid=valid)
-
-        user_factors, item_factors = net.factors()
-        user_factors[train.user_counts() == 0] = 0.0  # no training events: score like an unknown user
-        self.user_factors_ = user_factors
-        self.item_factors_ = item_factors
-        self.history_ = history
-        self.best_epoch_ = trainer.best_epoch if trainer.best_epoch is not None else len(history)
-        return self
-
-    def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
-        check_fitted(self, "user_factors_", "item_factors_")
-        return dot_scores(users, items, self.user_factors_, self.item_factors_)
+    def batch_loss(self, module: _Net, batch) -> torch.Tensor:
+        c = self.config
+        users, pos, neg = batch
+        final, views = module.propagate()
+        pos_scores, neg_scores = triple_scores(final, users, pos, neg, module.n_users)
+        penalty = l2_penalty(gather_rows(module.user_embedding, users), gather_rows(module.item_embedding, pos),
+                             gather_rows(module.item_embedding, neg))
+        prototypes = module.user_intent.pow(2).sum() + module.item_intent.pow(2).sum()
+        loss = bpr_loss(pos_scores, neg_scores) + c.reg * penalty + c.intent_reg * prototypes
+        if c.ssl_weight > 0 and views:
+            loss = loss + c.ssl_weight * contrastive_loss(views, users, pos, module.n_users, c.temperature)
+        return loss

@@ -7,44 +7,30 @@ loss = -mean log sigmoid(score(u, i) - score(u, j)) + reg * (||e_u^0||^2 + ||e_i
 over (user, positive i, uniform negative j) triples, the L2 term on the batch's layer-0 embeddings
 as in the authors' code (without their factor 1/2).
 
-Notable choices: A_hat is built once in `fit` as a torch sparse CSR tensor (a non-persistent buffer,
-so it follows the module to the trainer's device and stays out of checkpoints); each training
-step propagates the whole graph once, one sparse @ dense product per layer, and gathers the batch's
-rows. Nodes without edges (zero degree) get zero rows in A_hat. Embeddings start N(0, init_std^2)
-(0.1 in the authors' code). After `fit` the propagated final embeddings are plain numpy
-(`user_factors_`, `item_factors_`), so scoring is `P[users] @ Q.T` without torch. Like BPR-MF,
-LightGCN cannot fold in new users: users without training events score all zeros.
-
-Defaults were chosen on ml-100k VALIDATION data (all ratings as positives, per-user random 8:1:1
-split, seed 2020, full ranking, NDCG@10 on valid with train masked; 8 short runs, one thread):
-learning_rate=5e-3, reg=5e-4, n_layers=3, batch_size=2048, init_std=0.1 reach validation NDCG@10
-0.253 (seed 0, best epoch 95, about 60-115 s on one busy core; 0.250 with seed 1) against BPR-MF's
-0.250/0.245. reg mattered most (3e-3: 0.220, 1e-3: 0.248, 5e-4: 0.253, 2e-4: 0.251); the paper's
-learning_rate=1e-3 was still improving after 150 epochs (0.228); 2 layers gave 0.250. For reference
-only, test NDCG@10 of the default fit is 0.315 (seed 1: 0.305; BPR-MF 0.304; RecBole ~0.31).
-One epoch on ml-100k (80k pairs, batch 2048, 3 layers, 64 dims, one thread) takes about 0.5 s.
+Deviations: the whole graph is propagated once per step (A_hat a sparse CSR buffer, zero rows for
+nodes without edges) and the batch's rows gathered; users without training events score all zeros
+(never trained, like BPR-MF, LightGCN cannot fold in new users). Tuning log: docs/models/lightgcn.md.
 """
 
 from __future__ import annotations
-
-from typing import Self
 
 import numpy as np
 import torch
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from recstack.data.interactions import Interactions
-from recstack.models.kernels.graph import normalized_adjacency, sparse_tensor, symmetric_matmul
-from recstack.models.kernels.live import LiveScorer
-from recstack.models.kernels.scoring import dot_scores
-from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted, check_trainable
-from recstack.train.indexing import gather_rows
-from recstack.train.losses import bpr_loss, l2_penalty
-from recstack.train.sampling import pair_batches
-from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
+from recstack.models.kernels.graph import (
+    PropagatedFactors,
+    graph_bpr_loss,
+    layer_mean,
+    normalized_adjacency,
+    sparse_tensor,
+)
+from recstack.models.neural import TorchRecommender, TrainingFields
+from recstack.models.protocol import ModelConfig
 
 
-class LightGCNConfig(ModelConfig):
+class LightGCNConfig(ModelConfig, TrainingFields):
     embedding_size: PositiveInt = 64
     n_layers: NonNegativeInt = 3  # K propagation layers; 0 is plain matrix factorisation
     learning_rate: PositiveFloat = 5e-3
@@ -53,11 +39,6 @@ class LightGCNConfig(ModelConfig):
     batch_size: PositiveInt = 2048
     n_negatives: PositiveInt = 1
     init_std: PositiveFloat = 0.1
-    early_stopping_patience: PositiveInt | None = 10
-    eval_every: PositiveInt = 1
-    valid_metric: str = "NDCG@10"
-    device: str = "auto"  # cuda when available, else cpu
-    verbose: bool = True
 
 
 class _Net(torch.nn.Module):
@@ -71,12 +52,7 @@ class _Net(torch.nn.Module):
 
     def propagate(self) -> torch.Tensor:
         """(n_users + n_items, d): the mean of layers 0..K, one sparse @ dense product per layer."""
-        layer = self.embedding.weight
-        total = layer
-        for _ in range(self.n_layers):
-            layer = symmetric_matmul(self.adjacency, layer)
-            total = total + layer
-        return total / (self.n_layers + 1)
+        return layer_mean(self.adjacency, self.embedding.weight, self.n_layers)
 
     def factors(self) -> tuple[np.ndarray, np.ndarray]:
         with torch.no_grad():
@@ -84,51 +60,17 @@ class _Net(torch.nn.Module):
         return final[:self.n_users], final[self.n_users:]
 
 
-class LightGCN(SaveLoad):
+class LightGCN(PropagatedFactors, TorchRecommender):
     """Linear propagation of free user and item embeddings on the normalised interaction graph."""
 
     Config = LightGCNConfig
 
-    def __init__(self, config: LightGCNConfig | None = None) -> None:
-        self.config = config or LightGCNConfig()
-
-    def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
+    def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
-        check_trainable("LightGCN", train)
-        seed_everything(c.seed)
-        rng = np.random.default_rng(c.seed)
-        matrix = train.matrix()
-        adjacency = sparse_tensor(normalized_adjacency(matrix))
-        net = _Net(adjacency, train.n_users, train.n_items, c.embedding_size, c.n_layers, c.init_std)
-        scorer = LiveScorer(net)
-        n_users = train.n_users
+        adjacency = sparse_tensor(normalized_adjacency(self.sample_pairs(train, rng)))
+        return _Net(adjacency, train.n_users, train.n_items, c.embedding_size, c.n_layers, c.init_std)
 
-        def batch_loss(module: _Net, batch) -> torch.Tensor:
-            users, pos, neg = batch
-            scorer.cache = None  # the weights are about to change
-            final = module.propagate()  # the whole graph once per step
-            e_u = gather_rows(final, users)
-            e_i, e_j = gather_rows(final, n_users + pos), gather_rows(final, n_users + neg)  # e_j: (B, n_neg, d)
-            pos_scores = (e_u * e_i).sum(-1)
-            neg_scores = (e_u.unsqueeze(1) * e_j).sum(-1)
-            weight = module.embedding.weight
-            penalty = l2_penalty(gather_rows(weight, users), gather_rows(weight, n_users + pos),
-                                 gather_rows(weight, n_users + neg))
-            return bpr_loss(pos_scores, neg_scores) + c.reg * penalty
-
-        trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
-        history = trainer.fit(net, batch_loss, pair_batches(matrix, c.batch_size, c.n_negatives, rng),
-                              scorer, train=train, valid=valid)
-
-        user_factors, item_factors = net.factors()
-        # users without training events were never trained: zero them so they score like unknown users
-        user_factors[train.user_counts() == 0] = 0.0
-        self.user_factors_ = user_factors
-        self.item_factors_ = item_factors
-        self.history_ = history
-        self.best_epoch_ = trainer.best_epoch if trainer.best_epoch is not None else len(history)
-        return self
-
-    def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
-        check_fitted(self, "user_factors_", "item_factors_")
-        return dot_scores(users, items, self.user_factors_, self.item_factors_)
+    def batch_loss(self, module: _Net, batch) -> torch.Tensor:
+        users, pos, neg = batch
+        final = module.propagate()  # the whole graph once per step
+        return graph_bpr_loss(final, module.embedding.weight, users, pos, neg, module.n_users, self.config.reg)

@@ -13,19 +13,10 @@ each edge of L with that probability per step and rescales the kept ones; messag
 training). LeakyReLU slope 0.2 and Xavier-uniform initialisation as in the reference code, biases
 zero. After `fit` the concatenated embeddings are plain numpy (`user_factors_`, `item_factors_`,
 (embedding_size * (n_layers + 1)) columns), so scoring is `P[users] @ Q.T` without torch.
-Users without training events score all zeros.
-
-Defaults were chosen on ml-100k VALIDATION data (all ratings as positives, per-user random 8:1:1
-split, seed 2020, full ranking, NDCG@10 on valid with train masked); tuning was brief (time ran
-out): the paper's reg=1e-5, dropout=0.1, 3 layers of 64 with learning_rate=5e-3 reach validation
-NDCG@10 0.239 (best epoch 24, about 70 s on one busy core; test 0.289, for reference only), below
-LightGCN's 0.253 as in the LightGCN paper; learning_rate=1e-3 needs well over 100 epochs
-(about 1.7 s each on one core).
+Users without training events score all zeros. Tuning record: docs/models/ngcf.md.
 """
 
 from __future__ import annotations
-
-from typing import Self
 
 import numpy as np
 import torch
@@ -33,17 +24,13 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from recstack.data.interactions import Interactions
-from recstack.models.kernels.graph import normalized_adjacency, sparse_tensor, symmetric_matmul
-from recstack.models.kernels.live import LiveScorer
-from recstack.models.kernels.scoring import dot_scores
-from recstack.models.protocol import SaveLoad, ModelConfig, check_fitted, check_trainable
-from recstack.train.indexing import gather_rows
-from recstack.train.losses import bpr_loss, l2_penalty
-from recstack.train.sampling import pair_batches
-from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
+from recstack.models.kernels.graph import (PropagatedFactors, graph_bpr_loss, normalized_adjacency, sparse_tensor,
+                                           symmetric_matmul)
+from recstack.models.neural import TorchRecommender, TrainingFields
+from recstack.models.protocol import ModelConfig
 
 
-class NGCFConfig(ModelConfig):
+class NGCFConfig(ModelConfig, TrainingFields):
     embedding_size: PositiveInt = 64  # also the width of every propagation layer
     n_layers: NonNegativeInt = 3
     learning_rate: PositiveFloat = 5e-3
@@ -53,11 +40,6 @@ class NGCFConfig(ModelConfig):
     epochs: PositiveInt = 300  # a maximum: early stopping usually ends training before
     batch_size: PositiveInt = 2048
     n_negatives: PositiveInt = 1
-    early_stopping_patience: PositiveInt | None = 10
-    eval_every: PositiveInt = 1
-    valid_metric: str = "NDCG@10"
-    device: str = "auto"  # cuda when available, else cpu
-    verbose: bool = True
 
 
 class _Net(torch.nn.Module):
@@ -110,50 +92,18 @@ class _Net(torch.nn.Module):
         return final[:self.n_users], final[self.n_users:]
 
 
-class NGCF(SaveLoad):
+class NGCF(PropagatedFactors, TorchRecommender):
     """Graph convolution with feature transforms and user-item affinity messages, layers concatenated."""
 
     Config = NGCFConfig
 
-    def __init__(self, config: NGCFConfig | None = None) -> None:
-        self.config = config or NGCFConfig()
-
-    def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
+    def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
-        check_trainable("NGCF", train)
-        seed_everything(c.seed)
-        rng = np.random.default_rng(c.seed)
-        matrix = train.matrix()
+        matrix = self.sample_pairs(train, rng)
         laplacian = sparse_tensor(normalized_adjacency(matrix))
-        net = _Net(laplacian, train.n_users, train.n_items, c.embedding_size, c.n_layers, c.dropout, c.node_dropout)
-        scorer = LiveScorer(net)
-        n_users = train.n_users
+        return _Net(laplacian, train.n_users, train.n_items, c.embedding_size, c.n_layers, c.dropout, c.node_dropout)
 
-        def batch_loss(module: _Net, batch) -> torch.Tensor:
-            users, pos, neg = batch
-            scorer.cache = None  # the weights are about to change
-            final = module.propagate()  # the whole graph once per step
-            e_u = gather_rows(final, users)
-            e_i, e_j = gather_rows(final, n_users + pos), gather_rows(final, n_users + neg)  # e_j: (B, n_neg, d')
-            pos_scores = (e_u * e_i).sum(-1)
-            neg_scores = (e_u.unsqueeze(1) * e_j).sum(-1)
-            weight = module.embedding.weight
-            penalty = l2_penalty(gather_rows(weight, users), gather_rows(weight, n_users + pos),
-                                 gather_rows(weight, n_users + neg))
-            return bpr_loss(pos_scores, neg_scores) + c.reg * penalty
-
-        trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
-        history = trainer.fit(net, batch_loss, pair_batches(matrix, c.batch_size, c.n_negatives, rng),
-                              scorer, train=train, valid=valid)
-
-        user_factors, item_factors = net.factors()
-        user_factors[train.user_counts() == 0] = 0.0  # never trained: score like unknown users
-        self.user_factors_ = user_factors
-        self.item_factors_ = item_factors
-        self.history_ = history
-        self.best_epoch_ = trainer.best_epoch if trainer.best_epoch is not None else len(history)
-        return self
-
-    def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
-        check_fitted(self, "user_factors_", "item_factors_")
-        return dot_scores(users, items, self.user_factors_, self.item_factors_)
+    def batch_loss(self, module: _Net, batch) -> torch.Tensor:
+        users, pos, neg = batch
+        final = module.propagate()  # the whole graph once per step
+        return graph_bpr_loss(final, module.embedding.weight, users, pos, neg, module.n_users, self.config.reg)

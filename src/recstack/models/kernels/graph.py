@@ -1,5 +1,6 @@
 """Graph propagation shared by the graph models: the normalised bipartite adjacency of LightGCN
-(D^-1/2 A D^-1/2), its torch sparse form, and a sparse @ dense product with a cheap backward."""
+(D^-1/2 A D^-1/2), its torch sparse form, a sparse @ dense product with a cheap backward, the BPR
+terms on propagated embeddings, and the export and scoring of propagated factors."""
 
 from __future__ import annotations
 
@@ -8,6 +9,13 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from recstack.data.interactions import Interactions
+from recstack.models.kernels.scoring import dot_scores
+from recstack.models.protocol import check_fitted
+from recstack.train.indexing import gather_rows
+from recstack.train.losses import bpr_loss, l2_penalty
+from recstack.train.sampling import pair_batches
 
 
 def normalized_adjacency(matrix: sp.spmatrix) -> sp.csr_matrix:
@@ -57,3 +65,55 @@ class _SymmetricMatmul(torch.autograd.Function):
 def symmetric_matmul(matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
     """`matrix @ dense` for a symmetric sparse `matrix` (no gradient for the matrix itself)."""
     return _SymmetricMatmul.apply(matrix, dense)
+
+
+def layer_mean(adjacency: torch.Tensor, layer: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """LightGCN's final embeddings: the mean of E^(0) = `layer` and E^(k+1) = A_hat E^(k), k < K."""
+    total = layer
+    for _ in range(n_layers):
+        layer = symmetric_matmul(adjacency, layer)
+        total = total + layer
+    return total / (n_layers + 1)
+
+
+def triple_scores(final: torch.Tensor, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+                  n_users: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """<e_u, e_i> (B,) and <e_u, e_j> (B, n_negatives) from final embeddings (users, then items)."""
+    e_u = gather_rows(final, users)
+    e_i, e_j = gather_rows(final, n_users + pos), gather_rows(final, n_users + neg)  # e_j: (B, n_neg, d)
+    return (e_u * e_i).sum(-1), (e_u.unsqueeze(1) * e_j).sum(-1)
+
+
+def graph_bpr_loss(final: torch.Tensor, ego: torch.Tensor, users: torch.Tensor, pos: torch.Tensor,
+                   neg: torch.Tensor, n_users: int, reg: float) -> torch.Tensor:
+    """BPR on the final embeddings plus reg * the batch's squared layer-0 (`ego`) norms per example."""
+    pos_scores, neg_scores = triple_scores(final, users, pos, neg, n_users)
+    penalty = l2_penalty(gather_rows(ego, users), gather_rows(ego, n_users + pos), gather_rows(ego, n_users + neg))
+    return bpr_loss(pos_scores, neg_scores) + reg * penalty
+
+
+class PropagatedFactors:
+    """Batches, export and scoring for a `TorchRecommender` trained on (user, positive, uniform
+    negatives) batches whose module's `factors()` returns the final (user, item) embeddings as
+    numpy: score(u, i) = <p_u, q_i> without torch. `build_module` calls `sample_pairs` first.
+    Users without training events were never trained: their rows are zeroed so they score like
+    unknown users, during validation and after `fit`."""
+
+    def sample_pairs(self, train: Interactions, rng: np.random.Generator) -> sp.csr_matrix:
+        """The training matrix; keeps its epoch batches and its never-trained users for this fit."""
+        matrix = train.matrix()
+        self._pairs = pair_batches(matrix, self.config.batch_size, self.config.n_negatives, rng)
+        self._untrained_users = train.user_counts() == 0
+        return matrix
+
+    def batches(self):
+        return self._pairs()
+
+    def export(self, module: torch.nn.Module) -> dict[str, np.ndarray]:
+        user_factors, item_factors = module.factors()
+        user_factors[self._untrained_users] = 0.0
+        return {"user_factors_": user_factors, "item_factors_": item_factors}
+
+    def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
+        check_fitted(self, "user_factors_", "item_factors_")
+        return dot_scores(users, items, self.user_factors_, self.item_factors_)

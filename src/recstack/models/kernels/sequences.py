@@ -3,7 +3,9 @@
 A sequential model encodes each user's recent history into a vector h_u and scores item i as
 <h_u, t_i> (+ b_i) against an item table. `score_in_chunks` runs the encoder on `chunk` users at a
 time and writes their products straight into the returned (B, C) array, so nothing larger than
-the block the evaluator asked for is materialised, for any catalogue size.
+the block the evaluator asked for is materialised, for any catalogue size. `embed_in_chunks` does
+the same for the representations themselves, and `require_sequences` refuses next-item training
+windows without a single user to learn from.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.train.sequences import PAD
+from recstack.train.sequences import PAD, SequenceBatches
 
 
 def check_item_vocabulary(history: Interactions, n_items: int) -> None:
@@ -22,6 +24,15 @@ def check_item_vocabulary(history: Interactions, n_items: int) -> None:
     if history.n_items != n_items:
         raise RecstackError(f"the history has {history.n_items} items but the model was fitted on {n_items}; "
                             "score with interactions that share the training item vocabulary")
+
+
+def require_sequences(name: str, sequences: SequenceBatches) -> SequenceBatches:
+    """`sequences` (one training window per user, see `recstack.train.sequences`), refused when no
+    user has the two events a window needs; `name` is the model's, for the error."""
+    if len(sequences.users) == 0:
+        raise RecstackError(f"{name} needs at least one user with two or more training events "
+                            "(one to read, one to predict); check the filters and split")
+    return sequences
 
 
 def trim_padding(tokens: np.ndarray) -> np.ndarray:
@@ -63,4 +74,15 @@ def score_in_chunks(
             out[part] = np.einsum("bd,bcd->bc", hidden, table[items[part]])
             if bias is not None:
                 out[part] += bias[items[part]]
+    return out
+
+
+def embed_in_chunks(encode: Callable[[np.ndarray], np.ndarray], users: np.ndarray, width: int,
+                    chunk: int = 256) -> np.ndarray:
+    """(B, width) float32 user representations, `encode(user_indices)` run on `chunk` users at a time."""
+    users = np.asarray(users, dtype=np.int64)
+    out = np.empty((len(users), width), dtype=np.float32)
+    for start in range(0, len(users), chunk):
+        part = slice(start, start + chunk)
+        out[part] = encode(users[part])
     return out

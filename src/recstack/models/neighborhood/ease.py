@@ -25,6 +25,7 @@ from pydantic import PositiveFloat
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted, gather_items
+from recstack.train.options import FitOptions
 
 
 class EASEConfig(ModelConfig):
@@ -39,7 +40,8 @@ class EASE(SaveLoad):
     def __init__(self, config: EASEConfig | None = None) -> None:
         self.config = config or EASEConfig()
 
-    def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
+    def fit(self, train: Interactions, valid: Interactions | None = None, *,
+            options: FitOptions | None = None) -> Self:
         matrix = train.matrix().astype(np.float64)
         gram = (matrix.T @ matrix).toarray()
         gram[np.diag_indices_from(gram)] += self.config.reg

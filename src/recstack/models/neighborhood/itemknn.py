@@ -30,6 +30,7 @@ from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.kernels.topn import top_n_per_row
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted, gather_items
+from recstack.train.options import FitOptions
 
 # float64 cells per similarity block (128 MB; a few such temporaries live at once): bounds fit
 # memory independently of the catalogue
@@ -68,7 +69,8 @@ class ItemKNN(SaveLoad):
     def __init__(self, config: ItemKNNConfig | None = None) -> None:
         self.config = config or ItemKNNConfig()
 
-    def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
+    def fit(self, train: Interactions, valid: Interactions | None = None, *,
+            options: FitOptions | None = None) -> Self:
         cfg = self.config
         features = weight_features(train.matrix(), cfg.feature_weighting)  # users x items
         n_items = features.shape[1]

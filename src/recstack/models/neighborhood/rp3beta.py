@@ -30,6 +30,7 @@ from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.kernels.topn import top_n_per_row
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted, gather_items
+from recstack.train.options import FitOptions
 
 # float64 cells per similarity block (128 MB; a few such temporaries live at once): bounds fit
 # memory independently of the catalogue
@@ -58,7 +59,8 @@ class RP3beta(SaveLoad):
     def __init__(self, config: RP3betaConfig | None = None) -> None:
         self.config = config or RP3betaConfig()
 
-    def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
+    def fit(self, train: Interactions, valid: Interactions | None = None, *,
+            options: FitOptions | None = None) -> Self:
         cfg = self.config
         matrix = train.matrix()
         user_to_item = _row_normalised(matrix)

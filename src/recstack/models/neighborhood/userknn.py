@@ -25,6 +25,7 @@ from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.kernels.topn import top_n_per_row
 from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted, gather_items
+from recstack.train.options import FitOptions
 
 
 # float64 cells of the query x training-user similarity per chunk (128 MB)
@@ -44,7 +45,8 @@ class UserKNN(SaveLoad):
     def __init__(self, config: UserKNNConfig | None = None) -> None:
         self.config = config or UserKNNConfig()
 
-    def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
+    def fit(self, train: Interactions, valid: Interactions | None = None, *,
+            options: FitOptions | None = None) -> Self:
         matrix = train.matrix()
         self.user_items_ = matrix.copy()
         self.user_norms_ = np.sqrt(np.diff(matrix.indptr)).astype(np.float64)  # binary rows: |x_v| = sqrt(nnz)

@@ -1,73 +1,21 @@
 """Ada-Retrieval (Li et al., "Ada-Retrieval: An Adaptive Multi-Round Retrieval Paradigm for Sequential
-Recommendations", AAAI 2024), a model-agnostic wrapper here over a SASRec or GRU4Rec backbone.
+Recommendations", AAAI 2024), a model-agnostic wrapper here over a SASRec or GRU4Rec backbone built by
+the model registry. K items (`retrieval_size`) are retrieved in T rounds (`n_rounds`) of K/T, each
+excluding the earlier rounds' items, which are fed back: the item adapter (IRA) passes each earlier
+round's items through a learnable FMLP-Rec low-pass filter and lets the backbone's input embeddings
+attend to them, x'_j = LN(x_j + Dropout(softmax(x_j C^T / sqrt(d)) C)), before the backbone re-reads
+the sequence; the user adapter (URA) fuses a GRU state c over the earlier rounds' representations,
+h' = LN(h + Dropout(W_2 ReLU(W_1 [h; c]))). Round t scores items by the backbone's output layer with h'_t.
+Training follows the authors' code: stage 1 fits the backbone alone (`pretrain`), stage 2 fine-tunes
+all with L = sum_t lambda^(t-1) L_t (`round_loss_decay`; `loss` "ce" or the code's sampled "bce").
+`top_k` is the multi-round list; `score` ranks the same way (earlier rounds' items lifted above the
+last round's scores in list order), so sorting it reproduces `top_k` for every k.
 
-Instead of one nearest-neighbour search for K items, the K items are retrieved in T rounds of K/T
-(`retrieval_size` K, `n_rounds` T), each round excluding the items of the earlier rounds (and the
-user's history), and the items of the earlier rounds are fed back before the next round:
-- item representation adapter (IRA): each earlier round's retrieved items e_1..e_{K/T} pass a learnable
-  low-pass filter over the round (an FMLP-Rec filter: rFFT along the round's items, times learned
-  complex weights, inverse FFT, a d x d layer, dropout, LayerNorm with the residual); the backbone's
-  input item embeddings x_j then attend to all filtered retrieved items,
-  x'_j = LayerNorm(x_j + Dropout(softmax(x_j C^T / sqrt(d)) C)), and the backbone re-reads the
-  sequence from x' (round 1 has no context: x' = x);
-- user representation adapter (URA): a GRU reads the user representations of the earlier rounds,
-  its last state c fuses with this round's backbone output h by an MLP,
-  h' = LayerNorm(h + Dropout(W_2 ReLU(W_1 [h; c]))) (round 1: h' = h).
-Round t scores every item by the backbone's own output layer with h'_t (SASRec <h', E_i>, GRU4Rec
-<h', W_i> + b_i): the item side is not adapted, so retrieval stays a nearest-neighbour search.
-
-Training follows the authors' code (UniRec-based): stage 1 fits the backbone alone (its own loss and
-early stopping, `backbone_params`); stage 2 adds the adapters and fine-tunes everything (backbone
-included) with L = sum_t lambda^(t-1) L_t over the T rounds (`round_loss_decay` lambda; the code's
-0.3), where L_t is the loss of the round-t representation for the next item and the round's
-retrieval (top K/T by the current weights, no gradient through the choice, the input sequence and
-the earlier rounds masked) supplies the next round's context. `pretrain=False` skips stage 1
-(end-to-end from scratch). `loss` selects L_t: "bce" is the code's (the positive against
-`n_negatives` uniform negatives, sigmoid cross-entropy; 100 in the code), "ce" the full softmax the
-recstack backbones train with. A training example is one (prefix, next item) pair ending at a
-random training event of a user (the code trains on every prefix each epoch; here
-`samples_per_user` random prefixes per user an epoch, which keeps an epoch cheap because the T
-rounds run the backbone T times); the prefix is the last `max_seq_len` events before it.
-
-Inference and the evaluator. `top_k(users, history, k)` is the multi-round list: rounds of K/T items
-(history and earlier rounds masked) until k items are listed; for k > K the T-th round goes on
-listing its next best items (the retrieval stops adapting after the T rounds it was trained for).
-`score(users, history)` is consistent with it: the T-th round's scores, with the items of rounds
-1..T-1 lifted above every score in their retrieval order, so sorting `score` (history masked, as
-the evaluator does) reproduces `top_k` for every k. The scores of rounds 1..T-1 are thus ranks, not
-the model's similarities. The evaluator uses `top_k` for full ranking; with an item pool (cold-item
-splits) it falls back to `score`, whose earlier rounds were retrieved from the whole catalogue:
-the paradigm is not meant for restricted pools.
-
-Differences from the authors' code: the IRA and URA LayerNorms start with gain = the RMS of the
-backbone's item embeddings resp. round-1 user representations (their code uses 1: its SASRec
-normalises again after the IRA, but recstack's SASRec scales the raw embeddings by sqrt(d) and
-GRU4Rec reads them raw, so gain 1 would change the input scale at the start of fine-tuning); the
-retrieval that feeds the IRA masks the user's history at inference as the evaluated list does
-(their code masks it in the evaluated list only); Adam with the trainer's defaults, no gradient
-clipping (code: 10), one loss over all rounds per batch as in the code.
-
-Defaults: the code's T = 5, 100 negatives for "bce", adapter dropout = the backbone's; K = 20 (4
-items a round) because recstack reports NDCG@10/20 (the code's K = 100, 20 a round, is for
-Hit@50/100: with 20 a round, NDCG@10 would only see round 1, where no adapter acts yet). Loss,
-learning rate and lambda were chosen on ml-100k VALIDATION NDCG@10 (leave-last-one-out by time,
-all ratings positive, full ranking with history masked, seed 2020, one run each, the backbones at
-their recstack defaults, fine-tuning patience 5, 4 examples per user an epoch); valid / test:
-  SASRec backbone alone                                   0.1147 / 0.0898
-  + Ada, the code's recipe (bce, lr 1e-3, lambda 0.3)      0.1045 / 0.0841  (epoch 1 fell to 0.043:
-        the sampled BCE at lr 1e-3 first wrecks the CE-pretrained backbone, then it recovers)
-  + Ada, ce, lr 1e-3, lambda 0.3                           0.1111 / 0.0877
-  + Ada, ce, lr 1e-4, lambda 0.3                           0.1115 / 0.0905
-  + Ada, ce, lr 1e-4, lambda 1.0 (default)                 0.1149 / 0.0877
-  GRU4Rec backbone alone                                  0.1075 / 0.0937
-  + Ada, ce, lr 1e-3, lambda 0.3                           0.1014 / 0.0905
-  + Ada, default                                           0.1082 / 0.0938
-"ce" is the default because the recstack backbones are pre-trained with it (the code fine-tunes with
-the loss its backbones were pre-trained with). On ml-100k Ada-Retrieval does not beat its backbone:
-the differences are within noise (one standard error is about 0.008 on 943 users), and over SASRec
-validation NDCG@20 is lower (0.143 -> 0.133; GRU4Rec 0.134 both): there the adapted later rounds
-rank worse than continuing the first round's list. The paper's gains are on Amazon Beauty/Sports and Yelp at
-Hit/NDCG@50/100. Fine-tuning takes 4-6 minutes on one busy CPU core after the backbone's 5-6.
+Differences from the authors' code: the adapter LayerNorm gains start at the RMS of the backbone's
+item embeddings resp. round-1 user representations (theirs: 1); the retrieval feeding the IRA masks
+the history at inference as the evaluated list does; `samples_per_user` random prefixes per user an
+epoch instead of every prefix; Adam with the trainer's defaults, no gradient clipping; K = 20 (theirs
+100) for NDCG@10/20. The full description and the tuning record: docs/models/adaretrieval.md.
 """
 
 from __future__ import annotations
@@ -82,20 +30,21 @@ from pydantic import PositiveFloat, PositiveInt, confloat, model_validator
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
+from recstack.models import build, resolve
 from recstack.models.kernels.sequences import trim_padding
-from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted, gather_items
+from recstack.models.neural import TorchRecommender, TrainingFields, module_arrays
+from recstack.models.protocol import ModelConfig, check_fitted, check_trainable, gather_items
 from recstack.models.sequential import gru4rec as _gru4rec
 from recstack.models.sequential import sasrec as _sasrec
+from recstack.train.options import FitOptions
 from recstack.train.sampling import UniformNegativeSampler
 from recstack.train.sequences import PAD, last_items
-from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
 from recstack.topk import top_k_items
 
-_BACKBONES = {"sasrec": (_sasrec.SASRec, _sasrec.SASRecConfig), "gru4rec": (_gru4rec.GRU4Rec, _gru4rec.GRU4RecConfig)}
 _SHARED = ("seed", "device", "verbose")  # set on the backbone from this config unless backbone_params has them
 
 
-class AdaRetrievalConfig(ModelConfig):
+class AdaRetrievalConfig(ModelConfig, TrainingFields):
     backbone: Literal["sasrec", "gru4rec"] = "sasrec"
     backbone_params: dict[str, Any] = {}  # the backbone's own config (embedding_size, max_seq_len, its loss...)
     pretrain: bool = True  # stage 1: fit the backbone alone first (the paper); False: end-to-end from scratch
@@ -108,13 +57,8 @@ class AdaRetrievalConfig(ModelConfig):
     samples_per_user: PositiveInt = 4  # random (prefix, next item) examples per user an epoch
     learning_rate: PositiveFloat = 1e-4  # fine-tuning (code: 1e-3); the backbone keeps its own
     batch_size: PositiveInt = 128  # examples per update
-    epochs: PositiveInt = 100  # fine-tuning epochs at most (early stopping ends it earlier)
-    early_stopping_patience: PositiveInt | None = 5
-    eval_every: PositiveInt = 1
-    valid_metric: str = "NDCG@10"
+    early_stopping_patience: PositiveInt | None = 5  # of the fine-tuning (`epochs` bounds it; the backbone has its own)
     score_batch_size: PositiveInt = 256  # users per multi-round pass when scoring
-    device: str = "auto"
-    verbose: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> "AdaRetrievalConfig":
@@ -129,7 +73,7 @@ class AdaRetrievalConfig(ModelConfig):
         return self.retrieval_size // self.n_rounds
 
     def backbone_config(self) -> ModelConfig:
-        config_cls = _BACKBONES[self.backbone][1]
+        config_cls = resolve(self.backbone).Config  # the registry's model: one way to build a model
         params = {**{name: getattr(self, name) for name in _SHARED}, **self.backbone_params}
         try:
             return config_cls(**params)
@@ -162,7 +106,6 @@ class _Net(torch.nn.Module):
                  dropout: float) -> None:
         super().__init__()
         self.kind, self.backbone = kind, backbone
-        self.n_heads = getattr(backbone_config, "n_heads", 1)
         d = backbone_config.embedding_size
         self.d, self.dropout = d, dropout
         self.ira_filter = _LowFilter(round_size, d, dropout)
@@ -177,12 +120,12 @@ class _Net(torch.nn.Module):
 
     def input_table(self) -> torch.Tensor:
         """(n_items + 1, d) input item embeddings, row 0 = padding."""
-        return self.backbone.params["item_embedding"] if self.kind == "sasrec" else self.backbone.item_embedding
+        return self.backbone.item_embedding
 
     def item_scores(self, h: torch.Tensor) -> torch.Tensor:
         """(B, d) user representations -> (B, n_items) scores by the backbone's output layer."""
         if self.kind == "sasrec":
-            return h @ self.backbone.params["item_embedding"][1:].T
+            return h @ self.backbone.item_embedding[1:].T
         return h @ self.backbone.output_table().T + self.backbone.output_bias
 
     def adapt_items(self, x: torch.Tensor, rounds_items: list[torch.Tensor]) -> torch.Tensor:
@@ -212,34 +155,34 @@ class _Net(torch.nn.Module):
             tokens = torch.where(filled, slots, torch.zeros_like(slots))
         else:
             table = None
-        if self.kind == "sasrec":
-            params = dict(self.backbone.params)
-            if table is not None:
-                params["item_embedding"] = table
-            h = _sasrec._forward(params, tokens, self.n_heads, self.backbone.dropout, self.training, last_only=True)
+        # the backbone's own forward, with the adapted table in place of its item embeddings
+        kwargs = {"last_only": True} if self.kind == "sasrec" else {}
+        if table is None:
+            hidden = self.backbone(tokens, **kwargs)
         else:
-            if table is None:
-                hidden = self.backbone(tokens)
-            else:
-                hidden = torch.func.functional_call(self.backbone, {"item_embedding": table}, (tokens,),
-                                                    strict=False, tie_weights=False)
+            hidden = torch.func.functional_call(self.backbone, {"item_embedding": table}, (tokens,), kwargs,
+                                                strict=False, tie_weights=False)
+        if self.kind == "sasrec":
+            h = hidden
+        else:
             last = ((tokens != PAD).sum(1) - 1).clamp(min=0)
             h = hidden[torch.arange(len(tokens), device=tokens.device), last]
         return self.adapt_user(h, rounds_users) if rounds_users else h
 
 
-def _backbone_module(kind: str, config: ModelConfig, n_items: int, arrays: dict[str, np.ndarray] | None) -> torch.nn.Module:
-    """The backbone's torch module, fresh (arrays None) or carrying a fitted backbone's weights."""
+def _backbone_module(kind: str, config: ModelConfig, n_items: int, weights: dict[str, np.ndarray] | None
+                     ) -> torch.nn.Module:
+    """The backbone's torch module, fresh (weights None) or carrying a fitted backbone's `weights_` (its
+    module's state dict, the `TorchRecommender` export). SASRec's module draws its initialisation before
+    the weights overwrite it, GRU4Rec's does not (the fine-tuning's random stream depends on it)."""
     if kind == "sasrec":
         net = _sasrec._Net(n_items, config)
-        if arrays is not None:
-            with torch.no_grad():
-                for name, param in net.params.items():
-                    param.copy_(torch.from_numpy(arrays[f"{name}_"]))
+        if weights is not None:
+            net.load_state_dict({name: torch.from_numpy(value) for name, value in weights.items()})
         return net
-    if arrays is None:
+    if weights is None:
         return _gru4rec._Net(n_items, config)
-    return _gru4rec._net_from(arrays, config).train()
+    return _gru4rec._net_from(weights, config).train()
 
 
 def _layout(kind: str, tokens: np.ndarray) -> np.ndarray:
@@ -273,14 +216,16 @@ def _retrieve(net: _Net, tokens: torch.Tensor, blocked: torch.Tensor, sizes: lis
 
 
 class _Inference:
-    """Multi-round lists and scores from a `_Net` (the live module in training, the fitted one after)."""
+    """Multi-round lists and scores from a `_Net` rebuilt from the fitted weights (while training: the
+    module's current weights, which the base exports into a copy of the model for each validation)."""
 
     def __init__(self, net: _Net, config: AdaRetrievalConfig, max_seq_len: int) -> None:
         self.net, self.config, self.max_seq_len = net, config, max_seq_len
 
-    def _rounds(self, users: np.ndarray, history: Interactions, sizes: list[int]
+    def _rounds(self, users: np.ndarray, history: Interactions, sizes: list[int], *, mask_history: bool
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(B, sum(sizes)) multi-round lists, their empty-slot mask and the last round's (B, n_items) scores."""
+        """(B, sum(sizes)) multi-round lists, their empty-slot mask and the last round's (B, n_items) scores;
+        with `mask_history` no round retrieves an item of the user's history."""
         net, c = self.net, self.config
         n_items = net.input_table().shape[0] - 1
         if history.n_items != n_items:
@@ -301,7 +246,8 @@ class _Inference:
                 part = slice(start, start + c.score_batch_size)
                 block = distinct[part]
                 tokens = torch.from_numpy(_layout(net.kind, last_items(history, block, self.max_seq_len))).to(device)
-                blocked = torch.from_numpy(matrix[block].toarray() > 0).to(device)
+                blocked = torch.from_numpy(matrix[block].toarray() > 0 if mask_history
+                                           else np.zeros((len(block), n_items), dtype=bool)).to(device)
                 with torch.no_grad():
                     lists[part], empty[part], scores = _retrieve(net, tokens, blocked, sizes)
                 last[part] = scores.cpu().numpy()
@@ -327,11 +273,12 @@ class _Inference:
             np.put_along_axis(scores, earlier, lifted.astype(np.float32), axis=1)
         return scores
 
-    def top_k(self, users: np.ndarray, history: Interactions, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def top_k(self, users: np.ndarray, history: Interactions, k: int, *,
+              mask_history: bool) -> tuple[np.ndarray, np.ndarray]:
         if not 1 <= k <= history.n_items:
             raise RecstackError(f"k must lie in 1..{history.n_items} (the catalogue), got {k}")
         sizes = self._sizes(k)
-        lists, empty, last = self._rounds(users, history, sizes)
+        lists, empty, last = self._rounds(users, history, sizes, mask_history=mask_history)
         values = np.take_along_axis(self._compose(lists, last, len(sizes)), lists, axis=1).astype(np.float32)
         lists = lists.astype(np.int32)
         lists[empty], values[empty] = -1, -np.inf  # fewer unseen items than k
@@ -339,7 +286,7 @@ class _Inference:
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
         c = self.config
-        lists, _, last = self._rounds(users, history, [c.round_size] * c.n_rounds)
+        lists, _, last = self._rounds(users, history, [c.round_size] * c.n_rounds, mask_history=True)
         return np.ascontiguousarray(gather_items(self._compose(lists, last, c.n_rounds), items), dtype=np.float32)
 
 
@@ -357,35 +304,34 @@ def _examples(train: Interactions, users: np.ndarray, max_seq_len: int, rng: np.
     return tokens, train.item[target_rows].astype(np.int64)
 
 
-class AdaRetrieval(SaveLoad):
+class AdaRetrieval(TorchRecommender):
     """Multi-round retrieval over a SASRec/GRU4Rec backbone with item and user representation adapters."""
 
     Config = AdaRetrievalConfig
 
-    def __init__(self, config: AdaRetrievalConfig | None = None) -> None:
-        self.config = config or AdaRetrievalConfig()
-
-    def fit(self, train: Interactions, valid: Interactions | None = None, *, backbone: Any = None) -> Self:
+    def fit(self, train: Interactions, valid: Interactions | None = None, *, options: FitOptions | None = None,
+            backbone: Any = None) -> Self:
         """Stage 1 fits the backbone (unless `pretrain=False`, or a fitted `backbone` of the configured
         kind is given), stage 2 fine-tunes backbone + adapters on the multi-round loss."""
         c = self.config
-        if len(train) == 0:
-            raise RecstackError("AdaRetrieval cannot be fitted on empty training data; check the filters and split")
-        backbone_cls, _ = _BACKBONES[c.backbone]
-        bc = c.backbone_config()
-        arrays = None
+        check_trainable("AdaRetrieval", train)
+        backbone_cls = resolve(c.backbone)
+        bc, weights = c.backbone_config(), None
         if backbone is not None:
             if not isinstance(backbone, backbone_cls) or getattr(backbone, "best_epoch_", None) is None:
                 raise RecstackError(f"backbone must be a fitted {backbone_cls.__name__} (backbone={c.backbone!r}), "
                                     f"got {type(backbone).__name__}")
-            bc = backbone.config
-            arrays = {name: value for name, value in vars(backbone).items()
-                      if name.endswith("_") and isinstance(value, np.ndarray)}
+            bc, weights = backbone.config, backbone.weights_
         elif c.pretrain:
-            arrays = {name: value for name, value in vars(backbone_cls(bc).fit(train, valid)).items()
-                      if name.endswith("_") and isinstance(value, np.ndarray)}
-        seed_everything(c.seed)
-        rng = np.random.default_rng(c.seed)
+            weights = build(c.backbone, bc).fit(train, valid, options=options).weights_
+        self._backbone_config, self._backbone_weights = bc, weights
+        try:  # stage 2: the base's fit (seeding, build_module, the trainer, export)
+            return super().fit(train, valid, options=options)
+        finally:
+            del self._backbone_config, self._backbone_weights
+
+    def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
+        c, bc = self.config, self._backbone_config
         users = np.flatnonzero(train.user_counts() >= 2).astype(np.int64)
         if len(users) == 0:
             raise RecstackError("AdaRetrieval needs at least one user with two or more training events "
@@ -393,55 +339,55 @@ class AdaRetrieval(SaveLoad):
         if c.retrieval_size > train.n_items:
             raise RecstackError(f"retrieval_size ({c.retrieval_size}) exceeds the catalogue ({train.n_items} items)")
         dropout = bc.dropout if c.dropout is None else c.dropout
-        net = _Net(c.backbone, _backbone_module(c.backbone, bc, train.n_items, arrays), bc, c.round_size, dropout)
+        net = _Net(c.backbone, _backbone_module(c.backbone, bc, train.n_items, self._backbone_weights), bc,
+                   c.round_size, dropout)
         self._init_norms(net, train, users, bc.max_seq_len)
-        sampler = UniformNegativeSampler(train.matrix(), rng) if c.loss == "bce" else None
-        weights = [c.round_loss_decay ** t for t in range(c.n_rounds)]
+        self._sampler = UniformNegativeSampler(train.matrix(), rng) if c.loss == "bce" else None
+        self._train, self._users, self._rng = train, users, rng
+        return net
 
-        def batches():
-            order = rng.permutation(np.repeat(users, c.samples_per_user))
-            for start in range(0, len(order), c.batch_size):
-                part = order[start:start + c.batch_size]
-                tokens, targets = _examples(train, part, bc.max_seq_len, rng)
-                batch = [_layout(c.backbone, tokens), targets]
-                if sampler is not None:
-                    batch.append(sampler.sample(part, c.n_negatives))
-                yield tuple(batch)
+    def batches(self):
+        c, rng, sampler = self.config, self._rng, self._sampler
+        order = rng.permutation(np.repeat(self._users, c.samples_per_user))
+        for start in range(0, len(order), c.batch_size):
+            part = order[start:start + c.batch_size]
+            tokens, targets = _examples(self._train, part, self._backbone_config.max_seq_len, rng)
+            batch = [_layout(c.backbone, tokens), targets]
+            if sampler is not None:
+                batch.append(sampler.sample(part, c.n_negatives))
+            yield tuple(batch)
 
-        def batch_loss(module: _Net, batch) -> torch.Tensor:
-            tokens, targets = batch[0], batch[1]
-            blocked = torch.zeros(len(tokens), module.input_table().shape[0], dtype=torch.bool, device=tokens.device)
-            blocked.scatter_(1, tokens, True)  # the prefix's items (and the padding column 0)
-            blocked = blocked[:, 1:]
-            rounds_items: list[torch.Tensor] = []
-            rounds_users: list[torch.Tensor] = []
-            total = tokens.new_zeros((), dtype=torch.float32)
-            for t in range(c.n_rounds):
-                h = module.user(tokens, rounds_items, rounds_users)
-                scores = module.item_scores(h)
-                if c.loss == "ce":
-                    total = total + weights[t] * F.cross_entropy(scores, targets)
-                else:
-                    pos = scores.gather(1, targets[:, None])
-                    neg = scores.gather(1, batch[2])
-                    bce = torch.cat([F.softplus(-pos), F.softplus(neg)], dim=1).mean()
-                    total = total + weights[t] * bce
-                if t + 1 < c.n_rounds:
-                    with torch.no_grad():
-                        chosen = scores.detach().masked_fill(blocked, -torch.inf).topk(c.round_size, dim=1).indices
-                    blocked = blocked.scatter(1, chosen, True)
-                    rounds_items.append(chosen)
-                    rounds_users.append(h)
-            return total
+    def batch_loss(self, module: _Net, batch) -> torch.Tensor:
+        c = self.config
+        tokens, targets = batch[0], batch[1]
+        blocked = torch.zeros(len(tokens), module.input_table().shape[0], dtype=torch.bool, device=tokens.device)
+        blocked.scatter_(1, tokens, True)  # the prefix's items (and the padding column 0)
+        blocked = blocked[:, 1:]
+        rounds_items: list[torch.Tensor] = []
+        rounds_users: list[torch.Tensor] = []
+        total = tokens.new_zeros((), dtype=torch.float32)
+        for t in range(c.n_rounds):
+            weight = c.round_loss_decay ** t
+            h = module.user(tokens, rounds_items, rounds_users)
+            scores = module.item_scores(h)
+            if c.loss == "ce":
+                total = total + weight * F.cross_entropy(scores, targets)
+            else:
+                pos = scores.gather(1, targets[:, None])
+                neg = scores.gather(1, batch[2])
+                bce = torch.cat([F.softplus(-pos), F.softplus(neg)], dim=1).mean()
+                total = total + weight * bce
+            if t + 1 < c.n_rounds:
+                with torch.no_grad():
+                    chosen = scores.detach().masked_fill(blocked, -torch.inf).topk(c.round_size, dim=1).indices
+                blocked = blocked.scatter(1, chosen, True)
+                rounds_items.append(chosen)
+                rounds_users.append(h)
+        return total
 
-        trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
-        history = trainer.fit(net, batch_loss, batches, _Inference(net, c, bc.max_seq_len), train=train, valid=valid)
-        best_epoch = trainer.best_epoch if trainer.best_epoch is not None else len(history)
-        state = {f"w_{name.replace('.', '__')}_": value.detach().to("cpu", torch.float32).numpy().copy()
-                 for name, value in net.state_dict().items()}
-        self._replace_fitted({**state, "n_items_": int(train.n_items), "backbone_config_": bc.model_dump_json(),
-                              "history_": history, "best_epoch_": best_epoch})
-        return self
+    def export(self, module: _Net) -> dict[str, Any]:
+        return {"weights_": module_arrays(module), "n_items_": int(module.input_table().shape[0] - 1),
+                "backbone_config_": self._backbone_config.model_dump_json()}
 
     @staticmethod
     def _init_norms(net: _Net, train: Interactions, users: np.ndarray, max_seq_len: int) -> None:
@@ -458,20 +404,20 @@ class AdaRetrieval(SaveLoad):
             net.ura_norm.weight.fill_(float(h.pow(2).mean().sqrt()))
 
     def _inference(self) -> _Inference:
-        check_fitted(self, "n_items_", "backbone_config_")
+        check_fitted(self, "weights_", "n_items_", "backbone_config_")
         c = self.config
-        bc = _BACKBONES[c.backbone][1].model_validate_json(self.backbone_config_)
+        bc = resolve(c.backbone).Config.model_validate_json(self.backbone_config_)
         dropout = bc.dropout if c.dropout is None else c.dropout
         with torch.random.fork_rng(devices=[]):  # the throw-away initialisation leaves the global RNG alone
             net = _Net(c.backbone, _backbone_module(c.backbone, bc, self.n_items_, None), bc, c.round_size, dropout)
-        state = {name: torch.from_numpy(getattr(self, f"w_{name.replace('.', '__')}_"))
-                 for name in net.state_dict()}
-        net.load_state_dict(state)
+        net.load_state_dict({name: torch.from_numpy(value) for name, value in self.weights_.items()})
         return _Inference(net.eval(), c, bc.max_seq_len)
 
-    def top_k(self, users: np.ndarray, history: Interactions, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(B, k) multi-round lists (history excluded; -1 pads when fewer unseen items exist) and their scores."""
-        return self._inference().top_k(users, history, k)
+    def top_k(self, users: np.ndarray, history: Interactions, k: int, *,
+              mask_history: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(B, k) multi-round lists and their scores; with `mask_history` no round lists an item of the
+        user's history (-1 pads when fewer unseen items exist)."""
+        return self._inference().top_k(users, history, k, mask_history=mask_history)
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
         """Scores whose order (history masked) is the multi-round list, then the last round's ranking."""

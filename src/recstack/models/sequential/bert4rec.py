@@ -6,42 +6,20 @@ its slot, layer-normalised, and passes through `n_layers` BIDIRECTIONAL transfor
 post-norm block: x = LN(x + MultiHead(x)), x = LN(x + FFN(x)), FFN = GELU between a d x 4d and a
 4d x d layer). A slot's output h scores every item through a projection tied to the input table:
 score(i) = <LN(GELU(h W_P + b_P)), E_i> + b_i (the paper's eq. 8 with BERT's masked-LM head norm).
-
-Cloze training (from `train` only): one window per user of their last `max_seq_len` training
-events; every non-padded token is replaced by [MASK] with probability `mask_prob` (padding never;
-a window that drew no mask gets its newest item masked, so every sequence teaches something), and
-the model predicts the masked items with a full softmax cross-entropy over the catalogue.
-Inference appends [MASK] after the user's last `max_seq_len - 1` items of `history` (train for
-validation, train + valid for test) and ranks items by the output at that slot.
-
-Tokens: 0 = padding, item i = i + 1, n_items + 1 = [MASK]. Sequences are left-padded, so the
-[MASK] at inference, like the newest item in training, sits in the last slot; padded keys are
-masked out of attention. Dropout 0.1 on embeddings, attention weights and residual branches;
-BERT's truncated-normal (std 0.02) initialisation.
-
-Scoring runs the encoder (torch, no gradients; the top block computes the [MASK] query only) on
-chunks of `score_batch_size` users and writes the item scores straight into the returned block.
-Fitted weights are numpy arrays saved without pickle.
+Cloze training: a share `mask_prob` of each window's items becomes [MASK] and is predicted by a
+full softmax; inference appends [MASK] after the user's last max_seq_len - 1 items and ranks by
+the output there. Fitted state: `weights_`, the network's named arrays.
 
 Differences from the paper's code: Adam with the trainer's defaults (the code: Adam with linear
 decay and warm-up, L2 0.01), always [MASK] for a chosen token, masked windows redrawn every epoch
 instead of a fixed pre-generated set with a dupe factor, training stops early on validation NDCG@10.
-
-Defaults (embedding_size 64, n_layers 2, n_heads 2, dropout 0.1, mask_prob 0.2 as the paper's
-ml-1m settings; max_seq_len 50 for SASRec's budget, the paper uses 200; batch_size 128) checked on
-ml-100k VALIDATION NDCG@10 (leave-last-one-out by time, all ratings positive, full ranking with
-history masked, seed 2020, one run each, early stopping with patience 20): learning_rate 1e-3 ->
-0.1022 (best epoch 80), 3e-3 -> 0.1047 (best epoch 72, 40% cheaper), hence 3e-3;
-mask_prob 0.4 (the paper's choice for sparser data) -> 0.0982, hence the paper's 0.2.
-The differences are within noise (one standard error is about 0.008 on 943 users). Test NDCG@10 at
-the defaults, for reference only: 0.084 (SASRec ce 0.090, GRU4Rec ce 0.094, Pop 0.045). About 2-4
-minutes a fit on one busy CPU core.
+Design notes, the tuning record and costs: docs/models/bert4rec.md.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Self
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,17 +27,18 @@ import torch.nn.functional as F
 from pydantic import PositiveFloat, PositiveInt, confloat, model_validator
 
 from recstack.data.interactions import Interactions
-from recstack.errors import RecstackError
-from recstack.models.kernels.sequences import check_item_vocabulary, score_in_chunks, trim_padding
-from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
+from recstack.models.kernels.attention import NamedParameters, torch_params
+from recstack.models.kernels.sequences import (check_item_vocabulary, embed_in_chunks, require_sequences,
+                                               score_in_chunks, trim_padding)
+from recstack.models.neural import TorchRecommender, TrainingFields
+from recstack.models.protocol import ModelConfig, check_fitted
 from recstack.train.sequences import PAD, SequenceBatches, last_items
-from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
 
 _MASKED = -1e9  # masked attention logits: finite, so a row without keys gives no NaN
 _EPS = 1e-12  # BERT's layer-norm epsilon
 
 
-class BERT4RecConfig(ModelConfig):
+class BERT4RecConfig(ModelConfig, TrainingFields):
     embedding_size: PositiveInt = 64
     n_layers: PositiveInt = 2  # transformer blocks
     n_heads: PositiveInt = 2  # must divide embedding_size
@@ -70,11 +49,7 @@ class BERT4RecConfig(ModelConfig):
     batch_size: PositiveInt = 128  # sequences (users) per update
     epochs: PositiveInt = 400  # a maximum: early stopping usually ends training well before
     early_stopping_patience: PositiveInt | None = 20  # Cloze training improves slowly and noisily
-    eval_every: PositiveInt = 1
-    valid_metric: str = "NDCG@10"
     score_batch_size: PositiveInt = 256  # users per network pass when scoring
-    device: str = "auto"  # cuda when available, else cpu
-    verbose: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> "BERT4RecConfig":
@@ -86,7 +61,7 @@ class BERT4RecConfig(ModelConfig):
         return self
 
 
-# parameter name -> fitted attribute `name_`; per-block tensors are stacked over blocks (first dim),
+# parameter names, keys of `weights_`; per-block tensors are stacked over blocks (first dim),
 # linear maps are stored (in, out) so that a layer is x @ W + b
 _PARAMS = (
     "item_embedding", "position_embedding", "embedding_norm_weight", "embedding_norm_bias",
@@ -95,7 +70,6 @@ _PARAMS = (
     "ffn_1_weight", "ffn_1_bias", "ffn_2_weight", "ffn_2_bias", "ffn_norm_weight", "ffn_norm_bias",
     "head_weight", "head_bias", "head_norm_weight", "head_norm_bias", "output_bias",
 )
-_WEIGHTS = tuple(f"{name}_" for name in _PARAMS)
 
 
 def _initial_params(n_items: int, c: BERT4RecConfig) -> dict[str, torch.Tensor]:
@@ -201,95 +175,72 @@ def _score_blocks(params: dict[str, torch.Tensor], n_heads: int, users: np.ndarr
     return score_in_chunks(encode, users, table, items, bias, chunk)
 
 
-class _Net(torch.nn.Module):
-    """The trainable parameters; the computation is `_forward` and `_head`, shared with scoring."""
+class _Net(NamedParameters):
+    """The trainable parameters, named as `_PARAMS`; the computation is `_forward` and `_head`, shared
+    with scoring."""
 
     def __init__(self, n_items: int, c: BERT4RecConfig) -> None:
-        super().__init__()
+        super().__init__(_initial_params(n_items, c))
         self.n_heads, self.dropout = c.n_heads, c.dropout
-        self.params = torch.nn.ParameterDict(
-            {name: torch.nn.Parameter(value) for name, value in _initial_params(n_items, c).items()})
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return _forward(dict(self.params), tokens, self.n_heads, self.dropout, self.training)
-
-    def weights(self) -> dict[str, np.ndarray]:
-        return {f"{name}_": value.detach().to("cpu", torch.float32).numpy().copy()
-                for name, value in self.params.items()}
+        return _forward(self.params, tokens, self.n_heads, self.dropout, self.training)
 
 
-class _LiveScorer:
-    """Scores from the module's current weights (the trainer's validation calls it)."""
-
-    def __init__(self, net: _Net, config: BERT4RecConfig) -> None:
-        self.net, self.config = net, config
-
-    def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
-        return _score_blocks(dict(self.net.params), self.config.n_heads, users, history, items,
-                             self.config.max_seq_len, self.config.score_batch_size)
-
-
-class BERT4Rec(SaveLoad):
+class BERT4Rec(TorchRecommender):
     """Bidirectional self-attention trained by Cloze; next-item scores at an appended [MASK]."""
 
     Config = BERT4RecConfig
 
-    def __init__(self, config: BERT4RecConfig | None = None) -> None:
-        self.config = config or BERT4RecConfig()
+    # ---- training (the base's fit calls these) ------------------------------------------------
 
-    def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
+    def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
-        if len(train) == 0:
-            raise RecstackError("BERT4Rec cannot be fitted on empty training data; check the filters and split")
-        seed_everything(c.seed)
-        rng = np.random.default_rng(c.seed)
-        sequences = SequenceBatches(train, c.max_seq_len, c.batch_size, rng)  # its user order per epoch
-        if len(sequences.users) == 0:
-            raise RecstackError("BERT4Rec needs at least one user with two or more training events "
-                                "(one to read, one to predict); check the filters and split")
-        mask_token = train.n_items + 1
-        net = _Net(train.n_items, c)
+        # the windows give the user order per epoch; the Cloze masks draw from the same generator
+        self._sequences = require_sequences("BERT4Rec", SequenceBatches(train, c.max_seq_len, c.batch_size, rng))
+        self._train, self._rng = train, rng
+        return _Net(train.n_items, c)
 
-        def batches():
-            for users, _, _ in sequences:
-                yield cloze_mask(last_items(train, users, c.max_seq_len), c.mask_prob, mask_token, rng)
+    def trainer_settings(self) -> dict[str, Any]:
+        return {"optimizer": "adam"}
 
-        def batch_loss(module: _Net, batch) -> torch.Tensor:
-            inputs, labels = batch
-            slots = labels != PAD
-            z = _head(module.params, module(inputs)[slots])  # (M, d) at the masked slots
-            logits = z @ module.params["item_embedding"][1:mask_token].T + module.params["output_bias"]
-            return F.cross_entropy(logits, labels[slots] - 1)
+    def batches(self):
+        c, train = self.config, self._train
+        for users, _, _ in self._sequences:
+            yield cloze_mask(last_items(train, users, c.max_seq_len), c.mask_prob, train.n_items + 1, self._rng)
 
-        trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
-        history = trainer.fit(net, batch_loss, batches, _LiveScorer(net, c), train=train, valid=valid)
+    def batch_loss(self, module: _Net, batch) -> torch.Tensor:
+        inputs, labels = batch
+        slots = labels != PAD
+        params = module.params
+        mask_token = params["output_bias"].shape[0] + 1
+        z = _head(params, module(inputs)[slots])  # (M, d) at the masked slots
+        logits = z @ params["item_embedding"][1:mask_token].T + params["output_bias"]
+        return F.cross_entropy(logits, labels[slots] - 1)
 
-        best_epoch = trainer.best_epoch if trainer.best_epoch is not None else len(history)
-        self._replace_fitted({**net.weights(), "history_": history, "best_epoch_": best_epoch})
-        return self
+    # ---- the fitted model ---------------------------------------------------------------------
 
     def _params(self) -> dict[str, torch.Tensor]:
-        check_fitted(self, *_WEIGHTS)
-        return {name: torch.from_numpy(getattr(self, f"{name}_")) for name in _PARAMS}
+        check_fitted(self, "weights_")
+        return torch_params(self.weights_, _PARAMS)
 
     def input_sequences(self, users: np.ndarray, history: Interactions) -> np.ndarray:
         """The tokens the model reads for `users` at inference: the last max_seq_len - 1 items of
         `history` (item index + 1, 0 = padding), then [MASK] (= n_items + 1); leading all-padding
         columns are dropped."""
-        check_fitted(self, "output_bias_")
-        return _inference_tokens(history, users, self.config.max_seq_len, len(self.output_bias_) + 1)
+        check_fitted(self, "weights_")
+        return _inference_tokens(history, users, self.config.max_seq_len, len(self.weights_["output_bias"]) + 1)
 
     def embed(self, users: np.ndarray, history: Interactions) -> np.ndarray:
         """The vector that meets the item table at the [MASK] slot, (B, embedding_size), from `history`."""
         params = self._params()
-        users = np.asarray(users, dtype=np.int64)
-        out = np.empty((len(users), self.config.embedding_size), dtype=np.float32)
-        for start in range(0, len(users), self.config.score_batch_size):
-            part = slice(start, start + self.config.score_batch_size)
-            tokens = torch.from_numpy(self.input_sequences(users[part], history))
+
+        def encode(part: np.ndarray) -> np.ndarray:
+            tokens = torch.from_numpy(self.input_sequences(part, history))
             with torch.no_grad():
-                out[part] = _head(params, _forward(params, tokens, self.config.n_heads, last_only=True)).numpy()
-        return out
+                return _head(params, _forward(params, tokens, self.config.n_heads, last_only=True)).numpy()
+
+        return embed_in_chunks(encode, users, self.config.embedding_size, self.config.score_batch_size)
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
         return _score_blocks(self._params(), self.config.n_heads, users, history, items, self.config.max_seq_len,

@@ -1,103 +1,49 @@
-"""HCN (Yuan, Xu, Chen, Zhuang, Chen, Li & Ge, "Hierarchical Multi-Interest Co-Network For
-Coarse-Grained Ranking", arXiv:2210.10547, 2022): several interest vectors per user, read from the
-user's item sequence, and an item scored by its best-matching interest,
+"""HCN (Yuan et al., "Hierarchical Multi-Interest Co-Network For Coarse-Grained Ranking",
+arXiv:2210.10547, 2022): K interest vectors per user, read from the user's item sequence, and an item
+scored by its best-matching interest, score(u, i) = max_k <v_uk, E_i>.
 
-    score(u, i) = max_k <v_uk, E_i>.
-
-What the paper states (abstract and introduction, the only parts of the text available to this
-implementation): one vector cannot hold a user's diverse preferences; the interest vectors of earlier
-multi-interest extractors (MIND's capsule routing, ComiRec's self-attention) are too similar to each
-other; a *hierarchical multi-interest extraction layer* updates the user's interest centres
-iteratively so that the vectors carry more distinct information; a *Co-Interest Network* integrates
-long-term and short-term interests, which earlier methods modelled together. Everything below that
-goes beyond those sentences is INFERRED, chosen to be the closest faithful reading, and marked so:
-
-- Hierarchical extraction (inferred form). Each of `n_levels` levels is one centre update, in the
-  manner of capsule routing / slot attention: every behaviour h_i (item embedding, scaled by sqrt(d))
-  is split among the K centres c_k by a softmax over the CENTRES of <c_k Wq, h_i Wk> / sqrt(d), so
-  the centres compete for behaviours (what keeps them apart; ComiRec-SA's softmax over behaviours
-  lets every interest attend to the same items); each centre moves to the weighted mean of its
-  share, m_k = sum_i a_ik h_i Wv / sum_i a_ik, then c_k <- LN(c_k + m_k) and a residual feed-forward
-  step with layer norm. Level 0 is routed by K learned starting centres shared by all users (MIND
-  starts its routing from random logits; learned starts make the extractor deterministic) and sets
-  c_k = LN(m_k); every level has its own maps, so the levels form a coarse-to-fine hierarchy of
-  updates of the user's own centres.
-- Co-Interest Network (inferred form). Two such extractors, one over the long-term sequence (the
-  last `max_seq_len` items) and one over the short-term sequence (the last `short_seq_len`); each
-  long-term interest then attends over the K short-term interests (softmax over them) and adds the
-  result back, v_k = LN(L_k + sum_j softmax_j(<L_k Wq', S_j Wk'> / sqrt(d)) S_j Wv'). The extractors
-  read item embeddings without positions: recency enters through the short-term branch. Dropout
-  applies to the behaviour embeddings only.
-- Training: next-item prediction from every prefix of the user's training sequence
-  (`recstack.train.sequences`; the interests at slot t read only events up to t). `target_interest`
-  says which interest scores a target. "argmax" is the rule of the multi-interest models HCN builds
-  on (MIND's label-aware attention in its hard limit, ComiRec), which the available text does not
-  say HCN changes: the interest closest to the target, k* = argmax_k <v_k, E_target>, chosen
-  without gradient, carries the loss. "max" (default, chosen on validation, see below) scores every
-  item by max_k <v_k, E_i>, the serving score, so training and retrieval agree. `loss` "ce"
-  (default) is the full softmax over the catalogue ("max" then holds a (slots x K x n_items) logit
-  tensor per batch: large catalogues want the other loss), "sampled_softmax" a softmax over the
-  positive and `n_negatives` uniform negatives per sequence (never the user's training items).
-  `diversity_reg`
-  (inferred from the paper's redundancy argument; 0 by default) adds the mean squared cosine
-  similarity between a user's interest vectors.
-- Coarse-grained ranking in the paper scores a pre-selected candidate set; here the same score
-  ranks the whole catalogue (the library's protocol), or the candidates given to `score`.
-
-Cost: the long-term extractor's level 0 is a cumulative sum over the sequence (its routing does not
-depend on the slot), later levels are O(T^2 K d) per sequence for the T training slots, the
-short-term extractor O(T S K d); training is several times SASRec's cost per epoch.
-
-Scoring: `score(users, history)` builds the input from `history` at call time (train for
-validation, train + valid for test), extracts the interests at the last slot on chunks of
-`score_batch_size` users (torch without gradients, from the fitted numpy arrays) and writes
-max_k <v_k, E_i> into the returned block by column blocks, so nothing beyond the caller's
-(B, n_items) block and a 4 MB scratch product is held. `interests(users, history)` returns the
-(B, K, d) vectors. Fitted weights are numpy arrays saved without pickle.
-
-Defaults: SASRec's settings where the two share a meaning (embedding_size 64, max_seq_len 50,
-dropout 0.2, learning_rate 1e-3, batch_size 128, Adam, early stopping on validation NDCG@10 with
-patience 10), ComiRec's 4 interests, 2 levels, a short-term window of 10, checked on ml-100k
-VALIDATION NDCG@10 (leave-last-one-out by time, all ratings positive, full ranking with history
-masked, one run each, seed 0, one busy CPU thread; test figures only for reference):
-target_interest "argmax" 0.0988 (test 0.0744, best epoch 38, 11 min), "max" 0.1156 (test 0.0871,
-best epoch 42, 25 min); with "max": n_interests 2 -> 0.1106 (test 0.0762), n_levels 1 -> 0.1136
-(test 0.0850, half the cost), loss "sampled_softmax" with 256 negatives -> 0.1365 (test 0.1010,
-best epoch 60, 11 min). One standard error is about 0.008 on 943 users. "max" is the default: better on validation by two standard errors
-and, on a fixture of users with two item topics (tests/models/test_hcn.py), the only rule of the
-two whose interests split each user's topics (about half the users with "argmax", all of them
-with "max"). n_levels 1 and 2 are within noise; 2 stays, as the smallest extractor that is
-hierarchical. Many sampled negatives beat the full softmax here, as they do for SASRec (0.130 vs
-0.115); "ce" stays the default for the same reason as SASRec's (no sampling choices), but on large
-catalogues, where "max" with "ce" is costly, use loss "sampled_softmax". SASRec with its defaults on
-the same split: 0.115 valid / 0.090 test.
+Only the paper's abstract and introduction were available; the forms below are INFERRED from them
+(the reasoning and the tuning record are in docs/models/hcn.md):
+- hierarchical extraction: `n_levels` centre updates in the manner of capsule routing; each
+  behaviour h_i (scaled by sqrt(d)) is split among the K centres by a softmax over the centres of
+  <c_k Wq, h_i Wk> / sqrt(d), each centre moves to its share's weighted mean, then LN(c + m) and a
+  residual feed-forward step; level 0 is routed by K learned starting centres shared by all users;
+- co-interest network: one extractor over the last `max_seq_len` events (long term), one over the
+  last `short_seq_len` (short term); each long-term interest attends over the short-term ones,
+  v_k = LN(L_k + sum_j softmax_j(<L_k Wq', S_j Wk'> / sqrt(d)) S_j Wv');
+- training: next-item prediction from every prefix; `target_interest` "max" (default) trains the
+  serving score max_k, "argmax" only the interest closest to the target (MIND/ComiRec's hard
+  routing); `loss` "ce" (full softmax) or "sampled_softmax"; `diversity_reg` adds the mean squared
+  cosine between a user's interests. The paper's coarse-grained ranking scores a candidate set;
+  here the same score ranks the whole catalogue (or the candidates given to `score`), by user
+  chunks and column blocks so that nothing beyond the caller's (B, n_items) block is held.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal, Self
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, confloat, model_validator
+from pydantic import NonNegativeFloat, PositiveInt, confloat, model_validator
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.kernels.sequences import check_item_vocabulary, trim_padding
-from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
+from recstack.models.neural import TorchRecommender, TrainingFields
+from recstack.models.protocol import ModelConfig, check_fitted
 from recstack.train.losses import sampled_softmax_loss
 from recstack.train.sampling import UniformNegativeSampler
 from recstack.train.sequences import PAD, SequenceBatches, last_items
-from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
 
 _EPS = 1e-6
 _N_NEGATIVES = 256  # sampled_softmax's negatives per sequence when n_negatives is not given
 _SCRATCH = 1 << 20  # floats of the largest temporary product when scoring (4 MB)
 
 
-class HCNConfig(ModelConfig):
+class HCNConfig(ModelConfig, TrainingFields):
     embedding_size: PositiveInt = 64
     n_interests: PositiveInt = 4  # K interest vectors per user
     n_levels: PositiveInt = 2  # centre updates of each hierarchical extractor
@@ -110,15 +56,9 @@ class HCNConfig(ModelConfig):
     # routing), "max" = every item by its best interest, the serving score (see the docstring)
     target_interest: Literal["argmax", "max"] = "max"
     diversity_reg: NonNegativeFloat = 0.0  # weight of the mean squared cosine between a user's interests
-    learning_rate: PositiveFloat = 1e-3
     batch_size: PositiveInt = 128  # sequences (users) per update
     epochs: PositiveInt = 200  # a maximum: early stopping usually ends training well before
-    early_stopping_patience: PositiveInt | None = 10
-    eval_every: PositiveInt = 1
-    valid_metric: str = "NDCG@10"
     score_batch_size: PositiveInt = 256  # users per network pass when scoring
-    device: str = "auto"  # cuda when available, else cpu
-    verbose: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> "HCNConfig":
@@ -131,15 +71,15 @@ class HCNConfig(ModelConfig):
         return self
 
 
-# parameter name -> fitted attribute `name_`. Extractor tensors are stacked (branch, level, ...) with
-# branch 0 = long-term, 1 = short-term; linear maps are stored (in, out) so a layer is x @ W (+ b).
+# parameter name -> fitted array `weights_["params.<name>"]` (the module's state-dict key). Extractor
+# tensors are stacked (branch, level, ...) with branch 0 = long-term, 1 = short-term; linear maps are
+# stored (in, out) so a layer is x @ W (+ b).
 _PARAMS = (
     "item_embedding", "centres",
     "query_weight", "key_weight", "value_weight", "centre_norm_weight", "centre_norm_bias",
     "ffn_1_weight", "ffn_1_bias", "ffn_2_weight", "ffn_2_bias", "ffn_norm_weight", "ffn_norm_bias",
     "co_query_weight", "co_key_weight", "co_value_weight", "co_norm_weight", "co_norm_bias",
 )
-_WEIGHTS = tuple(f"{name}_" for name in _PARAMS)
 
 
 def _initial_params(n_items: int, c: HCNConfig) -> dict[str, torch.Tensor]:
@@ -276,10 +216,6 @@ class _Net(torch.nn.Module):
     def forward(self, tokens: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         return _forward(dict(self.params), tokens, self.short_seq_len, self.dropout, self.training, last_only)
 
-    def weights(self) -> dict[str, np.ndarray]:
-        return {f"{name}_": value.detach().to("cpu", torch.float32).numpy().copy()
-                for name, value in self.params.items()}
-
 
 # ---- scoring ------------------------------------------------------------------------------------
 
@@ -316,16 +252,6 @@ def _score_blocks(params: dict[str, torch.Tensor], users: np.ndarray, history: I
     return out
 
 
-class _LiveScorer:
-    """Scores from the module's current weights (the trainer's validation calls it)."""
-
-    def __init__(self, net: _Net, config: HCNConfig) -> None:
-        self.net, self.config = net, config
-
-    def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
-        return _score_blocks(dict(self.net.params), users, history, items, self.config)
-
-
 def _diversity(interests: torch.Tensor) -> torch.Tensor:
     """Mean squared cosine similarity between distinct interests of the same row: (M, K, d) -> scalar."""
     k = interests.shape[1]
@@ -357,51 +283,38 @@ def _next_item_loss(v: torch.Tensor, positives: torch.Tensor, table: torch.Tenso
     return loss + sampled_softmax_loss(pos_logits, torch.einsum("mkd,mnd->mkn", v, table[negatives]).amax(1))
 
 
-class HCN(SaveLoad):
+class HCN(TorchRecommender):
     """K interest vectors per user from a hierarchical, long/short-term extractor; score = max over them."""
 
     Config = HCNConfig
 
-    def __init__(self, config: HCNConfig | None = None) -> None:
-        self.config = config or HCNConfig()
-
-    def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
+    def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
-        if len(train) == 0:
-            raise RecstackError("HCN cannot be fitted on empty training data; check the filters and split")
-        seed_everything(c.seed)
-        rng = np.random.default_rng(c.seed)
-        sequences = SequenceBatches(train, c.max_seq_len, c.batch_size, rng)
-        if len(sequences.users) == 0:
+        self._sequences = SequenceBatches(train, c.max_seq_len, c.batch_size, rng)
+        if len(self._sequences.users) == 0:
             raise RecstackError("HCN needs at least one user with two or more training events "
                                 "(one to read, one to predict); check the filters and split")
-        sampler = UniformNegativeSampler(train.matrix(), rng) if c.loss == "sampled_softmax" else None
-        net = _Net(train.n_items, c)
+        self._sampler = UniformNegativeSampler(train.matrix(), rng) if c.loss == "sampled_softmax" else None
+        return _Net(train.n_items, c)
 
-        def batches():
-            for users, inputs, targets in sequences:
-                if c.loss == "ce":
-                    yield inputs, targets
-                else:
-                    yield inputs, targets, sampler.sample(users, c.n_negatives or _N_NEGATIVES) + 1
+    def batches(self):
+        c = self.config
+        for users, inputs, targets in self._sequences:
+            if c.loss == "ce":
+                yield inputs, targets
+            else:
+                yield inputs, targets, self._sampler.sample(users, c.n_negatives or _N_NEGATIVES) + 1
 
-        def batch_loss(module: _Net, batch) -> torch.Tensor:
-            inputs, targets = batch[0], batch[1]
-            slots = targets != PAD
-            negatives = batch[2][torch.nonzero(slots)[:, 0]] if len(batch) > 2 else None  # each slot: its row's
-            return _next_item_loss(module(inputs)[slots], targets[slots], module.params["item_embedding"], c,
-                                   negatives)
-
-        trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
-        history = trainer.fit(net, batch_loss, batches, _LiveScorer(net, c), train=train, valid=valid)
-
-        best_epoch = trainer.best_epoch if trainer.best_epoch is not None else len(history)
-        self._replace_fitted({**net.weights(), "history_": history, "best_epoch_": best_epoch})
-        return self
+    def batch_loss(self, module: _Net, batch) -> torch.Tensor:
+        inputs, targets = batch[0], batch[1]
+        slots = targets != PAD
+        negatives = batch[2][torch.nonzero(slots)[:, 0]] if len(batch) > 2 else None  # each slot: its row's
+        return _next_item_loss(module(inputs)[slots], targets[slots], module.params["item_embedding"], self.config,
+                               negatives)
 
     def _params(self) -> dict[str, torch.Tensor]:
-        check_fitted(self, *_WEIGHTS)
-        return {name: torch.from_numpy(getattr(self, f"{name}_")) for name in _PARAMS}
+        check_fitted(self, "weights_")
+        return {name: torch.from_numpy(self.weights_[f"params.{name}"]) for name in _PARAMS}
 
     def interests(self, users: np.ndarray, history: Interactions) -> np.ndarray:
         """The (B, n_interests, embedding_size) interest vectors of `users`, read from `history`."""

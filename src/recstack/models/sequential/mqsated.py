@@ -1,65 +1,28 @@
 """MQSA-TED (Zhu, Shi, Zhang, Wu, Mo & Nie, "Collaboration and Transition: Distilling Item Transitions
 into Multi-Query Self-Attention for Sequential Recommendation", WSDM 2024, arXiv:2311.01056).
 
-A SASRec network (see `recstack.models.sequential.sasrec`: same embedding, block layout, causal
-mask, left padding, shared input/output item table) with two changes from the paper:
+A SASRec network (same embedding, block layout, causal mask, shared input/output item table,
+score(i) = <h_u, E_i>) with two changes from the paper:
+1. Multi-query self-attention: the query at slot t is the mean of the normalised representations
+   of the last L slots (eq. 7); a short (L = `short_query_len`) and a long (L = `long_query_len`)
+   query share W_Q, W_K, W_V and each block mixes them, out_t = alpha * SA(q_short)_t +
+   (1 - alpha) * SA(q_long)_t (eq. 8), each branch with its residual onto its own query.
+2. Transition-aware embedding distillation: teacher labels y_ij = softmax over item i's observed
+   successors j of (w_ij / sum_k w_ik) / tau (eq. 9), w counted within `transition_span` steps;
+   the student p_ij = softmax_{j != i}(<E_i, E_j>) (eq. 10); loss L_rec + kd_weight * L_kd with
+   L_kd = -sum_j y_ij log p_ij (eqs. 11-12), L_rec the full-softmax next-item loss.
+Fitted state: `weights_`, SASRec's named arrays (kernels/attention.py's layout).
 
-1. Multi-query self-attention (MQSA). SASRec's query at slot t is the (normalised) representation
-   of the item at t alone. The L-query self-attention uses instead the mean of the representations
-   of the last L slots t-L+1..t (the paper's eq. 7; padded slots are left out of the mean, so a
-   sequence shorter than L averages what it has). Keys and values are unchanged and the mask stays
-   causal, since every slot in the window is <= t. A short query (L = `short_query_len`, 1 = SASRec)
-   and a long one (L = `long_query_len`) share W_Q, W_K, W_V, and each block mixes the two branches,
-   out_t = alpha * SA(q_short)_t + (1 - alpha) * SA(q_long)_t (eq. 8): the long query pools
-   collaborative context (lower variance, more bias), the short one keeps the latest item's
-   transition (less bias). Each branch is SASRec's attention sub-layer with its residual added to
-   its own query; the point-wise feed-forward net follows the mix.
-2. Transition-aware embedding distillation (TED). A global item-transition graph is counted from
-   the training sequences: w_ij = number of times item j follows item i within `transition_span`
-   steps in one user's training sequence (the paper's span k, default 1; repeats i -> i left out).
-   Teacher pseudo-labels (eq. 9): each row is normalised to sum to one and sharpened with a
-   temperature, y_ij = softmax_{j in N(i)}(w_ij / sum_k w_ik / tau). The student (eq. 10) is the
-   plain factorisation of the item table before self-attention, p_ij = softmax_{j != i}(<E_i, E_j>),
-   and the distillation loss (eq. 11) is the cross-entropy -sum_j y_ij log p_ij, averaged over the
-   source items i of the batch (the distinct items of its input sequences that have a successor in
-   the graph). Total loss (eq. 12): L_rec + kd_weight * L_kd; L2 is left at 0 as in SASRec here.
-   The item table thus learns the transitions, the self-attention output the collaborative signal,
-   and both meet in score(i) = <h_u, E_i>.
-
-Main loss: full softmax cross-entropy over the catalogue at every slot (the default loss of the
-sequential models here, docs/decisions.md); the paper's L_rec is SASRec's next-item loss.
-Training sequences, scoring in blocks of users from the `history` given at call time (train for
-validation, train + valid for test), early stopping on validation NDCG@10 and saving (numpy arrays,
-no pickle) are SASRec's.
-
-Choices where the stored sources lack the paper's exact text: (a) the mix is applied inside every
-attention block rather than once on the final representations; (b) the softmax of eq. 9 runs over
-each item's observed successors only (a softmax over the whole catalogue would give the thousands
-of never-observed items most of the mass at the paper's tau), (c) the student excludes j = i, matching
-the teacher that has no self-loops; (d) the paper's "several L" is one short and one long window.
-`kd_weight=0` turns TED off (MQSA alone), `alpha=1` or `long_query_len == short_query_len` reduces
-the network to SASRec exactly (tested).
-
-Defaults: the paper's (alpha 0.5, kd_weight 0.1, tau 0.1, span 1; L in [2, 4]) and SASRec's settings
-here (embedding_size 64, 2 blocks, 1 head, dropout 0.2, max_seq_len 50, learning_rate 1e-3,
-batch_size 128), with L chosen on ml-100k VALIDATION NDCG@10 (leave-last-one-out by time, all ratings
-positive, full ranking with history masked, early stopping patience 10, seed 2020 unless said):
-long_query_len 2 -> 0.1269 (seed 1: 0.1333), 3 -> 0.1239 (seed 1: 0.1328), 4 -> 0.1212; at L 3:
-tau 0.05 -> 0.1234, no TED (kd_weight 0) -> 0.1241, alpha 1 (SASRec + TED) -> 0.1147; at L 2:
-kd_weight 1.0 -> 0.1233, alpha 0.25 -> 0.1207. SASRec under the same run: 0.1147. One standard error
-is about 0.008 on 943 users, so L 2 vs 3 is a tie (2 is the better mean); the multi-query attention
-gives the gain over SASRec, while TED neither helps nor hurts on this dense catalogue (the paper too
-reports its smallest TED gains on its least sequential dataset, Yelp); it stays on as the paper's
-method.
-`recstack run` with these defaults: valid / test NDCG@10 0.127 / 0.101 against SASRec's 0.115 / 0.090
-(test for reference only); 250-400 s per fit on one busy CPU core, about 1.2x SASRec's time (two
-query branches per block plus the distillation logits).
+Choices where the stored sources lack the paper's text: the mix inside every block, eq. 9's
+softmax over observed successors only, no j = i in the student, one short and one long window.
+`alpha=1` or equal windows reduce the network to SASRec exactly (tested). Design notes, the
+tuning record and costs: docs/models/mqsated.md.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Self
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -69,18 +32,18 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, confloat, mod
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.models.kernels.attention import SASREC_PARAMS, sasrec_initial_params
-from recstack.models.kernels.sequences import check_item_vocabulary, score_in_chunks, trim_padding
-from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
+from recstack.models.kernels.attention import (MASKED, SASREC_PARAMS, NamedParameters, sasrec_feed_forward,
+                                               sasrec_initial_params, sasrec_inputs, sasrec_linear, sasrec_norm,
+                                               torch_params)
+from recstack.models.kernels.sequences import (check_item_vocabulary, embed_in_chunks, require_sequences,
+                                               score_in_chunks, trim_padding)
+from recstack.models.neural import TorchRecommender, TrainingFields
+from recstack.models.protocol import ModelConfig, check_fitted
 from recstack.train.indexing import gather_rows
 from recstack.train.sequences import PAD, SequenceBatches, last_items
-from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
-
-_MASKED = -1e9  # finite fill for masked attention logits (as SASRec's code), so no NaN on empty rows
-_EPS = 1e-8  # layer-norm epsilon of SASRec's code
 
 
-class MQSATEDConfig(ModelConfig):
+class MQSATEDConfig(ModelConfig, TrainingFields):
     embedding_size: PositiveInt = 64
     n_layers: PositiveInt = 2  # self-attention blocks
     n_heads: PositiveInt = 1  # must divide embedding_size
@@ -92,15 +55,9 @@ class MQSATEDConfig(ModelConfig):
     kd_weight: NonNegativeFloat = 0.1  # lambda_kd of the transition distillation loss (0: no TED)
     kd_temperature: PositiveFloat = 0.1  # tau of the teacher pseudo-labels
     transition_span: PositiveInt = 1  # k: j counts as a transition of i when it follows within k steps
-    learning_rate: PositiveFloat = 1e-3
     batch_size: PositiveInt = 128  # sequences (users) per update
     epochs: PositiveInt = 200  # a maximum: early stopping usually ends training well before
-    early_stopping_patience: PositiveInt | None = 10
-    eval_every: PositiveInt = 1
-    valid_metric: str = "NDCG@10"
     score_batch_size: PositiveInt = 256  # users per network pass when scoring
-    device: str = "auto"
-    verbose: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> "MQSATEDConfig":
@@ -117,7 +74,6 @@ class MQSATEDConfig(ModelConfig):
 # MQSA-TED's parameters are SASRec's (the long and short queries share W_Q/W_K/W_V), with its
 # initialisation: Glorot-uniform tables and matrices, zero biases, unit norms, zero padding row
 _PARAMS = SASREC_PARAMS
-_WEIGHTS = tuple(f"{name}_" for name in _PARAMS)
 
 
 def _initial_params(n_items: int, c: MQSATEDConfig) -> dict[str, torch.Tensor]:
@@ -149,15 +105,9 @@ def _forward(p: dict[str, torch.Tensor], tokens: torch.Tensor, n_heads: int, sho
              alpha: float, dropout: float = 0.0, training: bool = False, last_only: bool = False) -> torch.Tensor:
     """(B, T) left-padded tokens -> hidden states (B, T, d), or (B, d) at the last slot with `last_only`."""
     batch, length = tokens.shape
-    table, positions = p["item_embedding"], p["position_embedding"]
-    d = table.shape[1]
+    d = p["item_embedding"].shape[1]
     head_size = d // n_heads
-    valid = tokens != PAD
-    keep = valid.unsqueeze(-1).to(table.dtype)
-    x = F.embedding(tokens, table, padding_idx=PAD) * math.sqrt(d) + positions[len(positions) - length:]
-    x = F.dropout(x, dropout, training) * keep
-    allowed = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()
-    allowed = allowed.unsqueeze(0) & valid.unsqueeze(1)  # (B, Tq, Tk)
+    x, keep, allowed = sasrec_inputs(p, tokens, dropout, training)  # allowed: (B, Tq, Tk)
     # (weight, window) of each query branch; equal windows or alpha = 1 collapse to one branch (SASRec)
     if short_len == long_len or alpha >= 1.0:
         branches = [(1.0, short_len)]
@@ -166,36 +116,26 @@ def _forward(p: dict[str, torch.Tensor], tokens: torch.Tensor, n_heads: int, sho
     else:
         branches = [(alpha, short_len), (1.0 - alpha, long_len)]
 
-    def norm(h: torch.Tensor, name: str, layer: int | None = None) -> torch.Tensor:
-        w, b = (p[f"{name}_weight"], p[f"{name}_bias"]) if layer is None else \
-            (p[f"{name}_weight"][layer], p[f"{name}_bias"][layer])
-        return F.layer_norm(h, (d,), w, b, _EPS)
-
-    def linear(h: torch.Tensor, name: str, layer: int) -> torch.Tensor:
-        return h @ p[f"{name}_weight"][layer] + p[f"{name}_bias"][layer]
-
     def heads(h: torch.Tensor) -> torch.Tensor:
         return h.reshape(batch, h.shape[1], n_heads, head_size).transpose(1, 2)
 
     n_layers = len(p["query_weight"])
     for layer in range(n_layers):
         rows = slice(length - 1, length) if last_only and layer == n_layers - 1 else slice(0, length)
-        normed = norm(x, "attn_norm", layer)
-        k, v = heads(linear(x, "key", layer)), heads(linear(x, "value", layer))
+        normed = sasrec_norm(p, x, "attn_norm", layer)
+        k, v = heads(sasrec_linear(p, x, "key", layer)), heads(sasrec_linear(p, x, "value", layer))
         mask = ~allowed[:, None, rows]
         out = 0.0
         for weight, window in branches:
             # the query pools the window over the full sequence, then only the needed rows are kept
             q_in = normed[:, rows] if window == 1 else window_mean(normed, keep, window)[:, rows]
-            q = heads(linear(q_in, "query", layer))
+            q = heads(sasrec_linear(p, q_in, "query", layer))
             logits = (q @ k.transpose(-1, -2)) / math.sqrt(head_size)
-            attn = torch.softmax(logits.masked_fill(mask, _MASKED), dim=-1) * keep[:, None, rows]
+            attn = torch.softmax(logits.masked_fill(mask, MASKED), dim=-1) * keep[:, None, rows]
             attn = F.dropout(attn, dropout, training)
             out = out + weight * (q_in + (attn @ v).transpose(1, 2).reshape(batch, q_in.shape[1], d))
-        f_in = norm(out, "ffn_norm", layer)
-        f = F.dropout(torch.relu(linear(f_in, "ffn_1", layer)), dropout, training)
-        x = (f_in + F.dropout(linear(f, "ffn_2", layer), dropout, training)) * keep[:, rows]
-    x = norm(x, "final_norm")
+        x = sasrec_feed_forward(p, out, layer, keep[:, rows], dropout, training)
+    x = sasrec_norm(p, x, "final_norm")
     return x[:, -1] if last_only else x
 
 
@@ -247,7 +187,7 @@ def distillation_loss(table: torch.Tensor, sources: torch.Tensor, rows: torch.Te
     teacher's non-zeros are `labels` at (rows: position in `sources`, cols: item index)."""
     items = table[1:]
     logits = gather_rows(items, sources) @ items.T  # (S, n_items)
-    logits = logits.scatter(1, sources[:, None], _MASKED)  # the student cannot predict i -> i
+    logits = logits.scatter(1, sources[:, None], MASKED)  # the student cannot predict i -> i
     log_p = torch.log_softmax(logits, dim=-1)
     return -(labels * log_p[rows, cols]).sum() / len(sources)
 
@@ -262,21 +202,17 @@ def _batch_teacher(teacher: sp.csr_matrix, inputs: np.ndarray) -> tuple[np.ndarr
 
 # ---- network, scoring, recommender --------------------------------------------------------------
 
-class _Net(torch.nn.Module):
+class _Net(NamedParameters):
+    """SASRec's parameters (`_PARAMS`); the computation is `_forward`, shared with scoring."""
+
     def __init__(self, n_items: int, c: MQSATEDConfig) -> None:
-        super().__init__()
+        super().__init__(_initial_params(n_items, c))
         self.c = c
-        self.params = torch.nn.ParameterDict(
-            {name: torch.nn.Parameter(value) for name, value in _initial_params(n_items, c).items()})
 
     def forward(self, tokens: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         c = self.c
-        return _forward(dict(self.params), tokens, c.n_heads, c.short_query_len, c.long_query_len, c.alpha,
+        return _forward(self.params, tokens, c.n_heads, c.short_query_len, c.long_query_len, c.alpha,
                         c.dropout, self.training, last_only)
-
-    def weights(self) -> dict[str, np.ndarray]:
-        return {f"{name}_": value.detach().to("cpu", torch.float32).numpy().copy()
-                for name, value in self.params.items()}
 
 
 def _hidden(params: dict[str, torch.Tensor], c: MQSATEDConfig, users: np.ndarray,
@@ -297,72 +233,49 @@ def _score_blocks(params: dict[str, torch.Tensor], c: MQSATEDConfig, users: np.n
                            users, table, items, chunk=c.score_batch_size)
 
 
-class _LiveScorer:
-    """Scores from the module's current weights (the trainer's validation calls it)."""
-
-    def __init__(self, net: _Net, config: MQSATEDConfig) -> None:
-        self.net, self.config = net, config
-
-    def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
-        return _score_blocks(dict(self.net.params), self.config, users, history, items)
-
-
-class MQSATED(SaveLoad):
+class MQSATED(TorchRecommender):
     """Multi-query (short + long window) causal self-attention, with item transitions distilled into
     the item table; next-item scores from the last slot."""
 
     Config = MQSATEDConfig
 
-    def __init__(self, config: MQSATEDConfig | None = None) -> None:
-        self.config = config or MQSATEDConfig()
+    # ---- training (the base's fit calls these) ------------------------------------------------
 
-    def fit(self, train: Interactions, valid: Interactions | None = None) -> Self:
+    def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
-        if len(train) == 0:
-            raise RecstackError("MQSA-TED cannot be fitted on empty training data; check the filters and split")
-        seed_everything(c.seed)
-        rng = np.random.default_rng(c.seed)
-        sequences = SequenceBatches(train, c.max_seq_len, c.batch_size, rng)
-        if len(sequences.users) == 0:
-            raise RecstackError("MQSA-TED needs at least one user with two or more training events "
-                                "(one to read, one to predict); check the filters and split")
-        teacher = teacher_labels(transition_graph(train, c.transition_span), c.kd_temperature)
-        distil = c.kd_weight > 0 and teacher.nnz > 0
-        net = _Net(train.n_items, c)
+        self._sequences = require_sequences("MQSA-TED", SequenceBatches(train, c.max_seq_len, c.batch_size, rng))
+        self._teacher = teacher_labels(transition_graph(train, c.transition_span), c.kd_temperature)
+        self._distil = c.kd_weight > 0 and self._teacher.nnz > 0
+        return _Net(train.n_items, c)
 
-        def batches():
-            for _, inputs, targets in sequences:
-                yield (inputs, targets, *_batch_teacher(teacher, inputs)) if distil else (inputs, targets)
+    def trainer_settings(self) -> dict[str, Any]:
+        return {"optimizer": "adam"}
 
-        def batch_loss(module: _Net, batch) -> torch.Tensor:
-            inputs, targets = batch[0], batch[1]
-            hidden = module(inputs)
-            slots = targets != PAD
-            table = module.params["item_embedding"]
-            loss = F.cross_entropy(hidden[slots] @ table[1:].T, targets[slots] - 1)
-            if distil and len(batch[2]):
-                loss = loss + c.kd_weight * distillation_loss(table, *batch[2:])
-            return loss
+    def batches(self):
+        for _, inputs, targets in self._sequences:
+            yield (inputs, targets, *_batch_teacher(self._teacher, inputs)) if self._distil else (inputs, targets)
 
-        trainer = Trainer(TrainerConfig.from_model(c, optimizer="adam"))
-        history = trainer.fit(net, batch_loss, batches, _LiveScorer(net, c), train=train, valid=valid)
-        best_epoch = trainer.best_epoch if trainer.best_epoch is not None else len(history)
-        self._replace_fitted({**net.weights(), "history_": history, "best_epoch_": best_epoch})
-        return self
+    def batch_loss(self, module: _Net, batch) -> torch.Tensor:
+        inputs, targets = batch[0], batch[1]
+        hidden = module(inputs)
+        slots = targets != PAD
+        table = module.params["item_embedding"]
+        loss = F.cross_entropy(hidden[slots] @ table[1:].T, targets[slots] - 1)
+        if self._distil and len(batch[2]):
+            loss = loss + self.config.kd_weight * distillation_loss(table, *batch[2:])
+        return loss
+
+    # ---- the fitted model ---------------------------------------------------------------------
 
     def _params(self) -> dict[str, torch.Tensor]:
-        check_fitted(self, *_WEIGHTS)
-        return {name: torch.from_numpy(getattr(self, f"{name}_")) for name in _PARAMS}
+        check_fitted(self, "weights_")
+        return torch_params(self.weights_, _PARAMS)
 
     def embed(self, users: np.ndarray, history: Interactions) -> np.ndarray:
         """The user representation h (output at the last slot), (B, embedding_size), from `history`."""
         params = self._params()
-        users = np.asarray(users, dtype=np.int64)
-        out = np.empty((len(users), self.config.embedding_size), dtype=np.float32)
-        for start in range(0, len(users), self.config.score_batch_size):
-            part = slice(start, start + self.config.score_batch_size)
-            out[part] = _hidden(params, self.config, users[part], history).numpy()
-        return out
+        return embed_in_chunks(lambda part: _hidden(params, self.config, part, history).numpy(), users,
+                               self.config.embedding_size, self.config.score_batch_size)
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
         return _score_blocks(self._params(), self.config, users, history, items)
