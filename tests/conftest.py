@@ -8,9 +8,10 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from recstack.data import Interactions
+from recstack.data import Interactions, Vocab
 from recstack.split import Split
 from recstack.testing import clustered_interactions, shuffled_split
 
@@ -51,6 +52,45 @@ def _kernel_lines() -> list[str]:
 # the contract's synthetic data, shipped in `recstack.testing` so a user's own tests use it too
 make_clustered = clustered_interactions
 simple_split = shuffled_split
+
+
+# cut points of `late_joiners`' global temporal split: train t <= 10 < valid t <= 20 < test
+LATE_JOINER_CUTOFFS = (10, 20)
+
+
+def late_joiners() -> Interactions:
+    """14 users, 12 items, timestamps made for a global time cut at `LATE_JOINER_CUTOFFS`, so that
+    some evaluated users have no history. Per group (user indices), events before / in / after the window:
+
+    - 0-5: eight train events, one valid, one test (warm everywhere);
+    - 6-8: join in the valid window: two valid events (no history for valid) and one test event
+      (a history of two for test);
+    - 9-11: join in the test window: two test events, no history for test;
+    - 12-13: two train events, one valid, one test (histories of two and three).
+
+    Valid: 11 users with held-out events, 3 without history, 5 with fewer than 5 events.
+    Test: 14 users, 3 without history, 8 with fewer than 5 events.
+    """
+    rows = []
+    for u in range(6):
+        rows += [(u, (u + j) % 12, 1 + j) for j in range(8)] + [(u, (u + 8) % 12, 15), (u, (u + 9) % 12, 25)]
+    for u in range(6, 9):
+        rows += [(u, u % 12, 12), (u, (u + 1) % 12, 13), (u, (u + 2) % 12, 22)]
+    for u in range(9, 12):
+        rows += [(u, u % 12, 21), (u, (u + 1) % 12, 23)]
+    for u in range(12, 14):
+        rows += [(u, u % 12, 2), (u, (u + 1) % 12, 3), (u, (u + 2) % 12, 16), (u, (u + 3) % 12, 26)]
+    user, item, timestamp = (np.array(column) for column in zip(*rows))
+    return Interactions(user, item, Vocab(np.arange(14), "user"), Vocab(np.arange(12), "item"),
+                        timestamp=timestamp)
+
+
+def write_log(log: Interactions, path: Path) -> Path:
+    """`log` as a CSV with columns user,item,rating,timestamp (ids 'u3', 'i7')."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("user,item,rating,timestamp\n" + "".join(
+        f"u{u},i{i},1,{t}\n" for u, i, t in zip(log.users.ids[log.user], log.items.ids[log.item], log.timestamp)))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -139,6 +139,14 @@ def test_bad_inputs_name_the_culprit(runs, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RecstackError, match="protocols differ \\(graded"):
         compare_runs([runs["a"], copy])
+    manifest["protocol"]["graded"] = json.loads((runs["a"] / "manifest.json").read_text())["protocol"]["graded"]
+    manifest["protocol"]["cold_users"]["policy"] = "skip"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RecstackError, match=r"cold-user policies differ \(include \(min_history 1\) vs skip"):
+        compare_runs([runs["a"], copy])
+    del manifest["protocol"]["cold_users"]  # a run written before the policy existed: include
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert compare_runs([runs["a"], copy]) is not None
 
 
 def test_cli_compare_prints_the_table_and_refuses_different_splits(runs):

@@ -39,6 +39,8 @@ class Recording:
             "config": self.inner.config.model_dump(),
             "side_data": None if self.dataset is None else self.dataset.interactions.fingerprint(),
             "mask_history_in_validation": options.mask_history,
+            "cold_users_in_validation": None if options.cold_users is None else options.cold_users.policy,
+            "fallback": None if options.cold_users is None else options.cold_users.fallback,
             "train": train.fingerprint(), "valid": None if valid is None else valid.fingerprint(),
             "epoch_log": options.log_path,
         })
@@ -60,9 +62,9 @@ def notes(monkeypatch):
 
 
 def test_a_tuning_trial_and_a_run_fit_a_model_the_same_way(parts, tmp_path, notes):
-    # mask_history false and a seed of its own: a flow that forgot either would record the default
+    # mask_history false, a cold-user policy and a seed of its own: a flow that forgot any would record the default
     common = {"data": {"files": parts}, "ks": [10], "seed": 7, "mask_history": False,
-              "output_dir": str(tmp_path / "out")}
+              "cold_users": {"policy": "skip", "min_history": 2}, "output_dir": str(tmp_path / "out")}
     run = run_experiment(parse_config({**common, "models": [{"name": "ease", "params": {"reg": 30.0}}]}),
                          progress=False)
     from_run = [note for note in notes if note["model"] == "EASE"]
@@ -78,6 +80,7 @@ def test_a_tuning_trial_and_a_run_fit_a_model_the_same_way(parts, tmp_path, note
     assert trial.pop("epoch_log") is None  # trials keep no epoch log
     assert ran == trial
     assert trial["config"]["seed"] == 7 and trial["mask_history_in_validation"] is False
+    assert trial["cold_users_in_validation"] == "skip"
     assert trial["side_data"] == run.dataset.interactions.fingerprint()
     # the trial's figure is the run's valid figure: the same scoring of the same part
     assert tuned.best_value == pytest.approx(run.metrics["ease"]["valid"]["NDCG@10"])
@@ -89,6 +92,24 @@ def test_the_analysis_reference_is_fitted_through_the_same_step(parts, tmp_path,
     # the run's pop, then the popularity reference of `beyond`: both seeded by the experiment
     assert [note["config"]["seed"] for note in notes] == [11, 11]
     assert notes[1]["epoch_log"] is None and notes[0]["epoch_log"] is not None
+
+
+def test_the_fallback_is_fitted_once_per_flow_and_reaches_every_validation(parts, tmp_path, notes):
+    common = {"data": {"files": parts}, "ks": [10], "seed": 5, "cold_users": {"policy": "fallback"},
+              "output_dir": str(tmp_path / "out")}
+    run_experiment(parse_config({**common, "models": [{"name": "ease"}, {"name": "itemknn"}]}), progress=False)
+    fallback, *fitted = notes
+    # first the fallback (validating its own cold users itself), then each model with it (and the reference)
+    assert (fallback["model"], fallback["cold_users_in_validation"], fallback["epoch_log"]) == ("Pop", "include", None)
+    assert [n["model"] for n in fitted] == ["EASE", "Pop", "ItemKNN"]  # Pop: the analysis reference
+    assert all(n["cold_users_in_validation"] == "fallback" for n in fitted)
+    served_by = {id(n["fallback"]) for n in fitted}
+    assert len(served_by) == 1 and fallback["config"]["seed"] == 5
+    notes.clear()
+    tune(parse_config({**common, "tune": {"model": "ease", "space": {"reg": {"choices": [10.0, 30.0]}},
+                                          "n_trials": 2}}), final_run=False, progress=False)
+    assert [n["model"] for n in notes] == ["Pop", "EASE", "EASE"]  # one fallback for every trial
+    assert notes[1]["fallback"] is notes[2]["fallback"] is not None
 
 
 # ---- the run directory ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from recstack.data.features import TfidfSVDEncoder, encode_texts
 from recstack.errors import RecstackError
 from recstack.evaluate.evaluator import evaluate
 from recstack.models import build
-from recstack.models.content.alpharec import AlphaRec, user_mean_inputs
+from recstack.models.content.alpharec import user_mean_inputs
 
 FAST = {"encoder": "tfidf", "tfidf_dim": 32, "cache_embeddings": False, "epochs": 5, "learning_rate": 3e-3,
         "batch_size": 512, "n_negatives": 16, "mlp_hidden": 64, "embedding_size": 32, "verbose": False}

@@ -18,7 +18,6 @@ from recstack.errors import RecstackError
 from recstack.evaluate.evaluator import evaluate
 from recstack.models import build
 from recstack.models.generative.colarec import (
-    ColaRec,
     HierarchicalKMeansConfig,
     HierarchicalKMeansTokenizer,
     _beam_search,

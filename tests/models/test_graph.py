@@ -14,7 +14,7 @@ from recstack.models.graph.lightgcn import LightGCN, LightGCNConfig
 from recstack.models.kernels.graph import normalized_adjacency, sparse_tensor
 from recstack.models.graph import lightgcn as lightgcn_module
 from recstack.models.graph import ngcf as ngcf_module
-from recstack.models.graph.ngcf import NGCF, NGCFConfig
+from recstack.models.graph.ngcf import NGCF
 from recstack.models.protocol import NotFittedError
 from recstack.testing import assert_scores_equivalent
 

@@ -14,7 +14,7 @@ from recstack.data.dataset import Dataset
 from recstack.errors import RecstackError
 from recstack.evaluate.evaluator import evaluate
 from recstack.models import build
-from recstack.models.sequential.m2trec import M2TRec, category_matrix, year_bucket_index
+from recstack.models.sequential.m2trec import category_matrix, year_bucket_index
 from recstack.testing import assert_scores_equivalent
 
 FAST = {"text": "none", "epochs": 10, "embedding_size": 16, "field_size": 8, "max_seq_len": 20, "learning_rate": 1e-2,

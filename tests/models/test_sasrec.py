@@ -13,7 +13,7 @@ from recstack.data import Interactions, Vocab
 from recstack.errors import RecstackError
 from recstack.evaluate import evaluate
 from recstack.evaluate.evaluator import block_size_for
-from recstack.models import ConfigError, build, make_config
+from recstack.models import ConfigError, make_config
 from recstack.models.sequential.sasrec import SASRec, SASRecConfig, _forward, _initial_params
 from recstack.models.kernels.attention import SASREC_PARAMS
 from recstack.models.kernels.sequences import trim_padding as _trim

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from recstack.data import Interactions, Vocab
 from recstack.train import Trainer, TrainerConfig
 from test_trainer import TRAIN, VALID, Counter, PeaksAtTwo, counter_loss, one_batch
 
@@ -178,6 +179,57 @@ def test_validation_follows_the_fit_options_history_masking():
     assert first_value() == first_value(mask_history=True) == 1.0  # item 8 masked: item 9 first
     assert first_value(mask_history=False) == pytest.approx(1 / math.log2(3))  # item 8 kept: item 9 second
     assert first_value() == 1.0  # one call's options do not outlive it
+
+
+# users 0-1 have the train item 8; users 2-5 have no training history at all; everyone's valid item is 9
+_WARM, _N_COLD_USERS = (0, 1), 4
+_COLD_TRAIN = Interactions(np.array(_WARM), np.full(len(_WARM), 8), Vocab(np.arange(6), "user"),
+                           Vocab(np.arange(10), "item"))
+_COLD_VALID = Interactions(np.arange(6), np.full(6, 9), _COLD_TRAIN.users, _COLD_TRAIN.items)
+
+
+def _ndcg_at_rank(rank: int) -> float:
+    return 1 / math.log2(rank + 1)
+
+
+class _WarmPeakTwoColdPeakSix:
+    """The valid item 9 ranks 1 + |w - 2| for the warm users and 1 + |w - 6| for the cold ones: with
+    every user counted the four cold users pull the best epoch to 6; the warm users alone choose 2."""
+
+    def __init__(self, module: Counter) -> None:
+        self.module = module
+
+    def score(self, users, history, items=None):
+        w = float(self.module.w)
+        peak = np.where(np.isin(users, _WARM), 2.0, 6.0)
+        scores = np.tile(-np.arange(10, dtype=np.float32), (len(users), 1))
+        scores[:, 9] = 0.5 - np.abs(w - peak)  # 0.5: first; -0.5: after item 0; -1.5: after items 0 and 1 ...
+        return scores
+
+
+class _ValidItemSecond:
+    """A fallback that ranks the valid item 9 second for everyone."""
+
+    def score(self, users, history, items=None):
+        scores = np.tile(-np.arange(10, dtype=np.float32), (len(users), 1))
+        scores[:, 9] = -0.5
+        return scores
+
+
+@pytest.mark.parametrize("policy, best_epoch", [("include", 6), ("skip", 2), ("fallback", 2)])
+def test_early_stopping_sees_the_cold_user_policy_of_the_fit_options(policy, best_epoch):
+    from recstack.evaluate import ColdUsers
+    from recstack.train.options import FitOptions
+
+    cold_users = ColdUsers(policy, fallback=_ValidItemSecond() if policy == "fallback" else None)
+    module = Counter()
+    trainer = _trainer(epochs=8, options=FitOptions(cold_users=cold_users))
+    trainer.fit(module, counter_loss, one_batch, _WarmPeakTwoColdPeakSix(module), train=_COLD_TRAIN, valid=_COLD_VALID)
+    assert trainer.best_epoch == best_epoch and module.w.item() == best_epoch  # selected and restored
+    warm_at_2 = 1.0  # epoch 2: the warm users rank item 9 first; the cold users rank it 1 + |2 - 6| = 5th
+    expected = {"include": (len(_WARM) * warm_at_2 + _N_COLD_USERS * _ndcg_at_rank(5)) / 6, "skip": warm_at_2,
+                "fallback": (len(_WARM) * warm_at_2 + _N_COLD_USERS * _ndcg_at_rank(2)) / 6}[policy]
+    assert trainer.history[1]["NDCG@10"] == pytest.approx(expected)
 
 
 # ---- console progress without a terminal --------------------------------------------------------

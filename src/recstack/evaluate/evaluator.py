@@ -8,7 +8,7 @@ for blocks of users sized from the catalogue and a memory budget, never one user
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -28,9 +28,129 @@ POOL_TIE_SEED = 0
 _BYTES_PER_CELL = 8
 
 
+COLD_POLICIES = ("include", "skip", "fallback")
+
+
+@dataclass(frozen=True)
+class ColdUsers:
+    """What an evaluation does with evaluated users whose history is (nearly) empty.
+
+    A user is *cold* when its history (the events the model sees when ranking for the part) holds
+    fewer than `min_history` events (1: only users with no history). The policy acts on them:
+
+    - `include`: ranked by the model like everyone else (the model decides what an empty history gives);
+    - `skip`: left out of the metrics and counted as skipped;
+    - `fallback`: their lists come from `fallback`, a fitted scorer (e.g. Pop), for every model alike.
+
+    Every evaluation also counts the users with no history and those with fewer than `few_history`
+    events (a report figure only; it changes nothing). The same object goes to the final
+    evaluation (`evaluate(..., cold_users=)`) and to early stopping (`FitOptions(cold_users=)`).
+    """
+
+    policy: Literal["include", "skip", "fallback"] = "include"
+    min_history: int = 1
+    few_history: int = 5
+    fallback: Any = field(default=None, compare=False, repr=False)  # fitted Scorer, with policy "fallback"
+    fallback_name: str | None = None  # how reports name the fallback ("pop")
+
+    def __post_init__(self) -> None:
+        if self.policy not in COLD_POLICIES:
+            raise RecstackError(f"unknown cold-user policy {self.policy!r}; choose one of {', '.join(COLD_POLICIES)}")
+        for name in ("min_history", "few_history"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise RecstackError(f"cold users: {name} must be an integer >= 1, got {value!r}")
+        if self.policy == "fallback" and self.fallback is None:
+            raise RecstackError("the cold-user policy 'fallback' needs a fitted fallback model (fallback=...)")
+        if self.policy != "fallback" and self.fallback is not None:
+            raise RecstackError(f"a fallback model is used by the policy 'fallback' only, not {self.policy!r}")
+        if self.fallback is not None and not isinstance(self.fallback, (Scorer, ListRecommender)):
+            raise RecstackError(f"the fallback {type(self.fallback).__name__} can neither score nor rank users")
+
+    @property
+    def fallback_label(self) -> str | None:
+        if self.policy != "fallback":
+            return None
+        return self.fallback_name or type(self.fallback).__name__
+
+    def cold(self, history: Interactions, users: np.ndarray) -> np.ndarray:
+        """Which of `users` are cold: fewer than `min_history` events in `history`."""
+        return history.user_counts()[np.asarray(users, dtype=np.int64)] < self.min_history
+
+
+INCLUDE = ColdUsers()  # today's behaviour: every evaluated user is ranked by the model
+
+
+@dataclass(frozen=True)
+class HistoryCounts:
+    """The evaluated users of one part by the length of the history they are ranked with.
+
+    `n_users`: users with held-out events (before any policy); `n_no_history`: of them, with an
+    empty history; `n_few_history`: with fewer than `few_history` events (those with none
+    included); `n_cold`: with fewer than `min_history` (the policy's users); `n_skipped` and
+    `n_fallback`: how many the policy left out or served with the fallback.
+    """
+
+    n_users: int
+    n_no_history: int
+    n_few_history: int
+    n_cold: int
+    n_skipped: int
+    n_fallback: int
+    policy: str
+    min_history: int
+    few_history: int
+    fallback: str | None = None
+
+    def share(self, count: int) -> float:
+        return count / self.n_users if self.n_users else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+def count_history(history: Interactions, users: np.ndarray, cold_users: ColdUsers | None = None) -> HistoryCounts:
+    """How many of `users` (the users with held-out events) have no, few or too little history."""
+    policy = cold_users or INCLUDE
+    lengths = history.user_counts()[np.asarray(users, dtype=np.int64)]
+    n_cold = int(np.count_nonzero(lengths < policy.min_history))
+    return HistoryCounts(
+        n_users=int(len(lengths)), n_no_history=int(np.count_nonzero(lengths == 0)),
+        n_few_history=int(np.count_nonzero(lengths < policy.few_history)), n_cold=n_cold,
+        n_skipped=n_cold if policy.policy == "skip" else 0, n_fallback=n_cold if policy.policy == "fallback" else 0,
+        policy=policy.policy, min_history=policy.min_history, few_history=policy.few_history,
+        fallback=policy.fallback_label)
+
+
+def serve_cold(model: Any, fallback: Any, cold: np.ndarray,
+               rank_rows: Callable[[Any, np.ndarray], tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """The one place the fallback policy is applied: rows where `cold` is True are ranked by
+    `fallback`, the others by `model`. `rank_rows(scorer, rows)` ranks the given row positions and
+    returns arrays with one row per position; the results are put back in row order."""
+    if fallback is None or not cold.any():
+        return rank_rows(model, np.arange(len(cold)))
+    warm_rows, cold_rows = np.flatnonzero(~cold), np.flatnonzero(cold)
+    served = rank_rows(fallback, cold_rows)
+    if len(warm_rows) == 0:
+        return served
+    ranked = rank_rows(model, warm_rows)
+    out = []
+    for warm_part, cold_part in zip(ranked, served):
+        width = max(warm_part.shape[1], cold_part.shape[1])
+        fill = -1 if np.issubdtype(warm_part.dtype, np.integer) else -np.inf
+        merged = np.full((len(cold), width), fill, dtype=warm_part.dtype)
+        merged[warm_rows, : warm_part.shape[1]] = warm_part
+        merged[cold_rows, : cold_part.shape[1]] = cold_part
+        out.append(merged)
+    return tuple(out)
+
+
 @dataclass
 class EvalResult:
-    """Mean metrics, per-user values (aligned with `users`) and the protocol that produced them."""
+    """Mean metrics, per-user values (aligned with `users`) and the protocol that produced them.
+
+    `history_counts` says how many evaluated users had no or little history and what the
+    cold-user policy did with them (None for results made outside `evaluate`)."""
 
     metrics: dict[str, float]
     per_user: dict[str, np.ndarray]
@@ -38,6 +158,7 @@ class EvalResult:
     n_skipped_users: int
     protocol: dict[str, Any] = field(default_factory=dict)
     rankings: Rankings | None = None
+    history_counts: HistoryCounts | None = None
 
     def __getitem__(self, label: str) -> float:
         return self.metrics[label]
@@ -74,8 +195,12 @@ def rank(
     mask_history: bool = True,
     memory_budget_mb: float = 1024.0,
     item_pool: np.ndarray | None = None,
+    cold_users: ColdUsers | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k item indices (B, k) and scores for `users`, history items masked; -1 pads unscorable slots.
+
+    With `cold_users` under the policy `fallback`, the cold users' lists (and scores) are the
+    fallback's; `rank` ranks every user it is given, so the policy `skip` is `evaluate`'s business.
 
     With `item_pool`, only those items are ranked (a cold-item split's candidates); the others
     score -inf, so a list is shorter than k (padded with -1) when the pool is small. Ties inside a
@@ -87,6 +212,10 @@ def rank(
     n_items = history.n_items
     if k > n_items:
         raise RecstackError(f"k={k} is larger than the catalogue ({n_items} items); choose k <= {n_items}")
+    if cold_users is not None and cold_users.policy == "fallback":
+        same = {"mask_history": mask_history, "memory_budget_mb": memory_budget_mb, "item_pool": item_pool}
+        return serve_cold(model, cold_users.fallback, cold_users.cold(history, users),
+                          lambda scorer, rows: rank(scorer, users[rows], history, k, **same))
     outside_pool = tie_order = None
     if item_pool is not None:
         outside_pool = np.ones(n_items, dtype=bool)
@@ -157,13 +286,16 @@ def evaluate(
     memory_budget_mb: float = 1024.0,
     keep_rankings: bool = False,
     item_pool: np.ndarray | None = None,
+    cold_users: ColdUsers | None = None,
 ) -> EvalResult:
     """Full-ranking evaluation of `model` on `test`, seeing `history`.
 
     Users with no test events are skipped and counted. With `graded=True`, NDCG uses the test
     values as gains (the other metrics count any positive gain as a hit). `item_pool` restricts
     the ranked items; it defaults to `test.item_pool` (set on a cold-item split's parts), and
-    None there ranks the whole catalogue.
+    None there ranks the whole catalogue. `cold_users` (default: include) counts the evaluated
+    users with no or little history (`EvalResult.history_counts`) and applies its policy to the
+    cold ones: skip leaves them out of every metric, fallback ranks them with its fallback model.
     """
     if item_pool is None:
         item_pool = test.item_pool
@@ -181,9 +313,13 @@ def evaluate(
     if users is not None:
         candidates = np.intersect1d(candidates, np.asarray(users, dtype=np.int32))
     n_skipped = (test.n_users if users is None else len(np.unique(users))) - len(candidates)
+    cold_users = cold_users or INCLUDE
+    counts = count_history(history, candidates, cold_users)
+    if cold_users.policy == "skip":
+        candidates = candidates[~cold_users.cold(history, candidates)]
 
     items, _ = rank(model, candidates, history, depth, mask_history=mask_history, memory_budget_mb=memory_budget_mb,
-                    item_pool=item_pool)
+                    item_pool=item_pool, cold_users=cold_users)
     gains = _hits(items, candidates, truth)
     ideal = None
     if graded:
@@ -211,5 +347,7 @@ def evaluate(
         "n_users_evaluated": int(len(candidates)),
         "n_users_skipped": int(n_skipped),
         "n_items": int(test.n_items if item_pool is None else len(item_pool)),
+        "cold_users": counts.to_dict(),
     }
-    return EvalResult(summary, per_user, candidates, int(n_skipped), protocol, rankings if keep_rankings else None)
+    return EvalResult(summary, per_user, candidates, int(n_skipped), protocol, rankings if keep_rankings else None,
+                      counts)

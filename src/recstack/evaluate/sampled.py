@@ -25,8 +25,9 @@ import scipy.sparse as sp
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.evaluate.accuracy import METRICS
-from recstack.evaluate.evaluator import (DEFAULT_KS, DEFAULT_METRICS, EvalResult, Scorer, _hits, block_size_for,
-                                         parse_metric_labels, top_k_items)
+from recstack.evaluate.evaluator import (DEFAULT_KS, DEFAULT_METRICS, INCLUDE, ColdUsers, EvalResult, Scorer, _hits,
+                                         block_size_for, count_history, parse_metric_labels, serve_cold,
+                                         top_k_items)
 from recstack.evaluate.rankings import Rankings
 
 PREFIX = "sampled_"
@@ -88,15 +89,23 @@ def evaluate_sampled(
     ks: Iterable[int] = DEFAULT_KS,
     mask_history: bool = True,
     memory_budget_mb: float = 1024.0,
+    cold_users: ColdUsers | None = None,
 ) -> EvalResult:
     """Metrics of `model` with each user's candidates = held-out items + `negatives` row (see module doc).
 
     `users` are the evaluated users (rows of `negatives`); metric labels are prefixed `sampled_`.
     Coverage is not computed (a sampled candidate set says nothing about the catalogue).
+    `cold_users` applies the cold-user policy as `evaluate` does: skip drops the cold users' rows,
+    fallback ranks their candidates by the fallback's scores.
     """
     users = np.asarray(users, dtype=np.int32)
     if negatives.shape[0] != len(users):
         raise RecstackError(f"negatives has {negatives.shape[0]} rows for {len(users)} users")
+    cold_users = cold_users or INCLUDE
+    counts = count_history(history, users, cold_users)
+    cold = cold_users.cold(history, users)
+    if cold_users.policy == "skip":
+        users, negatives, cold = users[~cold], negatives[~cold], cold[~cold]
     pairs = [(name, k) for name, k in parse_metric_labels(metrics, list(ks)) if name != "Coverage"]
     if not pairs:
         raise RecstackError("sampled evaluation needs at least one accuracy metric besides Coverage")
@@ -104,25 +113,32 @@ def evaluate_sampled(
     truth = test.matrix()
     hist = history.matrix()
     n_items = test.n_items
-    out_items = np.full((len(users), depth), -1, dtype=np.int32)
     block = block_size_for(n_items, memory_budget_mb)
-    for start in range(0, len(users), block):
-        batch = users[start:start + block]
-        scores = np.array(model.score(batch, history), dtype=np.float32)  # a copy: masked in place
-        allowed = np.zeros(scores.shape, dtype=bool)
-        rel = truth[batch]
-        allowed[np.repeat(np.arange(len(batch)), np.diff(rel.indptr)), rel.indices] = True
-        neg = negatives[start:start + len(batch)]
-        rows = np.broadcast_to(np.arange(len(batch))[:, None], neg.shape)
-        allowed[rows[neg >= 0], neg[neg >= 0]] = True
-        if mask_history:
-            h = hist[batch]
-            allowed[np.repeat(np.arange(len(batch)), np.diff(h.indptr)), h.indices] = False
-        scores[~allowed] = -np.inf
-        idx, values = top_k_items(scores, depth)
-        idx = idx.astype(np.int32)
-        idx[~np.isfinite(values) & (values < 0)] = -1
-        out_items[start:start + len(batch), : idx.shape[1]] = idx
+
+    def ranked(scorer: Scorer, positions: np.ndarray) -> tuple[np.ndarray]:
+        chosen, chosen_negatives = users[positions], negatives[positions]
+        out = np.full((len(chosen), depth), -1, dtype=np.int32)
+        for start in range(0, len(chosen), block):
+            batch = chosen[start:start + block]
+            scores = np.array(scorer.score(batch, history), dtype=np.float32)  # a copy: masked in place
+            allowed = np.zeros(scores.shape, dtype=bool)
+            rel = truth[batch]
+            allowed[np.repeat(np.arange(len(batch)), np.diff(rel.indptr)), rel.indices] = True
+            neg = chosen_negatives[start:start + len(batch)]
+            rows = np.broadcast_to(np.arange(len(batch))[:, None], neg.shape)
+            allowed[rows[neg >= 0], neg[neg >= 0]] = True
+            if mask_history:
+                h = hist[batch]
+                allowed[np.repeat(np.arange(len(batch)), np.diff(h.indptr)), h.indices] = False
+            scores[~allowed] = -np.inf
+            idx, values = top_k_items(scores, depth)
+            idx = idx.astype(np.int32)
+            idx[~np.isfinite(values) & (values < 0)] = -1
+            out[start:start + len(batch), : idx.shape[1]] = idx
+        return (out,)
+
+    fallback = cold_users.fallback if cold_users.policy == "fallback" else None
+    (out_items,) = serve_cold(model, fallback, cold, ranked)
     gains = _hits(out_items, users, truth)
     rankings = Rankings(users, out_items, gains, np.diff(truth.indptr)[users].astype(np.int64))
     per_user, summary = {}, {}
@@ -132,5 +148,5 @@ def evaluate_sampled(
         per_user[label] = values
         summary[label] = float(values.mean()) if len(values) else float("nan")
     protocol = {"ranking": "sampled", "n_negatives": int(negatives.shape[1]), "mask_history": mask_history,
-                "n_users_evaluated": int(len(users))}
-    return EvalResult(summary, per_user, users, 0, protocol, rankings)
+                "n_users_evaluated": int(len(users)), "cold_users": counts.to_dict()}
+    return EvalResult(summary, per_user, users, 0, protocol, rankings, counts)

@@ -12,7 +12,8 @@ scored twice for the beyond-accuracy measures or the slices.
   ARP/APLT/ACLT (long tail: the items outside the short head that holds 80% of train
   interactions) and every individual item fairness measure of `fairness.item_fairness`.
   Per-list measures are the mean over lists where they are defined (docs/beyond_accuracy.md).
-- **slices**: test metrics for groups of users or of held-out items (see `docs/protocol.md`).
+- **slices**: test metrics for groups of users or of held-out items (see `docs/protocol.md`),
+  always including the users' history length (0 = cold, no history) next to their activity.
 - **sampled** (only when the config asks): `evaluate.sampled`.
 """
 
@@ -27,7 +28,7 @@ from recstack.data.dataset import Dataset
 from recstack.errors import RecstackError
 from recstack.evaluate import beyond as B
 from recstack.evaluate.accuracy import METRICS
-from recstack.evaluate.evaluator import EvalResult, rank
+from recstack.evaluate.evaluator import ColdUsers, EvalResult, rank
 from recstack.evaluate.fairness import item_fairness
 from recstack.evaluate.rankings import Rankings
 from recstack.experiment.config import ModelEntry
@@ -126,12 +127,15 @@ class RunAnalysis:
         self._negatives: np.ndarray | None = None
         # the metric the report draws per slice, with its bootstrap interval
         self.slice_metric = f"NDCG@{10 if 10 in config.ks else min(config.ks)}"
+        # the run's cold-user policy (`steps.cold_users`); the sampled metrics apply it as the full ranking does
+        self.cold_users: ColdUsers | None = None
 
     # ---- beyond accuracy --------------------------------------------------------------------
     def _reference(self, users: np.ndarray, depth: int) -> np.ndarray:
         if self._pop_lists is None:
             # fitted as every model of the run is (one step), then ranked for the reference lists
-            pop = fit_entry(self.config, ModelEntry(name="pop"), self.dataset, self.split).model
+            pop = fit_entry(self.config, ModelEntry(name="pop"), self.dataset, self.split,
+                            cold_users=self.cold_users).model
             items, _ = rank(pop, self.users, self.history, depth, mask_history=self.config.mask_history,
                             memory_budget_mb=self.config.memory_budget_mb)
             self._pop_lists = items
@@ -215,6 +219,29 @@ class RunAnalysis:
             groups[label] = entry
         return {**info, "kind": "item", "groups": groups}
 
+    def history_length(self) -> tuple[list[str], list[np.ndarray], dict[str, Any]]:
+        """Warm vs cold: buckets of the test history's length (train + valid events), 0 first, with edges
+        at 1, the policy's `min_history`, `few_history` and 4 x `few_history` (0 | 1-4 | 5-19 | 20+)."""
+        c = self.config.cold_users
+        lengths = self.history.user_counts()
+        edges = sorted({0, 1, c.min_history, c.few_history, 4 * c.few_history})
+        labels, masks = [], []
+        for low, high in zip(edges, [*edges[1:], None]):
+            if high is None:
+                labels.append(f"{low}+")
+                masks.append(lengths >= low)
+            else:
+                labels.append(str(low) if high == low + 1 else f"{low}-{high - 1}")
+                masks.append((lengths >= low) & (lengths < high))
+        who = "no history" if c.min_history == 1 else f"fewer than {c.min_history} history events"
+        skipped = " (skipped by the policy, so absent here)" if c.policy == "skip" else \
+            f" (ranked by the fallback {c.fallback!r} for every model)" if c.policy == "fallback" else ""
+        return labels, masks, {
+            "definition": f"events in the history each test user is ranked with (train + valid, as "
+                          f"Split.history('test')); users with "
+                          f"{who} are the cold users{skipped}; every bucket is listed, empty or not",
+            "edges": edges, "policy": c.policy}
+
     def slices(self, result: EvalResult) -> dict[str, Any]:
         counts = self.split.train.user_counts()
         lengths = counts[result.users]
@@ -224,6 +251,7 @@ class RunAnalysis:
             result, ["cold", "medium", "heavy"], activity,
             {"definition": "training events per user; cold <= first tercile < medium <= second tercile < heavy "
                            "(terciles over the evaluated users)", "cut_points": cuts})}
+        out["history_length"] = self._user_groups(result, *self.history_length())
         if result.rankings is not None:
             head = ~self.long_tail
             out["item_popularity"] = self._item_groups(
@@ -254,7 +282,7 @@ class RunAnalysis:
         result = evaluate_sampled(model, self.history, self.split.test, self.users, self._negatives,
                                   metrics=self.config.metrics, ks=self.config.ks,
                                   mask_history=self.config.mask_history,
-                                  memory_budget_mb=self.config.memory_budget_mb)
+                                  memory_budget_mb=self.config.memory_budget_mb, cold_users=self.cold_users)
         return result.metrics
 
     def for_model(self, model: Any, test: EvalResult) -> dict[str, Any]:

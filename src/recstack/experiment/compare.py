@@ -142,6 +142,14 @@ def _read_run(run_dir: Path) -> tuple[dict[str, Any], Path]:
     return manifest, values_path
 
 
+def _cold_user_policy(protocol: dict[str, Any]) -> str:
+    """The cold-user policy a run's per-user values were made under (runs written before it: include)."""
+    cold = protocol.get("cold_users") or {}
+    policy, min_history = cold.get("policy", "include"), cold.get("min_history", 1)
+    return f"{policy} (min_history {min_history}" + (f", fallback {cold.get('fallback')}" if policy == "fallback"
+                                                     else "") + ")"
+
+
 def _check_same_split(runs: list[RunInfo], protocols: list[dict[str, Any]]) -> None:
     first = runs[0]
     for run, protocol in zip(runs[1:], protocols[1:]):
@@ -157,6 +165,11 @@ def _check_same_split(runs: list[RunInfo], protocols: list[dict[str, Any]]) -> N
                     f"cannot compare run {first.name!r} with run {run.name!r}: their evaluation protocols differ "
                     f"({key} = {protocols[0].get(key)!r} vs {protocol.get(key)!r}), so their per-user values "
                     "measure different things; rerun one with the other's protocol")
+        if _cold_user_policy(protocol) != _cold_user_policy(protocols[0]):
+            raise RecstackError(
+                f"cannot compare run {first.name!r} with run {run.name!r}: their cold-user policies differ "
+                f"({_cold_user_policy(protocols[0])} vs {_cold_user_policy(protocol)}), so users without history "
+                "were scored differently or left out; rerun one with the other's cold_users setting")
 
 
 def compare_runs(

@@ -257,6 +257,43 @@ class SlicesConfig(_Strict):
     item: list[str] = Field(default_factory=list)
 
 
+class ColdUsersConfig(_Strict):
+    """Evaluated users whose history is (nearly) empty: counted in every evaluation and treated by one
+    stated policy in every model's final evaluation and early stopping (see `ColdUsers`).
+
+    `cold_users: skip` is short for `{policy: skip}`; `policy: fallback` names its model with
+    `fallback` (default pop), fitted once on the same train data as every model.
+    """
+
+    policy: Literal["include", "skip", "fallback"] = "include"
+    fallback: str | None = None  # a registered model name; only with policy fallback (default pop)
+    min_history: int = Field(1, ge=1)  # fewer history events than this: cold (the policy's users)
+    few_history: int = Field(5, ge=1)  # counted and reported: fewer history events than this
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand_and_default_fallback(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            data = {"policy": data}
+        if isinstance(data, dict) and data.get("policy") == "fallback" and data.get("fallback") is None:
+            data = {**data, "fallback": "pop"}
+        return data
+
+    @model_validator(mode="after")
+    def _fallback_with_its_policy(self) -> "ColdUsersConfig":
+        if self.fallback is not None and self.policy != "fallback":
+            raise ValueError(f"'fallback' is used by policy 'fallback' only, not {self.policy!r}; remove it or set "
+                             "policy: fallback")
+        if self.fallback is not None:
+            from recstack.models import resolve
+
+            try:
+                resolve(self.fallback)  # an unknown name: the registry's did-you-mean
+            except (RecstackError, ValueError) as exc:
+                raise ValueError(f"fallback: {exc}") from None
+        return self
+
+
 class ExperimentConfig(_Strict):
     """Everything a run needs; see the module docstring and `default.yaml` for an example."""
 
@@ -276,6 +313,7 @@ class ExperimentConfig(_Strict):
     beyond: bool = True  # beyond-accuracy and item-fairness measures of the test top-k lists
     slices: SlicesConfig = Field(default_factory=SlicesConfig)
     sampled: SampledConfig | None = None  # sampled metrics (labelled sampled_*) next to the full ranking
+    cold_users: ColdUsersConfig = Field(default_factory=ColdUsersConfig)  # users without history: policy, counts
 
     @model_validator(mode="before")
     @classmethod
@@ -502,6 +540,8 @@ def _check_model_names(raw: Any, source: str) -> None:
     names = [e.get("name") for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
     if isinstance(raw.get("tune"), dict):
         names.append(raw["tune"].get("model"))
+    if isinstance(raw.get("cold_users"), dict):
+        names.append(raw["cold_users"].get("fallback"))
     for name in names:
         if isinstance(name, str):
             check_trusted(name, MODELS, trust=False, source=source)

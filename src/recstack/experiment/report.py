@@ -137,6 +137,7 @@ def _blocks(run_dir: Path) -> tuple[str, list[Any]]:
             ["users evaluated (valid / test)", " / ".join(_join(evaluated.get(p, [])) for p in ("valid", "test"))],
             ["users skipped, no held-out items (valid / test)",
              " / ".join(_join(skipped.get(p, [])) for p in ("valid", "test"))],
+            *_cold_user_rows(protocol.get("cold_users")),
             ["model selection", f"validation {valid_metric} only; test figures choose nothing"],
         ]),
     ]
@@ -213,6 +214,39 @@ def _blocks(run_dir: Path) -> tuple[str, list[Any]]:
     blocks += [_Heading("Environment"),
                _Paragraph(", ".join(f"{name} {version}" for name, version in versions.items() if version))]
     return title, blocks
+
+
+def _cold_user_rows(cold: dict[str, Any] | None) -> list[list[Any]]:
+    """The protocol table's rows on users without history: the policy and the per-part counts (runs
+    written before the counts existed have none)."""
+    if not cold:
+        return []
+    min_history = cold.get("min_history", 1)
+    who = "no history" if min_history == 1 else f"fewer than {min_history} history events"
+    policy = cold.get("policy", "include")
+    what = {"include": "ranked by each model as it scores them (the model decides)",
+            "skip": "left out of every metric (counted as skipped)",
+            "fallback": f"ranked by the fallback model {cold.get('fallback')!r} for every model, in validation "
+                        "(early stopping) and test"}.get(policy, "")
+
+    def per_part(key: str) -> str:
+        cells = []
+        for part in ("valid", "test"):
+            counts = cold.get(part) or {}
+            n, total = counts.get(key), counts.get("n_users")
+            cells.append("-" if n is None else f"{n:,}" + (f" ({n / total:.1%})" if total else ""))
+        return " / ".join(cells)
+
+    rows = [["cold-user policy", f"{policy}: users with {who} are {what}"],
+            ["users with no history (valid / test)", per_part("n_no_history")],
+            [f"users with fewer than {cold.get('few_history', 5)} history events, none included (valid / test)",
+             per_part("n_few_history")]]
+    if policy == "skip":
+        rows.append([f"users with {who} skipped by the policy (valid / test)", per_part("n_skipped")])
+    elif policy == "fallback":
+        rows.append([f"users ranked by the fallback {cold.get('fallback')!r}, share of the evaluated (valid / test)",
+                     per_part("n_fallback")])
+    return rows
 
 
 _SIDE_BY_SIDE = (("coverage", "Coverage"), ("novelty", "Novelty"), ("APLT", "APLT"),

@@ -25,6 +25,7 @@ import re
 import resource
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -36,19 +37,23 @@ from rich.markup import escape
 
 from recstack.abilities import TrainedByEpochs
 from recstack.data.dataset import Dataset
-from recstack.errors import RecstackError
-from recstack.evaluate.evaluator import EvalResult, evaluate, rank
+from recstack.errors import RecstackError, RecstackWarning
+from recstack.evaluate.evaluator import ColdUsers, EvalResult, HistoryCounts, count_history, evaluate, rank
 from recstack.experiment import rundir
 from recstack.experiment.analysis import RunAnalysis
 from recstack.experiment.config import ExperimentConfig, ModelEntry, load_config, parse_config
 from recstack.experiment.report import write_report
 from recstack.experiment.rundir import SHOWN_COLUMNS as _SHOWN_COLUMNS
 from recstack.experiment.rundir import read_history as _read_history
-from recstack.experiment.steps import Fitted, fit_entry, scoring
+from recstack.experiment.steps import Fitted, cold_users, fit_entry, scoring
 from recstack.fs import CLAIM_FILE, check_writable, exclusive_directory
 from recstack.split.base import Split
 
 _VERSIONED = ("recstack", "numpy", "scipy", "pydantic", "pyarrow", "torch", "implicit")
+# a part whose cold users (fewer than cold_users.min_history history events; by default none) are at
+# least this share of its users with held-out events gets a warning line: the leaderboard then says as
+# much about them as about the models
+COLD_WARNING_SHARE = 0.10
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
@@ -176,6 +181,14 @@ def run_experiment(
     fingerprint = hashlib.sha1(
         (json.dumps(config.to_dict(), sort_keys=True) + split.fingerprint()).encode()).hexdigest()[:8]
     analysis = RunAnalysis(config, dataset, split)  # checks the slice columns before anything trains
+    policy = cold_users(config, dataset, split)  # fits the fallback model once, when the policy has one
+    analysis.cold_users = policy
+    counts = history_counts(split, policy)
+    for part, part_counts in counts.items():
+        say(f"  {part}: {describe_counts(part_counts)}")
+        warning = cold_warning(part, part_counts)
+        if warning:
+            warnings.warn(warning, RecstackWarning, stacklevel=2)
     models: dict[str, Any] = {}
     results: dict[str, dict[str, EvalResult]] = {}
     metrics: dict[str, dict[str, Any]] = {}
@@ -192,9 +205,10 @@ def run_experiment(
             label = entry.display
             named = f" ({entry.name})" if entry.name != label else ""
             say(f"[{position}/{len(config.models)}] [bold]{label}[/bold]{named} fitting ...")
-            fitted = fit_entry(config, entry, dataset, split, log=rundir.log_path(tmp, label), progress=progress)
+            fitted = fit_entry(config, entry, dataset, split, log=rundir.log_path(tmp, label), progress=progress,
+                               cold_users=policy)
             model = fitted.model
-            part_results, eval_seconds = _score(model, config, split)
+            part_results, eval_seconds = _score(model, config, split, policy)
             peak_mb = _peak_rss_mb()
             model.save(rundir.model_dir(tmp, label))  # every Recommender saves
             models[label], results[label] = model, part_results
@@ -212,7 +226,7 @@ def run_experiment(
 
         finished = datetime.now(timezone.utc)
         manifest = {"run_name": target.name,
-                    **_manifest(config, dataset, split, started, finished, data_seconds, timings, results)}
+                    **_manifest(config, dataset, split, started, finished, data_seconds, timings, results, counts)}
         rundir.write_yaml(tmp / rundir.CONFIG, config.to_dict())
         rundir.write_json(tmp / rundir.MANIFEST, manifest)
         rundir.write_json(tmp / rundir.METRICS, metrics)
@@ -227,12 +241,14 @@ def run_experiment(
     return RunResult(target, metrics, split, dataset, models, config, results)
 
 
-def _score(model: Any, config: ExperimentConfig, split: Split) -> tuple[dict[str, EvalResult], dict[str, float]]:
+def _score(model: Any, config: ExperimentConfig, split: Split, policy: ColdUsers
+           ) -> tuple[dict[str, EvalResult], dict[str, float]]:
     """Valid and test figures of a fitted model, and the seconds each took."""
     results: dict[str, EvalResult] = {}
     seconds: dict[str, float] = {}
     for part in ("valid", "test"):
-        plan = scoring(config, split, part, keep_rankings=part == "test")  # the top-k lists of `beyond`
+        # keep the test top-k lists for `beyond`
+        plan = scoring(config, split, part, keep_rankings=part == "test", cold_users=policy)
         tick = time.perf_counter()
         results[part] = evaluate(model, plan.history, plan.truth, **plan.options)
         seconds[part] = time.perf_counter() - tick
@@ -254,6 +270,53 @@ def _model_record(entry: ModelEntry, fitted: Fitted, parts: dict[str, EvalResult
     timings = {"fit_seconds": fitted.fit_seconds, **{f"eval_{p}_seconds": s for p, s in eval_seconds.items()},
                "peak_rss_mb": peak_mb}
     return record, timings
+
+
+def history_counts(split: Split, policy: ColdUsers) -> dict[str, HistoryCounts]:
+    """Per part, the evaluated users (those with held-out events) by history length, and what the
+    policy does with the cold ones: the counts every model's evaluation of the part carries too."""
+    out = {}
+    for part in ("valid", "test"):
+        truth = getattr(split, part)
+        users = np.flatnonzero(truth.user_counts() > 0).astype(np.int32)
+        out[part] = count_history(split.history(part), users, policy)
+    return out
+
+
+def _share(count: int, counts: HistoryCounts) -> str:
+    return f"{count:,} ({counts.share(count):.1%})"
+
+
+def _cold_words(counts: HistoryCounts) -> str:
+    return "no history" if counts.min_history == 1 else f"fewer than {counts.min_history} history events"
+
+
+def describe_counts(counts: HistoryCounts) -> str:
+    """One console line: evaluated users, how many have no or little history, what the policy did."""
+    text = (f"{counts.n_users:,} users with held-out events, {_share(counts.n_no_history, counts)} with no "
+            f"history, {_share(counts.n_few_history, counts)} with fewer than {counts.few_history} history events "
+            f"(none included); cold-user policy {counts.policy}")
+    if counts.policy == "skip":
+        text += (f": {_share(counts.n_skipped, counts)} with {_cold_words(counts)} skipped, "
+                 f"{counts.n_users - counts.n_skipped:,} evaluated")
+    elif counts.policy == "fallback":
+        text += f": {_share(counts.n_fallback, counts)} with {_cold_words(counts)} ranked by {counts.fallback}"
+    return text
+
+
+def cold_warning(part: str, counts: HistoryCounts) -> str | None:
+    """A warning when the cold users are a sizable share of a part's evaluated users, else None."""
+    if counts.n_users == 0 or counts.share(counts.n_cold) < COLD_WARNING_SHARE:
+        return None
+    head = (f"{counts.n_cold:,} of the {counts.n_users:,} {part} users with held-out events "
+            f"({counts.share(counts.n_cold):.0%}) have {_cold_words(counts)} (a global time cut does this: they "
+            "first appear after it); ")
+    if counts.policy == "include":
+        return head + ("every model ranks them from an empty history, which rewards popularity rather than the "
+                       "model; state a policy: cold_users: {policy: skip} or {policy: fallback, fallback: pop}")
+    if counts.policy == "skip":
+        return head + "the cold-user policy skip leaves them out of every metric"
+    return head + f"the cold-user policy fallback gives every model {counts.fallback}'s lists for them"
 
 
 def _check_destination(config: ExperimentConfig, run_dir: str | os.PathLike | None) -> None:
@@ -318,7 +381,7 @@ def _versions() -> dict[str, str | None]:
 
 def _manifest(config: ExperimentConfig, dataset: Dataset, split: Split, started: datetime, finished: datetime,
               data_seconds: float, timings: dict[str, dict[str, float]],
-              results: dict[str, dict[str, EvalResult]]) -> dict[str, Any]:
+              results: dict[str, dict[str, EvalResult]], counts: dict[str, HistoryCounts]) -> dict[str, Any]:
     from recstack.data.prep import summarize
 
     protocol = next(iter(results.values()))["test"].protocol if results else {}
@@ -352,6 +415,9 @@ def _manifest(config: ExperimentConfig, dataset: Dataset, split: Split, started:
             "beyond": config.beyond,
             "slices": config.slices.model_dump(mode="json"),
             "sampled": None if config.sampled is None else config.sampled.model_dump(mode="json"),
+            # the same for every model: the counts depend on the split only, the policy on the config
+            "cold_users": {**config.cold_users.model_dump(mode="json"),
+                           **{part: part_counts.to_dict() for part, part_counts in counts.items()}},
         },
         "timings": timings,
         "peak_rss_mb": _peak_rss_mb(),

@@ -1,10 +1,14 @@
-"""The two units of work every flow shares: fit one model entry, and the scoring of one part.
+"""The units of work every flow shares: fit one model entry, the scoring of one part, and the
+experiment's cold-user policy.
 
 `run_experiment` (each model), `tune` (each trial) and `RunAnalysis` (its popularity reference)
 fit through `fit_entry`, so wherever a model trains it is built with the experiment seed as its
 default seed, given the dataset's side data (when it declares `UsesDataset`) and fitted with
-one explicit `FitOptions` carrying the experiment's validation protocol. `run_experiment` and `tune` score through `scoring`, so a part is always scored with
-the same history, item pool, history masking and memory budget.
+one explicit `FitOptions` carrying the experiment's validation protocol (history masking and the
+cold-user policy). `run_experiment` and `tune` score through `scoring`, so a part is always scored
+with the same history, item pool, history masking, cold-user policy and memory budget.
+`cold_users` turns the config's policy into the `ColdUsers` both take, fitting its fallback model
+(once per flow, through `fit_entry`) when the policy has one.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, Literal
 from recstack.abilities import UsesDataset
 from recstack.data.dataset import Dataset
 from recstack.data.interactions import Interactions
+from recstack.evaluate.evaluator import ColdUsers
 from recstack.experiment.config import ExperimentConfig, ModelEntry
 from recstack.split.base import Split
 from recstack.train.options import FitOptions
@@ -41,13 +46,38 @@ class Scoring:
     options: dict[str, Any]  # metrics, cut-offs, history masking, item pool, memory budget, kept rankings
 
 
+def cold_users(config: ExperimentConfig, dataset: Dataset, split: Split) -> ColdUsers:
+    """The experiment's cold-user policy as the evaluator takes it; under `fallback`, with the fallback
+    model built and fitted on `split.train` here (as every model is: `fit_entry`, the experiment seed)."""
+    c = config.cold_users
+    if c.policy != "fallback":
+        return ColdUsers(c.policy, c.min_history, c.few_history)
+    # the fallback's own validation (if it has any) ranks its cold users itself: policy include
+    fitted = fit_entry(config, ModelEntry(name=c.fallback), dataset, split, progress=False,
+                       cold_users=ColdUsers("include", c.min_history, c.few_history))
+    return ColdUsers(c.policy, c.min_history, c.few_history, fallback=fitted.model, fallback_name=c.fallback)
+
+
+def _policy(config: ExperimentConfig, given: ColdUsers | None) -> ColdUsers:
+    """`given`, else the config's policy where it needs no fitted model."""
+    if given is not None:
+        return given
+    c = config.cold_users
+    if c.policy == "fallback":
+        raise ValueError("the cold-user policy 'fallback' needs its fitted model: pass "
+                         "cold_users=steps.cold_users(config, dataset, split)")
+    return ColdUsers(c.policy, c.min_history, c.few_history)
+
+
 def fit_entry(config: ExperimentConfig, entry: ModelEntry, dataset: Dataset, split: Split, *,
-              log: Path | None = None, progress: bool = True) -> Fitted:
+              log: Path | None = None, progress: bool = True, cold_users: ColdUsers | None = None) -> Fitted:
     """Build `entry`'s model and fit it on `split.train` (with `split.valid` for early stopping).
 
-    Validation during training masks the history as the experiment's `mask_history` says, so a
-    model is selected under the protocol it is reported under. With `log`, trainers append their
-    epochs there; with `progress` False they print nothing.
+    Validation during training masks the history as the experiment's `mask_history` says and
+    treats users without history by the experiment's cold-user policy (`cold_users`, from
+    `steps.cold_users`; needed only under the policy fallback), so a model is selected under the
+    protocol it is reported under. With `log`, trainers append their epochs there; with
+    `progress` False they print nothing.
     """
     from recstack.models import build  # looked up at each call: a patched registry (tests watch builds) holds
 
@@ -57,21 +87,24 @@ def fit_entry(config: ExperimentConfig, entry: ModelEntry, dataset: Dataset, spl
         model.use_dataset(dataset)
     setup_seconds = time.perf_counter() - tick
     options = FitOptions(mask_history=config.mask_history, log_path=log, progress=progress,
-                         label=entry.display if log is not None else None)
+                         label=entry.display if log is not None else None, cold_users=_policy(config, cold_users))
     tick = time.perf_counter()
     model.fit(split.train, split.valid, options=options)
     return Fitted(model, time.perf_counter() - tick, setup_seconds)
 
 
 def scoring(config: ExperimentConfig, split: Split, part: Literal["valid", "test"], *,
-            metrics: list[str] | None = None, keep_rankings: bool = False) -> Scoring:
+            metrics: list[str] | None = None, keep_rankings: bool = False,
+            cold_users: ColdUsers | None = None) -> Scoring:
     """The full-ranking evaluation of `part` under the experiment's protocol, for the caller to run
     (and time) with `evaluate`.
 
-    `metrics` defaults to the experiment's; the history, item pool, masking and memory budget are
-    always the experiment's, so a tuning trial's valid figure equals the final run's.
+    `metrics` defaults to the experiment's; the history, item pool, masking, cold-user policy
+    (`cold_users` from `steps.cold_users`, needed only under the policy fallback) and memory budget
+    are always the experiment's, so a tuning trial's valid figure equals the final run's.
     """
     return Scoring(part, split.history(part), getattr(split, part), {
         "metrics": config.metrics if metrics is None else metrics, "ks": config.ks,
         "mask_history": config.mask_history, "memory_budget_mb": config.memory_budget_mb,
-        "keep_rankings": keep_rankings, "item_pool": split.item_pool(part)})
+        "keep_rankings": keep_rankings, "item_pool": split.item_pool(part),
+        "cold_users": _policy(config, cold_users)})

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,13 @@ import numpy as np
 from rich.markup import escape
 
 from recstack.data.dataset import Dataset
-from recstack.errors import RecstackError
+from recstack.errors import RecstackError, RecstackWarning
 from recstack.evaluate.evaluator import evaluate
 from recstack.experiment import rundir
 from recstack.experiment.config import ExperimentConfig, ModelEntry, SearchDimension, parse_config
-from recstack.experiment.run import RunResult, prepare_data, run_experiment
-from recstack.experiment.steps import fit_entry, scoring
+from recstack.experiment.run import (RunResult, cold_warning, describe_counts, history_counts, prepare_data,
+                                     run_experiment)
+from recstack.experiment.steps import cold_users, fit_entry, scoring
 from recstack.fs import atomic_write_text, check_writable
 from recstack.split.base import Split
 
@@ -136,6 +138,9 @@ def study_definition(config: ExperimentConfig, dataset: Dataset, split: Split) -
         "mask_history": config.mask_history,
         "recstack": __version__,
     }
+    c = config.cold_users
+    if (c.policy, c.min_history) != ("include", 1):  # the default leaves earlier studies' names as they were
+        definition["cold_users"] = {"policy": c.policy, "min_history": c.min_history, "fallback": c.fallback}
     # one JSON round trip: what the journal gives back compares equal to what was computed here
     return json.loads(json.dumps(definition, sort_keys=True, default=str))
 
@@ -248,13 +253,20 @@ def tune(config: ExperimentConfig | dict | str, *, n_trials: int | None = None, 
     # by the trials already made keeps a resumed search reproducible and new
     optuna_study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(optuna_study.trials))
     fixed = _fixed_params(config)
-    valid = scoring(config, split, "valid", metrics=[label])  # as the final run scores valid, one metric
+    policy = cold_users(config, dataset, split)  # the fallback model (if any) is fitted once, not per trial
+    counts = history_counts(split, policy)["valid"]  # what the trials are scored on, as `run` shows it
+    if progress and console is not None:
+        console.print(escape(f"valid: {describe_counts(counts)}"), soft_wrap=True)
+    if (warning := cold_warning("valid", counts)) is not None:
+        warnings.warn(warning, RecstackWarning, stacklevel=2)
+    valid = scoring(config, split, "valid", metrics=[label], cold_users=policy)  # as the final run scores valid
 
     def objective(trial) -> float:
         suggested = {param: _suggest(trial, param, dim) for param, dim in spec.space.items()}
         params = {**fixed, **suggested}  # as printed; the step adds the experiment seed by the same rule
         # the very steps the final run takes, so the trial's valid figure is the run's
-        fitted = fit_entry(config, ModelEntry(name=spec.model, params={**spec.params, **suggested}), dataset, split)
+        fitted = fit_entry(config, ModelEntry(name=spec.model, params={**spec.params, **suggested}), dataset, split,
+                           cold_users=policy)
         trial.set_user_attr("fit_seconds", fitted.setup_seconds + fitted.fit_seconds)
         value = evaluate(fitted.model, valid.history, valid.truth, **valid.options).metrics[label]
         if progress and console is not None:

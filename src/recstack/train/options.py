@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # a name only: importing the evaluator here would load numpy into every model import
+    from recstack.evaluate.evaluator import ColdUsers
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,9 @@ class FitOptions:
     - `progress`: False keeps the console quiet (`recstack run --quiet`).
     - `device`: overrides the config's `device` for this call (None keeps it).
     - `label`: the name progress lines carry (the run's model label); defaults to the log's stem.
+    - `cold_users`: the cold-user policy validation applies (`recstack.evaluate.ColdUsers`: skip
+      users without history, or rank them with a fitted fallback model), as the experiment's final
+      evaluation does; None ranks every validation user with the model (policy include).
     """
 
     mask_history: bool = True
@@ -30,6 +37,7 @@ class FitOptions:
     progress: bool = True
     device: str | None = None
     label: str | None = None
+    cold_users: ColdUsers | None = None
 
     @property
     def name(self) -> str:

@@ -24,8 +24,8 @@ gradient-norm clipping, optional bf16 autocast, a JSON-lines log with one line p
 restored. The model's own numpy samplers are not in the checkpoint, so a resumed run follows a
 different (equally valid) sample path than an uninterrupted one.
 
-Per-call options (validation history masking, epoch log, progress, device) arrive as one
-explicit `FitOptions`, never as ambient state.
+Per-call options (validation history masking and cold-user policy, epoch log, progress, device)
+arrive as one explicit `FitOptions`, never as ambient state.
 
 Progress goes to stderr, named after `FitOptions.name` (the run's model label): a rich bar on a
 terminal; elsewhere (CI, nohup, a pipe) a plain line per epoch at most every
@@ -57,9 +57,8 @@ from pydantic import NonNegativeFloat
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.evaluate.accuracy import METRICS
 from recstack.evaluate.evaluator import Scorer, evaluate
-from recstack.train.fields import TRAINING_FIELDS, TrainingFields, check_valid_metric
+from recstack.train.fields import TRAINING_FIELDS, TrainingFields, check_valid_metric  # noqa: F401  (re-exported)
 from recstack.train.options import DEFAULT_FIT_OPTIONS, FitOptions
 
 logger = logging.getLogger(__name__)
@@ -267,15 +266,16 @@ class Trainer:
                  module: torch.nn.Module) -> float:
         """The validation metric of `scorer` ranking over the full catalogue with `train` masked
         (over `valid.item_pool` only when it is set, as on a cold-item split; `train` stays
-        rankable with `FitOptions(mask_history=False)`). A scorer factory is called here, with the
-        module in eval mode and gradients off."""
+        rankable with `FitOptions(mask_history=False)`), users without history treated by
+        `FitOptions.cold_users` as the final evaluation treats them. A scorer factory is called
+        here, with the module in eval mode and gradients off."""
         was_training = module.training
         module.eval()
         try:
             with torch.no_grad():
                 current = scorer if isinstance(scorer, Scorer) else scorer()
                 result = evaluate(current, history=train, test=valid, metrics=[self.config.valid_metric],
-                                  mask_history=self.options.mask_history)
+                                  mask_history=self.options.mask_history, cold_users=self.options.cold_users)
         finally:
             module.train(was_training)
         return float(result.metrics[self.config.valid_metric])

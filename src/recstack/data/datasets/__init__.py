@@ -264,7 +264,7 @@ def dataset_info(name: str, cache_dir: str | os.PathLike | None = None) -> dict[
     """The spec, whether it is cached (and where), plus `summarize` statistics when it is."""
     from recstack.data.prep import summarize
 
-    spec = _spec(name)
+    _spec(name)  # an unknown name fails here, with a suggestion
     directory = data_home(cache_dir) / name
     info = next(entry for entry in list_datasets() if entry["name"] == name)
     info.update(cached=_is_complete(directory), path=str(directory))

@@ -38,6 +38,7 @@ from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.kernels.graph import (PropagatedFactors, layer_mean, normalized_adjacency, sparse_tensor,
                                            triple_scores)
+from recstack.models.kernels.side import rows_for_items
 from recstack.models.neural import TorchRecommender, TrainingFields
 from recstack.models.protocol import ModelConfig
 
@@ -132,12 +133,7 @@ class AlphaRec(PropagatedFactors, TorchRecommender):
                 "AlphaRec needs language embeddings of the items before fit: call model.use_dataset(dataset) "
                 "(a Dataset with an item side table; `recstack run` does this) or "
                 "model.set_item_embeddings(item_ids, vectors)")
-        lookup = {key: row for row, key in enumerate(self._item_ids.tolist())}
-        rows = np.array([lookup.get(key, -1) for key in train.items.ids.tolist()], dtype=np.int64)
-        if (rows < 0).any():
-            missing = train.items.ids[rows < 0]
-            raise RecstackError(f"AlphaRec has no language embedding for {len(missing)} training item(s), e.g. "
-                                f"{missing[0]!r}; give vectors for every item of the training data")
+        rows = rows_for_items(self._item_ids, train.items.ids, model="AlphaRec", what="language embeddings")
         return self._item_vectors[rows]
 
     # ---- training -----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
 from recstack.data.interactions import Interactions
+from recstack.models.factorization.sampled_mf import sampled_logits
 from recstack.models.kernels.scoring import dot_scores
 from recstack.models.neural import TorchRecommender, TrainingFields
 from recstack.models.protocol import ModelConfig, check_fitted
@@ -149,14 +150,7 @@ class NBPO(TorchRecommender):
     def batch_loss(self, module: _Net, batch) -> torch.Tensor:
         c = self.config
         users, pos, neg = batch
-        p_u, q_i, q_j = module.user_embedding(users), module.item_embedding(pos), module.item_embedding(neg)
-        pos_scores = (p_u * q_i).sum(-1)
-        neg_scores = (p_u.unsqueeze(1) * q_j).sum(-1)
-        penalised = [p_u, q_i, q_j]
-        if module.item_bias is not None:
-            b_i, b_j = module.item_bias(pos)[:, 0], module.item_bias(neg)[..., 0]
-            pos_scores, neg_scores = pos_scores + b_i, neg_scores + b_j
-            penalised += [b_i, b_j]
+        pos_scores, neg_scores, penalised = sampled_logits(module, users, pos, neg)
         pos_flip = neg_flip = module.noise_logit
         noise_penalty = 0.0
         if module.noise_user is not None:

@@ -40,6 +40,7 @@ from recstack.models.generative.semantic_ids import (
     require_sklearn,
 )
 from recstack.models.kernels.beam import constrained_beam_search
+from recstack.models.kernels.side import rows_for_items
 from recstack.models.neural import TorchRecommender, TrainingFields, module_arrays
 from recstack.models.protocol import ModelConfig, check_fitted, check_trainable, gather_items, make_config
 from recstack.train.options import FitOptions
@@ -422,12 +423,7 @@ class ColaRec(TorchRecommender):
             raise RecstackError(
                 "ColaRec reads item content: call model.use_dataset(dataset) (a Dataset with an item side table; "
                 "`recstack run` does this) or model.set_item_texts(item_ids, texts) before fit")
-        lookup = {key: row for row, key in enumerate(self._item_ids.tolist())}
-        rows = np.array([lookup.get(key, -1) for key in train.items.ids.tolist()], dtype=np.int64)
-        if (rows < 0).any():
-            missing = train.items.ids[rows < 0]
-            raise RecstackError(f"ColaRec has no text for {len(missing)} item(s) of the training data, e.g. "
-                                f"{missing[0]!r}; give a text for every item of the item vocabulary")
+        rows = rows_for_items(self._item_ids, train.items.ids, model="ColaRec", what="texts")
         return self._item_texts[rows]
 
     # ---- training -----------------------------------------------------------------------------

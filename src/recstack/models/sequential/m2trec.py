@@ -27,6 +27,7 @@ from pydantic import NonNegativeFloat, PositiveInt, confloat, model_validator
 from recstack.data.dataset import Dataset
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
+from recstack.models.kernels.side import rows_for_items
 from recstack.models.neural import TorchRecommender, TrainingFields, module_arrays
 from recstack.models.protocol import ModelConfig, check_fitted, check_trainable
 from recstack.train.indexing import gather_rows
@@ -238,12 +239,7 @@ class M2TRec(TorchRecommender):
                 "M2TRec builds items from their metadata and has none: call model.use_dataset(dataset) before fit "
                 "(a Dataset with an item side table, e.g. ml-100k; `recstack run` does this) or "
                 "model.set_item_table(item_ids, {column: values})")
-        lookup = {key: row for row, key in enumerate(self._item_ids.tolist())}
-        rows = np.array([lookup.get(key, -1) for key in train.items.ids.tolist()], dtype=np.int64)
-        if (rows < 0).any():
-            missing = train.items.ids[rows < 0]
-            raise RecstackError(f"M2TRec has no metadata for {len(missing)} item(s) of the data, e.g. "
-                                f"{missing[0]!r}; give metadata for every item of the vocabulary")
+        rows = rows_for_items(self._item_ids, train.items.ids, model="M2TRec", what="metadata")
         table = {name: column[rows] for name, column in self._item_table.items()}
         categories, names = category_matrix(table[c.category_column])
         if not names:
