@@ -3,12 +3,19 @@
 First run the peer driver (see ../shared/peers/README.md) with `--export SPLIT_DIR --out RESULTS`
 for the models to compare; then:
 
-    .venv/bin/python benchmarks/against_recbole.py --split-dir SPLIT_DIR --recbole-results RESULTS
+    .venv/bin/python benchmarks/against_recbole.py --split-dir SPLIT_DIR --recbole-results RESULTS [--own-protocol]
 
 recstack reads the exported train/valid/test TSV files as a pre-split experiment (the `files:`
-data source), trains its models with their defaults, and prints test figures next to RecBole's
-for the models both have. Fit seconds are recstack's fit alone and RecBole's `fit_s` (which
-includes its per-epoch validation passes).
+data source), trains its models with their defaults and scores them under RecBole's protocol A:
+test users ranked from the training part only (`test_history: train`), train + valid items masked
+(`peer_protocol.RECBOLE`). It prints the protocol of both sides, then test figures next to
+RecBole's for the models both have, with the ratio of NDCG@10 only when the protocols match
+(otherwise one line says why there is none). `ease-reg250` and `itemknn-k100` are recstack's EASE
+and ItemKNN with RecBole's default settings (EASE reg_weight 250; ItemKNN k 100, shrink 0, plain
+cosine), so that what remains between the rows is the libraries. `--own-protocol` adds a second row per model: the
+same fitted model scored under recstack's default (test users ranked from train + valid), which
+is never compared with RecBole's. Fit seconds are recstack's fit alone and RecBole's `fit_s`
+(which includes its per-epoch validation passes).
 """
 
 from __future__ import annotations
@@ -17,10 +24,18 @@ import argparse
 import json
 from pathlib import Path
 
+from peer_protocol import RECSTACK_AS_RECBOLE, ratio_refusal, recbole_protocol, state
+from recstack.evaluate import evaluate
+from recstack.experiment.compare import Protocol
 from recstack.experiment.run import run_experiment
+from recstack.experiment.steps import scoring
 
-PAIRS = {"pop": "Pop", "itemknn": "ItemKNN", "ease": "EASE", "bpr": "BPR", "als": None, "rp3beta": None,
-         "userknn": None}
+PAIRS = {"pop": "Pop", "itemknn": "ItemKNN", "itemknn-k100": "ItemKNN", "ease": "EASE", "ease-reg250": "EASE",
+         "bpr": "BPR", "als": None, "rp3beta": None, "userknn": None, "lightgcn": "LightGCN"}
+DEFAULT_MODELS = [label for label in PAIRS if label != "lightgcn"]  # LightGCN: minutes; ask with --models
+# label -> (model, parameters): recstack's model with the RecBole model's default settings
+SETTINGS = {"ease-reg250": ("ease", {"reg": 250.0}),
+            "itemknn-k100": ("itemknn", {"n_neighbors": 100, "shrink": 0.0, "feature_weighting": "none"})}
 METRICS = ("NDCG@10", "Recall@10", "MRR@10", "Hit@10", "Precision@10")
 
 
@@ -29,29 +44,64 @@ def main() -> None:
     parser.add_argument("--split-dir", type=Path, required=True)
     parser.add_argument("--recbole-results", type=Path, required=True)
     parser.add_argument("--output-dir", type=Path, default=Path("runs"))
-    parser.add_argument("--models", nargs="+", default=list(PAIRS))
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
+    parser.add_argument("--own-protocol", action="store_true",
+                        help="add rows scored under recstack's default protocol (never compared with RecBole)")
     args = parser.parse_args()
     config = {
         "data": {"files": {part: str(args.split_dir / f"{part}.tsv") for part in ("train", "valid", "test")}},
-        "models": [{"name": name} for name in args.models],
+        "models": [{"name": SETTINGS[label][0], "params": SETTINGS[label][1], "label": label} if label in SETTINGS
+                   else {"name": label} for label in args.models],
         "ks": [10],
         "seed": 2020,
         "output_dir": str(args.output_dir),
+        **RECSTACK_AS_RECBOLE["A"],
     }
     result = run_experiment(config, progress=False)
+    ours = Protocol.of_run(result.run_dir)
+    peers = {name: json.loads(path.read_text()) for name in args.models
+             if PAIRS.get(name) and (path := args.recbole_results / f"A_{PAIRS[name]}.json").exists()}
+    theirs = {name: recbole_protocol(peer) for name, peer in peers.items()}
     print(f"split fingerprint: {result.split.fingerprint()}  run: {result.run_dir}")
-    print("| model | library | " + " | ".join(f"test {m}" for m in METRICS) + " | fit s |")
-    print("|---|---|" + "---:|" * (len(METRICS) + 1))
+    print(state("recstack", ours))
+    for protocol in dict.fromkeys(theirs.values()):
+        print(state("RecBole 1.2.1", protocol))
+    own_rows, own = {}, None
+    if args.own_protocol:
+        own_config = result.config.model_copy(update={"test_history": "train_valid"})
+        own = Protocol.of_config(own_config, result.split)
+        print(state("recstack's default (the 'recstack, own protocol' rows)", own))
+        plan = scoring(own_config, result.split, "test", metrics=list(METRICS))
+        own_rows = {name: evaluate(result.models[name], plan.history, plan.truth, **plan.options).metrics
+                    for name in args.models}
+
+    refusals = []
+    print("| model | library | " + " | ".join(f"test {m}" for m in METRICS) + " | NDCG@10 / RecBole | fit s |")
+    print("|---|---|" + "---:|" * (len(METRICS) + 2))
     for name in args.models:
-        ours = result.metrics[name]
-        print(f"| {name} | recstack | " + " | ".join(f"{ours['test'][m]:.4f}" for m in METRICS)
-              + f" | {ours['fit_seconds']:.2f} |")
-        peer_name = PAIRS.get(name)
-        peer_file = args.recbole_results / f"A_{peer_name}.json"
-        if peer_name and peer_file.exists():
-            peer = json.loads(peer_file.read_text())
+        figures = result.metrics[name]
+        peer = peers.get(name)
+        ratio = "-"
+        if peer is not None:
+            refusal = ratio_refusal(("recstack", ours), ("RecBole 1.2.1", theirs[name]))
+            if refusal is None:
+                ratio = f"{figures['test']['NDCG@10'] / peer['test']['ndcg@10']:.3f}"
+            else:
+                refusals.append(refusal)
+        print(f"| {name} | recstack | " + " | ".join(f"{figures['test'][m]:.4f}" for m in METRICS)
+              + f" | {ratio} | {figures['fit_seconds']:.2f} |")
+        if name in own_rows:
+            if peer is not None:
+                refusal = ratio_refusal(("recstack's default", own), ("RecBole 1.2.1", theirs[name]))
+                if refusal is not None:
+                    refusals.append(refusal)
+            print(f"| {name} | recstack, own protocol | " + " | ".join(f"{own_rows[name][m]:.4f}" for m in METRICS)
+                  + " | - | |")
+        if peer is not None:
             print(f"| {name} | RecBole 1.2.1 | " + " | ".join(f"{peer['test'][m.lower()]:.4f}" for m in METRICS)
-                  + f" | {peer['fit_s']:.2f} |")
+                  + f" | | {peer['fit_s']:.2f} |")
+    for refusal in dict.fromkeys(refusals):  # one line per distinct reason
+        print(refusal)
 
 
 if __name__ == "__main__":

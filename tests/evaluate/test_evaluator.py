@@ -221,3 +221,46 @@ def test_a_scorer_with_a_top_k_of_another_name_is_ranked_by_its_scores():
     history = log([(0, 5)])
     items, _ = rank(ScoresOnly(), np.array([0]), history, 2)
     assert items.tolist() == [[4, 3]]  # the highest scores, the history item 5 masked
+
+
+# ---- exclude: items masked although the model does not read them (`test_history: train`) ----------
+
+class ReadsHistory(FixedScores):
+    """FixedScores that records the history it was given."""
+
+    def score(self, users, history, items=None):
+        self.read = history
+        return super().score(users, history, items)
+
+
+def test_excluded_events_are_masked_but_never_read():
+    history, valid = log([(0, 0)]), log([(0, 1), (1, 0)])  # user 0: train {0}, valid {1}; user 1: valid {0}
+    test = log([(0, 2), (1, 2)])
+    model = ReadsHistory(DESCENDING)
+    items, _ = rank(model, np.array([0, 1]), history, 3, exclude=valid)
+    assert model.read is history  # the model reads train only
+    assert items.tolist() == [[2, 3, 4], [1, 2, 3]]  # train and valid items both left out
+    assert rank(model, np.array([0, 1]), history, 3)[0].tolist() == [[1, 2, 3], [0, 1, 2]]
+    # unmasked, nothing is left out, excluded or not
+    assert rank(model, np.array([0]), history, 2, exclude=valid, mask_history=False)[0].tolist() == [[0, 1]]
+    result = evaluate(model, history, test, metrics=["MRR"], ks=[3], exclude=valid)
+    np.testing.assert_allclose(result.per_user["MRR@3"], [1.0, 0.5])
+    # cold users are counted on what the model reads: user 1 has no train event
+    assert result.history_counts.n_no_history == 1
+    with pytest.raises(ValueError, match="share vocabularies"):
+        other = Interactions(np.array([0]), np.array([0]), Vocab(np.arange(9), "user"), ITEMS)
+        rank(model, np.array([0]), history, 2, exclude=other)
+
+
+def test_a_list_recommender_s_lists_drop_the_excluded_items_and_stay_k_long():
+    class Lists(ListsOnly):
+        def top_k(self, users, history, k, *, mask_history):
+            self.asked = k
+            return super().top_k(users, history, k, mask_history=mask_history)
+
+    lists = Lists()
+    valid = log([(0, 1), (0, 2), (1, 0)])
+    items, scores = rank(lists, np.array([0, 1]), log([]), 3, exclude=valid)
+    assert lists.asked == 5  # k plus the most items any listed user has excluded
+    assert items.tolist() == [[0, 3, 4], [1, 2, 3]]
+    assert scores.shape == (2, 3)

@@ -142,7 +142,7 @@ def test_bad_inputs_name_the_culprit(runs, tmp_path):
     manifest["protocol"]["graded"] = json.loads((runs["a"] / "manifest.json").read_text())["protocol"]["graded"]
     manifest["protocol"]["cold_users"]["policy"] = "skip"
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(RecstackError, match=r"cold-user policies differ \(include \(min_history 1\) vs skip"):
+    with pytest.raises(RecstackError, match=r"protocols differ \(cold_users = 'include \(min_history 1\)' vs 'skip"):
         compare_runs([runs["a"], copy])
     del manifest["protocol"]["cold_users"]  # a run written before the policy existed: include
     (copy / "manifest.json").write_text(json.dumps(manifest))

@@ -15,6 +15,7 @@ from recstack.models.sequential.bert4rec import (
     BERT4Rec, BERT4RecConfig, _forward, _head, _initial_params, cloze_mask,
 )
 from recstack.split import make_split
+from recstack.train.sequences import last_items
 from test_gru4rec import markov
 
 
@@ -131,3 +132,21 @@ def test_config_checks():
     assert BERT4RecConfig().mask_prob == 0.2
     with pytest.raises(RecstackError, match="two or more training events"):
         BERT4Rec(BERT4RecConfig(**FAST)).fit(markov(length=1))
+
+
+def test_cloze_trains_on_sliding_windows_and_refuses_prefixes(chain_split):
+    model = BERT4Rec(BERT4RecConfig(**{**FAST, "train_windows": "sliding"}))
+    model.fit(chain_split.train, chain_split.valid)
+    assert metric(model, chain_split.history("test"), chain_split.test) > 0.9
+    with pytest.raises(ConfigError, match="train_windows='prefixes' does not apply to BERT4Rec"):
+        make_config(BERT4RecConfig, {"train_windows": "prefixes"})
+
+
+def test_latest_cloze_windows_are_the_last_items():
+    # the batches mask each trainable user's last max_seq_len items (what the model always trained on)
+    data = markov(n_users=7, length=11)
+    model = BERT4Rec(BERT4RecConfig(**{**FAST, "batch_size": 4}))
+    model.build_module(data, np.random.default_rng(0))
+    rows = [(users, tokens) for users, tokens, _ in model._sequences]
+    users = np.concatenate([u for u, _ in rows])
+    np.testing.assert_array_equal(np.concatenate([t for _, t in rows]), last_items(data, users, 8))

@@ -141,3 +141,19 @@ def test_config_checks():
     assert GRU4RecConfig().loss == "ce"
     with pytest.raises(RecstackError, match="two or more training events"):
         GRU4Rec(GRU4RecConfig(**FAST)).fit(markov(length=1))
+
+
+def test_targets_follow_their_inputs_when_right_aligned():
+    # a prefix row predicts only at its last slot: the target moves with its input, not to slot 0
+    inputs = np.array([[0, 0, 3, 4], [0, 5, 6, 7]])
+    targets = np.array([[0, 0, 0, 9], [0, 0, 0, 8]])
+    np.testing.assert_array_equal(_right_align(targets, like=inputs), [[0, 9, 0], [0, 0, 8]])
+    shifted = np.array([[0, 0, 4, 9], [0, 6, 7, 8]])  # shifted pairs: same padding as the inputs
+    np.testing.assert_array_equal(_right_align(shifted, like=inputs), _right_align(shifted))
+
+
+@pytest.mark.parametrize("windows", ["sliding", "prefixes"])
+def test_sliding_and_prefix_windows_learn_the_chain_too(chain_split, windows):
+    model = GRU4Rec(GRU4RecConfig(**{**FAST, "train_windows": windows}))
+    model.fit(chain_split.train, chain_split.valid)
+    assert metric(model, chain_split.history("test"), chain_split.test) > 0.9

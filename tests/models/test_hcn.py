@@ -220,3 +220,17 @@ def test_a_million_item_catalogue_is_scored_in_bounded_blocks():
     assert max(blocks) <= block_size_for(n_items, budget_mb) == 4
     # far below one (users x items) matrix, and below one (block x K x items) product too
     assert peak < min(n_users * n_items * 4 / 2, 4 * 3 * n_items * 4)
+
+
+def test_sliding_windows_cover_the_whole_history_and_learn_too():
+    data, _ = two_topics()
+    split = make_split(data, "leave_last", seed=0)
+    settings = {**FAST, "max_seq_len": 6, "short_seq_len": 3, "train_windows": "sliding", "epochs": 12}
+    model = HCN(HCNConfig(**settings))
+    model.build_module(split.train, np.random.default_rng(0))
+    assert len(model._sequences.window_users) == 3 * split.train.n_users  # 13 targets a user: 6 + 6 + 1
+    del model._sequences, model._sampler
+    model.fit(split.train, split.valid)
+    ndcg = evaluate(model, split.history("test"), split.test, metrics=["NDCG@10"])["NDCG@10"]
+    pop = evaluate(build("pop", {}).fit(split.train), split.history("test"), split.test, metrics=["NDCG@10"])["NDCG@10"]
+    assert ndcg > pop + 0.1, (ndcg, pop)

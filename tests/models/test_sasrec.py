@@ -196,3 +196,29 @@ def test_fused_attention_at_inference_matches_the_explicit_path():
         fused = _forward(params, tokens, n_heads=2)  # no dropout: the fused kernel
         explicit = _forward(params, tokens, n_heads=2, dropout=1e-12, training=True)  # explicit softmax path
     torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("windows", ["sliding", "prefixes"])
+def test_sliding_and_prefix_windows_learn_the_rule_too(cycle_split, windows):
+    model = SASRec(SASRecConfig(**{**FAST, "train_windows": windows}))
+    model.fit(cycle_split.train, cycle_split.valid)
+    assert hit_at_1(model, cycle_split.history("test"), cycle_split.test) > 0.95
+    assert SASRecConfig().train_windows == "latest"
+
+
+def test_every_model_on_sequence_batches_shares_the_one_train_windows_field():
+    from pathlib import Path
+
+    import recstack.models as models_package
+    from recstack.models import resolve
+    from recstack.models.kernels.sequences import SequenceWindowFields
+
+    root = Path(models_package.__file__).parent
+    users = sorted(p.stem for p in (root / "sequential").glob("*.py") if "SequenceBatches(" in p.read_text())
+    assert {"sasrec", "gru4rec", "bert4rec", "mqsated", "hcn", "m2trec"} <= set(users)
+    for name in users:
+        config = resolve(name).Config
+        assert issubclass(config, SequenceWindowFields), name
+        assert "train_windows" not in vars(config).get("__annotations__", {}), f"{name} restates train_windows"
+    with pytest.raises(ConfigError, match="train_windows"):
+        make_config(SASRecConfig, {"train_windows": "all"})

@@ -2,7 +2,8 @@
 
 - the last event (timestamp, then source row order) is test, the one before valid, the rest train;
 - every training target SASRec sees comes from the train part and precedes the user's valid event;
-  no validation or test event is ever a target (no sequence augmentation before the split);
+  no validation or test event is ever a target (no sequence augmentation before the split), with
+  every `train_windows` choice (BERT4Rec's Cloze windows too);
 - at test time the model's input is train + valid (the valid event is the last input item), and
   the experiment runner hands exactly those histories to the model.
 """
@@ -15,12 +16,14 @@ import numpy as np
 import pytest
 
 import recstack.experiment.run as run_module
+import recstack.models.sequential.bert4rec as bert4rec_module
 import recstack.models.sequential.sasrec as sasrec_module
 from recstack.data import Interactions
 from recstack.experiment import parse_config, run_experiment
+from recstack.models.sequential.bert4rec import BERT4Rec
 from recstack.models.sequential.sasrec import SASRec
 from recstack.split import make_split
-from recstack.train.sequences import PAD, shifted_pairs
+from recstack.train.sequences import PAD, SequenceBatches, shifted_pairs, window_rows
 
 
 def ml100k_like(n_users: int = 80, n_items: int = 150, seed: int = 0) -> Interactions:
@@ -118,6 +121,38 @@ def test_no_validation_or_test_event_is_ever_a_training_target(split, monkeypatc
     _, targets, target_rows = shifted_pairs(split.train, users, 12, return_rows=True)
     rows = target_rows[target_rows >= 0]
     assert not events(split.train.take(np.unique(rows))) & (events(split.valid) | events(split.test))
+    assert (split.train.timestamp[rows] <= split.valid.timestamp[split.train.user[rows]]).all()
+
+
+@pytest.mark.parametrize("model, windows", [("sasrec", "sliding"), ("sasrec", "prefixes"), ("bert4rec", "sliding")])
+def test_every_window_choice_trains_on_train_events_only_each_once_an_epoch(split, monkeypatch, model, windows):
+    RecordingBatches.seen = []
+    module, cls = (sasrec_module, SASRec) if model == "sasrec" else (bert4rec_module, BERT4Rec)
+    monkeypatch.setattr(module, "SequenceBatches", RecordingBatches)
+    cls(cls.Config(epochs=2, max_seq_len=12, embedding_size=8, batch_size=32, verbose=False, train_windows=windows,
+                   early_stopping_patience=None)).fit(split.train, split.valid)
+    assert RecordingBatches.seen, f"{cls.__name__}.fit did not build its batches with SequenceBatches"
+    held_out = {(u, i) for u, i, _ in events(split.valid) | events(split.test)}
+    train_pairs = {(u, i) for u, i, _ in events(split.train)}
+    for train, users, targets in RecordingBatches.seen:  # for BERT4Rec the targets are the windows' items
+        assert train is split.train
+        rows, slots = np.nonzero(targets != PAD)
+        pairs = set(zip(users[rows].tolist(), (targets[rows, slots] - 1).tolist()))
+        assert pairs <= train_pairs and not pairs & held_out
+    # traced to events: one epoch's targets are every train event (after each user's first for
+    # next-item training) exactly once, and none is later than the user's valid event
+    batches = SequenceBatches(split.train, 12, 32, rng=0, windows=windows,
+                              objective="cloze" if model == "bert4rec" else "next_item")
+    if model == "bert4rec":
+        rows = window_rows(split.train.indptr, batches.window_users, 12, batches.window_stops)
+    else:
+        _, _, rows = shifted_pairs(split.train, batches.window_users, 12, return_rows=True, stops=batches.window_stops)
+        if windows == "prefixes":
+            rows = rows[:, -1]
+    rows = np.sort(rows[rows >= 0])
+    firsts = split.train.indptr[:-1]
+    expected = np.arange(len(split.train)) if model == "bert4rec" else np.setdiff1d(np.arange(len(split.train)), firsts)
+    np.testing.assert_array_equal(rows, expected)
     assert (split.train.timestamp[rows] <= split.valid.timestamp[split.train.user[rows]]).all()
 
 

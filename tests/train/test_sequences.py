@@ -1,4 +1,5 @@
-"""Padded sequences and next-item training pairs: hand-worked cases and a naive reference."""
+"""Padded sequences, next-item training pairs and the training windows (latest, sliding, prefixes):
+hand-worked cases and naive per-user references."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import pytest
 
 from recstack.data import Interactions
 from recstack.errors import RecstackError
-from recstack.train.sequences import PAD, SequenceBatches, last_items, shifted_pairs, window_rows
+from recstack.train.sequences import (PAD, SequenceBatches, last_items, shifted_pairs, window_rows,
+                                     window_stops)
 
 
 def log(rows: list[tuple[str, int, int]], users: list[str] | None = None) -> Interactions:
@@ -112,3 +114,147 @@ def test_bad_arguments_raise_user_errors():
         SequenceBatches(DATA, 3, 0)
     with pytest.raises(RecstackError, match="user index out of range"):
         last_items(DATA, np.array([3]), 2)
+    with pytest.raises(RecstackError, match="windows must be one of latest, sliding, prefixes"):
+        SequenceBatches(DATA, 3, 2, windows="every")
+    with pytest.raises(RecstackError, match="Cloze"):
+        SequenceBatches(DATA, 3, 2, windows="prefixes", objective="cloze")
+    with pytest.raises(RecstackError, match="objective"):
+        SequenceBatches(DATA, 3, 2, objective="mlm")
+
+
+# ---- training windows ---------------------------------------------------------------------------
+
+def test_window_stops_by_hand():
+    # a owns rows 0..2 (3 events: 2 next-item targets), c rows 3..7 (5 events: 4 targets); L = 2
+    users = np.array([0, 2])
+    for windows, objective, expected_users, expected_stops in [
+        ("latest", "next_item", [0, 2], [3, 8]),
+        ("sliding", "next_item", [0, 2, 2], [3, 8, 6]),  # a: one window; c: targets 7, 6 | 5, 4
+        ("prefixes", "next_item", [0, 0, 2, 2, 2, 2], [3, 2, 8, 7, 6, 5]),  # one window per target row
+        ("latest", "cloze", [0, 2], [3, 8]),
+        ("sliding", "cloze", [0, 0, 2, 2, 2], [3, 1, 8, 6, 4]),  # every event, a's first alone
+    ]:
+        owners, stops = window_stops(DATA.indptr, users, 2, windows, objective)
+        assert (owners.tolist(), stops.tolist()) == (expected_users, expected_stops), (windows, objective)
+
+
+def test_sliding_windows_by_hand():
+    batches = SequenceBatches(DATA, max_seq_len=2, batch_size=10, shuffle=False, windows="sliding")
+    users, inputs, targets = next(iter(batches))
+    # a = tokens 4 2 5: one window [4, 2] -> [2, 5]; c = tokens 2 6 10 3 7: [10, 3] -> [3, 7], then
+    # [2, 6] -> [6, 10]: the older window's first slot has one event of context
+    np.testing.assert_array_equal(users, [0, 2, 2])
+    np.testing.assert_array_equal(inputs, [[4, 2], [10, 3], [2, 6]])
+    np.testing.assert_array_equal(targets, [[2, 5], [3, 7], [6, 10]])
+    # with L = 3, c's older window holds one target and is left-padded like a short user
+    users, inputs, targets = next(iter(SequenceBatches(DATA, 3, 10, shuffle=False, windows="sliding")))
+    np.testing.assert_array_equal(users, [0, 2, 2])
+    np.testing.assert_array_equal(inputs, [[0, 4, 2], [6, 10, 3], [0, 0, 2]])
+    np.testing.assert_array_equal(targets, [[0, 2, 5], [10, 3, 7], [0, 0, 6]])
+
+
+def test_prefix_windows_by_hand():
+    users, inputs, targets = next(iter(SequenceBatches(DATA, 2, 10, shuffle=False, windows="prefixes")))
+    np.testing.assert_array_equal(users, [0, 0, 2, 2, 2, 2])
+    np.testing.assert_array_equal(inputs, [[4, 2], [0, 4], [10, 3], [6, 10], [2, 6], [0, 2]])
+    np.testing.assert_array_equal(targets, [[0, 5], [0, 2], [0, 7], [0, 3], [0, 10], [0, 6]])
+
+
+def random_log(seed: int, n_users: int = 40) -> Interactions:
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 30, size=n_users)
+    user = np.repeat(np.arange(n_users), counts)
+    return Interactions.from_ids(user, rng.integers(0, 50, len(user)), timestamp=rng.integers(0, 5, len(user)))
+
+
+def epoch_examples(batches: SequenceBatches) -> list[tuple[int, tuple[int, ...], int]]:
+    """(user, context tokens, target token) of every non-padded target slot of one epoch."""
+    out = []
+    for users, inputs, targets in batches:
+        for b, t in zip(*np.nonzero(targets != PAD)):
+            context = inputs[b, :t + 1]
+            out.append((int(users[b]), tuple(context[context != PAD].tolist()), int(targets[b, t])))
+    return out
+
+
+@pytest.mark.parametrize("L", [1, 3, 17])
+def test_sliding_makes_every_event_after_the_first_a_target_exactly_once(L):
+    data = random_log(L)
+    batches = SequenceBatches(data, L, batch_size=7, rng=L, windows="sliding")
+    got = sorted(epoch_examples(batches))
+    # the reference: cut each user's tokens into windows of L targets from the newest event back
+    expected = []
+    for u in range(data.n_users):
+        seq = (data.item[data.indptr[u]:data.indptr[u + 1]] + 1).tolist()
+        for stop in range(len(seq), 1, -L):  # targets are seq[stop - L .. stop - 1], never seq[0]
+            first = max(stop - L, 1)
+            for j in range(first, stop):
+                expected.append((u, tuple(seq[max(stop - L - 1, 0):j]), seq[j]))
+    assert got == sorted(expected)
+    n_targets = int(np.maximum(data.user_counts() - 1, 0).sum())
+    assert len(got) == n_targets  # every interaction but a user's first, once
+    # rows: ceil(targets / L) per user, never one per prefix
+    rows = sum(len(u) for u, _, _ in batches)
+    assert rows == int(sum(-(-(c - 1) // L) for c in data.user_counts() if c >= 2))
+    assert len(batches) == -(-rows // 7)
+
+
+@pytest.mark.parametrize("L", [1, 4])
+def test_prefixes_predict_each_event_once_from_its_last_events_at_the_last_slot(L):
+    data = random_log(10 + L)
+    batches = SequenceBatches(data, L, batch_size=16, rng=0, windows="prefixes")
+    for _, _, targets in batches:
+        assert (targets[:, :-1] == PAD).all() and (targets[:, -1] != PAD).all()
+    expected = []
+    for u in range(data.n_users):
+        seq = (data.item[data.indptr[u]:data.indptr[u + 1]] + 1).tolist()
+        expected += [(u, tuple(seq[max(j - L, 0):j]), seq[j]) for j in range(1, len(seq))]
+    assert sorted(epoch_examples(batches)) == sorted(expected)
+
+
+def test_latest_is_one_window_per_user_in_the_permutation_of_the_users():
+    data = random_log(3)
+    batches = SequenceBatches(data, 5, batch_size=6, rng=11)  # "latest" is the default
+    trainable = np.flatnonzero(data.user_counts() >= 2)
+    order = np.concatenate([users for users, _, _ in batches])
+    np.testing.assert_array_equal(order, np.random.default_rng(11).permutation(trainable))  # the same draws
+    for users, inputs, targets in SequenceBatches(data, 5, 6, rng=11):
+        np.testing.assert_array_equal((inputs, targets), shifted_pairs(data, users, 5))
+    # the newest window of "sliding" is the "latest" one
+    sliding = SequenceBatches(data, 5, 1000, shuffle=False, windows="sliding")
+    users, inputs, targets = next(iter(sliding))
+    newest = np.r_[True, users[1:] != users[:-1]]
+    np.testing.assert_array_equal(users[newest], trainable)
+    np.testing.assert_array_equal((inputs[newest], targets[newest]), shifted_pairs(data, trainable, 5))
+
+
+def test_sliding_epochs_are_reshuffled_and_seeded():
+    data = random_log(4)
+    batches = SequenceBatches(data, 3, 8, rng=5, windows="sliding")
+    first, second = (np.concatenate([t for _, _, t in batches]) for _ in range(2))
+    assert not np.array_equal(first, second)
+    again = np.concatenate([t for _, _, t in SequenceBatches(data, 3, 8, rng=5, windows="sliding")])
+    np.testing.assert_array_equal(first, again)
+
+
+@pytest.mark.parametrize("L", [2, 5])
+def test_cloze_windows_hold_every_event_once_and_latest_is_last_items(L):
+    data = random_log(20 + L)
+    trainable = np.flatnonzero(data.user_counts() >= 2)
+    latest = SequenceBatches(data, L, 1000, shuffle=False, objective="cloze")
+    users, tokens, same = next(iter(latest))
+    assert same is tokens
+    np.testing.assert_array_equal(tokens, last_items(data, trainable, L))
+    held = {u: [] for u in trainable.tolist()}
+    for users, tokens, _ in SequenceBatches(data, L, 4, rng=1, windows="sliding", objective="cloze"):
+        assert tokens.shape[1] == L
+        for u, row in zip(users.tolist(), tokens):
+            held[u].append(row[row != PAD].tolist())
+    for u, windows in held.items():
+        seq = (data.item[data.indptr[u]:data.indptr[u + 1]] + 1).tolist()
+        # windows of L items back from the newest: only the oldest may be shorter
+        windows = sorted(windows, key=len, reverse=True)
+        assert all(len(w) == L for w in windows[:-1]) and 1 <= len(windows[-1]) <= L
+        assert sum(len(w) for w in windows) == len(seq)
+        rebuilt = [seq[max(stop - L, 0):stop] for stop in range(len(seq), 0, -L)]
+        assert sorted(map(tuple, windows)) == sorted(map(tuple, rebuilt))

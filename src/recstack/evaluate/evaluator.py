@@ -196,8 +196,13 @@ def rank(
     memory_budget_mb: float = 1024.0,
     item_pool: np.ndarray | None = None,
     cold_users: ColdUsers | None = None,
+    exclude: Interactions | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k item indices (B, k) and scores for `users`, history items masked; -1 pads unscorable slots.
+
+    With `exclude` and `mask_history`, the items of those events are masked too although the model
+    never reads them: a test history of train only still removes the validation items from the
+    lists, as RecBole does (`test_history: train` in an experiment).
 
     With `cold_users` under the policy `fallback`, the cold users' lists (and scores) are the
     fallback's; `rank` ranks every user it is given, so the policy `skip` is `evaluate`'s business.
@@ -213,9 +218,13 @@ def rank(
     if k > n_items:
         raise RecstackError(f"k={k} is larger than the catalogue ({n_items} items); choose k <= {n_items}")
     if cold_users is not None and cold_users.policy == "fallback":
-        same = {"mask_history": mask_history, "memory_budget_mb": memory_budget_mb, "item_pool": item_pool}
+        same = {"mask_history": mask_history, "memory_budget_mb": memory_budget_mb, "item_pool": item_pool,
+                "exclude": exclude}
         return serve_cold(model, cold_users.fallback, cold_users.cold(history, users),
                           lambda scorer, rows: rank(scorer, users[rows], history, k, **same))
+    if exclude is not None and (exclude.users != history.users or exclude.items != history.items):
+        raise ValueError("exclude and history must share vocabularies (use one Split)")
+    excluded = exclude.matrix() if mask_history and exclude is not None and len(exclude) else None
     outside_pool = tie_order = None
     if item_pool is not None:
         outside_pool = np.ones(n_items, dtype=bool)
@@ -226,8 +235,13 @@ def rank(
             raise RecstackError(f"{type(model).__name__} generates its own lists (top_k) and has no score(), so it "
                                 f"cannot rank a restricted item pool; evaluate it on a split without item pools")
         # generative / search models produce their own lists, masking history as told
-        items, scores = model.top_k(users, history, k, mask_history=mask_history)
-        return np.asarray(items), np.asarray(scores)
+        if excluded is None:
+            items, scores = model.top_k(users, history, k, mask_history=mask_history)
+            return np.asarray(items), np.asarray(scores)
+        extra = excluded[users]
+        depth = min(n_items, k + int(np.diff(extra.indptr).max(initial=0)))  # room for the excluded items
+        items, scores = model.top_k(users, history, depth, mask_history=mask_history)
+        return _drop_excluded(np.asarray(items), np.asarray(scores), extra, k)
     hist = history.matrix()
     block = block_size_for(n_items, memory_budget_mb)
     out_items = np.full((len(users), k), -1, dtype=np.int32)
@@ -240,8 +254,9 @@ def rank(
         if scores.shape != (len(batch), n_items):
             raise ValueError(f"{type(model).__name__}.score returned {scores.shape}, expected {(len(batch), n_items)}")
         if mask_history:
-            rows = hist[batch]
-            scores[np.repeat(np.arange(len(batch)), np.diff(rows.indptr)), rows.indices] = -np.inf
+            for masked in (hist, excluded) if excluded is not None else (hist,):
+                rows = masked[batch]
+                scores[np.repeat(np.arange(len(batch)), np.diff(rows.indptr)), rows.indices] = -np.inf
         if outside_pool is not None:
             scores[:, outside_pool] = -np.inf
             scores = scores[:, tie_order]  # ties go to the earlier position of the fixed random order
@@ -253,6 +268,16 @@ def rank(
         out_items[start:start + len(batch), : idx.shape[1]] = idx
         out_scores[start:start + len(batch), : idx.shape[1]] = values
     return out_items, out_scores
+
+
+def _drop_excluded(items: np.ndarray, scores: np.ndarray, excluded: sp.csr_matrix, k: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """A list recommender's lists without the items of `excluded` (one row per list), cut to `k`."""
+    drop = (_hits(items, np.arange(len(items)), excluded) > 0) | (items < 0)
+    order = np.argsort(drop, axis=1, kind="stable")[:, :k]  # kept items first, in their order
+    kept_items = np.take_along_axis(np.where(drop, -1, items), order, axis=1).astype(np.int32)
+    kept_scores = np.take_along_axis(np.where(drop, -np.inf, scores), order, axis=1).astype(np.float32)
+    return kept_items, kept_scores
 
 
 def _hits(items: np.ndarray, users: np.ndarray, truth: sp.csr_matrix) -> np.ndarray:
@@ -287,6 +312,7 @@ def evaluate(
     keep_rankings: bool = False,
     item_pool: np.ndarray | None = None,
     cold_users: ColdUsers | None = None,
+    exclude: Interactions | None = None,
 ) -> EvalResult:
     """Full-ranking evaluation of `model` on `test`, seeing `history`.
 
@@ -296,6 +322,8 @@ def evaluate(
     None there ranks the whole catalogue. `cold_users` (default: include) counts the evaluated
     users with no or little history (`EvalResult.history_counts`) and applies its policy to the
     cold ones: skip leaves them out of every metric, fallback ranks them with its fallback model.
+    `exclude` (with `mask_history`): events whose items are masked like the history's although the
+    model does not read them (see `rank`); cold users are counted on `history`, what the model reads.
     """
     if item_pool is None:
         item_pool = test.item_pool
@@ -319,7 +347,7 @@ def evaluate(
         candidates = candidates[~cold_users.cold(history, candidates)]
 
     items, _ = rank(model, candidates, history, depth, mask_history=mask_history, memory_budget_mb=memory_budget_mb,
-                    item_pool=item_pool, cold_users=cold_users)
+                    item_pool=item_pool, cold_users=cold_users, exclude=exclude)
     gains = _hits(items, candidates, truth)
     ideal = None
     if graded:

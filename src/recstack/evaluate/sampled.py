@@ -90,13 +90,15 @@ def evaluate_sampled(
     mask_history: bool = True,
     memory_budget_mb: float = 1024.0,
     cold_users: ColdUsers | None = None,
+    exclude: Interactions | None = None,
 ) -> EvalResult:
     """Metrics of `model` with each user's candidates = held-out items + `negatives` row (see module doc).
 
     `users` are the evaluated users (rows of `negatives`); metric labels are prefixed `sampled_`.
     Coverage is not computed (a sampled candidate set says nothing about the catalogue).
     `cold_users` applies the cold-user policy as `evaluate` does: skip drops the cold users' rows,
-    fallback ranks their candidates by the fallback's scores.
+    fallback ranks their candidates by the fallback's scores. `exclude` (with `mask_history`): events
+    whose items are masked like the history's although the model does not read them (as `evaluate`).
     """
     users = np.asarray(users, dtype=np.int32)
     if negatives.shape[0] != len(users):
@@ -111,7 +113,7 @@ def evaluate_sampled(
         raise RecstackError("sampled evaluation needs at least one accuracy metric besides Coverage")
     depth = max(k for _, k in pairs)
     truth = test.matrix()
-    hist = history.matrix()
+    masked = [history.matrix()] + ([exclude.matrix()] if exclude is not None and len(exclude) else [])
     n_items = test.n_items
     block = block_size_for(n_items, memory_budget_mb)
 
@@ -128,8 +130,9 @@ def evaluate_sampled(
             rows = np.broadcast_to(np.arange(len(batch))[:, None], neg.shape)
             allowed[rows[neg >= 0], neg[neg >= 0]] = True
             if mask_history:
-                h = hist[batch]
-                allowed[np.repeat(np.arange(len(batch)), np.diff(h.indptr)), h.indices] = False
+                for matrix in masked:
+                    h = matrix[batch]
+                    allowed[np.repeat(np.arange(len(batch)), np.diff(h.indptr)), h.indices] = False
             scores[~allowed] = -np.inf
             idx, values = top_k_items(scores, depth)
             idx = idx.astype(np.int32)

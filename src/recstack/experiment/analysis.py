@@ -32,7 +32,7 @@ from recstack.evaluate.evaluator import ColdUsers, EvalResult, rank
 from recstack.evaluate.fairness import item_fairness
 from recstack.evaluate.rankings import Rankings
 from recstack.experiment.config import ModelEntry
-from recstack.experiment.steps import fit_entry
+from recstack.experiment.steps import fit_entry, history, masked_besides
 from recstack.split.base import Split
 
 HEAD_SHARE = 0.8
@@ -113,7 +113,8 @@ class RunAnalysis:
 
     def __init__(self, config: Any, dataset: Dataset, split: Split) -> None:
         self.config, self.dataset, self.split = config, dataset, split
-        self.history = split.history("test")
+        # what each test user is ranked with (`test_history`), and the events masked besides it
+        self.history, self.masked = history(config, split, "test"), masked_besides(config, split, "test")
         self.n_items = split.train.n_items
         self.popularity = np.asarray(split.train.matrix().sum(axis=0)).ravel().astype(np.float64)
         self.long_tail = B.long_tail_mask(self.popularity, HEAD_SHARE)
@@ -137,7 +138,7 @@ class RunAnalysis:
             pop = fit_entry(self.config, ModelEntry(name="pop"), self.dataset, self.split,
                             cold_users=self.cold_users).model
             items, _ = rank(pop, self.users, self.history, depth, mask_history=self.config.mask_history,
-                            memory_budget_mb=self.config.memory_budget_mb)
+                            memory_budget_mb=self.config.memory_budget_mb, exclude=self.masked)
             self._pop_lists = items
         row = np.searchsorted(self.users, users)
         return self._pop_lists[row]
@@ -220,7 +221,7 @@ class RunAnalysis:
         return {**info, "kind": "item", "groups": groups}
 
     def history_length(self) -> tuple[list[str], list[np.ndarray], dict[str, Any]]:
-        """Warm vs cold: buckets of the test history's length (train + valid events), 0 first, with edges
+        """Warm vs cold: buckets of the test history's length (the events the model reads), 0 first, with edges
         at 1, the policy's `min_history`, `few_history` and 4 x `few_history` (0 | 1-4 | 5-19 | 20+)."""
         c = self.config.cold_users
         lengths = self.history.user_counts()
@@ -237,8 +238,9 @@ class RunAnalysis:
         skipped = " (skipped by the policy, so absent here)" if c.policy == "skip" else \
             f" (ranked by the fallback {c.fallback!r} for every model)" if c.policy == "fallback" else ""
         return labels, masks, {
-            "definition": f"events in the history each test user is ranked with (train + valid, as "
-                          f"Split.history('test')); users with "
+            "definition": f"events in the history each test user is ranked with "
+                          f"({'train + valid' if self.masked is None else 'train only: test_history train'}, "
+                          f"as Split.history('test', test_history)); users with "
                           f"{who} are the cold users{skipped}; every bucket is listed, empty or not",
             "edges": edges, "policy": c.policy}
 
@@ -275,14 +277,16 @@ class RunAnalysis:
 
         settings = self.config.sampled
         if self._negatives is None:
-            interacted = self.history.concat(self.split.test).matrix()
+            # every event before the test part, whichever history the model reads
+            interacted = self.split.history("test").concat(self.split.test).matrix()
             self._negatives = sample_negatives(interacted, self.users, settings.n_negatives,
                                                strategy=settings.strategy, popularity=self.popularity,
                                                seed=self.config.seed)
         result = evaluate_sampled(model, self.history, self.split.test, self.users, self._negatives,
                                   metrics=self.config.metrics, ks=self.config.ks,
                                   mask_history=self.config.mask_history,
-                                  memory_budget_mb=self.config.memory_budget_mb, cold_users=self.cold_users)
+                                  memory_budget_mb=self.config.memory_budget_mb, cold_users=self.cold_users,
+                                  exclude=self.masked)
         return result.metrics
 
     def for_model(self, model: Any, test: EvalResult) -> dict[str, Any]:

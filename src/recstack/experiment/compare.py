@@ -3,8 +3,10 @@
 Reads each run's `manifest.json` and `per_user.parquet` (nothing is refitted or re-scored) and
 hands the per-user values to `recstack.evaluate.stats.compare_models`. Per-user values
 pair up only when the runs evaluated the same users on the same held-out items, so runs whose
-split fingerprints (or evaluation protocols) differ are refused with the reason. A model name
-that appears in more than one run is prefixed with its run name (`<run>/<model>`).
+split fingerprints (or evaluation protocols: `Protocol`) differ are refused with the reason.
+`Protocol` is also what the peer benchmarks check before they print a ratio against another
+library. A model name that appears in more than one run is prefixed with its run name
+(`<run>/<model>`).
 The result renders as a rich table or as markdown, both with the same legend.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,8 +24,73 @@ from recstack.errors import RecstackError
 from recstack.evaluate.stats import CORRECTION_NAMES, Comparison, compare_models
 from recstack.experiment import rundir
 
-# protocol settings that change what a per-user value means
-_PROTOCOL_KEYS = ("ranking", "mask_history", "graded")
+
+@dataclass(frozen=True)
+class Protocol:
+    """What an accuracy figure was measured under, beyond the split: two runs' per-user values (or a
+    figure and a peer library's) compare only when every field is equal. Values read as the run
+    manifest's `protocol` states them; runs written before a field existed get today's default.
+    """
+
+    ranking: str = "full"  # the candidates: full (every item) | item_pool (a cold-item split's pools)
+    mask_history: bool = True  # items already in the history left out of the lists
+    test_history: str = "train + valid"  # the events test users are ranked with (config `test_history`)
+    test_masked: str = "train + valid"  # the events whose items test lists leave out ("none" unmasked)
+    cold_users: str = "include (min_history 1)"  # the cold-user policy
+    graded: bool = False  # graded NDCG gains
+
+    @classmethod
+    def from_manifest(cls, protocol: dict[str, Any]) -> "Protocol":
+        mask = bool(protocol.get("mask_history", True))
+        test_history = protocol.get("test_history", cls.test_history)
+        masked = protocol.get("test_masked", test_history if mask else "none")  # before test_masked: the history
+        return cls(protocol.get("ranking", "full"), mask, test_history, masked, _cold_user_policy(protocol),
+                   bool(protocol.get("graded", False)))
+
+    @classmethod
+    def of_config(cls, config: Any, split: Any) -> "Protocol":
+        """The protocol `recstack run` records for `config` (an `ExperimentConfig`) on `split`."""
+        from recstack.experiment.steps import history_names
+
+        names = history_names(config, split)
+        return cls("full" if split.item_pool("test") is None else "item_pool", config.mask_history,
+                   names["test_history"], names["test_masked"],
+                   _cold_user_policy({"cold_users": config.cold_users.model_dump(mode="json")}))
+
+    @classmethod
+    def of_run(cls, run_dir: str | os.PathLike) -> "Protocol":
+        """The protocol a `recstack run` directory's figures were made under."""
+        return cls.from_manifest(rundir.read_manifest(Path(run_dir)).get("protocol", {}))
+
+    def difference(self, other: "Protocol", part: str = "test") -> tuple[str, Any, Any] | None:
+        """The first setting that differs (name, this value, the other's), or None. For `part` valid the
+        test-only settings are left out: they change no validation figure."""
+        for field in fields(self):
+            if part == "valid" and field.name in ("test_history", "test_masked"):
+                continue
+            mine, theirs = getattr(self, field.name), getattr(other, field.name)
+            if mine != theirs:
+                return field.name, mine, theirs
+        return None
+
+    def describe(self) -> str:
+        """One line: `ranking full, mask_history on, test_history train + valid, ...`."""
+        def shown(value: Any) -> str:
+            return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+        return ", ".join(f"{field.name} {shown(getattr(self, field.name))}" for field in fields(self))
+
+
+def require_same_protocol(what: str, first: tuple[str, Protocol], second: tuple[str, Protocol],
+                          part: str = "test") -> None:
+    """Raise one line naming the differing setting and both values when `first` and `second` (each a
+    name and its `Protocol`) were measured differently; `what` says what is refused ("a ratio")."""
+    (first_name, first_protocol), (second_name, second_protocol) = first, second
+    differ = first_protocol.difference(second_protocol, part)
+    if differ is not None:
+        name, mine, theirs = differ
+        raise RecstackError(f"not printing {what}: {first_name} and {second_name} were measured under different "
+                            f"protocols ({name} = {mine!r} vs {theirs!r})")
 
 
 @dataclass
@@ -142,6 +209,10 @@ def _read_run(run_dir: Path) -> tuple[dict[str, Any], Path]:
     return manifest, values_path
 
 
+# the config key behind each protocol field
+_SETTING = {"ranking": "split (item pool)", "test_masked": "mask_history / test_history"}
+
+
 def _cold_user_policy(protocol: dict[str, Any]) -> str:
     """The cold-user policy a run's per-user values were made under (runs written before it: include)."""
     cold = protocol.get("cold_users") or {}
@@ -150,7 +221,7 @@ def _cold_user_policy(protocol: dict[str, Any]) -> str:
                                                      else "") + ")"
 
 
-def _check_same_split(runs: list[RunInfo], protocols: list[dict[str, Any]]) -> None:
+def _check_same_split(runs: list[RunInfo], protocols: list[dict[str, Any]], part: str = "test") -> None:
     first = runs[0]
     for run, protocol in zip(runs[1:], protocols[1:]):
         if run.fingerprint != first.fingerprint:
@@ -159,17 +230,13 @@ def _check_same_split(runs: list[RunInfo], protocols: list[dict[str, Any]]) -> N
                 f"{run.name!r} (split fingerprint {run.fingerprint}): they were evaluated on different splits, "
                 "and paired tests need the same users with the same held-out items in every run. Compare runs "
                 "made with the same data, preprocessing, split and seed, or compare within one run")
-        for key in _PROTOCOL_KEYS:
-            if protocol.get(key) != protocols[0].get(key):
-                raise RecstackError(
-                    f"cannot compare run {first.name!r} with run {run.name!r}: their evaluation protocols differ "
-                    f"({key} = {protocols[0].get(key)!r} vs {protocol.get(key)!r}), so their per-user values "
-                    "measure different things; rerun one with the other's protocol")
-        if _cold_user_policy(protocol) != _cold_user_policy(protocols[0]):
+        differ = Protocol.from_manifest(protocols[0]).difference(Protocol.from_manifest(protocol), part)
+        if differ is not None:
+            key, mine, theirs = differ
             raise RecstackError(
-                f"cannot compare run {first.name!r} with run {run.name!r}: their cold-user policies differ "
-                f"({_cold_user_policy(protocols[0])} vs {_cold_user_policy(protocol)}), so users without history "
-                "were scored differently or left out; rerun one with the other's cold_users setting")
+                f"cannot compare run {first.name!r} with run {run.name!r}: their evaluation protocols differ "
+                f"({key} = {mine!r} vs {theirs!r}), so their per-user values measure different things; rerun one "
+                f"with the other's {_SETTING.get(key, key)} setting")
 
 
 def compare_runs(
@@ -229,7 +296,7 @@ def compare_runs(
     if len({run.name for run in runs}) < len(runs):  # same name in different folders: use the paths
         for run in runs:
             run.name = str(run.run_dir)
-    _check_same_split(runs, protocols)
+    _check_same_split(runs, protocols, part)
 
     counts: dict[str, int] = {}
     for run in runs:

@@ -309,6 +309,9 @@ class ExperimentConfig(_Strict):
     output_dir: str = "runs"
     memory_budget_mb: PositiveFloat = 1024.0
     mask_history: bool = True  # False: items in the history may be recommended again (repeat consumption)
+    # what the model reads to rank test users: train + valid, or train only (RecBole's and implicit's
+    # protocol); the validation items stay masked either way (see docs/protocol.md)
+    test_history: Literal["train_valid", "train"] = "train_valid"
     tune: TuneConfig | None = None
     beyond: bool = True  # beyond-accuracy and item-fairness measures of the test top-k lists
     slices: SlicesConfig = Field(default_factory=SlicesConfig)

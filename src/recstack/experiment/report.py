@@ -131,8 +131,7 @@ def _blocks(run_dir: Path) -> tuple[str, list[Any]]:
                         if "item_pool_sizes" not in split else
                         f"each part ranks its own cold items only (valid {split['item_pool_sizes'].get('valid', '?')}, "
                         f"test {split['item_pool_sizes'].get('test', '?')} of {split.get('n_items', '?')} items)"],
-            ["history masking", f"{'on' if protocol['mask_history'] else 'off'}: valid sees "
-                                f"{protocol['valid_history']}, test sees {protocol['test_history']}"],
+            *_history_rows(protocol),
             ["relevance", "graded" if protocol.get("graded") else "binary"],
             ["users evaluated (valid / test)", " / ".join(_join(evaluated.get(p, [])) for p in ("valid", "test"))],
             ["users skipped, no held-out items (valid / test)",
@@ -214,6 +213,21 @@ def _blocks(run_dir: Path) -> tuple[str, list[Any]]:
     blocks += [_Heading("Environment"),
                _Paragraph(", ".join(f"{name} {version}" for name, version in versions.items() if version))]
     return title, blocks
+
+
+def _history_rows(protocol: dict[str, Any]) -> list[list[Any]]:
+    """The protocol table's rows on what each part's users are ranked with (`test_history`) and which
+    items their lists leave out (`mask_history`)."""
+    test = protocol["test_history"]
+    choice = "train_valid" if test.startswith("train + valid") else "train"
+    masked = protocol.get("test_masked", test if protocol["mask_history"] else "none")
+    return [
+        ["test history (test_history)", f"{choice}: valid users are ranked from {protocol['valid_history']}, "
+                                        f"test users from {test}"],
+        ["history masking (mask_history)",
+         f"on: lists leave out the items of {protocol['valid_history']} (valid) and of {masked} (test)"
+         if protocol["mask_history"] else "off: items already in the history may be recommended and count as hits"],
+    ]
 
 
 def _cold_user_rows(cold: dict[str, Any] | None) -> list[list[Any]]:

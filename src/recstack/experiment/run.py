@@ -45,7 +45,7 @@ from recstack.experiment.config import ExperimentConfig, ModelEntry, load_config
 from recstack.experiment.report import write_report
 from recstack.experiment.rundir import SHOWN_COLUMNS as _SHOWN_COLUMNS
 from recstack.experiment.rundir import read_history as _read_history
-from recstack.experiment.steps import Fitted, cold_users, fit_entry, scoring
+from recstack.experiment.steps import Fitted, cold_users, fit_entry, history_names, scoring
 from recstack.fs import CLAIM_FILE, check_writable, exclusive_directory
 from recstack.split.base import Split
 
@@ -183,7 +183,7 @@ def run_experiment(
     analysis = RunAnalysis(config, dataset, split)  # checks the slice columns before anything trains
     policy = cold_users(config, dataset, split)  # fits the fallback model once, when the policy has one
     analysis.cold_users = policy
-    counts = history_counts(split, policy)
+    counts = history_counts(split, policy, config.test_history)
     for part, part_counts in counts.items():
         say(f"  {part}: {describe_counts(part_counts)}")
         warning = cold_warning(part, part_counts)
@@ -272,14 +272,15 @@ def _model_record(entry: ModelEntry, fitted: Fitted, parts: dict[str, EvalResult
     return record, timings
 
 
-def history_counts(split: Split, policy: ColdUsers) -> dict[str, HistoryCounts]:
-    """Per part, the evaluated users (those with held-out events) by history length, and what the
-    policy does with the cold ones: the counts every model's evaluation of the part carries too."""
+def history_counts(split: Split, policy: ColdUsers, test_history: str = "train_valid") -> dict[str, HistoryCounts]:
+    """Per part, the evaluated users (those with held-out events) by the length of the history they
+    are ranked with (`test_history` for test), and what the policy does with the cold ones: the counts
+    every model's evaluation of the part carries too."""
     out = {}
     for part in ("valid", "test"):
         truth = getattr(split, part)
         users = np.flatnonzero(truth.user_counts() > 0).astype(np.int32)
-        out[part] = count_history(split.history(part), users, policy)
+        out[part] = count_history(split.history(part, test_history), users, policy)
     return out
 
 
@@ -408,8 +409,8 @@ def _manifest(config: ExperimentConfig, dataset: Dataset, split: Split, started:
             "ranking": protocol.get("ranking", "full"),
             "mask_history": protocol.get("mask_history", True),
             "graded": protocol.get("graded", False),
-            "valid_history": "train",
-            "test_history": "train + valid" + (" + test fold-in" if split.test_fold_in is not None else ""),
+            # the events each part's users are ranked with (config `test_history`), and those masked at test
+            **history_names(config, split),
             "metrics": config.metric_labels,
             "valid_metric": config.valid_metric,
             "beyond": config.beyond,

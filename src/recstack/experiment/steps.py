@@ -6,7 +6,8 @@ fit through `fit_entry`, so wherever a model trains it is built with the experim
 default seed, given the dataset's side data (when it declares `UsesDataset`) and fitted with
 one explicit `FitOptions` carrying the experiment's validation protocol (history masking and the
 cold-user policy). `run_experiment` and `tune` score through `scoring`, so a part is always scored
-with the same history, item pool, history masking, cold-user policy and memory budget.
+with the same history (`history`: the config's `test_history` for test), masked items, item pool,
+history masking, cold-user policy and memory budget.
 `cold_users` turns the config's policy into the `ColdUsers` both take, fitting its fallback model
 (once per flow, through `fit_entry`) when the policy has one.
 """
@@ -41,9 +42,31 @@ class Scoring:
     """How the experiment scores one part: `evaluate(model, history, truth, **options)`."""
 
     part: str
-    history: Interactions  # what precedes the part: train for valid, train + valid (+ fold-in) for test
+    history: Interactions  # what the model reads: train for valid; for test train + valid or train (+ fold-in)
     truth: Interactions
-    options: dict[str, Any]  # metrics, cut-offs, history masking, item pool, memory budget, kept rankings
+    options: dict[str, Any]  # metrics, ks, masking (+ `exclude`), item pool, memory budget, kept rankings
+
+
+def history(config: ExperimentConfig, split: Split, part: Literal["valid", "test"]) -> Interactions:
+    """The events the model reads when ranking for `part`: train for valid; for test train + valid, or
+    train only under `test_history: train` (a user-holdout split's fold-in events in both cases)."""
+    return split.history(part, config.test_history)
+
+
+def history_names(config: ExperimentConfig, split: Split) -> dict[str, str]:
+    """How the manifest and `compare.Protocol` name the events each part's users are ranked with and
+    the events whose items test lists leave out ("none" without masking)."""
+    fold_in = " + test fold-in" if split.test_fold_in is not None else ""
+    return {"valid_history": "train",
+            "test_history": ("train + valid" if config.test_history == "train_valid" else "train") + fold_in,
+            "test_masked": f"train + valid{fold_in}" if config.mask_history else "none"}
+
+
+def masked_besides(config: ExperimentConfig, split: Split, part: Literal["valid", "test"]) -> Interactions | None:
+    """Events whose items are masked although the model does not read them: under `test_history: train`
+    the validation part when ranking for test (the user is known to have those items, as RecBole
+    masks them), else None."""
+    return split.valid if part == "test" and config.test_history == "train" else None
 
 
 def cold_users(config: ExperimentConfig, dataset: Dataset, split: Split) -> ColdUsers:
@@ -99,12 +122,14 @@ def scoring(config: ExperimentConfig, split: Split, part: Literal["valid", "test
     """The full-ranking evaluation of `part` under the experiment's protocol, for the caller to run
     (and time) with `evaluate`.
 
-    `metrics` defaults to the experiment's; the history, item pool, masking, cold-user policy
-    (`cold_users` from `steps.cold_users`, needed only under the policy fallback) and memory budget
-    are always the experiment's, so a tuning trial's valid figure equals the final run's.
+    `metrics` defaults to the experiment's; the history (`history`: `test_history` for test), the
+    masked items (`masked_besides`), item pool, masking, cold-user policy (`cold_users` from
+    `steps.cold_users`, needed only under the policy fallback) and memory budget are always the
+    experiment's, so a tuning trial's valid figure equals the final run's.
     """
-    return Scoring(part, split.history(part), getattr(split, part), {
+    return Scoring(part, history(config, split, part), getattr(split, part), {
         "metrics": config.metrics if metrics is None else metrics, "ks": config.ks,
-        "mask_history": config.mask_history, "memory_budget_mb": config.memory_budget_mb,
+        "mask_history": config.mask_history, "exclude": masked_besides(config, split, part),
+        "memory_budget_mb": config.memory_budget_mb,
         "keep_rankings": keep_rankings, "item_pool": split.item_pool(part),
         "cold_users": _policy(config, cold_users)})

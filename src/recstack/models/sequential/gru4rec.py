@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, confloat, model_validator
 
 from recstack.data.interactions import Interactions
-from recstack.models.kernels.sequences import (check_item_vocabulary, embed_in_chunks, require_sequences,
-                                               score_in_chunks)
+from recstack.models.kernels.sequences import (SequenceWindowFields, check_item_vocabulary, embed_in_chunks,
+                                               require_sequences, score_in_chunks)
 from recstack.models.neural import TorchRecommender, TrainingFields
 from recstack.models.protocol import ModelConfig, check_fitted
 from recstack.train.sampling import UniformNegativeSampler
@@ -38,7 +38,7 @@ from recstack.train.sequences import PAD, SequenceBatches, last_items
 _N_NEGATIVES = 256  # bpr_max's negatives per sequence when n_negatives is not given
 
 
-class GRU4RecConfig(ModelConfig, TrainingFields):
+class GRU4RecConfig(ModelConfig, TrainingFields, SequenceWindowFields):
     embedding_size: PositiveInt = 64  # item embedding and GRU hidden size
     n_layers: PositiveInt = 1  # stacked GRU layers
     dropout: confloat(ge=0.0, lt=1.0) = 0.2
@@ -74,12 +74,13 @@ def bpr_max_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor, reg: float)
     return (ranking + reg * penalty).mean()
 
 
-def _right_align(tokens: np.ndarray) -> np.ndarray:
+def _right_align(tokens: np.ndarray, like: np.ndarray | None = None) -> np.ndarray:
     """Left-padded (B, T) tokens -> the same items from slot 0 on, padding after them; trailing columns
-    that are padding in every row are dropped (at least one column stays)."""
+    that are padding in every row are dropped (at least one column stays). With `like` (B, T), the
+    columns move as `like`'s do (targets follow their inputs, whatever their own padding)."""
     tokens = np.asarray(tokens)
     length = tokens.shape[1]
-    lengths = (tokens != PAD).sum(1)
+    lengths = (np.asarray(tokens if like is None else like) != PAD).sum(1)
     source = np.arange(length)[None, :] + (length - lengths)[:, None]
     aligned = np.where(source < length, np.take_along_axis(tokens, np.minimum(source, length - 1), 1), PAD)
     return aligned[:, :max(int(lengths.max(initial=0)), 1)]
@@ -155,7 +156,8 @@ class GRU4Rec(TorchRecommender):
 
     def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
-        self._sequences = require_sequences("GRU4Rec", SequenceBatches(train, c.max_seq_len, c.batch_size, rng))
+        self._sequences = require_sequences("GRU4Rec", SequenceBatches(train, c.max_seq_len, c.batch_size, rng,
+                                                                        windows=c.train_windows))
         self._sampler = UniformNegativeSampler(train.matrix(), rng) if c.loss == "bpr_max" else None
         return _Net(train.n_items, c)
 
@@ -165,7 +167,7 @@ class GRU4Rec(TorchRecommender):
     def batches(self):
         c = self.config
         for users, inputs, targets in self._sequences:
-            inputs, targets = _right_align(inputs), _right_align(targets)
+            inputs, targets = _right_align(inputs), _right_align(targets, like=inputs)
             if c.loss == "ce":
                 yield inputs, targets
             else:

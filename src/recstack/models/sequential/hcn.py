@@ -31,7 +31,7 @@ from pydantic import NonNegativeFloat, PositiveInt, confloat, model_validator
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.models.kernels.sequences import check_item_vocabulary, trim_padding
+from recstack.models.kernels.sequences import SequenceWindowFields, check_item_vocabulary, trim_padding
 from recstack.models.neural import TorchRecommender, TrainingFields
 from recstack.models.protocol import ModelConfig, check_fitted
 from recstack.train.losses import sampled_softmax_loss
@@ -43,7 +43,7 @@ _N_NEGATIVES = 256  # sampled_softmax's negatives per sequence when n_negatives 
 _SCRATCH = 1 << 20  # floats of the largest temporary product when scoring (4 MB)
 
 
-class HCNConfig(ModelConfig, TrainingFields):
+class HCNConfig(ModelConfig, TrainingFields, SequenceWindowFields):
     embedding_size: PositiveInt = 64
     n_interests: PositiveInt = 4  # K interest vectors per user
     n_levels: PositiveInt = 2  # centre updates of each hierarchical extractor
@@ -290,7 +290,7 @@ class HCN(TorchRecommender):
 
     def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
-        self._sequences = SequenceBatches(train, c.max_seq_len, c.batch_size, rng)
+        self._sequences = SequenceBatches(train, c.max_seq_len, c.batch_size, rng, windows=c.train_windows)
         if len(self._sequences.users) == 0:
             raise RecstackError("HCN needs at least one user with two or more training events "
                                 "(one to read, one to predict); check the filters and split")

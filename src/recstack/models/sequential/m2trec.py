@@ -27,6 +27,7 @@ from pydantic import NonNegativeFloat, PositiveInt, confloat, model_validator
 from recstack.data.dataset import Dataset
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
+from recstack.models.kernels.sequences import SequenceWindowFields
 from recstack.models.kernels.side import rows_for_items
 from recstack.models.neural import TorchRecommender, TrainingFields, module_arrays
 from recstack.models.protocol import ModelConfig, check_fitted, check_trainable
@@ -35,7 +36,7 @@ from recstack.train.options import FitOptions
 from recstack.train.sequences import PAD, SequenceBatches, last_items
 
 
-class M2TRecConfig(ModelConfig, TrainingFields):
+class M2TRecConfig(ModelConfig, TrainingFields, SequenceWindowFields):
     category_column: str = "genres"  # the multi-task target and an input field
     year_column: str | None = "year"  # None: no year field
     year_buckets: PositiveInt = 10  # quantile buckets of the catalogue's years (plus one for "missing")
@@ -273,7 +274,7 @@ class M2TRec(TorchRecommender):
     def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
         categories, _, years, n_year, text = self._inputs
-        self._sequences = SequenceBatches(train, c.max_seq_len, c.batch_size, rng)
+        self._sequences = SequenceBatches(train, c.max_seq_len, c.batch_size, rng, windows=c.train_windows)
         if len(self._sequences.users) == 0:
             raise RecstackError("M2TRec needs at least one user with two or more training events "
                                 "(one to read, one to predict); check the filters and split")

@@ -35,15 +35,15 @@ from recstack.errors import RecstackError
 from recstack.models.kernels.attention import (MASKED, SASREC_PARAMS, NamedParameters, sasrec_feed_forward,
                                                sasrec_initial_params, sasrec_inputs, sasrec_linear, sasrec_norm,
                                                torch_params)
-from recstack.models.kernels.sequences import (check_item_vocabulary, embed_in_chunks, require_sequences,
-                                               score_in_chunks, trim_padding)
+from recstack.models.kernels.sequences import (SequenceWindowFields, check_item_vocabulary, embed_in_chunks,
+                                               require_sequences, score_in_chunks, trim_padding)
 from recstack.models.neural import TorchRecommender, TrainingFields
 from recstack.models.protocol import ModelConfig, check_fitted
 from recstack.train.indexing import gather_rows
 from recstack.train.sequences import PAD, SequenceBatches, last_items
 
 
-class MQSATEDConfig(ModelConfig, TrainingFields):
+class MQSATEDConfig(ModelConfig, TrainingFields, SequenceWindowFields):
     embedding_size: PositiveInt = 64
     n_layers: PositiveInt = 2  # self-attention blocks
     n_heads: PositiveInt = 1  # must divide embedding_size
@@ -243,7 +243,8 @@ class MQSATED(TorchRecommender):
 
     def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
-        self._sequences = require_sequences("MQSA-TED", SequenceBatches(train, c.max_seq_len, c.batch_size, rng))
+        self._sequences = require_sequences("MQSA-TED", SequenceBatches(train, c.max_seq_len, c.batch_size, rng,
+                                                                         windows=c.train_windows))
         self._teacher = teacher_labels(transition_graph(train, c.transition_span), c.kd_temperature)
         self._distil = c.kd_weight > 0 and self._teacher.nnz > 0
         return _Net(train.n_items, c)

@@ -29,8 +29,8 @@ from recstack.data.interactions import Interactions
 from recstack.models.kernels.attention import (MASKED, SASREC_PARAMS, NamedParameters, sasrec_feed_forward,
                                                sasrec_initial_params, sasrec_inputs, sasrec_linear, sasrec_norm,
                                                torch_params)
-from recstack.models.kernels.sequences import (check_item_vocabulary, embed_in_chunks, require_sequences,
-                                               score_in_chunks, trim_padding)
+from recstack.models.kernels.sequences import (SequenceWindowFields, check_item_vocabulary, embed_in_chunks,
+                                               require_sequences, score_in_chunks, trim_padding)
 from recstack.models.neural import TorchRecommender, TrainingFields
 from recstack.models.protocol import ModelConfig, check_fitted
 from recstack.train.losses import sampled_softmax_loss
@@ -40,7 +40,7 @@ from recstack.train.sequences import PAD, SequenceBatches, last_items
 _N_NEGATIVES = 256  # sampled_softmax's negatives per sequence when n_negatives is not given
 
 
-class SASRecConfig(ModelConfig, TrainingFields):
+class SASRecConfig(ModelConfig, TrainingFields, SequenceWindowFields):
     embedding_size: PositiveInt = 64
     n_layers: PositiveInt = 2  # self-attention blocks
     n_heads: PositiveInt = 1  # must divide embedding_size
@@ -156,7 +156,8 @@ class SASRec(TorchRecommender):
 
     def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
-        self._sequences = require_sequences("SASRec", SequenceBatches(train, c.max_seq_len, c.batch_size, rng))
+        self._sequences = require_sequences("SASRec", SequenceBatches(train, c.max_seq_len, c.batch_size, rng,
+                                                                       windows=c.train_windows))
         self._sampler = None if c.loss == "ce" else UniformNegativeSampler(train.matrix(), rng)
         return _Net(train.n_items, c)
 
