@@ -11,9 +11,9 @@ output table. Dropout acts on the embeddings and on the GRU output. Sequences ar
 (full softmax, the default) or "bpr_max" (the 2018 paper's BPR-max over uniform negatives).
 Fitted state: `weights_`, the network's state dict as named arrays.
 
-Differences from the papers' code: Adam with the trainer's defaults instead of Adagrad, one
-training window per user per epoch instead of session-parallel batches over the whole log, no
-final ELU for BPR-max, uniform negatives, training stops early on validation NDCG@10. Design
+Differences from the papers' code: Adam with the trainer's defaults instead of Adagrad, training
+windows per user (`train_windows`: the latest one by default, or every event once per epoch with
+"sliding") instead of session-parallel batches over the whole log, no final ELU for BPR-max, uniform negatives, training stops early on validation NDCG@10. Design
 notes, the tuning record and costs: docs/models/gru4rec.md.
 """
 
