@@ -134,8 +134,10 @@ def test_config_checks():
         BERT4Rec(BERT4RecConfig(**FAST)).fit(markov(length=1))
 
 
-def test_cloze_trains_on_sliding_windows_and_refuses_prefixes(chain_split):
-    model = BERT4Rec(BERT4RecConfig(**{**FAST, "train_windows": "sliding"}))
+def test_cloze_trains_on_latest_windows_too_and_refuses_prefixes(chain_split):
+    # the chain_model fixture trains on the default "sliding" windows
+    assert BERT4RecConfig().train_windows == "sliding"
+    model = BERT4Rec(BERT4RecConfig(**{**FAST, "train_windows": "latest"}))
     model.fit(chain_split.train, chain_split.valid)
     assert metric(model, chain_split.history("test"), chain_split.test) > 0.9
     with pytest.raises(ConfigError, match="train_windows='prefixes' does not apply to BERT4Rec"):
@@ -145,7 +147,7 @@ def test_cloze_trains_on_sliding_windows_and_refuses_prefixes(chain_split):
 def test_latest_cloze_windows_are_the_last_items():
     # the batches mask each trainable user's last max_seq_len items (what the model always trained on)
     data = markov(n_users=7, length=11)
-    model = BERT4Rec(BERT4RecConfig(**{**FAST, "batch_size": 4}))
+    model = BERT4Rec(BERT4RecConfig(**{**FAST, "batch_size": 4, "train_windows": "latest"}))
     model.build_module(data, np.random.default_rng(0))
     rows = [(users, tokens) for users, tokens, _ in model._sequences]
     users = np.concatenate([u for u, _ in rows])

@@ -152,8 +152,8 @@ def test_targets_follow_their_inputs_when_right_aligned():
     np.testing.assert_array_equal(_right_align(shifted, like=inputs), _right_align(shifted))
 
 
-@pytest.mark.parametrize("windows", ["sliding", "prefixes"])
-def test_sliding_and_prefix_windows_learn_the_chain_too(chain_split, windows):
+@pytest.mark.parametrize("windows", ["latest", "prefixes"])
+def test_latest_and_prefix_windows_learn_the_chain_too(chain_split, windows):
     model = GRU4Rec(GRU4RecConfig(**{**FAST, "train_windows": windows}))
     model.fit(chain_split.train, chain_split.valid)
     assert metric(model, chain_split.history("test"), chain_split.test) > 0.9

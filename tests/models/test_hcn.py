@@ -222,7 +222,7 @@ def test_a_million_item_catalogue_is_scored_in_bounded_blocks():
     assert peak < min(n_users * n_items * 4 / 2, 4 * 3 * n_items * 4)
 
 
-def test_sliding_windows_cover_the_whole_history_and_learn_too():
+def test_sliding_windows_cover_the_whole_history_and_learn():
     data, _ = two_topics()
     split = make_split(data, "leave_last", seed=0)
     settings = {**FAST, "max_seq_len": 6, "short_seq_len": 3, "train_windows": "sliding", "epochs": 12}

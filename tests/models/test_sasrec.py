@@ -199,12 +199,12 @@ def test_fused_attention_at_inference_matches_the_explicit_path():
     torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("windows", ["sliding", "prefixes"])
-def test_sliding_and_prefix_windows_learn_the_rule_too(cycle_split, windows):
+@pytest.mark.parametrize("windows", ["latest", "prefixes"])
+def test_latest_and_prefix_windows_learn_the_rule_too(cycle_split, windows):
     model = SASRec(SASRecConfig(**{**FAST, "train_windows": windows}))
     model.fit(cycle_split.train, cycle_split.valid)
     assert hit_at_1(model, cycle_split.history("test"), cycle_split.test) > 0.95
-    assert SASRecConfig().train_windows == "latest"
+    assert SASRecConfig().train_windows == "sliding"  # the default, chosen by time to accuracy
 
 
 def test_every_model_on_sequence_batches_shares_the_one_train_windows_field():

@@ -124,7 +124,8 @@ def test_no_validation_or_test_event_is_ever_a_training_target(split, monkeypatc
     assert (split.train.timestamp[rows] <= split.valid.timestamp[split.train.user[rows]]).all()
 
 
-@pytest.mark.parametrize("model, windows", [("sasrec", "sliding"), ("sasrec", "prefixes"), ("bert4rec", "sliding")])
+@pytest.mark.parametrize("model, windows", [("sasrec", "latest"), ("sasrec", "sliding"), ("sasrec", "prefixes"),
+                                           ("bert4rec", "latest"), ("bert4rec", "sliding")])
 def test_every_window_choice_trains_on_train_events_only_each_once_an_epoch(split, monkeypatch, model, windows):
     RecordingBatches.seen = []
     module, cls = (sasrec_module, SASRec) if model == "sasrec" else (bert4rec_module, BERT4Rec)
@@ -139,8 +140,9 @@ def test_every_window_choice_trains_on_train_events_only_each_once_an_epoch(spli
         rows, slots = np.nonzero(targets != PAD)
         pairs = set(zip(users[rows].tolist(), (targets[rows, slots] - 1).tolist()))
         assert pairs <= train_pairs and not pairs & held_out
-    # traced to events: one epoch's targets are every train event (after each user's first for
-    # next-item training) exactly once, and none is later than the user's valid event
+    # traced to events: one epoch's targets are train events, each at most once, none later than the
+    # user's valid event; with "sliding" and "prefixes" they are every train event (after each user's
+    # first for next-item training), with "latest" each user's newest 12
     batches = SequenceBatches(split.train, 12, 32, rng=0, windows=windows,
                               objective="cloze" if model == "bert4rec" else "next_item")
     if model == "bert4rec":
@@ -150,8 +152,12 @@ def test_every_window_choice_trains_on_train_events_only_each_once_an_epoch(spli
         if windows == "prefixes":
             rows = rows[:, -1]
     rows = np.sort(rows[rows >= 0])
-    firsts = split.train.indptr[:-1]
-    expected = np.arange(len(split.train)) if model == "bert4rec" else np.setdiff1d(np.arange(len(split.train)), firsts)
+    starts, ends = split.train.indptr[:-1], split.train.indptr[1:]
+    if model != "bert4rec":
+        starts = starts + 1  # a user's first event has no context to be predicted from
+    if windows == "latest":
+        starts = np.maximum(starts, ends - 12)
+    expected = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])
     np.testing.assert_array_equal(rows, expected)
     assert (split.train.timestamp[rows] <= split.valid.timestamp[split.train.user[rows]]).all()
 
