@@ -49,3 +49,15 @@ class TrainedByEpochs(Protocol):
 
     history_: list[dict[str, Any]]
     best_epoch_: int
+
+
+@runtime_checkable
+class UserCoverage(Protocol):
+    """Says which users the model can score from what it learned: False where `score` would only
+    return an accident (a constant row for an empty history, a user embedding that never trained,
+    a user index beyond the fitted vocabulary). `users` index `history`'s user vocabulary, which may
+    extend the training one (serving appends new users after the fitted ones). The cold-user policy
+    (evaluation, early stopping, serving), not the model, decides what such users get. Every
+    registered model has it; the contract suite checks the answer."""
+
+    def can_score(self, users: np.ndarray, history: Interactions) -> np.ndarray: ...

@@ -1,8 +1,10 @@
 """The `recstack` command line: thin wrappers that parse, call library functions and print.
 
-    recstack run [CONFIG]                       the default benchmark, or your YAML/TOML experiment
+    recstack run [CONFIG] [--seeds N]           the default benchmark, or your YAML/TOML experiment
     recstack tune CONFIG [--n-trials N --study NAME]   Optuna search on valid, then a run of the best
     recstack recommend RUN_DIR --model L --user U [-k 10 --include-seen --trust-code]
+    recstack recommend RUN_DIR --all-users --out recs.parquet [--model L -k 10]   every user's top-k at once
+    recstack serve RUN_DIR [--model L ...] [--host 127.0.0.1 --port 8000 --events PATH --admin-token T]
     recstack compare RUN_DIR [RUN_DIR ...] [--metric NDCG@10 --test t --correction holm --baseline NAME]
     recstack data list | fetch NAME | info NAME
     recstack models
@@ -125,6 +127,9 @@ def run(
                                                        "benchmark (ml-100k, eight models)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Folder for run directories."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the config's seed."),
+    n_seeds: Optional[int] = typer.Option(None, "--seeds", help="Train every model with N seeds: seed, seed+1, ..., "
+                                          "seed+N-1 (seed: --seed, else the config's); overrides the config's "
+                                          "'seeds'. See docs/experiments.md."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Exact run directory (must not exist, or be "
                                                                    "empty)."),
@@ -145,6 +150,8 @@ def run(
             overrides["output_dir"] = str(output_dir)
         if seed is not None:
             overrides["seed"] = seed
+        if n_seeds is not None:
+            overrides["seeds"] = _seed_list(experiment.seed if seed is None else seed, n_seeds)
         if cache_dir is not None:
             overrides["cache_dir"] = str(cache_dir)
         if only:
@@ -156,6 +163,13 @@ def run(
         result = run_experiment(experiment, run_dir=run_dir, progress=not quiet, console=_console())
         if quiet:
             typer.echo(str(result.run_dir))
+
+
+def _seed_list(first: int, n: int) -> list[int]:
+    """`--seeds N`: the N consecutive seeds from `first` (the first repetition is the single-seed run)."""
+    if n < 1:
+        raise RecstackError(f"--seeds takes the number of seeds (1 or more), got {n}")
+    return list(range(first, first + n))
 
 
 def _select_models(models: list, labels: list[str]) -> list:
@@ -207,18 +221,29 @@ def tune(
 @app.command()
 def recommend(
     run_dir: Path = typer.Argument(..., help="A run directory written by `recstack run`."),
-    model: str = typer.Option(..., "--model", "-m", help="Model label in the run (e.g. ease)."),
-    user: str = typer.Option(..., "--user", "-u", help="Raw user id as in the data."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model label in the run (e.g. ease); with "
+                                                                   "--all-users, default: every saved model."),
+    user: Optional[str] = typer.Option(None, "--user", "-u", help="Raw user id as in the data."),
     k: int = typer.Option(10, "-k", "--k", help="Number of recommendations."),
     include_seen: bool = typer.Option(False, "--include-seen", help="Rank the items the user already rated too."),
+    all_users: bool = typer.Option(False, "--all-users", help="Every user's top-k, scored in blocks, written to "
+                                                              "--out (cold users get the run's fallback, flagged)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="With --all-users: the .parquet file to write (model, "
+                                                           "user_id, rank, item_id, score, fallback)."),
     trust_code: bool = typer.Option(False, "--trust-code", help=_TRUST_HELP),
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
     """Top-k items for one user by a model of a finished run (items the user rated are excluded
-    unless --include-seen)."""
+    unless --include-seen), or for every user with --all-users --out FILE.parquet."""
     from recstack.experiment.run import recommend as recommend_items
 
+    if all_users:
+        _recommend_all(run_dir, model, user, k, include_seen, out, trust_code, debug)
+        return
     with _user_errors(debug):
+        if model is None or user is None or out is not None:
+            raise RecstackError("give --model and --user for one user's list, or --all-users --out FILE.parquet "
+                                "for every user's")
         rows = recommend_items(run_dir, model, user, k, include_seen=include_seen, trust=trust_code)
         table = Table(title=f"top {k} for user {user} by {model}")
         columns = list(rows[0]) if rows else ["rank", "item_id", "score"]
@@ -232,6 +257,49 @@ def recommend(
         if len(rows) < k:  # a short list otherwise reads like a bug
             console.print(f"only {len(rows)} of {k}: {model} can score no other "
                           f"{'' if include_seen else 'unseen '}item for user {user}", soft_wrap=True, markup=False)
+
+
+def _recommend_all(run_dir: Path, model: Optional[str], user: Optional[str], k: int, include_seen: bool,
+                   out: Optional[Path], trust_code: bool, debug: bool) -> None:
+    with _user_errors(debug):
+        if out is None or user is not None:
+            raise RecstackError("--all-users writes every user's list to a file: give --out FILE.parquet "
+                                "(and no --user)")
+        from recstack.serve.batch import recommend_all
+
+        seconds = recommend_all(run_dir, out, labels=[model] if model else None, k=k, include_seen=include_seen,
+                                trust=trust_code)
+        timing = ", ".join(f"{label} {s:.1f} s" for label, s in seconds.items())
+        typer.echo(f"wrote the top {k} of every user to {out} ({timing})")
+
+
+# ---- serve ------------------------------------------------------------------------------------
+
+@app.command()
+def serve(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `recstack run`."),
+    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="Serve only this model label "
+                                                                          "(repeatable; default: every saved model)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only)."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    events: Optional[Path] = typer.Option(None, "--events", help="SQLite file of posted events (default: "
+                                                                 "events.sqlite next to the run directory)."),
+    admin_token: Optional[str] = typer.Option(None, "--admin-token", envvar="RECSTACK_ADMIN_TOKEN",
+                                              help="Token of the admin routes (reload, export); without one they "
+                                                   "are off. Prefer $RECSTACK_ADMIN_TOKEN: a flag shows in `ps`."),
+    trust_code: bool = typer.Option(False, "--trust-code", help=_TRUST_HELP),
+    debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
+) -> None:
+    """Answer recommendation requests over HTTP (FastAPI under uvicorn) from a run's saved models;
+    take live events; open http://HOST:PORT/ for the page, /docs for the API. Needs the 'serve' extra."""
+    with _user_errors(debug):
+        try:
+            from recstack.serve.app import serve as run_server
+        except ImportError as exc:
+            raise RecstackError(f"`recstack serve` needs the serve extra ({exc.name} is missing): "
+                                "pip install 'recstack[serve]'") from None
+        run_server(run_dir, labels=model or None, host=host, port=port, events=events, admin_token=admin_token,
+                   trust=trust_code)
 
 
 # ---- compare ----------------------------------------------------------------------------------
@@ -252,7 +320,8 @@ def compare(
     markdown: bool = typer.Option(False, "--markdown", help="Print a markdown table instead."),
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
-    """Paired significance tests between the models of one or more runs (per-user values)."""
+    """Paired significance tests between the models of one or more runs (per-user values); multi-seed
+    runs (same seeds) get a test over seeds next to the per-user tests of each seed."""
     from recstack.experiment.compare import compare_runs
 
     with _user_errors(debug):

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from recstack.abilities import ListRecommender, TrainedByEpochs, UsesDataset
+from recstack.abilities import ListRecommender, TrainedByEpochs, UserCoverage, UsesDataset
 from recstack.data.dataset import Dataset
 from recstack.data.interactions import Interactions
 from recstack.split.base import Split
@@ -290,6 +290,28 @@ def check_user_with_empty_history_scores_without_error(case: ContractCase) -> No
     scores = case.fitted.score(np.array([5, 0], dtype=np.int32), history)
     assert scores.shape == (2, history.n_items)
     assert not np.isnan(scores).any() and not np.isposinf(scores).any(), "a user without history scored NaN/+inf"
+
+
+def check_says_which_users_it_can_score(case: ContractCase) -> None:
+    """`can_score` (the `UserCoverage` ability): True for trained users with a history; a user whose
+    row would be constant (nothing learned to rank by) must be answered False, so that the cold-user
+    policy, not the model's accident, decides what that user gets; no error beyond the vocabulary."""
+    model = case.fitted
+    assert isinstance(model, UserCoverage), f"{type(model).__name__} has no can_score(users, history)"
+    history = case.split.history("test")
+    answer = np.asarray(model.can_score(CONTRACT_USERS, history))
+    assert answer.dtype == bool and answer.shape == (len(CONTRACT_USERS),), \
+        f"can_score must return one bool per user, got {answer.dtype} {answer.shape}"
+    assert answer.all(), f"trained users with a history answered False: {CONTRACT_USERS[~answer].tolist()}"
+    emptied = case.split.train.take(case.split.train.user != 5)
+    says = bool(np.asarray(model.can_score(np.array([5], dtype=np.int32), emptied))[0])
+    beyond = np.asarray(model.can_score(np.array([history.n_users + 3], dtype=np.int64), history))
+    assert beyond.shape == (1,) and beyond.dtype == bool
+    if says:
+        row = model.score(np.array([5], dtype=np.int32), emptied)[0]
+        finite = row[np.isfinite(row)]
+        assert finite.size and np.ptp(finite) > 0, \
+            "can_score answered True for a user whose scores are one constant (empty history): answer False"
 
 
 def check_build_from_module_path(case: ContractCase) -> None:

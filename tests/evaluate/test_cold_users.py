@@ -153,3 +153,36 @@ def test_sampled_evaluation_applies_the_same_policy(split, models):
 def test_a_policy_that_cannot_work_is_refused(settings, message):
     with pytest.raises(RecstackError, match=message):
         ColdUsers(**settings)
+
+
+@pytest.fixture(scope="module")
+def bpr(split):
+    return build("bpr", {"epochs": 2, "embedding_size": 8, "early_stopping_patience": None}).fit(split.train)
+
+
+def test_models_say_which_users_they_cannot_score(split, models, bpr):
+    # by the fixture's docstring, test part: 6-8 have history (valid events) but no training events,
+    # 9-11 have neither; an embedding model can score neither group, a history model only 6-8
+    ease, pop = models
+    users = _users_with_truth(split, "test")
+    history = split.history("test")
+    assert users[~bpr.can_score(users, history)].tolist() == [6, 7, 8, 9, 10, 11]
+    assert users[~ease.can_score(users, history)].tolist() == [9, 10, 11]
+    assert pop.can_score(users, history).all()
+
+
+@pytest.mark.parametrize("policy, n_unscorable, n_fallback, n_evaluated", [
+    ("include", 6, 0, 14), ("skip", 3, 0, 11), ("fallback", 3, 6, 14)])
+def test_the_policy_decides_for_the_users_a_model_cannot_score(split, models, bpr, policy, n_unscorable, n_fallback,
+                                                               n_evaluated):
+    _, pop = models
+    history, truth = split.history("test"), split.test
+    cold_users = ColdUsers(policy, fallback=pop if policy == "fallback" else None, fallback_name="pop")
+    result = evaluate(bpr, history, truth, ks=[K], keep_rankings=True, cold_users=cold_users)
+    counts = result.history_counts
+    assert (counts.n_unscorable, counts.n_fallback, len(result.users)) == (n_unscorable, n_fallback, n_evaluated)
+    if policy == "fallback":  # users 6-8 are warm by history, yet BPR has no embedding for them: Pop's lists
+        rows = np.searchsorted(result.users, [6, 7, 8, 9, 10, 11])
+        assert np.array_equal(result.rankings.items[rows], rank(pop, result.users[rows], history, K)[0])
+        warm = np.searchsorted(result.users, [0, 1, 2, 3, 4, 5, 12, 13])
+        assert np.array_equal(result.rankings.items[warm], rank(bpr, result.users[warm], history, K)[0])

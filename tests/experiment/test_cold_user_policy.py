@@ -104,8 +104,15 @@ def test_the_run_prints_and_stores_the_counts_once_per_part(finished):
         assert (f"{n_users} users with held-out events, {no_history} ({no_history / n_users:.1%}) with no history, "
                 f"{few} ({few / n_users:.1%}) with fewer than 5 history events") in line
         assert f"cold-user policy {policy}" in line
-        for label, results in run.results.items():  # every model's evaluation carries the same counts
-            assert results[part].history_counts.to_dict() == counts, label
+        for label, results in run.results.items():  # every model's evaluation carries the same counts ...
+            own = results[part].history_counts.to_dict()
+            unscorable = own.pop("n_unscorable")  # ... and, its own, the users it says it cannot score
+            if policy == "fallback":  # which the fallback serves too
+                own["n_fallback"] -= unscorable
+            assert own == {key: value for key, value in counts.items() if key != "n_unscorable"}, label
+            empty_left_to_model = no_history if policy == "include" else 0
+            assert unscorable == {"pop": 0, "ease": empty_left_to_model}.get(label, unscorable), label
+            assert label == "pop" or unscorable >= empty_left_to_model, label  # bpr: those and more
         evaluated = n_users - (no_history if policy == "skip" else 0)
         assert {entry["n_users"][part] for entry in run.metrics.values()} == {evaluated}
 
@@ -129,6 +136,12 @@ def test_the_report_names_the_policy_and_shows_the_counts(finished):
     if policy == "fallback":
         assert "| users ranked by the fallback 'pop', share of the evaluated (valid / test) | 3 (27.3%) / 3 (21.4%) |" \
             in report
+    # BPR has no embedding for users without training events: in valid the users without history,
+    # in test also those whose only history is in valid (the policy leaves those to the model)
+    row = next(line for line in report.splitlines() if line.startswith("| users a model says it cannot score"))
+    expected = {"include": "ease 3 / 3; bpr 3 / 6: ranked by the model itself (policy include)",
+                "skip": "bpr 0 / 3: ranked by the model itself", "fallback": "bpr 0 / 3: ranked by the fallback model"}
+    assert expected[policy] in row and "pop" not in row.split("|")[2]
 
 
 def test_every_report_has_the_history_length_slices(finished):

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from recstack.models import ConfigError
@@ -270,3 +271,35 @@ def test_missing_or_bad_inputs_name_the_fix(inputs):
         build_tokenizer("rqvea")
     with pytest.raises(ConfigError, match="did you mean 'codebook_size'"):
         build_tokenizer("rqvae", {"codebook_sizes": 8})
+
+
+def test_tigers_collaborative_item_vectors_do_not_depend_on_the_thread_count():
+    # float32 randomized SVD moved them by up to 8e-5 between one and two BLAS threads (or another
+    # CPU kind), and residual k-means then gave 99% of ml-100k's items other codes (issue 21)
+    from threadpoolctl import threadpool_limits
+
+    from recstack.models.generative.codes import stable_item_vectors
+
+    matrix = sp.random(300, 200, density=0.1, random_state=3, format="csr", dtype=np.float32)
+    with threadpool_limits(1):
+        one = stable_item_vectors(matrix, 16, seed=0)
+    with threadpool_limits(2):
+        two = stable_item_vectors(matrix, 16, seed=0)
+    np.testing.assert_allclose(one, two, rtol=0, atol=1e-9)
+
+
+def test_stable_item_vectors_match_the_svd_up_to_a_fixed_sign():
+    from recstack.models.generative.codes import stable_item_vectors
+
+    rng = np.random.default_rng(1)
+    matrix = sp.random(60, 40, density=0.2, random_state=2, format="csr", dtype=np.float64)
+    vectors = stable_item_vectors(matrix, 5, seed=0)
+    _, s, vt = np.linalg.svd(matrix.toarray(), full_matrices=False)
+    expected = vt[:5].T * np.sqrt(s[:5])[None, :]
+    # the same columns up to sign, and the sign puts each column's largest entry positive
+    signs = np.sign((vectors * expected).sum(axis=0))
+    np.testing.assert_allclose(vectors, expected * signs[None, :], atol=1e-8)
+    largest = np.abs(vectors).argmax(axis=0)
+    assert (vectors[largest, np.arange(5)] > 0).all()
+    np.testing.assert_array_equal(stable_item_vectors(matrix[rng.permutation(60)], 5, seed=0).round(10),
+                                  vectors.round(10))  # user order does not matter

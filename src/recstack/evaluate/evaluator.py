@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from recstack.abilities import ListRecommender, Scorer  # noqa: F401  (Scorer re-exported)
+from recstack.abilities import ListRecommender, Scorer, UserCoverage  # noqa: F401  (Scorer re-exported)
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.evaluate.accuracy import METRICS, item_coverage
@@ -77,6 +77,20 @@ class ColdUsers:
         """Which of `users` are cold: fewer than `min_history` events in `history`."""
         return history.user_counts()[np.asarray(users, dtype=np.int64)] < self.min_history
 
+    def to_fallback(self, model: Any, history: Interactions, users: np.ndarray) -> np.ndarray:
+        """Which of `users` the policy `fallback` hands to the fallback for `model`: the cold ones and
+        those the model says it cannot score (`can_score`), whatever their history."""
+        return self.cold(history, users) | unscorable(model, users, history)
+
+
+def unscorable(model: Any, users: np.ndarray, history: Interactions) -> np.ndarray:
+    """Which of `users` `model` says it cannot score (the `UserCoverage` ability); a model without
+    the ability is taken at its word that it scores everyone."""
+    users = np.asarray(users, dtype=np.int64)
+    if not isinstance(model, UserCoverage) or len(users) == 0:
+        return np.zeros(len(users), dtype=bool)
+    return ~np.asarray(model.can_score(users, history), dtype=bool)
+
 
 INCLUDE = ColdUsers()  # today's behaviour: every evaluated user is ranked by the model
 
@@ -88,7 +102,10 @@ class HistoryCounts:
     `n_users`: users with held-out events (before any policy); `n_no_history`: of them, with an
     empty history; `n_few_history`: with fewer than `few_history` events (those with none
     included); `n_cold`: with fewer than `min_history` (the policy's users); `n_skipped` and
-    `n_fallback`: how many the policy left out or served with the fallback.
+    `n_fallback`: how many the policy left out or served with the fallback. Counted for one model
+    (`count_history(..., model=)`): `n_unscorable`, the users left to the model that it says it
+    cannot score (`can_score`; under the policy `fallback` they are served by the fallback and
+    counted in `n_fallback` too); 0 without a model.
     """
 
     n_users: int
@@ -101,6 +118,7 @@ class HistoryCounts:
     min_history: int
     few_history: int
     fallback: str | None = None
+    n_unscorable: int = 0
 
     def share(self, count: int) -> float:
         return count / self.n_users if self.n_users else 0.0
@@ -109,17 +127,24 @@ class HistoryCounts:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
-def count_history(history: Interactions, users: np.ndarray, cold_users: ColdUsers | None = None) -> HistoryCounts:
-    """How many of `users` (the users with held-out events) have no, few or too little history."""
+def count_history(history: Interactions, users: np.ndarray, cold_users: ColdUsers | None = None,
+                  model: Any = None) -> HistoryCounts:
+    """How many of `users` (the users with held-out events) have no, few or too little history; with
+    `model`, also how many of those the policy leaves to it the model says it cannot score."""
     policy = cold_users or INCLUDE
-    lengths = history.user_counts()[np.asarray(users, dtype=np.int64)]
-    n_cold = int(np.count_nonzero(lengths < policy.min_history))
+    users = np.asarray(users, dtype=np.int64)
+    lengths = history.user_counts()[users]
+    cold = lengths < policy.min_history
+    n_cold = int(np.count_nonzero(cold))
+    kept = users[~cold] if policy.policy != "include" else users
+    n_unscorable = int(np.count_nonzero(unscorable(model, kept, history))) if model is not None else 0
     return HistoryCounts(
         n_users=int(len(lengths)), n_no_history=int(np.count_nonzero(lengths == 0)),
         n_few_history=int(np.count_nonzero(lengths < policy.few_history)), n_cold=n_cold,
-        n_skipped=n_cold if policy.policy == "skip" else 0, n_fallback=n_cold if policy.policy == "fallback" else 0,
+        n_skipped=n_cold if policy.policy == "skip" else 0,
+        n_fallback=n_cold + n_unscorable if policy.policy == "fallback" else 0,
         policy=policy.policy, min_history=policy.min_history, few_history=policy.few_history,
-        fallback=policy.fallback_label)
+        fallback=policy.fallback_label, n_unscorable=n_unscorable)
 
 
 def serve_cold(model: Any, fallback: Any, cold: np.ndarray,
@@ -220,7 +245,7 @@ def rank(
     if cold_users is not None and cold_users.policy == "fallback":
         same = {"mask_history": mask_history, "memory_budget_mb": memory_budget_mb, "item_pool": item_pool,
                 "exclude": exclude}
-        return serve_cold(model, cold_users.fallback, cold_users.cold(history, users),
+        return serve_cold(model, cold_users.fallback, cold_users.to_fallback(model, history, users),
                           lambda scorer, rows: rank(scorer, users[rows], history, k, **same))
     if exclude is not None and (exclude.users != history.users or exclude.items != history.items):
         raise ValueError("exclude and history must share vocabularies (use one Split)")
@@ -342,7 +367,7 @@ def evaluate(
         candidates = np.intersect1d(candidates, np.asarray(users, dtype=np.int32))
     n_skipped = (test.n_users if users is None else len(np.unique(users))) - len(candidates)
     cold_users = cold_users or INCLUDE
-    counts = count_history(history, candidates, cold_users)
+    counts = count_history(history, candidates, cold_users, model)
     if cold_users.policy == "skip":
         candidates = candidates[~cold_users.cold(history, candidates)]
 

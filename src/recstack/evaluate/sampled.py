@@ -104,10 +104,12 @@ def evaluate_sampled(
     if negatives.shape[0] != len(users):
         raise RecstackError(f"negatives has {negatives.shape[0]} rows for {len(users)} users")
     cold_users = cold_users or INCLUDE
-    counts = count_history(history, users, cold_users)
+    counts = count_history(history, users, cold_users, model)
     cold = cold_users.cold(history, users)
     if cold_users.policy == "skip":
         users, negatives, cold = users[~cold], negatives[~cold], cold[~cold]
+    if cold_users.policy == "fallback":  # and the users the model says it cannot score, as `rank` does
+        cold = cold_users.to_fallback(model, history, users)
     pairs = [(name, k) for name, k in parse_metric_labels(metrics, list(ks)) if name != "Coverage"]
     if not pairs:
         raise RecstackError("sampled evaluation needs at least one accuracy metric besides Coverage")

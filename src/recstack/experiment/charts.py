@@ -86,12 +86,16 @@ def leaderboard_cis(per_user: Any, metric: str, models: Sequence[str]) -> dict[s
 
 
 def leaderboard_chart(rows: Sequence[tuple[str, float | None]], metric: str,
-                      cis: dict[str, tuple[float, float, int]]) -> Chart:
-    """Bars of test `metric` per model (in the given order) with the bootstrap interval as error bars."""
+                      cis: dict[str, tuple[float, float, int]], over_seeds: str | None = None) -> Chart:
+    """Bars of test `metric` per model (in the given order) with the bootstrap interval as error bars;
+    `over_seeds` (a multi-seed run: how its interval is defined) makes them means with that interval."""
     labels = [label for label, _ in rows]
     series = Series(metric, labels, [_number(v) for _, v in rows], mode="bar",
                     low=[cis[m][0] if m in cis else None for m in labels],
                     high=[cis[m][1] if m in cis else None for m in labels])
+    if over_seeds is not None:
+        return Chart("leaderboard", f"Mean test {metric} per model ({CI_PCT} interval over seeds)", "model", metric,
+                     [series], f"error bars: {over_seeds}", categorical_x=True)
     return Chart("leaderboard", f"Test {metric} per model ({CI_PCT} bootstrap CI over users)", "model", metric,
                  [series], f"error bars: {CI_PCT} {BOOTSTRAP_NOTE}", categorical_x=True)
 

@@ -23,6 +23,7 @@ import numpy as np
 from recstack.errors import RecstackError
 from recstack.evaluate.stats import CORRECTION_NAMES, Comparison, compare_models
 from recstack.experiment import rundir
+from recstack.experiment import seeds as S
 
 
 @dataclass(frozen=True)
@@ -252,11 +253,13 @@ def compare_runs(
     n_resamples: int = 10_000,
     n_bootstrap: int = 2_000,
     seed: int = 0,
-) -> RunComparison:
+) -> RunComparison | SeedsComparison:
     """Test every model of the given runs against the best one (or `baseline`) on `metric`.
 
     `metric` defaults to the first run's validation metric (NDCG@10 by default). Runs must share
-    their split fingerprint; the other arguments are those of `compare_models`.
+    their split fingerprint; the other arguments are those of `compare_models`. Multi-seed runs
+    (which must share their seeds) give a `SeedsComparison`: the test over seeds next to the
+    per-user tests of each seed.
     """
     if isinstance(run_dirs, (str, os.PathLike)):
         run_dirs = [run_dirs]
@@ -277,6 +280,7 @@ def compare_runs(
 
     runs: list[RunInfo] = []
     protocols: list[dict[str, Any]] = []
+    manifests: list[dict[str, Any]] = []
     tables = []
     for path in paths:
         manifest, values_path = _read_run(path)
@@ -292,18 +296,39 @@ def compare_runs(
                                 f"it has: {', '.join(computed) or 'none'}")
         runs.append(RunInfo(name, path, manifest["split"]["fingerprint"], models))
         protocols.append(manifest.get("protocol", {}))
+        manifests.append(manifest)
         tables.append(table)
     if len({run.name for run in runs}) < len(runs):  # same name in different folders: use the paths
         for run in runs:
             run.name = str(run.run_dir)
+    seeds = _check_same_seeds(runs, manifests)
     _check_same_split(runs, protocols, part)
+    merged, labels = _merge(runs, tables, with_seed=seeds is not None)
+    if baseline is not None and baseline not in labels:
+        doubled = [f"{run.name}/{baseline}" for run in runs if baseline in run.models]
+        if len(doubled) > 1:
+            raise RecstackError(f"baseline {baseline!r} is in more than one run; name one of {', '.join(doubled)}")
+    options = dict(test=test, correction=correction, alpha=alpha, confidence=confidence, n_resamples=n_resamples,
+                   n_bootstrap=n_bootstrap, seed=seed)
+    if seeds is not None:
+        return compare_over_seeds(merged, metric, seeds, baseline, runs=runs, part=part, labels=labels,
+                                  **options)  # type: ignore[arg-type]
+    comparison = compare_models(merged, metric, baseline, part=None, **options)  # type: ignore[arg-type]
+    return RunComparison(comparison, runs, part, labels)
 
+
+def _merge(runs: list[RunInfo], tables: list[Any], with_seed: bool
+           ) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, str]]]:
+    """The runs' per-user rows as one long table (model, user_id, value[, seed]); a model label that
+    appears in more than one run is shown as `<run>/<model>`."""
     counts: dict[str, int] = {}
     for run in runs:
         for model in run.models:
             counts[model] = counts.get(model, 0) + 1
     labels: dict[str, tuple[str, str]] = {}
     columns: dict[str, list[np.ndarray]] = {"model": [], "user_id": [], "value": []}
+    if with_seed:
+        columns["seed"] = []
     for run, table in zip(runs, tables):
         names, position = np.unique(table["model"].to_numpy(zero_copy_only=False).astype(str), return_inverse=True)
         shown = np.array([f"{run.name}/{m}" if counts[m] > 1 else m for m in names], dtype=object)
@@ -311,11 +336,196 @@ def compare_runs(
         columns["model"].append(shown[position])
         columns["user_id"].append(table["user_id"].to_numpy(zero_copy_only=False))
         columns["value"].append(table["value"].to_numpy(zero_copy_only=False).astype(np.float64))
-    if baseline is not None and counts.get(baseline, 0) > 1:
-        choices = [f"{run.name}/{baseline}" for run in runs if baseline in run.models]
-        raise RecstackError(f"baseline {baseline!r} is in more than one run; name one of {', '.join(choices)}")
-    merged = {name: np.concatenate(chunks) for name, chunks in columns.items()}
-    comparison = compare_models(merged, metric, baseline, test=test, correction=correction,  # type: ignore[arg-type]
-                                alpha=alpha, part=None, confidence=confidence, n_resamples=n_resamples,
-                                n_bootstrap=n_bootstrap, seed=seed)
-    return RunComparison(comparison, runs, part, labels)
+        if with_seed:
+            columns["seed"].append(table["seed"].to_numpy(zero_copy_only=False).astype(np.int64))
+    return {name: np.concatenate(chunks) for name, chunks in columns.items()}, labels
+
+
+def _seeds_of(manifest: dict[str, Any]) -> tuple[list[int], bool, dict[str, str]] | None:
+    """A multi-seed run's seeds, whether its split was re-drawn per seed, and its split per seed; None for
+    a single-seed run."""
+    multi = manifest.get("seeds")
+    if not multi:
+        return None
+    return [int(s) for s in multi["seeds"]], bool(multi.get("split_per_seed")), dict(multi.get("split_fingerprints")
+                                                                                    or {})
+
+
+def _check_same_seeds(runs: list[RunInfo], manifests: list[dict[str, Any]]) -> list[int] | None:
+    """The seeds all runs share (None: all single-seed); one error line naming the first difference."""
+    first, first_seeds = runs[0], _seeds_of(manifests[0])
+
+    def words(seeds: tuple[list[int], bool, dict[str, str]] | None, manifest: dict[str, Any]) -> str:
+        if seeds is None:
+            return f"a single-seed run (seed {manifest.get('seed')})"
+        return f"seeds {', '.join(map(str, seeds[0]))}" + (" with a split per seed" if seeds[1] else "")
+
+    for run, manifest in zip(runs[1:], manifests[1:]):
+        theirs = _seeds_of(manifest)
+        if first_seeds is None and theirs is None:
+            continue
+        same = first_seeds is not None and theirs is not None and first_seeds[:2] == theirs[:2]
+        if not same:
+            raise RecstackError(
+                f"cannot compare run {first.name!r} ({words(first_seeds, manifests[0])}) with run {run.name!r} "
+                f"({words(theirs, manifest)}): a test over seeds pairs the same seeds (and splits) in both runs; "
+                "rerun one with the other's seeds (config 'seeds' and 'split_per_seed', or --seeds N)")
+        if first_seeds[2] and theirs[2] and first_seeds[2] != theirs[2]:  # type: ignore[index]
+            seed = next(s for s in first_seeds[2] if first_seeds[2][s] != theirs[2].get(s))  # type: ignore[index]
+            raise RecstackError(
+                f"cannot compare run {first.name!r} with run {run.name!r}: their splits for seed {seed} differ "
+                f"(fingerprints {first_seeds[2][seed]} vs {theirs[2].get(seed)}); compare runs made with the same "
+                "data, preprocessing and split")
+    return None if first_seeds is None else first_seeds[0]
+
+
+# ---- multi-seed runs ----------------------------------------------------------------------------
+
+@dataclass
+class SeedsComparison:
+    """Every model against the baseline over seeds (the paired t-test of the per-seed means and a sign
+    count), next to the per-user paired tests of each seed (`per_seed`, one `Comparison` per seed).
+
+    A verdict ("A beats B") is stated only where the test over seeds holds (adjusted p < alpha).
+    """
+
+    metric: str
+    part: str
+    seeds: list[int]
+    baseline: str
+    means: dict[str, list[float]]  # model -> its per-user mean at each seed, in `seeds` order
+    tests: list[S.SeedTest]  # each model but the baseline, best first
+    per_seed: dict[int, Comparison]
+    alpha: float
+    correction: str | None
+    higher_is_better: bool = True
+    runs: list[RunInfo] | None = None
+    labels: dict[str, tuple[str, str]] | None = None
+
+    @property
+    def comparison(self) -> Comparison:
+        """The first seed's per-user comparison (what a single-seed run of that seed would print)."""
+        return self.per_seed[self.seeds[0]]
+
+    def test(self, model: str) -> S.SeedTest:
+        return next(t for t in self.tests if t.model == model)
+
+    def verdicts(self) -> list[str]:
+        """One sentence per model against the baseline; a claim only where the test over seeds holds."""
+        return [S.verdict(t, self.metric, self.alpha, self.higher_is_better, self._significant_seeds(t.model))
+                for t in self.tests]
+
+    def _significant_seeds(self, model: str) -> int:
+        return sum(bool(self.per_seed[s].row(model).significant) for s in self.seeds)
+
+    def legend(self) -> list[str]:
+        adjusted = f"{CORRECTION_NAMES[self.correction]}-adjusted" if self.correction else "unadjusted"
+        lines = [f"over seeds: paired t-test of the per-seed means ({len(self.seeds)} seeds: "
+                 f"{', '.join(map(str, self.seeds))}) against {self.baseline!r}, {adjusted} p over "
+                 f"{len(self.tests)} comparison{'s' * (len(self.tests) != 1)}, alpha {self.alpha:g}; "
+                 "signs = seeds where the model is higher / lower / equal",
+                 f"per-user tests: {self.comparison.description}, within each seed; 'sig. seeds' counts the "
+                 "seeds where it is significant",
+                 f"part {self.part!r}; {'higher' if self.higher_is_better else 'lower'} is better"]
+        note = S.power_note(len(self.seeds))
+        if note:
+            lines.append(f"note: {note}")
+        if self.runs:
+            lines.append(f"runs: {', '.join(run.name for run in self.runs)}")
+        return lines
+
+    def _cells(self) -> tuple[list[str], list[list[str]]]:
+        headers = ["model", f"{self.metric} mean ± sd", "per seed", "diff", "p (seeds)", "p adj. (seeds)",
+                   "signs +/-/=", "sig. seeds (per user)", "sig"]
+        order = sorted(self.means, key=lambda m: -np.mean(self.means[m]) if self.higher_is_better
+                       else np.mean(self.means[m]))
+        rows = []
+        for model in order:
+            cell = S.spread(self.means[model])
+            per_seed = " ".join(f"{v:.4f}" for v in self.means[model])
+            mean_sd = "-" if cell is None else cell.shown()
+            if model == self.baseline:
+                rows.append([f"{model} (B)", mean_sd, per_seed, "", "", "", "", "", ""])
+                continue
+            t = self.test(model)
+            rows.append([model, mean_sd, per_seed, _num(t.diff, signed=True), _p(t.p), _p(t.p_adjusted),
+                         "/".join(map(str, t.signs)), f"{self._significant_seeds(model)}/{len(self.seeds)}",
+                         "*" if t.significant else ""])
+        return headers, rows
+
+    def table(self):
+        """A rich `Table` (over seeds) with the legend and the verdicts as its caption."""
+        from rich.table import Table
+        from rich.text import Text
+
+        headers, rows = self._cells()
+        # the per-seed means are in the markdown; on a terminal they would wrap every row
+        keep = [i for i, header in enumerate(headers) if header != "per seed"]
+        headers, rows = [headers[i] for i in keep], [[row[i] for i in keep] for row in rows]
+        table = Table(title=f"{self.metric} ({self.part}) over {len(self.seeds)} seeds: every model against "
+                            f"{self.baseline}", caption="\n".join(self.legend() + self.verdicts()),
+                      caption_justify="left")
+        for header in headers:
+            table.add_column(header, justify="left" if header in ("model", "sig", "per seed") else "right")
+        for cells in rows:
+            table.add_row(*[Text(cell) for cell in cells])
+        return table
+
+    def to_markdown(self) -> str:
+        """The table over seeds, the verdicts, and each seed's per-user comparison."""
+        headers, rows = self._cells()
+
+        def line(cells: Sequence[str]) -> str:
+            return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+        out = [f"### {self.metric} ({self.part}) over {len(self.seeds)} seeds: every model against {self.baseline}",
+               "", line(headers), "| " + " | ".join("---" if h in ("model", "sig", "per seed") else "---:"
+                                                   for h in headers) + " |", *[line(r) for r in rows], ""]
+        out += [f"{text}  " for text in self.legend()] + [""]
+        out += [f"- {text}" for text in self.verdicts()] + [""]
+        for seed in self.seeds:  # the per-user tests of each seed, as a single-seed run prints them
+            headers, rows = RunComparison(self.per_seed[seed], self.runs or [], self.part, self.labels or {})._cells()
+            out += [f"#### seed {seed}: per-user tests of {self.metric} ({self.part}) against {self.baseline}", "",
+                    line(headers), "| " + " | ".join("---" if h in ("model", "sig") else "---:" for h in headers)
+                    + " |", *[line(r) for r in rows], ""]
+        return "\n".join(out).rstrip() + "\n"
+
+
+def compare_over_seeds(per_user: dict[str, np.ndarray], metric: str, seeds: Sequence[int], baseline: str | None = None,
+                       *, test: str = "t", correction: str | None = "holm", alpha: float = 0.05,
+                       confidence: float = 0.95, n_resamples: int = 10_000, n_bootstrap: int = 2_000, seed: int = 0,
+                       part: str = "test", runs: list[RunInfo] | None = None,
+                       labels: dict[str, tuple[str, str]] | None = None) -> SeedsComparison:
+    """Compare the models of long-format per-user values with a `seed` column (model, user_id, value,
+    seed: one metric of one part) over `seeds`; the baseline is the best mean over seeds unless given."""
+    from recstack.evaluate.stats import adjust, lower_is_better
+
+    higher_is_better = not lower_is_better(metric)
+    models = [str(model) for model in dict.fromkeys(per_user["model"].tolist())]
+    means: dict[str, list[float]] = {model: [] for model in models}
+    per_seed: dict[int, Comparison] = {}
+    for s in seeds:
+        mine = per_user["seed"] == s
+        for model in models:
+            values = per_user["value"][mine & (per_user["model"] == model)]
+            if not len(values):
+                raise RecstackError(f"model {model!r} has no per-user {metric} values for seed {s}; the run is "
+                                    "incomplete: run the experiment again")
+            means[model].append(float(values.mean()))
+    if baseline is None:
+        pick = max if higher_is_better else min
+        baseline = pick(models, key=lambda m: float(np.mean(means[m])))
+    for s in seeds:
+        mine = per_user["seed"] == s
+        rows = {name: column[mine] for name, column in per_user.items() if name != "seed"}
+        per_seed[s] = compare_models(rows, metric, baseline, test=test, correction=correction,  # type: ignore[arg-type]
+                                     alpha=alpha, part=None, confidence=confidence, n_resamples=n_resamples,
+                                     n_bootstrap=n_bootstrap, seed=seed)
+    tests = [S.seed_test(model, baseline, seeds, means[model], means[baseline]) for model in models
+             if model != baseline]
+    for t, p_adjusted in zip(tests, adjust([t.p for t in tests], correction)):  # type: ignore[arg-type]
+        t.p_adjusted = float(p_adjusted)
+        t.significant = bool(p_adjusted < alpha)  # NaN (one seed) compares False
+    tests.sort(key=lambda t: -np.mean(t.model_means) if higher_is_better else np.mean(t.model_means))
+    return SeedsComparison(metric, part, list(seeds), baseline, means, tests, per_seed, alpha, correction,
+                           higher_is_better, runs, labels)

@@ -317,6 +317,10 @@ class ExperimentConfig(_Strict):
     slices: SlicesConfig = Field(default_factory=SlicesConfig)
     sampled: SampledConfig | None = None  # sampled metrics (labelled sampled_*) next to the full ranking
     cold_users: ColdUsersConfig = Field(default_factory=ColdUsersConfig)  # users without history: policy, counts
+    # multi-seed runs: every model entry trained once per seed (model seed); the split keeps `seed`
+    # unless `split_per_seed` re-draws it with each of these seeds (docs/experiments.md)
+    seeds: list[int] | None = None
+    split_per_seed: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -334,6 +338,24 @@ class ExperimentConfig(_Strict):
     @classmethod
     def _seed_in_range(cls, seed: int) -> int:
         return _check_seed(seed)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is None:
+            return None
+        if not seeds:
+            raise ValueError("give at least one seed (e.g. seeds: [2020, 2021, 2022, 2023, 2024]), or remove 'seeds' "
+                             "for a single-seed run")
+        for seed in seeds:
+            try:
+                _check_seed(seed)
+            except ValueError as exc:
+                raise ValueError(f"every seed {exc}") from None
+        repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+        if repeated:
+            raise ValueError(f"seed {repeated[0]} is listed more than once; each repetition needs its own seed")
+        return seeds
 
     @field_validator("ks")
     @classmethod
@@ -374,7 +396,24 @@ class ExperimentConfig(_Strict):
                 raise ValueError(f"models[{position}] ({entry.display}): {message}") from None
         if self.tune is not None:
             self._check_search_space()
+        self._check_seeds()
         return self
+
+    def _check_seeds(self) -> None:
+        if self.seeds is None:
+            if self.split_per_seed:
+                raise ValueError("split_per_seed re-draws the split with each of 'seeds'; give seeds: [...] too")
+            return
+        if self.tune is not None:
+            raise ValueError("'seeds' does not combine with 'tune' (a search selects on one seed); tune first, then "
+                             "run the tuned setting with seeds")
+        if self.split_per_seed and self.data.files is not None:
+            raise ValueError("split_per_seed cannot re-draw pre-split 'files'; give one file as 'path', or drop "
+                             "split_per_seed")
+        for position, entry in enumerate(self.models):
+            if "seed" in entry.params:
+                raise ValueError(f"models[{position}] ({entry.display}): params.seed is fixed, but 'seeds' gives "
+                                 "every model each of its seeds in turn; remove params.seed (or 'seeds')")
 
     def _check_search_space(self) -> None:
         from recstack.models import resolve
@@ -409,6 +448,26 @@ class ExperimentConfig(_Strict):
 
         return [f"{name}@{k}" for name, k in parse_metric_labels(self.metrics, self.ks)]
 
+    @property
+    def is_multi_seed(self) -> bool:
+        return self.seeds is not None
+
+    @property
+    def run_seeds(self) -> list[int]:
+        """The model seeds of the run: `seeds`, else [`seed`]."""
+        return list(self.seeds) if self.seeds is not None else [self.seed]
+
+    def split_seed(self, seed: int | None = None) -> int:
+        """The seed the split of repetition `seed` is drawn with: `seed` under split_per_seed, else the
+        experiment seed (None: the first repetition's)."""
+        if self.split_per_seed:
+            return self.run_seeds[0] if seed is None else seed
+        return self.seed
+
+    def for_seed(self, seed: int) -> "ExperimentConfig":
+        """This experiment with `seed` as every model's default seed (one repetition of a multi-seed run)."""
+        return self.model_copy(update={"seed": seed})
+
     def model_config_for(self, entry: ModelEntry):
         """The validated model config of `entry`; the experiment seed is the default model seed."""
         from recstack.models import make_config, resolve
@@ -422,8 +481,7 @@ class ExperimentConfig(_Strict):
     def resolved(self) -> "ExperimentConfig":
         """The same experiment with every label and every model parameter spelled out."""
         models = [
-            ModelEntry(name=e.name, label=e.display, params=self.model_config_for(e).model_dump(mode="json"))
-            for e in self.models
+            ModelEntry(name=e.name, label=e.display, params=self._spelled_out(e)) for e in self.models
         ]
         data = self.data
         if data.path is not None:  # absolute paths: the run directory must reproduce its data from anywhere
@@ -434,11 +492,19 @@ class ExperimentConfig(_Strict):
                 if (path := getattr(data.files, part)) is not None})})
         return self.model_copy(update={"models": models, "data": data})
 
+    def _spelled_out(self, entry: ModelEntry) -> dict[str, Any]:
+        params = self.model_config_for(entry).model_dump(mode="json")
+        if self.seeds is not None:
+            params.pop("seed", None)  # each repetition sets it; a written seed would be rejected on reading back
+        return params
+
     def to_dict(self) -> dict[str, Any]:
         """JSON/YAML-able dict that `parse_config` reads back to an equal config."""
         dumped = self.model_dump(mode="json", exclude_none=True)
         if self.data.files is not None:
             dumped.pop("split", None)  # with files the split is the files; writing it would be rejected
+        if self.seeds is None:
+            dumped.pop("split_per_seed", None)  # a single-seed run's config.yaml (and folder name) as before seeds
         return dumped
 
 

@@ -15,20 +15,32 @@ from __future__ import annotations
 import html
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from recstack.experiment import charts as C
 from recstack.experiment import rundir
+from recstack.experiment import seeds as S
 from recstack.fs import atomic_write_text
 
 
 @dataclass
 class Leaderboard:
     columns: list[str]
-    rows: list[list[Any]]  # first cell the label (str), then floats or None
+    rows: list[list[Any]]  # first cell the label (str), then floats or None (a multi-seed run: also text)
     sort_label: str
+    # a multi-seed run: the seeds, and per label the mean of the sorted-by figure and its interval over seeds
+    seeds: list[int] | None = None
+    means: dict[str, float | None] = field(default_factory=dict)
+    intervals: dict[str, tuple[float, float, int]] = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        if self.seeds is None:
+            return f"sorted by test {self.sort_label}"
+        return (f"sorted by the mean test {self.sort_label} over {len(self.seeds)} seeds; ≈: its interval overlaps "
+                "the next row's")
 
 
 def main_k(ks: Sequence[int]) -> int:
@@ -46,6 +58,8 @@ def leaderboard(metrics: dict[str, dict[str, Any]], ks: Sequence[int], valid_met
     sort_label = f"NDCG@{k}"
     if not any(sort_label in entry.get("test", {}) for entry in metrics.values()):
         sort_label = valid_metric
+    if any("across_seeds" in entry for entry in metrics.values()):
+        return _seed_leaderboard(metrics, k, sort_label, valid_metric)
     columns = ["model", f"valid {valid_metric}", f"test {sort_label}",
                *[f"{name}@{k}" for name in ("Recall", "MRR", "Hit", "Coverage")], "fit s"]
     rows = []
@@ -56,6 +70,38 @@ def leaderboard(metrics: dict[str, dict[str, Any]], ks: Sequence[int], valid_met
                      _number(entry.get("fit_seconds"))])
     rows.sort(key=lambda row: (row[2] is None, -(row[2] or 0.0)))
     return Leaderboard(columns, rows, sort_label)
+
+
+_TEST_COLUMNS = ("Recall", "MRR", "Hit", "Coverage")
+
+
+def _seed_leaderboard(metrics: dict[str, dict[str, Any]], k: int, sort_label: str, valid_metric: str) -> Leaderboard:
+    """A multi-seed run's rows: mean ± sd over seeds, sorted by the mean test `sort_label`, with its
+    interval over seeds, the overlap mark and the per-seed values."""
+    seeds = next(entry["seeds"] for entry in metrics.values() if "seeds" in entry)
+    # test columns no model has are left out: the per-seed values make this table wide already
+    shown = [name for name in _TEST_COLUMNS if any(f"{name}@{k}" in entry.get("test", {}) for entry in metrics.values())]
+    columns = ["model", f"valid {valid_metric}", f"test {sort_label}", f"{S.CONFIDENCE:.0%} interval (seeds)", "≈",
+               f"test {sort_label} per seed", *[f"{name}@{k}" for name in shown], "fit s"]
+    means = {label: _number(entry.get("test", {}).get(sort_label)) for label, entry in metrics.items()}
+    order = sorted(metrics, key=lambda label: (means[label] is None, -(means[label] or 0.0)))
+    spreads = {label: S.spread_of(metrics[label], "test", sort_label) for label in order}
+    marks = S.overlaps_next([(c.low, c.high) if c else (None, None) for c in spreads.values()])
+    rows, intervals = [], {}
+    for label, mark in zip(order, marks):
+        entry, main = metrics[label], spreads[label]
+        if main is not None and main.low is not None:
+            intervals[label] = (main.low, main.high, main.n)
+        per_seed = " ".join(_cell(_number(v)) for _, v in S.per_seed_values(entry, "test", sort_label))
+        rows.append([label, _shown(entry, "valid", valid_metric), None if main is None else main.shown(),
+                     _interval(intervals.get(label)), "≈" if mark else "", per_seed,
+                     *[_shown(entry, "test", f"{name}@{k}") for name in shown], _number(entry.get("fit_seconds"))])
+    return Leaderboard(columns, rows, sort_label, list(seeds), {label: means[label] for label in order}, intervals)
+
+
+def _shown(entry: dict[str, Any], part: str, metric: str) -> str | None:
+    cell = S.spread_of(entry, part, metric)
+    return None if cell is None else cell.shown()
 
 
 # ---- blocks: one description, two renderings ---------------------------------------------------
@@ -113,7 +159,7 @@ def _blocks(run_dir: Path) -> tuple[str, list[Any]]:
     blocks: list[Any] = [_Paragraph(
         f"Run `{manifest.get('run_name', run_dir.name)}`, started {manifest['started']}, "
         f"finished {manifest['finished']} "
-        f"({manifest['total_seconds']:.1f} s), seed {manifest['seed']}.")]
+        f"({manifest['total_seconds']:.1f} s), {_seed_words(manifest)}.")]
 
     # protocol
     skipped = {part: sorted({entry["n_skipped_users"][part] for entry in metrics.values()})
@@ -126,6 +172,9 @@ def _blocks(run_dir: Path) -> tuple[str, list[Any]]:
         _Table(["setting", "value"], [
             ["split", f"{split['method']} ({params})"],
             ["split fingerprint", split["fingerprint"]],
+            *([["split fingerprint per seed", ", ".join(f"{seed}: {fingerprint}" for seed, fingerprint in
+                                                        manifest["seeds"].get("split_fingerprints", {}).items())]]
+              if manifest.get("seeds", {}).get("split_per_seed") else []),
             ["data fingerprint", dataset["fingerprint"]],
             ["ranking", f"{protocol['ranking']} (all {split.get('n_items', '?')} items are candidates)"
                         if "item_pool_sizes" not in split else
@@ -137,31 +186,50 @@ def _blocks(run_dir: Path) -> tuple[str, list[Any]]:
             ["users skipped, no held-out items (valid / test)",
              " / ".join(_join(skipped.get(p, [])) for p in ("valid", "test"))],
             *_cold_user_rows(protocol.get("cold_users")),
+            *_unscorable_rows(metrics, (protocol.get("cold_users") or {}).get("policy", "include")),
             ["model selection", f"validation {valid_metric} only; test figures choose nothing"],
         ]),
     ]
 
     # leaderboard
     labels = protocol.get("metrics") or sorted({m for e in metrics.values() for m in e.get("test", {})})
-    cis = _leaderboard_cis(run_dir, board)
-    columns = [*board.columns[:3], f"{C.CI_PCT} CI", *board.columns[3:]]
-    rows = [[*row[:3], _interval(cis.get(row[0])), *row[3:]] for row in board.rows]
-    blocks += [
-        _Heading("Leaderboard"),
-        _Paragraph(f"Sorted by test {board.sort_label}. {C.CI_PCT} CI of test {board.sort_label}: "
-                   f"{C.BOOTSTRAP_NOTE}. Recall, MRR, Hit and Coverage are test figures."),
-        _Table(columns, rows),
-    ]
     order = [row[0] for row in board.rows]
+    if board.seeds is None:
+        cis = _leaderboard_cis(run_dir, board)
+        columns = [*board.columns[:3], f"{C.CI_PCT} CI", *board.columns[3:]]
+        rows = [[*row[:3], _interval(cis.get(row[0])), *row[3:]] for row in board.rows]
+        points = [(row[0], row[2]) for row in board.rows]
+        note = (f"Sorted by test {board.sort_label}. {C.CI_PCT} CI of test {board.sort_label}: "
+                f"{C.BOOTSTRAP_NOTE}. Recall, MRR, Hit and Coverage are test figures.")
+    else:
+        cis, columns, rows = board.intervals, board.columns, board.rows
+        points = [(label, board.means.get(label)) for label in order]
+        note = (f"Mean ± sample standard deviation over {len(board.seeds)} seeds ({', '.join(map(str, board.seeds))}), "
+                f"sorted by the mean test {board.sort_label}. {S.INTERVAL_NOTE}. ≈ marks a model whose interval "
+                "overlaps the next row's: the run does not order those two. The interval reflects the training "
+                "seeds" + (" and the re-drawn splits" if manifest.get("seeds", {}).get("split_per_seed") else "")
+                + ", not the choice of test users (`recstack compare` tests both). Recall, MRR, Hit and Coverage "
+                "are test figures; fit s is the mean per seed.")
+    blocks += [_Heading("Leaderboard"), _Paragraph(note), _Table(columns, rows)]
     if board.rows:
-        blocks.append(_Chart(C.leaderboard_chart([(r[0], r[2]) for r in board.rows], board.sort_label, cis)))
+        blocks.append(_Chart(C.leaderboard_chart(points, board.sort_label, cis,
+                                                 None if board.seeds is None else S.INTERVAL_NOTE)))
         blocks += [_Chart(chart) for chart in C.k_curves(metrics, ks, order=order) if len(ks) > 1]
     for part in ("test", "valid"):
         blocks += [
-            _Heading(f"All {'test' if part == 'test' else 'validation'} metrics", 3),
-            _Table(["model", *labels], [[row[0], *[_number(metrics[row[0]][part].get(m)) for m in labels]]
-                                        for row in board.rows]),
+            _Heading(f"All {'test' if part == 'test' else 'validation'} metrics"
+                     + ("" if board.seeds is None else " (mean ± sd over seeds)"), 3),
+            _Table(["model", *labels], [[label, *[_number(metrics[label][part].get(m)) if board.seeds is None
+                                                  else _shown(metrics[label], part, m) for m in labels]]
+                                        for label in order]),
         ]
+    if board.seeds is not None:
+        blocks += _per_seed_blocks(metrics, order, labels, valid_metric, board.seeds)
+        # the analysis sections describe the first seed's models (those saved as models/<label>/)
+        metrics = {label: entry.get("per_seed", {}).get(str(board.seeds[0]), entry) for label, entry in metrics.items()}
+        curves = {label: curve for label, curve in curves.items() if label in metrics}
+        blocks.append(_Paragraph(f"The sections below describe the first seed's models ({board.seeds[0]}, saved as "
+                                 "models/<label>/); every seed's figures are in metrics.json under `per_seed`."))
 
     blocks += _analysis_blocks(metrics, order, ks)
 
@@ -215,6 +283,30 @@ def _blocks(run_dir: Path) -> tuple[str, list[Any]]:
     return title, blocks
 
 
+def _seed_words(manifest: dict[str, Any]) -> str:
+    """'seed 2020', or for a multi-seed run its seeds and how the split was drawn."""
+    multi = manifest.get("seeds")
+    if not multi:
+        return f"seed {manifest['seed']}"
+    split = ("the split re-drawn with each seed" if multi.get("split_per_seed")
+             else f"one split drawn with seed {manifest['seed']}")
+    return f"seeds {', '.join(map(str, multi['seeds']))} (each model trained once per seed; {split})"
+
+
+def _per_seed_blocks(metrics: dict[str, Any], order: list[str], labels: list[str], valid_metric: str,
+                     seeds: list[int]) -> list[Any]:
+    """One row per model and seed: the validation metric and every test metric."""
+    rows = []
+    for label in order:
+        per_seed = metrics[label].get("per_seed", {})
+        for seed in seeds:
+            record = per_seed.get(str(seed), {})
+            rows.append([label, str(seed), _number(record.get("valid", {}).get(valid_metric)),
+                         *[_number(record.get("test", {}).get(m)) for m in labels]])
+    return [_Heading("Per-seed values", 3),
+            _Table(["model", "seed", f"valid {valid_metric}", *[f"test {m}" for m in labels]], rows)]
+
+
 def _history_rows(protocol: dict[str, Any]) -> list[list[Any]]:
     """The protocol table's rows on what each part's users are ranked with (`test_history`) and which
     items their lists leave out (`mask_history`)."""
@@ -261,6 +353,21 @@ def _cold_user_rows(cold: dict[str, Any] | None) -> list[list[Any]]:
         rows.append([f"users ranked by the fallback {cold.get('fallback')!r}, share of the evaluated (valid / test)",
                      per_part("n_fallback")])
     return rows
+
+
+def _unscorable_rows(metrics: dict[str, Any], policy: str) -> list[list[Any]]:
+    """A protocol row naming the models that said they cannot score some evaluated users (a user
+    embedding that never trained, an empty history), with how many, and who ranked those users."""
+    cells = []
+    for label, entry in metrics.items():
+        counts = entry.get("n_unscorable_users") or {}
+        if any(counts.get(part) for part in ("valid", "test")):
+            cells.append(f"{label} {counts.get('valid', 0):,} / {counts.get('test', 0):,}")
+    if not cells:
+        return []
+    who = {"fallback": "ranked by the fallback model", "skip": "ranked by the model itself (not cold by history, so "
+           "not skipped)"}.get(policy, "ranked by the model itself (policy include)")
+    return [["users a model says it cannot score (valid / test)", f"{'; '.join(cells)}: {who}"]]
 
 
 _SIDE_BY_SIDE = (("coverage", "Coverage"), ("novelty", "Novelty"), ("APLT", "APLT"),

@@ -39,7 +39,7 @@ from recstack.abilities import TrainedByEpochs
 from recstack.data.dataset import Dataset
 from recstack.errors import RecstackError, RecstackWarning
 from recstack.evaluate.evaluator import ColdUsers, EvalResult, HistoryCounts, count_history, evaluate, rank
-from recstack.experiment import rundir
+from recstack.experiment import rundir, seeds
 from recstack.experiment.analysis import RunAnalysis
 from recstack.experiment.config import ExperimentConfig, ModelEntry, load_config, parse_config
 from recstack.experiment.report import write_report
@@ -67,7 +67,8 @@ class RunResult:
     dataset: Dataset
     models: dict[str, Any]
     config: ExperimentConfig
-    results: dict[str, dict[str, EvalResult]] = field(default_factory=dict)
+    results: dict[str, dict[str, EvalResult]] = field(default_factory=dict)  # a multi-seed run: its first seed's
+    seed_results: dict[int, dict[str, dict[str, EvalResult]]] = field(default_factory=dict)  # multi-seed: per seed
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -113,23 +114,39 @@ def _files_dataset(config: ExperimentConfig, split: Split) -> Dataset:
 
 
 def prepare_data(config: ExperimentConfig) -> tuple[Dataset, Split]:
-    """Load, preprocess and split as the config says; deterministic given the config and the files."""
+    """Load, preprocess and split as the config says; deterministic given the config and the files.
+
+    A multi-seed run with `split_per_seed` gets its first seed's split here (`split_data` the others).
+    """
     if config.data.files is not None:
         split = _split_from_files(config)
         dataset = _files_dataset(config, split)
-    else:
-        from recstack.data.prep import preprocess
-        from recstack.split import make_split
+        _check_split(config, dataset, split)
+        return dataset, split
+    from recstack.data.prep import preprocess
 
-        dataset = load_data(config)
-        p = config.preprocessing
-        dataset = preprocess(dataset, threshold=p.threshold, dedup=p.dedup, user_core=p.user_core,
-                             item_core=p.item_core)
-        if len(dataset.interactions) == 0:
-            raise RecstackError(
-                f"no interactions left after preprocessing {dataset.name!r} (threshold={p.threshold}, "
-                f"user_core={p.user_core}, item_core={p.item_core}); relax the filters")
-        split = make_split(dataset.interactions, config.split.method, seed=config.seed, **config.split.params)
+    dataset = load_data(config)
+    p = config.preprocessing
+    dataset = preprocess(dataset, threshold=p.threshold, dedup=p.dedup, user_core=p.user_core,
+                         item_core=p.item_core)
+    if len(dataset.interactions) == 0:
+        raise RecstackError(
+            f"no interactions left after preprocessing {dataset.name!r} (threshold={p.threshold}, "
+            f"user_core={p.user_core}, item_core={p.item_core}); relax the filters")
+    return dataset, split_data(config, dataset)
+
+
+def split_data(config: ExperimentConfig, dataset: Dataset, seed: int | None = None) -> Split:
+    """The preprocessed `dataset` split as the config says, drawn with `config.split_seed(seed)`."""
+    from recstack.split import make_split
+
+    split = make_split(dataset.interactions, config.split.method, seed=config.split_seed(seed),
+                       **config.split.params)
+    _check_split(config, dataset, split)
+    return split
+
+
+def _check_split(config: ExperimentConfig, dataset: Dataset, split: Split) -> None:
     if len(split.train) == 0:
         raise RecstackError(f"the training part of {dataset.name!r} is empty; check the split or the files")
     if len(split.test) == 0:
@@ -138,7 +155,6 @@ def prepare_data(config: ExperimentConfig) -> tuple[Dataset, Split]:
     if depth > split.train.n_items:
         raise RecstackError(f"k={depth} is larger than the catalogue of {dataset.name!r} ({split.train.n_items} "
                             f"items); choose cut-offs (ks) <= {split.train.n_items}")
-    return dataset, split
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -180,20 +196,14 @@ def run_experiment(
 
     fingerprint = hashlib.sha1(
         (json.dumps(config.to_dict(), sort_keys=True) + split.fingerprint()).encode()).hexdigest()[:8]
-    analysis = RunAnalysis(config, dataset, split)  # checks the slice columns before anything trains
-    policy = cold_users(config, dataset, split)  # fits the fallback model once, when the policy has one
-    analysis.cold_users = policy
-    counts = history_counts(split, policy, config.test_history)
-    for part, part_counts in counts.items():
-        say(f"  {part}: {describe_counts(part_counts)}")
-        warning = cold_warning(part, part_counts)
-        if warning:
-            warnings.warn(warning, RecstackWarning, stacklevel=2)
+    repetitions = _repetitions(config, dataset, split, say)  # one per seed; the first is `split`'s
+    counts = repetitions[0].counts
     models: dict[str, Any] = {}
     results: dict[str, dict[str, EvalResult]] = {}
     metrics: dict[str, dict[str, Any]] = {}
     curves: dict[str, list[dict[str, Any]]] = {}
     timings: dict[str, dict[str, float]] = {}
+    seed_results: dict[int, dict[str, dict[str, EvalResult]]] = {rep.seed: {} for rep in repetitions}
 
     writer = _claim_run_dir(config, dataset, started, fingerprint, run_dir)
     target = writer.path
@@ -204,41 +214,105 @@ def run_experiment(
         for position, entry in enumerate(config.models, start=1):
             label = entry.display
             named = f" ({entry.name})" if entry.name != label else ""
-            say(f"[{position}/{len(config.models)}] [bold]{label}[/bold]{named} fitting ...")
-            fitted = fit_entry(config, entry, dataset, split, log=rundir.log_path(tmp, label), progress=progress,
-                               cold_users=policy)
-            model = fitted.model
-            part_results, eval_seconds = _score(model, config, split, policy)
-            peak_mb = _peak_rss_mb()
-            model.save(rundir.model_dir(tmp, label))  # every Recommender saves
-            models[label], results[label] = model, part_results
-            metrics[label], timings[label] = _model_record(entry, fitted, part_results, eval_seconds, peak_mb)
-            tick = time.perf_counter()
-            metrics[label].update(analysis.for_model(model, part_results["test"]))
-            timings[label]["analysis_seconds"] = time.perf_counter() - tick
-            if isinstance(model, TrainedByEpochs) and model.history_:
-                curves[label] = [dict(epoch) for epoch in model.history_]
-                # the epoch whose weights the fitted model keeps (best validation epoch, restored)
-                metrics[label]["best_epoch"] = int(model.best_epoch_)
-            say(f"      fit {fitted.fit_seconds:.1f} s, eval {sum(eval_seconds.values()):.1f} s; valid "
-                f"{config.valid_metric} {_fmt(part_results['valid'].metrics.get(config.valid_metric))}, test "
-                f"{config.valid_metric} {_fmt(part_results['test'].metrics.get(config.valid_metric))}")
+            records: dict[int, dict[str, Any]] = {}
+            for rep in repetitions:
+                # the first seed's model is saved as models/<label>/, as a single-seed run's
+                name = label if rep is repetitions[0] else rundir.seed_label(label, rep.seed)
+                seed_note = f" seed {rep.seed}" if config.is_multi_seed else ""
+                say(f"[{position}/{len(config.models)}] [bold]{label}[/bold]{named}{seed_note} fitting ...")
+                model, part_results, records[rep.seed], timings[name], curve = _fit_and_score(
+                    config.for_seed(rep.seed), entry, dataset, rep, tmp, name, progress)
+                if curve is not None:
+                    curves[name] = curve
+                seed_results[rep.seed][label] = part_results
+                if rep is repetitions[0]:
+                    models[label], results[label] = model, part_results
+                say(f"      fit {records[rep.seed]['fit_seconds']:.1f} s, eval "
+                    f"{sum(records[rep.seed]['eval_seconds'].values()):.1f} s; valid "
+                    f"{config.valid_metric} {_fmt(part_results['valid'].metrics.get(config.valid_metric))}, test "
+                    f"{config.valid_metric} {_fmt(part_results['test'].metrics.get(config.valid_metric))}")
+            metrics[label] = seeds.aggregate(records) if config.is_multi_seed else records[repetitions[0].seed]
 
         finished = datetime.now(timezone.utc)
         manifest = {"run_name": target.name,
                     **_manifest(config, dataset, split, started, finished, data_seconds, timings, results, counts)}
+        if config.is_multi_seed:
+            manifest["seeds"] = {"seeds": config.run_seeds, "split_per_seed": config.split_per_seed,
+                                 "split_fingerprints": {str(rep.seed): rep.split.fingerprint() for rep in repetitions}}
         rundir.write_yaml(tmp / rundir.CONFIG, config.to_dict())
         rundir.write_json(tmp / rundir.MANIFEST, manifest)
         rundir.write_json(tmp / rundir.METRICS, metrics)
         rundir.write_json(tmp / rundir.CURVES, curves)
-        rundir.write_per_user(tmp / rundir.PER_USER, results, split)
+        if config.is_multi_seed:
+            rundir.write_per_user_seeds(tmp / rundir.PER_USER,
+                                        [(rep.seed, seed_results[rep.seed], rep.split) for rep in repetitions])
+        else:
+            rundir.write_per_user(tmp / rundir.PER_USER, results, split)
         rundir.write_history(tmp / rundir.HISTORY, split, dataset)
         write_report(tmp)
 
     if progress:
         console.print(leaderboard_table(metrics, config))
         say(f"run directory: [bold]{escape(str(target))}[/bold]")
-    return RunResult(target, metrics, split, dataset, models, config, results)
+    return RunResult(target, metrics, split, dataset, models, config, results,
+                     seed_results if config.is_multi_seed else {})
+
+
+@dataclass
+class _Repetition:
+    """One seed of a run: its split (shared unless `split_per_seed`), cold-user policy, counts and analysis."""
+
+    seed: int
+    split: Split
+    policy: ColdUsers
+    counts: dict[str, HistoryCounts]
+    analysis: RunAnalysis
+
+
+def _repetitions(config: ExperimentConfig, dataset: Dataset, split: Split, say: Any) -> list[_Repetition]:
+    """The run's repetitions, each split's policy fitted and its counts printed (and warned about) once."""
+    out: list[_Repetition] = []
+    for position, seed in enumerate(config.run_seeds):
+        if position and not config.split_per_seed:
+            out.append(_Repetition(seed, split, out[0].policy, out[0].counts, out[0].analysis))
+            continue
+        if position:
+            split = split_data(config, dataset, seed)
+            say(f"  split for seed {seed}: fingerprint {split.fingerprint()}")
+        analysis = RunAnalysis(config, dataset, split)  # checks the slice columns before anything trains
+        policy = cold_users(config, dataset, split)  # fits the fallback model once, when the policy has one
+        analysis.cold_users = policy
+        counts = history_counts(split, policy, config.test_history)
+        for part, part_counts in counts.items():
+            say(f"  {part}: {describe_counts(part_counts)}")
+            warning = cold_warning(part, part_counts)
+            if warning:
+                warnings.warn(warning, RecstackWarning, stacklevel=3)
+        out.append(_Repetition(seed, split, policy, counts, analysis))
+    return out
+
+
+def _fit_and_score(config: ExperimentConfig, entry: ModelEntry, dataset: Dataset, rep: _Repetition, tmp: Path,
+                   name: str, progress: bool) -> tuple[Any, dict[str, EvalResult], dict[str, Any], dict[str, float],
+                                                       list[dict[str, Any]] | None]:
+    """Fit one entry on one repetition, score it, save it as models/<name>/: the model, its results, its
+    metrics.json record, its manifest timings and its training curve (None without one)."""
+    fitted = fit_entry(config, entry, dataset, rep.split, log=rundir.log_path(tmp, name), progress=progress,
+                       cold_users=rep.policy)
+    model = fitted.model
+    part_results, eval_seconds = _score(model, config, rep.split, rep.policy)
+    peak_mb = _peak_rss_mb()
+    model.save(rundir.model_dir(tmp, name))  # every Recommender saves
+    record, timings = _model_record(entry, fitted, part_results, eval_seconds, peak_mb)
+    tick = time.perf_counter()
+    record.update(rep.analysis.for_model(model, part_results["test"]))
+    timings["analysis_seconds"] = time.perf_counter() - tick
+    curve = None
+    if isinstance(model, TrainedByEpochs) and model.history_:
+        curve = [dict(epoch) for epoch in model.history_]
+        # the epoch whose weights the fitted model keeps (best validation epoch, restored)
+        record["best_epoch"] = int(model.best_epoch_)
+    return model, part_results, record, timings, curve
 
 
 def _score(model: Any, config: ExperimentConfig, split: Split, policy: ColdUsers
@@ -266,6 +340,8 @@ def _model_record(entry: ModelEntry, fitted: Fitted, parts: dict[str, EvalResult
         "eval_seconds": eval_seconds,
         "n_users": {p: int(len(r.users)) for p, r in parts.items()},
         "n_skipped_users": {p: r.n_skipped_users for p, r in parts.items()},
+        # the evaluated users this model says it cannot score (`can_score`); the policy decided their lists
+        "n_unscorable_users": {p: r.history_counts.n_unscorable for p, r in parts.items() if r.history_counts},
     }
     timings = {"fit_seconds": fitted.fit_seconds, **{f"eval_{p}_seconds": s for p, s in eval_seconds.items()},
                "peak_rss_mb": peak_mb}
@@ -434,19 +510,33 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 
 def leaderboard_table(metrics: dict[str, dict[str, Any]], config: ExperimentConfig):
-    """A rich table of the run, sorted by test NDCG@k (k = 10 when computed, else the smallest k)."""
+    """A rich table of the run, sorted by test NDCG@k (k = 10 when computed, else the smallest k); a
+    multi-seed run's shows mean ± sd and the interval over seeds with the overlap mark, then a table of
+    the per-seed values (MRR, Hit and Coverage are left to the report to keep it narrow)."""
+    from rich.console import Group
     from rich.table import Table
 
     from recstack.experiment.report import leaderboard
 
     board = leaderboard(metrics, config.ks, config.valid_metric)
-    table = Table(title=f"leaderboard (sorted by test {board.sort_label})")
-    for column in board.columns:
-        table.add_column(column, justify="left" if column == "model" else "right")
+    table = Table(title=f"leaderboard ({board.title})")
+    keep = [i for i, column in enumerate(board.columns)
+            if board.seeds is None or not column.startswith(("MRR", "Hit", "Coverage")) and "per seed" not in column]
+    for i in keep:
+        table.add_column(board.columns[i], justify="left" if board.columns[i] == "model" else "right")
     for row in board.rows:
-        table.add_row(*[cell if isinstance(cell, str) else _fmt(cell, 1 if header == "fit s" else 4)
-                        for header, cell in zip(board.columns, row)])
-    return table
+        table.add_row(*[escape(row[i]) if isinstance(row[i], str) else _fmt(row[i], 1 if board.columns[i] == "fit s"
+                                                                               else 4) for i in keep])
+    if board.seeds is None:
+        return table
+    per_seed = Table(title=f"test {board.sort_label} per seed")
+    per_seed.add_column("model")
+    for seed in board.seeds:
+        per_seed.add_column(str(seed), justify="right")
+    for row in board.rows:
+        values = dict(seeds.per_seed_values(metrics[row[0]], "test", board.sort_label))
+        per_seed.add_row(row[0], *[_fmt(values.get(seed)) for seed in board.seeds])
+    return Group(table, per_seed)
 
 
 # ---- reading a run back ------------------------------------------------------------------------
@@ -467,7 +557,7 @@ class LoadedRun:
         return [entry.display for entry in self.config.models]
 
     def model(self, label: str):
-        """The saved model `label` (loaded from models/<label>/)."""
+        """The saved model `label` (loaded from models/<label>/; `<label>@seed<s>`: a further seed's)."""
         return _saved_model(self.run_dir, self.labels, label, self.trust)
 
 
@@ -475,7 +565,8 @@ def _saved_model(run_dir: Path, labels: list[str], label: str, trust: bool = Fal
     from recstack.models import load_model
 
     path = rundir.model_dir(run_dir, label)
-    if label not in labels or not (path / rundir.SAVED_MODEL).is_file():
+    # `<label>@seed<s>`: a multi-seed run's model of a further seed
+    if rundir.split_seed_label(label)[0] not in labels or not (path / rundir.SAVED_MODEL).is_file():
         saved = rundir.saved_models(run_dir)
         close = difflib.get_close_matches(label, saved, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""

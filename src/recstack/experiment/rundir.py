@@ -29,8 +29,10 @@ METRICS = "metrics.json"  # per model: valid and test metrics, beyond-accuracy, 
 CURVES = "curves.json"  # training curves of models that keep `history_`
 PER_USER = "per_user.parquet"  # long format, external user ids
 HISTORY = "history.npz"  # every event of the split, both vocabularies, item titles
-MODELS = "models"  # models/<label>/: each fitted model
+MODELS = "models"  # models/<label>/: each fitted model (a multi-seed run: its first seed's)
 LOGS = "logs"  # logs/<label>.jsonl: the epochs of each trained model
+# a multi-seed run's further seeds: models/<label>@seed<s>/, logs/<label>@seed<s>.jsonl (no label holds '@')
+SEED_MARK = "@seed"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 PLOTS = "plots"  # plots/<chart>.png
@@ -43,8 +45,20 @@ def model_dir(run_dir: Path, label: str) -> Path:
     return run_dir / MODELS / label
 
 
+def seed_label(label: str, seed: int) -> str:
+    """The name of `label`'s model of a further seed of a multi-seed run (its first seed's is `label`)."""
+    return f"{label}{SEED_MARK}{seed}"
+
+
+def split_seed_label(name: str) -> tuple[str, int | None]:
+    """'ease@seed7' -> ('ease', 7); a plain label -> (label, None)."""
+    label, mark, seed = name.partition(SEED_MARK)
+    return (label, int(seed)) if mark and seed.isdigit() else (name, None)
+
+
 def saved_models(run_dir: Path) -> list[str]:
-    """The labels with a saved model, sorted."""
+    """The names of the saved models, sorted: the labels, and `<label>@seed<s>` for a multi-seed run's
+    further seeds (each a name `recommend` takes)."""
     return [p.name for p in sorted((run_dir / MODELS).glob("*")) if (p / SAVED_MODEL).is_file()]
 
 
@@ -99,24 +113,43 @@ def write_yaml(path: Path, value: Any) -> None:
 
 
 def write_per_user(path: Path, results: dict[str, dict[str, EvalResult]], split: Split) -> None:
+    """Per-user values in long format: model, part, user_id, metric, value."""
+    _write_per_user(path, [(None, results, split)])
+
+
+def write_per_user_seeds(path: Path, repetitions: list[tuple[int, dict[str, dict[str, EvalResult]], Split]]) -> None:
+    """A multi-seed run's per-user values: as `write_per_user`, each row with its `seed` (seed, results,
+    split of that repetition)."""
+    _write_per_user(path, repetitions)
+
+
+def _write_per_user(path: Path, repetitions: list[tuple[int | None, dict[str, dict[str, EvalResult]], Split]]
+                    ) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    with_seed = any(seed is not None for seed, _, _ in repetitions)
     columns: dict[str, list[np.ndarray]] = {"model": [], "part": [], "user_id": [], "metric": [], "value": []}
-    user_ids = split.train.users.ids
-    for label, parts in results.items():
-        for part, result in parts.items():
-            external = user_ids[result.users]
-            for metric, values in result.per_user.items():
-                n = len(values)
-                columns["model"].append(np.full(n, label, dtype=object))
-                columns["part"].append(np.full(n, part, dtype=object))
-                columns["user_id"].append(external)
-                columns["metric"].append(np.full(n, metric, dtype=object))
-                columns["value"].append(np.asarray(values, dtype=np.float64))
+    if with_seed:
+        columns["seed"] = []
+    for seed, results, split in repetitions:
+        user_ids = split.train.users.ids
+        for label, parts in results.items():
+            for part, result in parts.items():
+                external = user_ids[result.users]
+                for metric, values in result.per_user.items():
+                    n = len(values)
+                    columns["model"].append(np.full(n, label, dtype=object))
+                    columns["part"].append(np.full(n, part, dtype=object))
+                    columns["user_id"].append(external)
+                    columns["metric"].append(np.full(n, metric, dtype=object))
+                    columns["value"].append(np.asarray(values, dtype=np.float64))
+                    if with_seed:
+                        columns["seed"].append(np.full(n, seed, dtype=np.int64))
     arrays = {}
     for name, chunks in columns.items():
-        joined = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.float64 if name == "value" else object)
+        empty = np.empty(0, dtype=np.float64 if name == "value" else np.int64 if name == "seed" else object)
+        joined = np.concatenate(chunks) if chunks else empty
         if name == "user_id" and joined.dtype.kind not in "iu":
             joined = joined.astype(str).astype(object)  # mixed or string ids: one string column
         arrays[name] = pa.array(joined, type=pa.string() if joined.dtype == object else None)

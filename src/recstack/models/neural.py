@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from recstack.data.interactions import Interactions
-from recstack.models.protocol import ModelConfig, SaveLoad, check_trainable, is_fitted_name
+from recstack.models.protocol import ModelConfig, SaveLoad, ScoresTrainedUsers, check_trainable, is_fitted_name
 from recstack.train.fields import TrainingFields
 from recstack.train.options import DEFAULT_FIT_OPTIONS, FitOptions
 from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
@@ -117,10 +117,13 @@ class TorchRecommender(SaveLoad):
         config = TrainerConfig.from_fields(fields, self.config.seed, **{**self.trainer_settings(), **settings})
         trainer = Trainer(config, options or DEFAULT_FIT_OPTIONS)
 
+        # which users got an embedding, for `ScoresTrainedUsers.can_score` (validation views included)
+        coverage = {"trained_users_": train.user_counts() > 0} if isinstance(self, ScoresTrainedUsers) else {}
+
         def scorer():  # the model itself, holding the module's current weights and no earlier fit's state
             view = copy.copy(self)
             view.__dict__ = {name: value for name, value in vars(self).items() if not is_fitted_name(name)}
-            view.__dict__.update(export(module))
+            view.__dict__.update(export(module), **coverage)
             return view
 
         history = trainer.fit(module, batch_loss or self.batch_loss, batches or self.batches, scorer,
@@ -129,4 +132,4 @@ class TorchRecommender(SaveLoad):
         best_epoch = trainer.best_epoch if trainer.best_epoch is not None else len(history)
         with torch.no_grad():  # the trainer leaves the module in eval mode with the best weights
             fitted = export(module)
-        return {**fitted, "history_": history, "best_epoch_": best_epoch}
+        return {**fitted, **coverage, "history_": history, "best_epoch_": best_epoch}

@@ -24,7 +24,9 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from recstack.abilities import ListRecommender, Scorer, TrainedByEpochs, UsesDataset  # noqa: F401  (re-exported)
+from recstack.abilities import (  # noqa: F401  (re-exported)
+    ListRecommender, Scorer, TrainedByEpochs, UserCoverage, UsesDataset,
+)
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.fs import atomic_directory
@@ -129,6 +131,48 @@ def gather_items(scores: np.ndarray, items: np.ndarray | None) -> np.ndarray:
 def history_rows(history: Interactions, users: np.ndarray) -> sp.csr_matrix:
     """Binary CSR rows of `users` in `history` (rows = users)."""
     return history.matrix()[np.asarray(users)]
+
+
+# ---- which users a model can score (the `UserCoverage` ability) -------------------------------
+
+def users_with_history(users: np.ndarray, history: Interactions) -> np.ndarray:
+    """Which of `users` have at least one event in `history` (False beyond its user vocabulary)."""
+    users = np.asarray(users, dtype=np.int64)
+    counts = history.user_counts()
+    inside = (users >= 0) & (users < len(counts))
+    out = np.zeros(len(users), dtype=bool)
+    out[inside] = counts[users[inside]] > 0
+    return out
+
+
+class ScoresFromHistory:
+    """Scores a user from the history it is given (neighbourhoods, autoencoders, ALS fold-in, the
+    sequential and generative models): an empty history leaves nothing to score from."""
+
+    def can_score(self, users: np.ndarray, history: Interactions) -> np.ndarray:
+        return users_with_history(users, history)
+
+
+class ScoresTrainedUsers:
+    """Scores a user with an embedding learned in `fit` (MF, the graph family): only users with
+    training events have one; `trained_users_` (bool per training user) is set by the fit."""
+
+    def can_score(self, users: np.ndarray, history: Interactions) -> np.ndarray:
+        check_fitted(self, "trained_users_")
+        users = np.asarray(users, dtype=np.int64)
+        trained = np.asarray(self.trained_users_, dtype=bool)
+        inside = (users >= 0) & (users < len(trained))
+        out = np.zeros(len(users), dtype=bool)
+        out[inside] = trained[users[inside]]
+        return out
+
+
+class ScoresEveryUser:
+    """Gives every user the same kind of list whatever their history (Pop, Random): nothing is
+    missing for a user without one."""
+
+    def can_score(self, users: np.ndarray, history: Interactions) -> np.ndarray:
+        return np.ones(len(np.asarray(users)), dtype=bool)
 
 
 # ---- persistence without pickle ---------------------------------------------------------

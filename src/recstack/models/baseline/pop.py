@@ -12,7 +12,7 @@ import numpy as np
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
+from recstack.models.protocol import ModelConfig, SaveLoad, ScoresEveryUser, check_fitted
 from recstack.train.options import FitOptions
 
 
@@ -20,7 +20,7 @@ class PopConfig(ModelConfig):
     """No hyper-parameters beyond `seed` (unused: Pop is deterministic)."""
 
 
-class Pop(SaveLoad):
+class Pop(ScoresEveryUser, SaveLoad):
     """Scores every item by its training interaction count."""
 
     Config = PopConfig

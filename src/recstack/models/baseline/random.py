@@ -13,7 +13,7 @@ import numpy as np
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted
+from recstack.models.protocol import ModelConfig, SaveLoad, ScoresEveryUser, check_fitted
 from recstack.train.options import FitOptions
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -33,7 +33,7 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-class Random(SaveLoad):
+class Random(ScoresEveryUser, SaveLoad):
     """Uniform random scores, deterministic per (seed, user, item)."""
 
     Config = RandomConfig

@@ -31,7 +31,7 @@ from threadpoolctl import threadpool_limits
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted, gather_items
+from recstack.models.protocol import ModelConfig, SaveLoad, ScoresFromHistory, check_fitted, gather_items
 from recstack.train.options import FitOptions
 
 
@@ -50,7 +50,7 @@ def _confidence(matrix: sp.csr_matrix, alpha: float) -> sp.csr_matrix:
     return out
 
 
-class ALS(SaveLoad):
+class ALS(ScoresFromHistory, SaveLoad):
     """Weighted matrix factorisation for implicit feedback, trained by alternating least squares."""
 
     Config = ALSConfig

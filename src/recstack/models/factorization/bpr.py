@@ -29,7 +29,7 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, model_validat
 from recstack.data.interactions import Interactions
 from recstack.models.factorization.sampled_mf import FactorNet, factor_scores, epoch_triples, factor_arrays, training_triples
 from recstack.models.neural import TorchRecommender, TrainingFields
-from recstack.models.protocol import ModelConfig
+from recstack.models.protocol import ModelConfig, ScoresTrainedUsers
 from recstack.train.indexing import gather_rows
 from recstack.train.losses import bpr_loss, l2_penalty
 from recstack.train.trainer import resolve_device
@@ -188,7 +188,7 @@ def _compiled_sgd_step(net: FactorNet, c: BPRConfig, device: torch.device):
     return step
 
 
-class BPR(TorchRecommender):
+class BPR(ScoresTrainedUsers, TorchRecommender):
     """Matrix factorisation trained with the BPR pairwise loss and uniform negative sampling."""
 
     Config = BPRConfig

@@ -25,7 +25,7 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 from recstack.data.interactions import Interactions
 from recstack.models.factorization.sampled_mf import FactorNet, epoch_triples, factor_arrays, training_triples
 from recstack.models.neural import TorchRecommender, TrainingFields
-from recstack.models.protocol import ModelConfig, check_fitted
+from recstack.models.protocol import ModelConfig, ScoresTrainedUsers, check_fitted
 
 
 class CMLConfig(ModelConfig, TrainingFields):
@@ -93,7 +93,7 @@ def _scores(user_factors: np.ndarray, item_factors: np.ndarray, users: np.ndarra
     return scores.astype(np.float32, copy=False)
 
 
-class CML(TorchRecommender):
+class CML(ScoresTrainedUsers, TorchRecommender):
     """Collaborative metric learning: users and items in a unit ball, WARP-weighted hinge loss."""
 
     Config = CMLConfig

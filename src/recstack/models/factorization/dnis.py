@@ -32,7 +32,7 @@ from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.kernels.scoring import dot_scores
 from recstack.models.neural import TorchRecommender, TrainingFields
-from recstack.models.protocol import ModelConfig, check_fitted
+from recstack.models.protocol import ModelConfig, ScoresTrainedUsers, check_fitted
 from recstack.train.losses import bpr_loss, l2_penalty
 from recstack.train.options import FitOptions
 from recstack.train.sampling import EpochPairs, UniformNegativeSampler, positive_keys
@@ -173,7 +173,7 @@ def _column_scale(embedding: np.ndarray, block: np.ndarray, n_blocks: int) -> np
     return np.sqrt(np.asarray(one_hot @ (embedding.astype(np.float64) ** 2)) / sizes)
 
 
-class DNIS(TorchRecommender):
+class DNIS(ScoresTrainedUsers, TorchRecommender):
     """BPR-MF whose user and item embedding dimensions are searched per frequency block (DNIS)."""
 
     Config = DNISConfig

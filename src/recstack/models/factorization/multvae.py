@@ -31,7 +31,7 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, confloat
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.neural import TorchRecommender, TrainingFields
-from recstack.models.protocol import ModelConfig, check_fitted, gather_items
+from recstack.models.protocol import ModelConfig, ScoresFromHistory, check_fitted, gather_items
 from recstack.train.options import FitOptions
 
 
@@ -174,7 +174,7 @@ _WEIGHTS = tuple(f"{layer}_{kind}_" for layer in ("encoder_1", "encoder_2", "dec
                  for kind in ("weight", "bias"))
 
 
-class _MultAutoencoder(TorchRecommender):
+class _MultAutoencoder(ScoresFromHistory, TorchRecommender):
     """Shared fit/score of Mult-VAE and Mult-DAE."""
 
     _variational: bool = False

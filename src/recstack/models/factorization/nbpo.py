@@ -31,7 +31,7 @@ from recstack.data.interactions import Interactions
 from recstack.models.factorization.sampled_mf import sampled_logits
 from recstack.models.kernels.scoring import dot_scores
 from recstack.models.neural import TorchRecommender, TrainingFields
-from recstack.models.protocol import ModelConfig, check_fitted
+from recstack.models.protocol import ModelConfig, ScoresTrainedUsers, check_fitted
 from recstack.train.losses import l2_penalty
 from recstack.train.sampling import EpochPairs, UniformNegativeSampler
 
@@ -130,7 +130,7 @@ def _array(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float32).numpy().copy()
 
 
-class NBPO(TorchRecommender):
+class NBPO(ScoresTrainedUsers, TorchRecommender):
     """Matrix factorisation trained with the noisy-label robust point-wise likelihood (NBPO)."""
 
     Config = NBPOConfig

@@ -23,7 +23,7 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_
 from recstack.data.interactions import Interactions
 from recstack.models.factorization.sampled_mf import epoch_triples, training_triples
 from recstack.models.neural import TorchRecommender, TrainingFields
-from recstack.models.protocol import ModelConfig, check_fitted
+from recstack.models.protocol import ModelConfig, ScoresTrainedUsers, check_fitted
 from recstack.train.losses import bce_loss, l2_penalty
 
 # hidden values (floats) one scoring chunk may hold: users x items x widest hidden layer
@@ -139,7 +139,7 @@ def _scores(w: dict[str, np.ndarray], users: np.ndarray, items: np.ndarray | Non
     return out
 
 
-class NeuMF(TorchRecommender):
+class NeuMF(ScoresTrainedUsers, TorchRecommender):
     """GMF and MLP branches fused by a final linear layer, trained with pointwise log loss."""
 
     Config = NeuMFConfig

@@ -32,7 +32,7 @@ from recstack.errors import RecstackError
 from recstack.models.factorization.sampled_mf import (FactorNet, factor_arrays, factor_scores, sampled_logits,
                                                         training_triples)
 from recstack.models.neural import TorchRecommender, TrainingFields
-from recstack.models.protocol import ModelConfig
+from recstack.models.protocol import ModelConfig, ScoresTrainedUsers
 from recstack.train.losses import l2_penalty
 
 
@@ -85,7 +85,7 @@ def relmf_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor, pos_propensit
     return (pos + neg) / (pos_scores.numel() + neg_scores.numel())
 
 
-class RelMF(TorchRecommender):
+class RelMF(ScoresTrainedUsers, TorchRecommender):
     """Matrix factorisation trained with the Rel-MF inverse-propensity-weighted pointwise log-loss."""
 
     Config = RelMFConfig

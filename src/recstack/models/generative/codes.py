@@ -19,6 +19,7 @@ import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import scipy.sparse as sp
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
@@ -137,6 +138,9 @@ def nearest_codes(x: np.ndarray, codebooks: np.ndarray, chunk: int = 4096) -> np
     return codes
 
 
+EXACT_SVD_ITEMS = 8192  # stable_item_vectors: exact below, randomized SVD above
+
+
 def residual_kmeans(x: np.ndarray, n_levels: int, codebook_size: int, seed: int,
                     n_init: int = 1, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """k-means codebooks level by level on the residuals; returns (codebooks (L, K, d), codes (n, L)).
@@ -161,7 +165,29 @@ def residual_kmeans(x: np.ndarray, n_levels: int, codebook_size: int, seed: int,
     return books, codes
 
 
+def stable_item_vectors(matrix: sp.spmatrix, rank: int, seed: int) -> np.ndarray:
+    """(n_items, rank) collaborative item vectors V * sqrt(S) of the user-item `matrix`, the same on
+    every machine up to rounding: float64, an exact eigendecomposition of the item Gram matrix for
+    catalogues up to EXACT_SVD_ITEMS (randomized SVD beyond), and each vector's sign fixed so that
+    its largest entry is positive (an SVD's signs are arbitrary and differ between LAPACK builds)."""
+    matrix = sp.csr_matrix(matrix, dtype=np.float64)
+    n_items = matrix.shape[1]
+    rank = max(1, min(rank, min(matrix.shape) - 1))
+    if n_items <= EXACT_SVD_ITEMS:
+        values, vectors = np.linalg.eigh((matrix.T @ matrix).toarray())
+        top = np.argsort(values)[::-1][:rank]
+        singular, vectors = np.sqrt(np.clip(values[top], 0.0, None)), vectors[:, top]
+    else:
+        from sklearn.utils.extmath import randomized_svd
+
+        _, singular, vt = randomized_svd(matrix, rank, n_iter=7, random_state=seed % 2**32)
+        vectors = vt.T
+    largest = np.abs(vectors).argmax(axis=0)
+    vectors = vectors * np.sign(vectors[largest, np.arange(vectors.shape[1])])[None, :]
+    return vectors * np.sqrt(singular)[None, :]
+
+
 __all__ = [
     "PAD", "TokenizerError", "as_embeddings", "checked_embeddings", "combine_item_embeddings", "count_items",
-    "disambiguate", "nearest_codes", "require_sklearn", "residual_kmeans",
+    "disambiguate", "nearest_codes", "require_sklearn", "residual_kmeans", "stable_item_vectors",
 ]

@@ -42,7 +42,14 @@ from recstack.models.generative.semantic_ids import (
 from recstack.models.kernels.beam import constrained_beam_search
 from recstack.models.kernels.side import rows_for_items
 from recstack.models.neural import TorchRecommender, TrainingFields, module_arrays
-from recstack.models.protocol import ModelConfig, check_fitted, check_trainable, gather_items, make_config
+from recstack.models.protocol import (
+    ModelConfig,
+    ScoresFromHistory,
+    check_fitted,
+    check_trainable,
+    gather_items,
+    make_config,
+)
 from recstack.train.options import FitOptions
 from recstack.train.sampling import EpochPairs, UniformNegativeSampler, positive_keys
 from recstack.train.sequences import last_items
@@ -387,7 +394,7 @@ def _score(net: _Net, codes: np.ndarray, item_words: np.ndarray, c: ColaRecConfi
 
 
 # ---- the recommender ----------------------------------------------------------------------------
-class ColaRec(TorchRecommender):
+class ColaRec(ScoresFromHistory, TorchRecommender):
     """Content-based collaborative generation: user content in, the next item's collaborative GID out."""
 
     Config = ColaRecConfig

@@ -30,10 +30,11 @@ from recstack.data.dataset import Dataset
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.evaluate.evaluator import block_size_for
+from recstack.models.generative.codes import stable_item_vectors
 from recstack.models.generative.semantic_ids import PAD, PrefixTrie, TokenizerError, build_tokenizer
 from recstack.models.kernels.beam import constrained_beam_search
 from recstack.models.neural import TorchRecommender, TrainingFields, module_arrays
-from recstack.models.protocol import ModelConfig, check_fitted, check_trainable, gather_items
+from recstack.models.protocol import ModelConfig, ScoresFromHistory, check_fitted, check_trainable, gather_items
 from recstack.topk import top_k_items
 from recstack.train.options import FitOptions
 from recstack.train.sequences import window_rows
@@ -332,7 +333,7 @@ class _Decoder:
 
 
 # ---- the recommender ----------------------------------------------------------------------------
-class TIGER(TorchRecommender):
+class TIGER(ScoresFromHistory, TorchRecommender):
     """Encoder-decoder transformer that generates the next item's semantic ID."""
 
     Config = TIGERConfig
@@ -382,12 +383,7 @@ class TIGER(TorchRecommender):
                                     "model.use_dataset(dataset) (recstack run does), "
                                     "or use item_embeddings='collaborative'")
             return self._text_vectors[self._aligned_rows(train, "item text")]
-        from sklearn.utils.extmath import randomized_svd
-
-        matrix = train.matrix().astype(np.float32)
-        rank = max(1, min(c.embedding_dim, min(matrix.shape) - 1))
-        _, s, vt = randomized_svd(matrix, rank, random_state=c.seed % 2**32)
-        vectors = vt.T * np.sqrt(s)[None, :]
+        vectors = stable_item_vectors(train.matrix(), c.embedding_dim, c.seed)
         # unit rows: rare items have tiny factors, which residual quantisers lump into one code
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return np.ascontiguousarray((vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32))

@@ -12,7 +12,7 @@ import torch
 
 from recstack.data.interactions import Interactions
 from recstack.models.kernels.scoring import dot_scores
-from recstack.models.protocol import check_fitted
+from recstack.models.protocol import ScoresTrainedUsers, check_fitted
 from recstack.train.indexing import gather_rows
 from recstack.train.losses import bpr_loss, l2_penalty
 from recstack.train.sampling import pair_batches
@@ -92,7 +92,7 @@ def graph_bpr_loss(final: torch.Tensor, ego: torch.Tensor, users: torch.Tensor, 
     return bpr_loss(pos_scores, neg_scores) + reg * penalty
 
 
-class PropagatedFactors:
+class PropagatedFactors(ScoresTrainedUsers):
     """Batches, export and scoring for a `TorchRecommender` trained on (user, positive, uniform
     negatives) batches whose module's `factors()` returns the final (user, item) embeddings as
     numpy: score(u, i) = <p_u, q_i> without torch. `build_module` calls `sample_pairs` first.

@@ -24,7 +24,7 @@ from pydantic import PositiveFloat
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted, gather_items
+from recstack.models.protocol import ModelConfig, SaveLoad, ScoresFromHistory, check_fitted, gather_items
 from recstack.train.options import FitOptions
 
 
@@ -32,7 +32,7 @@ class EASEConfig(ModelConfig):
     reg: PositiveFloat = 300.0
 
 
-class EASE(SaveLoad):
+class EASE(ScoresFromHistory, SaveLoad):
     """Closed-form item-item linear model with a zero diagonal."""
 
     Config = EASEConfig

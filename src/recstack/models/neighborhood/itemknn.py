@@ -29,7 +29,7 @@ from pydantic import NonNegativeFloat, PositiveInt
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.kernels.topn import top_n_per_row
-from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted, gather_items
+from recstack.models.protocol import ModelConfig, SaveLoad, ScoresFromHistory, check_fitted, gather_items
 from recstack.train.options import FitOptions
 
 # float64 cells per similarity block (128 MB; a few such temporaries live at once): bounds fit
@@ -61,7 +61,7 @@ def weight_features(matrix: sp.csr_matrix, scheme: str) -> sp.csr_matrix:
     return matrix
 
 
-class ItemKNN(SaveLoad):
+class ItemKNN(ScoresFromHistory, SaveLoad):
     """Item-based k-nearest-neighbours with shrunk cosine similarity."""
 
     Config = ItemKNNConfig

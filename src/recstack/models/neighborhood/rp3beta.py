@@ -29,7 +29,7 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.kernels.topn import top_n_per_row
-from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted, gather_items
+from recstack.models.protocol import ModelConfig, SaveLoad, ScoresFromHistory, check_fitted, gather_items
 from recstack.train.options import FitOptions
 
 # float64 cells per similarity block (128 MB; a few such temporaries live at once): bounds fit
@@ -51,7 +51,7 @@ def _row_normalised(matrix: sp.csr_matrix) -> sp.csr_matrix:
     return out
 
 
-class RP3beta(SaveLoad):
+class RP3beta(ScoresFromHistory, SaveLoad):
     """Item-item random-walk similarity with a popularity penalty."""
 
     Config = RP3betaConfig

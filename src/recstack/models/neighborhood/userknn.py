@@ -24,7 +24,7 @@ from pydantic import NonNegativeFloat, PositiveInt
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.kernels.topn import top_n_per_row
-from recstack.models.protocol import ModelConfig, SaveLoad, check_fitted, gather_items
+from recstack.models.protocol import ModelConfig, SaveLoad, ScoresFromHistory, check_fitted, gather_items
 from recstack.train.options import FitOptions
 
 
@@ -37,7 +37,7 @@ class UserKNNConfig(ModelConfig):
     shrink: NonNegativeFloat = 0.0
 
 
-class UserKNN(SaveLoad):
+class UserKNN(ScoresFromHistory, SaveLoad):
     """User-based k-nearest-neighbours with shrunk cosine similarity, queried by history rows."""
 
     Config = UserKNNConfig

@@ -33,7 +33,7 @@ from recstack.errors import RecstackError
 from recstack.models import build, resolve
 from recstack.models.kernels.sequences import trim_padding
 from recstack.models.neural import TorchRecommender, TrainingFields, module_arrays
-from recstack.models.protocol import ModelConfig, check_fitted, check_trainable, gather_items
+from recstack.models.protocol import ModelConfig, ScoresFromHistory, check_fitted, check_trainable, gather_items
 from recstack.models.sequential import gru4rec as _gru4rec
 from recstack.models.sequential import sasrec as _sasrec
 from recstack.train.options import FitOptions
@@ -304,7 +304,7 @@ def _examples(train: Interactions, users: np.ndarray, max_seq_len: int, rng: np.
     return tokens, train.item[target_rows].astype(np.int64)
 
 
-class AdaRetrieval(TorchRecommender):
+class AdaRetrieval(ScoresFromHistory, TorchRecommender):
     """Multi-round retrieval over a SASRec/GRU4Rec backbone with item and user representation adapters."""
 
     Config = AdaRetrievalConfig

@@ -31,7 +31,7 @@ from recstack.models.kernels.attention import NamedParameters, torch_params
 from recstack.models.kernels.sequences import (SequenceWindowFields, check_item_vocabulary, embed_in_chunks,
                                                require_sequences, score_in_chunks, trim_padding)
 from recstack.models.neural import TorchRecommender, TrainingFields
-from recstack.models.protocol import ModelConfig, check_fitted
+from recstack.models.protocol import ModelConfig, ScoresFromHistory, check_fitted
 from recstack.train.sequences import PAD, SequenceBatches, last_items
 
 _MASKED = -1e9  # masked attention logits: finite, so a row without keys gives no NaN
@@ -191,7 +191,7 @@ class _Net(NamedParameters):
         return _forward(self.params, tokens, self.n_heads, self.dropout, self.training)
 
 
-class BERT4Rec(TorchRecommender):
+class BERT4Rec(ScoresFromHistory, TorchRecommender):
     """Bidirectional self-attention trained by Cloze; next-item scores at an appended [MASK]."""
 
     Config = BERT4RecConfig

@@ -31,7 +31,7 @@ from recstack.data.interactions import Interactions
 from recstack.models.kernels.sequences import (SequenceWindowFields, check_item_vocabulary, embed_in_chunks,
                                                require_sequences, score_in_chunks)
 from recstack.models.neural import TorchRecommender, TrainingFields
-from recstack.models.protocol import ModelConfig, check_fitted
+from recstack.models.protocol import ModelConfig, ScoresFromHistory, check_fitted
 from recstack.train.sampling import UniformNegativeSampler
 from recstack.train.sequences import PAD, SequenceBatches, last_items
 
@@ -147,7 +147,7 @@ def _score_blocks(net: _Net, users: np.ndarray, history: Interactions, items: np
     return score_in_chunks(encode, users, table, items, bias, chunk)
 
 
-class GRU4Rec(TorchRecommender):
+class GRU4Rec(ScoresFromHistory, TorchRecommender):
     """A GRU over the user's recent items; next-item scores from the state after the newest one."""
 
     Config = GRU4RecConfig

@@ -33,7 +33,7 @@ from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.kernels.sequences import SequenceWindowFields, check_item_vocabulary, trim_padding
 from recstack.models.neural import TorchRecommender, TrainingFields
-from recstack.models.protocol import ModelConfig, check_fitted
+from recstack.models.protocol import ModelConfig, ScoresFromHistory, check_fitted
 from recstack.train.losses import sampled_softmax_loss
 from recstack.train.sampling import UniformNegativeSampler
 from recstack.train.sequences import PAD, SequenceBatches, last_items
@@ -283,7 +283,7 @@ def _next_item_loss(v: torch.Tensor, positives: torch.Tensor, table: torch.Tenso
     return loss + sampled_softmax_loss(pos_logits, torch.einsum("mkd,mnd->mkn", v, table[negatives]).amax(1))
 
 
-class HCN(TorchRecommender):
+class HCN(ScoresFromHistory, TorchRecommender):
     """K interest vectors per user from a hierarchical, long/short-term extractor; score = max over them."""
 
     Config = HCNConfig

@@ -30,7 +30,7 @@ from recstack.errors import RecstackError
 from recstack.models.kernels.sequences import SequenceWindowFields
 from recstack.models.kernels.side import rows_for_items
 from recstack.models.neural import TorchRecommender, TrainingFields, module_arrays
-from recstack.models.protocol import ModelConfig, check_fitted, check_trainable
+from recstack.models.protocol import ModelConfig, ScoresFromHistory, check_fitted, check_trainable
 from recstack.train.indexing import gather_rows
 from recstack.train.options import FitOptions
 from recstack.train.sequences import PAD, SequenceBatches, last_items
@@ -194,7 +194,7 @@ def _score_blocks(net: _Net, users: np.ndarray, history: Interactions, items: np
     return out
 
 
-class M2TRec(TorchRecommender):
+class M2TRec(ScoresFromHistory, TorchRecommender):
     """Item-ID-free Transformer over item metadata; next-item and next-category heads."""
 
     Config = M2TRecConfig

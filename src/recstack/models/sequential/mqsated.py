@@ -38,7 +38,7 @@ from recstack.models.kernels.attention import (MASKED, SASREC_PARAMS, NamedParam
 from recstack.models.kernels.sequences import (SequenceWindowFields, check_item_vocabulary, embed_in_chunks,
                                                require_sequences, score_in_chunks, trim_padding)
 from recstack.models.neural import TorchRecommender, TrainingFields
-from recstack.models.protocol import ModelConfig, check_fitted
+from recstack.models.protocol import ModelConfig, ScoresFromHistory, check_fitted
 from recstack.train.indexing import gather_rows
 from recstack.train.sequences import PAD, SequenceBatches, last_items
 
@@ -233,7 +233,7 @@ def _score_blocks(params: dict[str, torch.Tensor], c: MQSATEDConfig, users: np.n
                            users, table, items, chunk=c.score_batch_size)
 
 
-class MQSATED(TorchRecommender):
+class MQSATED(ScoresFromHistory, TorchRecommender):
     """Multi-query (short + long window) causal self-attention, with item transitions distilled into
     the item table; next-item scores from the last slot."""
 

@@ -32,7 +32,7 @@ from recstack.models.kernels.attention import (MASKED, SASREC_PARAMS, NamedParam
 from recstack.models.kernels.sequences import (SequenceWindowFields, check_item_vocabulary, embed_in_chunks,
                                                require_sequences, score_in_chunks, trim_padding)
 from recstack.models.neural import TorchRecommender, TrainingFields
-from recstack.models.protocol import ModelConfig, check_fitted
+from recstack.models.protocol import ModelConfig, ScoresFromHistory, check_fitted
 from recstack.train.losses import sampled_softmax_loss
 from recstack.train.sampling import UniformNegativeSampler
 from recstack.train.sequences import PAD, SequenceBatches, last_items
@@ -147,7 +147,7 @@ def _score_blocks(params: dict[str, torch.Tensor], n_heads: int, users: np.ndarr
     return score_in_chunks(encode, users, table, items, chunk=chunk)
 
 
-class SASRec(TorchRecommender):
+class SASRec(ScoresFromHistory, TorchRecommender):
     """Causal self-attention over the user's recent items; next-item scores from the last slot."""
 
     Config = SASRecConfig
