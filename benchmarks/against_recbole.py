@@ -1,7 +1,8 @@
 """recstack on the exact split RecBole 1.2.1 produced (protocol A), side by side with RecBole.
 
-First run the peer driver (see ../shared/peers/README.md) with `--export SPLIT_DIR --out RESULTS`
-for the models to compare; then:
+First run the peer driver `run_recbole.py` (in the folder named by RECSTACK_PEERS_DIR, under the
+RecBole environment's Python, RECSTACK_PEER_PYTHON; see the peers README there) with
+`--export SPLIT_DIR --out RESULTS` for the models to compare; then:
 
     .venv/bin/python benchmarks/against_recbole.py --split-dir SPLIT_DIR --recbole-results RESULTS [--own-protocol]
 
@@ -24,6 +25,7 @@ import argparse
 import json
 from pathlib import Path
 
+from machine import print_machine
 from peer_protocol import RECSTACK_AS_RECBOLE, ratio_refusal, recbole_protocol, state
 from recstack.evaluate import evaluate
 from recstack.experiment.compare import Protocol
@@ -48,6 +50,8 @@ def main() -> None:
     parser.add_argument("--own-protocol", action="store_true",
                         help="add rows scored under recstack's default protocol (never compared with RecBole)")
     args = parser.parse_args()
+    print_machine("settings: recstack's fit seconds on this machine with its default threads; RecBole's fit_s are "
+                  "read from its result files (measured by run_recbole.py with its own --threads)")
     config = {
         "data": {"files": {part: str(args.split_dir / f"{part}.tsv") for part in ("train", "valid", "test")}},
         "models": [{"name": SETTINGS[label][0], "params": SETTINGS[label][1], "label": label} if label in SETTINGS

@@ -22,6 +22,7 @@ import time
 
 import torch
 from implicit.cpu.bpr import BayesianPersonalizedRanking
+from machine import print_machine
 
 from recstack.data.synthetic import power_law_interactions
 from recstack.models import build
@@ -37,6 +38,8 @@ def main() -> None:
                         default=["adam", "sgd", "sgd-compiled"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print_machine(f"settings: recstack {args.threads} torch threads (set_num_threads); implicit num_threads="
+                  f"{args.threads}; the compiled step (sgd-compiled) runs one-thread loops")
     print("compared: training triples per second only, no accuracy figure of either side. Both sides: 64 "
           "factors, one uniform negative per positive, the same interactions and threads", flush=True)
     rows = []

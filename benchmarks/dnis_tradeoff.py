@@ -19,6 +19,7 @@ import json
 import time
 
 import torch
+from machine import print_machine
 
 from recstack.evaluate import evaluate
 from recstack.experiment.config import default_config
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print_machine(f"settings: {args.threads} torch threads (set_num_threads)")
     _, split = prepare_data(default_config())
 
     runs: list[tuple[str, str, dict]] = [("BPR-MF (64 dims)", "bpr", {})]

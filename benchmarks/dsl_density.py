@@ -17,6 +17,7 @@ import json
 import time
 
 import torch
+from machine import print_machine
 
 from recstack.evaluate import evaluate
 from recstack.experiment.config import default_config
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print_machine(f"settings: {args.threads} torch threads (set_num_threads)")
     extra = {key: _value(value) for key, value in (p.split("=", 1) for p in args.param)}
     _, split = prepare_data(default_config())
     rows = []

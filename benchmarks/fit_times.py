@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/fit_times.py [--models ease itemknn ...] [--repeats 3]
 
 With `--recbole-results DIR` it also prints the ratio to RecBole 1.2.1's fit time for the same
-models, read from the JSON files that ../shared/peers/run_recbole.py wrote into DIR (RecBole's
-training epochs are summed without its validation passes; see BENCHMARKS.md for how it was run).
+models, read from the JSON files that the peer driver run_recbole.py (in RECSTACK_PEERS_DIR) wrote
+into DIR (RecBole's training epochs are summed without its validation passes; see BENCHMARKS.md for
+how it was run). The machine (CPU, BLAS, threads) is printed first.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import time
 from pathlib import Path
 
+from machine import print_machine
 from recstack.data.datasets import load_dataset
 from recstack.evaluate import evaluate
 from recstack.models import build
@@ -28,6 +30,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--recbole-results", type=Path, default=None)
     args = parser.parse_args()
+    print_machine("settings: each model's default threads (the thread counts above are those in force at start)")
     data = load_dataset("ml-100k")
     split = make_split(data.interactions, "random", seed=2020, ratios=(0.8, 0.1, 0.1))
     print("compared: fit seconds only. The valid NDCG@10 column is recstack's alone (its own split, train history, "

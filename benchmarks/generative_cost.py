@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 import torch
+from machine import print_machine
 
 from recstack.data.datasets import load_dataset
 from recstack.data.synthetic import power_law_interactions
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--synthetic-items", type=int, default=100_000)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print_machine(f"settings: {args.threads} torch threads (set_num_threads)")
     rows = [measure("ml-100k", load_dataset("ml-100k").interactions, args.users, args.k, args.repeats, False)]
     nnz = 10 * args.synthetic_items  # 10 events per item on average, a user per 100 events
     synthetic = power_law_interactions(nnz, seed=0, items_per_event=args.synthetic_items / nnz)

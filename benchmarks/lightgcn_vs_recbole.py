@@ -7,12 +7,16 @@ its own code, so the training sets hold the same number of pairs but not the sam
 time depends on the count, not on which pairs. Only training epochs are timed (no validation);
 the figure is the median over `--epochs` epochs after one warm-up epoch.
 
-RecBole runs in its own virtual environment (numpy<2; see ../shared/peers/README.md), driven by
-this same file with `--as-recbole`, which imports the shared peer driver for its runtime fixes,
-writes the interactions as a RecBole atomic `.inter` file and times `trainer._train_epoch`.
+RecBole runs in its own virtual environment (numpy<2; see the peers README beside the shared peer
+driver), driven by this same file with `--as-recbole` under that environment's Python: it imports
+the peer driver `run_recbole.py` for its runtime fixes, reads the interactions as a RecBole atomic
+`.inter` file and times `trainer._train_epoch`. The peer Python and the driver's folder come from
+`--peer-python` / `--peers-dir` or the variables RECSTACK_PEER_PYTHON / RECSTACK_PEERS_DIR
+(`peer_env.py`). The machine (CPU, BLAS, threads) is printed first, and the RecBole side's torch
+build and threads with each row.
 
-    .venv/bin/python benchmarks/lightgcn_vs_recbole.py --peer-python /work/peer/.peer-venv/bin/python \
-        [--datasets ml-100k synthetic-1000000] [--threads 2] [--epochs 3]
+    export RECSTACK_PEER_PYTHON=/path/to/.peer-venv/bin/python RECSTACK_PEERS_DIR=/path/to/peers
+    .venv/bin/python benchmarks/lightgcn_vs_recbole.py [--datasets ml-100k synthetic-1000000] [--threads 2] [--epochs 3]
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-PEERS = ROOT.parent / "shared" / "peers"
+from machine import print_machine, torch_blas
+from peer_env import add_peer_options, resolve_peer
+
 SETTINGS = {"embedding_size": 64, "n_layers": 3, "batch_size": 2048}
 
 
@@ -39,11 +44,11 @@ def write_atomic(path: Path, users, items) -> None:
             out.write(f"{u}\t{i}\n")
 
 
-def recbole_epochs(inter_dir: Path, name: str, epochs: int, threads: int) -> dict:
+def recbole_epochs(inter_dir: Path, name: str, epochs: int, threads: int, peers_dir: Path) -> dict:
     """Runs inside the peer environment: RecBole's LightGCN on `inter_dir/name/name.inter`."""
     import torch
 
-    sys.path.insert(0, str(PEERS))
+    sys.path.insert(0, str(peers_dir))
     import run_recbole  # noqa: F401  (applies the peer driver's runtime fixes on import)
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
@@ -66,7 +71,8 @@ def recbole_epochs(inter_dir: Path, name: str, epochs: int, threads: int) -> dic
         start = time.perf_counter()
         trainer._train_epoch(train_data, epoch, show_progress=False)
         seconds.append(time.perf_counter() - start)
-    return {"train_pairs": len(train_data._dataset), "epoch_s": seconds[1:], "threads": torch.get_num_threads()}
+    return {"train_pairs": len(train_data._dataset), "epoch_s": seconds[1:], "threads": torch.get_num_threads(),
+            "torch": torch_blas()}
 
 
 def recstack_epochs(data, epochs: int, threads: int, seed: int = 2020) -> dict:
@@ -95,16 +101,23 @@ def load(name: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--peer-python", default="/work/peer/.peer-venv/bin/python")
+    add_peer_options(parser)
     parser.add_argument("--datasets", nargs="+", default=["ml-100k", "synthetic-1000000"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--as-recbole", nargs=2, metavar=("INTER_DIR", "NAME"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    resolve_peer(parser, args, python=not args.as_recbole)
     if args.as_recbole:
-        print(json.dumps(recbole_epochs(Path(args.as_recbole[0]), args.as_recbole[1], args.epochs, args.threads)))
+        print(json.dumps(recbole_epochs(Path(args.as_recbole[0]), args.as_recbole[1], args.epochs, args.threads,
+                                        args.peers_dir)))
         return
 
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print_machine(f"settings: {args.threads} torch threads on each side (torch.set_num_threads); RecBole runs under "
+                  f"{args.peer_python}, driver {args.peers_dir / 'run_recbole.py'}")
     print("compared: training-epoch seconds only, no accuracy figure of either side. Both sides: LightGCN, "
           f"{SETTINGS['embedding_size']} dims, {SETTINGS['n_layers']} layers, batch {SETTINGS['batch_size']}, one "
           "uniform negative, Adam, on the train part (80%) of each library's own per-user random 8:1:1 split",
@@ -118,13 +131,18 @@ def main() -> None:
             (Path(tmp) / atomic_name).mkdir()
             write_atomic(Path(tmp) / atomic_name / f"{atomic_name}.inter", data.user, data.item)
             done = subprocess.run([args.peer_python, __file__, "--as-recbole", tmp, atomic_name,
-                                   "--epochs", str(args.epochs), "--threads", str(args.threads)],
-                                  capture_output=True, text=True, check=True, cwd=tmp)
+                                   "--epochs", str(args.epochs), "--threads", str(args.threads),
+                                   "--peers-dir", str(args.peers_dir)],
+                                  capture_output=True, text=True, cwd=tmp)
+            if done.returncode != 0:
+                sys.exit(f"the RecBole side failed under {args.peer_python} (exit {done.returncode}):\n"
+                         + done.stderr[-3000:])
             theirs = json.loads(done.stdout.strip().splitlines()[-1])
         ours_s, theirs_s = statistics.median(ours["epoch_s"]), statistics.median(theirs["epoch_s"])
         row = {"dataset": name, "interactions": len(data), "recstack_train_pairs": ours["train_pairs"],
                "recbole_train_pairs": theirs["train_pairs"], "recstack_epoch_s": ours_s,
-               "recbole_epoch_s": theirs_s, "speedup": theirs_s / ours_s, "threads": args.threads}
+               "recbole_epoch_s": theirs_s, "speedup": theirs_s / ours_s, "threads": args.threads,
+               "recbole_threads": theirs["threads"], "recbole_torch": theirs.get("torch")}
         rows.append(row)
         print(json.dumps(row), flush=True)
     print("\n| data | train pairs (recstack / RecBole) | recstack s/epoch | RecBole s/epoch | speed-up |")

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import print_machine
+
 DEFAULT_MODELS = ["pop", "itemknn", "userknn", "rp3beta", "ease", "als", "bpr", "neumf", "cml", "naivemf",
                   "relmf", "nbpo", "multvae", "multdae", "lightgcn", "ngcf", "simgcl", "dccf", "dnis", "dsl"]
 
@@ -106,6 +108,8 @@ def main() -> None:
     if args.child:
         child(args.child, args.nnz, args.threads)
         return
+    print_machine(f"settings: every fit in its own process with {args.threads} torch threads (the counts above are "
+                  "this parent's)")
     rows = []
     for name in args.models:
         row = measure(name, args.nnz, args.threads, args.limit_s)

@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from machine import print_machine
+
 MODELS = {  # name -> (params, splitter)
     "bpr": ({"epochs": 15}, "random"),
     "lightgcn": ({"epochs": 10}, "random"),
@@ -57,6 +59,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     args = parser.parse_args()
+    for side in ("before", "after"):  # a wrong path would silently measure the installed recstack instead
+        if not (getattr(args, side) / "src" / "recstack").is_dir():
+            parser.error(f"--{side} {getattr(args, side)}: not a recstack source tree (no src/recstack in it)")
+    print_machine("settings: every fit in its own process with torch.set_num_threads(1) and OMP_NUM_THREADS=1 "
+                  "(the counts above are this parent's)")
     for name in args.models:
         runs = {"before": [], "after": []}
         for _ in range(args.repeats):

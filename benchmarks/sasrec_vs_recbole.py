@@ -23,7 +23,7 @@ both, without a ratio: RecBole's SASRec has a 256-wide feed-forward layer (its d
 recstack's is 64 wide, and RecBole's `test_eval_s` also loads its best checkpoint from disk, so the
 two figures are not the same work.
 
-    .peer-venv/bin/python ../shared/peers/run_recbole.py --protocol B --model SASRec --threads 2 \
+    "$RECSTACK_PEER_PYTHON" "$RECSTACK_PEERS_DIR/run_recbole.py" --protocol B --model SASRec --threads 2 \
         --out peer_results --export splitB
     .venv/bin/python benchmarks/sasrec_vs_recbole.py --split-dir splitB \
         --recbole-result peer_results/<the SASRec result>.json --threads 2
@@ -36,6 +36,7 @@ import json
 import time
 from pathlib import Path
 
+from machine import print_machine
 from peer_protocol import ratio_refusal, recbole_protocol, state
 from recstack.experiment.compare import Protocol
 
@@ -65,6 +66,8 @@ def main() -> None:
     mask = args.recstack_protocol == "own"
     ours = Protocol(mask_history=mask, test_history="train + valid", test_masked="train + valid" if mask else "none")
     theirs = recbole_protocol(peer)
+    print_machine(f"settings: recstack with {args.threads} torch threads; RecBole's times read from "
+                  f"{args.recbole_result.name}, run with {peer.get('torch_threads')} torch threads")
     print(state("recstack", ours))
     print(state("RecBole 1.2.1", theirs))
     refusal = ratio_refusal(("recstack", ours), ("RecBole 1.2.1", theirs), "a time-to-accuracy ratio")

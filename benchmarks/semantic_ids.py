@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 import torch
+from machine import print_machine
 
 from recstack.data.features import SentenceEncoder, encode_texts, item_texts
 from recstack.experiment.config import default_config
@@ -53,6 +54,7 @@ def main() -> None:
     parser.add_argument("--no-indexing", action="store_true", help="skip Hua et al.'s schemes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print_machine(f"settings: {args.threads} torch threads (set_num_threads)")
 
     dataset, split = prepare_data(default_config())
     texts = item_texts(dataset)

@@ -20,9 +20,11 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
+from machine import print_machine
 
 BUDGETS = (40, 60, 80, 100, 120, 150, 200, 300)
 
@@ -84,10 +86,12 @@ def main() -> None:
     parser.add_argument("--model", default="sasrec")
     parser.add_argument("--windows", nargs="+", default=["latest", "sliding"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 2020])
-    parser.add_argument("--out", type=Path, default=Path("/tmp/windows"))
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "windows")
     parser.add_argument("--summarise", type=Path, help="print the table of an earlier --out folder and stop")
     args = parser.parse_args()
     if args.summarise is None:
+        print_machine("settings: every fit in its own process with torch.set_num_threads(1), OMP_NUM_THREADS=1 and "
+                      "MKL_NUM_THREADS=1 (the counts above are this parent's); times are CPU seconds")
         run(args.model, args.windows, args.seeds, args.out)
     summarise(args.summarise or args.out)
 

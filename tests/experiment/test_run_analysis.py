@@ -199,7 +199,7 @@ def test_attribute_slices_ild_and_calibration_with_side_tables():
         assert sum(g["n_users"] for g in slices[name]["groups"].values()) == n, name
     cuts = slices["user_activity"]["cut_points"]
     assert cuts[0] < cuts[1] and all(slices["user_activity"]["groups"][g]["n_users"] > 0
-                                     for g in ("cold", "medium", "heavy"))
+                                     for g in ("light", "medium", "heavy"))
     assert set(slices["user:age"]["groups"]) <= {"<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"}
     assert set(slices["user:gender"]["groups"]) == {"F", "M"}
     # gender slice means reproduce the overall mean when weighted by counts

@@ -250,8 +250,8 @@ class RunAnalysis:
         cuts = np.quantile(lengths, [1 / 3, 2 / 3]).tolist() if len(lengths) else [0.0, 0.0]
         activity = [counts <= cuts[0], (counts > cuts[0]) & (counts <= cuts[1]), counts > cuts[1]]
         out = {"user_activity": self._user_groups(
-            result, ["cold", "medium", "heavy"], activity,
-            {"definition": "training events per user; cold <= first tercile < medium <= second tercile < heavy "
+            result, ["light", "medium", "heavy"], activity,  # not "cold": that word is the cold-user policy's
+            {"definition": "training events per user; light <= first tercile < medium <= second tercile < heavy "
                            "(terciles over the evaluated users)", "cut_points": cuts})}
         out["history_length"] = self._user_groups(result, *self.history_length())
         if result.rankings is not None:

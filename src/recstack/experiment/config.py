@@ -543,6 +543,12 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
 
 def parse_config(raw: dict[str, Any] | ExperimentConfig, source: str = "config") -> ExperimentConfig:
     """Validate a mapping (as read from YAML/TOML) into an `ExperimentConfig`; errors name `source`."""
+    from recstack.experiment.ctr import is_ctr, parse_ctr_config
+
+    if is_ctr(raw):  # `task: ctr`: a pointwise CTR experiment (recstack.experiment.ctr, docs/ctr.md)
+        return parse_ctr_config(raw, source)  # type: ignore[return-value]
+    if isinstance(raw, dict) and raw.get("task") == "ranking":  # the default task, spelled out
+        raw = {key: value for key, value in raw.items() if key != "task"}
     if isinstance(raw, ExperimentConfig):
         # `model_copy(update=...)` (command-line overrides, a tuned setting) skips validation: check the copy
         raw = {name: getattr(raw, name) for name in raw.model_fields_set}
@@ -605,6 +611,11 @@ def _check_model_names(raw: Any, source: str) -> None:
 
     if not isinstance(raw, dict):
         return
+    registry = MODELS
+    if raw.get("task") == "ctr":  # CTR model names resolve in their own table
+        from recstack.models.ctr import CTR_MODELS
+
+        registry = CTR_MODELS
     entries = raw.get("models")
     names = [e.get("name") for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
     if isinstance(raw.get("tune"), dict):
@@ -613,7 +624,7 @@ def _check_model_names(raw: Any, source: str) -> None:
         names.append(raw["cold_users"].get("fallback"))
     for name in names:
         if isinstance(name, str):
-            check_trusted(name, MODELS, trust=False, source=source)
+            check_trusted(name, registry, trust=False, source=source)
 
 
 def load_config(path: str | os.PathLike, *, trust: bool = True) -> ExperimentConfig:

@@ -173,6 +173,10 @@ def run_experiment(
     """
     if isinstance(config, (str, os.PathLike)):
         config = load_config(config)
+    from recstack.experiment.ctr import is_ctr, run_ctr_experiment
+
+    if is_ctr(config):  # `task: ctr`: pointwise CTR models on labelled rows (docs/ctr.md)
+        return run_ctr_experiment(config, run_dir=run_dir, progress=progress, console=console)  # type: ignore
     config = parse_config(config).resolved()
     _check_destination(config, run_dir)
     if progress and console is None:

@@ -158,8 +158,10 @@ class ScoresTrainedUsers:
     training events have one; `trained_users_` (bool per training user) is set by the fit."""
 
     def can_score(self, users: np.ndarray, history: Interactions) -> np.ndarray:
-        check_fitted(self, "trained_users_")
         users = np.asarray(users, dtype=np.int64)
+        if getattr(self, "trained_users_", None) is None:
+            # a save from before `can_score` existed: it scored every user, and still says so
+            return np.ones(len(users), dtype=bool)
         trained = np.asarray(self.trained_users_, dtype=bool)
         inside = (users >= 0) & (users < len(trained))
         out = np.zeros(len(users), dtype=bool)

@@ -9,6 +9,7 @@ same score: nothing to rank by) is answered by the fallback too, and the respons
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,9 @@ import numpy as np
 from recstack.abilities import ListRecommender, Scorer, UserCoverage
 from recstack.data.interactions import Interactions
 from recstack.evaluate.evaluator import rank, serve_cold
+from recstack.serve import ann
+
+log = logging.getLogger("recstack.serve")
 
 REASON_HISTORY = 50  # the most recent history items a reason is looked for among
 
@@ -26,6 +30,7 @@ class Ranked:
     scores: np.ndarray
     fallback: bool
     reason: str | None  # why the fallback answered
+    retrieval: str = "exact"  # "ann": the model's HNSW index found the candidates (scores still exact)
 
 
 def cold_rows(model: object, users: np.ndarray, history: Interactions, min_history: int) -> np.ndarray:
@@ -63,8 +68,21 @@ def recommend_one(model: object, fallback: object, fallback_name: str, label: st
     """Top-k for one user by `model`, or by `fallback` under the cold-user rule (flagged, with why)."""
     users = np.array([user], dtype=np.int32)
     cold = cold_rows(model, users, history, min_history)
+    index = ann.index_for(model)  # only dot-product models over a large catalogue have one
+    retrieval = "exact"
 
     def rank_rows(scorer: object, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        nonlocal retrieval
+        if index is not None and scorer is model:
+            try:
+                found = index.top_k(users[rows], history, k, mask_history=mask_history, allowed=allowed)
+            except Exception as exc:  # noqa: BLE001  a failing index must not fail the request: rank exactly
+                log.warning("ann search failed for %s (%s: %s); ranking exactly", type(model).__name__,
+                            type(exc).__name__, exc)
+                found = None
+            if found is not None:  # None: too much blocked or too few found, the exact ranking decides
+                retrieval = "ann"
+                return found
         return rank_filtered(scorer, users[rows], history, k, mask_history=mask_history, allowed=allowed)
 
     reason = None
@@ -81,14 +99,15 @@ def recommend_one(model: object, fallback: object, fallback_name: str, label: st
             if len(finite) > 1 and np.all(finite == finite[0]) and not isinstance(model, ListRecommender):
                 reason = f"{label} gives every candidate the same score for this user: nothing to rank by"
             else:
-                return _trim(items, scores, False, None)
+                return _trim(items, scores, False, None, retrieval)
     items, scores = rank_rows(fallback, np.arange(1))
     return _trim(items, scores, True, f"{reason}; served by the fallback {fallback_name}")
 
 
-def _trim(items: np.ndarray, scores: np.ndarray, fallback: bool, reason: str | None) -> Ranked:
+def _trim(items: np.ndarray, scores: np.ndarray, fallback: bool, reason: str | None,
+          retrieval: str = "exact") -> Ranked:
     keep = items[0] >= 0
-    return Ranked(items[0][keep].astype(np.int64), scores[0][keep].astype(np.float64), fallback, reason)
+    return Ranked(items[0][keep].astype(np.int64), scores[0][keep].astype(np.float64), fallback, reason, retrieval)
 
 
 def reasons(similarity: np.ndarray, history_items: np.ndarray) -> list[tuple[int, float] | None]:

@@ -24,6 +24,7 @@ import numpy as np
 from recstack.data.interactions import Interactions, UnknownIdError, Vocab
 from recstack.errors import RecstackError
 from recstack.experiment import rundir
+from recstack.serve import ann
 from recstack.serve.events import Event, EventStore
 
 log = logging.getLogger("recstack.serve")
@@ -48,6 +49,7 @@ class ServedRun:
     fallback_name: str
     min_history: int  # fewer history events than this: cold (the run's cold-user policy)
     load_seconds: float = 0.0
+    ann: dict[str, Any] = field(default_factory=dict)  # label -> ann.AnnIndex, for large catalogues only
     last_seq: int = 0  # the last store event applied to the overlay
     _overlay: dict[str, list[tuple[int, int, float]]] = field(default_factory=dict)  # user -> (item, t, value)
     _counts: np.ndarray = field(default=None)  # type: ignore[assignment]  # interactions per item, live
@@ -223,9 +225,12 @@ def peak_memory_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
-def load_served(run_dir: str | Path, labels: list[str] | None = None, *, trust: bool = False) -> ServedRun:
+def load_served(run_dir: str | Path, labels: list[str] | None = None, *, trust: bool = False,
+                ann_min_items: int = ann.ANN_MIN_ITEMS) -> ServedRun:
     """Load a finished run directory for serving: its saved models (all, or `labels`), its events,
-    item columns and cold-user fallback. Anything wrong raises one `RecstackError` naming it."""
+    item columns and cold-user fallback. Anything wrong raises one `RecstackError` naming it.
+    Dot-product models over at least `ann_min_items` items get an HNSW index (`serve.ann`), loaded
+    from run_dir/ann/ or built and saved there."""
     from recstack.experiment.config import load_config
     from recstack.models import load_model
 
@@ -253,6 +258,7 @@ def load_served(run_dir: str | Path, labels: list[str] | None = None, *, trust: 
                        model_names={label: names.get(label, label) for label in chosen}, versions=versions,
                        default_label=_best_label(run_dir, config, chosen), base=base, columns=columns,
                        fallback=fallback, fallback_name=fallback_name, min_history=config.cold_users.min_history)
+    served.ann = ann.prepare(models, run_dir, base, min_items=ann_min_items)
     served.load_seconds = time.perf_counter() - tick
     log.info("loaded run %s: models %s, fallback %s, %d users, %d items, %d events in %.2f s; peak memory %.0f MB",
              served.name, ", ".join(chosen), fallback_name, base.n_users, base.n_items, len(base),

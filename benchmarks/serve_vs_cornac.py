@@ -1,0 +1,135 @@
+"""`recstack serve` vs Cornac's serving app (`cornac.serving.app`, Flask), side by side: the same kind
+of model (BPR, 64 factors) on the same data (ml-100k), each answering a known user's top-10 with the
+user's seen items removed, at 1, 8 and 32 concurrent clients over loopback.
+
+Protocol. recstack: a run made by `recstack run`'s flow (random 80/10/10 split, BPR with
+`--bpr-epochs`), served by `recstack.serve.app.serve` (uvicorn, access log off), POST /v1/recommend
+`{"user_id", "model": "bpr", "k": 10, "explain": false}` (seen items masked by default). Cornac:
+`cornac.models.BPR(k=64)` fitted on the run's events (history.npz: the items recstack masks as seen)
+in its own virtual environment (`--cornac-python`; Cornac is never imported here), saved with its
+train set, served as its docs say (`flask --app cornac.serving.app run`, Flask's threaded server,
+MODEL_PATH / MODEL_CLASS), GET /recommend?uid=..&k=10&remove_seen=true. Both rank all 1,682 items
+per request. The same users in the same order reach both servers (seed 0); the servers run one at a
+time, `--seconds` per cell, clients as in serve_latency.py. Accuracy is not compared (different
+training). Needs a quiet machine.
+
+    python3 -m venv /tmp/cornacvenv && /tmp/cornacvenv/bin/pip install cornac flask
+    .venv/bin/python benchmarks/serve_vs_cornac.py --cornac-python /tmp/cornacvenv/bin/python [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from machine import print_machine
+from serve_latency import free_port, load, make_run, start_server, summary
+
+CORNAC_FIT = """
+import sys, glob
+import cornac
+from cornac.data import Reader, Dataset
+data = Reader().read(sys.argv[1], fmt="UIR", sep="\\t")
+train = Dataset.from_uir(data, seed=0)
+model = cornac.models.BPR(k=64, max_iter=int(sys.argv[3]), learning_rate=0.01, lambda_reg=0.01, seed=0,
+                          verbose=False)
+model.fit(train)
+print(model.save(sys.argv[2], save_trainset=True))
+"""
+
+
+def fit_cornac(python: str, events: Path, folder: Path, epochs: int) -> str:
+    """Fit and save Cornac's BPR in its own environment; returns the saved model's path."""
+    done = subprocess.run([python, "-c", CORNAC_FIT, str(events), str(folder), str(epochs)], check=True,
+                          capture_output=True, text=True)
+    return done.stdout.strip().splitlines()[-1]
+
+
+def start_cornac(python: str, model_path: str, workdir: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "MODEL_PATH": model_path, "MODEL_CLASS": "cornac.models.BPR"}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([python, "-m", "flask", "--app", "cornac.serving.app", "run", "--port", str(port)],
+                                stdout=out, stderr=out, env=env, cwd=workdir)  # cwd: its feedback CSV lands there
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"Cornac's server exited ({proc.returncode}):\n{log.read_text()}")
+        try:
+            httpx.get(f"{url}/recommend", timeout=1)  # 400 without uid: it answers
+            return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"Cornac's server did not start:\n{log.read_text()}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cornac-python", default="/tmp/cornacvenv/bin/python")
+    parser.add_argument("--run-dir", type=Path, default=None, help="a run with a saved 'bpr' (default: make one)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per cell")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--bpr-epochs", type=int, default=20)
+    args = parser.parse_args()
+    version = subprocess.run([args.cornac_python, "-c", "import cornac, flask, importlib.metadata as m; "
+                              "print(cornac.__version__, m.version('flask'))"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    print_machine(f"recstack: uvicorn, one process; Cornac {version[0]}: Flask {version[1]} threaded dev server "
+                  f"(as its docs serve it); {args.seconds:g} s per cell; load average {os.getloadavg()[0]:.2f}")
+    with tempfile.TemporaryDirectory(prefix="recstack-vs-cornac-") as tmp:
+        tmp = Path(tmp)
+        run_dir = args.run_dir or make_run(tmp, args.bpr_epochs)
+        from recstack.experiment.rundir import read_history
+
+        history, _ = read_history(run_dir / "history.npz")
+        events = tmp / "events.tsv"
+        with open(events, "w") as out:
+            for user, item in zip(history.users.ids[history.user], history.items.ids[history.item]):
+                out.write(f"{user}\t{item}\t1\n")
+        user_ids = history.users.ids[history.user_counts() > 0]
+        tick = time.perf_counter()
+        model_path = fit_cornac(args.cornac_python, events, tmp / "cornac", args.bpr_epochs)
+        print(f"Cornac BPR fit ({args.bpr_epochs} epochs) and save: {time.perf_counter() - tick:.1f} s")
+
+        requests = {
+            "recstack": lambda rng: ("POST", "/v1/recommend", {"user_id": rng.choice(user_ids).item(), "model": "bpr",
+                                                               "k": 10, "explain": False}),
+            "cornac": lambda rng: ("GET", f"/recommend?uid={rng.choice(user_ids).item()}&k=10&remove_seen=true",
+                                   None),
+        }
+        starters = {
+            "recstack": lambda: start_server(run_dir, tmp / "events.sqlite", tmp / "recstack.log", labels=("bpr",)),
+            "cornac": lambda: start_cornac(args.cornac_python, model_path, tmp, tmp / "cornac.log"),
+        }
+        print("| server | clients | p50 ms | p95 ms | p99 ms | requests/s |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name in ("recstack", "cornac"):
+            proc, url = starters[name]()
+            try:
+                for clients in args.concurrency:
+                    latencies, errors, elapsed = asyncio.run(load(url, requests[name], clients, args.seconds))
+                    note = f" ({errors} errors)" if errors else ""
+                    print(f"| {name}{note} | {clients} | {summary(latencies, elapsed)} |", flush=True)
+            finally:
+                stop(proc)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""CTR rows and their features: labels, a random row split, and train-only feature vocabularies.
+
+The context-aware protocol RecBole uses for CTR models: every rated (user, item) pair is one row,
+labelled 1 when its rating is >= `threshold` (4 on MovieLens) and 0 otherwise, and the rows are
+split at random 8:1:1 (not per user). Features come from the dataset's user and item tables plus
+the `user_id` / `item_id` fields themselves:
+
+- `categorical`: one id per distinct value;
+- `numeric`: `transform="normalise"` (one embedding scaled by the standardised value, as the CTR
+  papers embed numeric fields) or `"bucketise"` (train quantile buckets, then categorical);
+- `multi`: a multi-valued field (genres, `sep`-separated), mean-pooled over its values.
+
+Vocabularies, normalisation statistics and bucket edges are built from the users and items that
+appear in the *training* rows only; a value not seen there maps to its field's OOV id, and
+`CTRFeatures.oov_counts` counts the rows that hit one. Features of a row depend on its user and
+item only (MovieLens has no context columns), so they are encoded once per user and per item and
+gathered per batch: `rows(users, items)` -> `index (N, F, L)` int64 ids into one shared id space
+(0 = padding) and `weight (N, F, L)` float32; a field's vector is `sum_l weight * E[index]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import numpy as np
+
+from recstack.data.dataset import Dataset
+from recstack.errors import RecstackError
+
+ID_FIELDS = ("user_id", "item_id")
+
+
+class FeatureError(RecstackError, ValueError):
+    """A feature specification or a label column the data cannot satisfy (names the field)."""
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One feature field. `table` None: looked up in the user table, then the item table."""
+
+    name: str
+    kind: Literal["categorical", "numeric", "multi"] = "categorical"
+    table: Literal["user", "item"] | None = None
+    transform: Literal["normalise", "bucketise"] = "normalise"  # numeric fields only
+    n_buckets: int = 10
+    sep: str = "|"  # multi-valued fields only
+
+
+def labels_from_ratings(values: np.ndarray | None, threshold: float, name: str = "rating") -> np.ndarray:
+    """RecBole's context-aware labels: 1.0 where value >= threshold, else 0.0 (float32)."""
+    if values is None:
+        raise FeatureError(f"label: the data has no {name} values to threshold; CTR needs explicit ratings "
+                           "(a dataset with a value column)")
+    values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise FeatureError(f"label: the {name} column has missing or infinite values")
+    label = (values >= threshold).astype(np.float32)
+    positive = int(label.sum())
+    if positive == 0 or positive == len(label):
+        side = "all below" if positive == 0 else "all at or above"
+        raise FeatureError(f"label: threshold {threshold} does not split the {name} column (its values, "
+                           f"{values.min():g} to {values.max():g}, are {side} it); choose a threshold inside that range")
+    return label
+
+
+def random_row_split(n: int, ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of train / valid / test, a global random split by `ratios` (sorted within each part)."""
+    ratios = np.asarray(ratios, dtype=np.float64)
+    if len(ratios) != 3 or (ratios < 0).any() or ratios.sum() <= 0:
+        raise FeatureError(f"split ratios must be three non-negative numbers, got {list(ratios)}")
+    order = np.random.default_rng(seed).permutation(n)
+    bounds = np.floor(np.cumsum(ratios / ratios.sum()) * n).astype(np.int64)
+    bounds[-1] = n
+    train, valid, test = np.split(order, bounds[:2])
+    return np.sort(train), np.sort(valid), np.sort(test)
+
+
+# ---- one fitted field -----------------------------------------------------------------------------
+
+@dataclass
+class _Encoded:
+    """A field encoded per entity: ids (n, L) (0 = padding), weights (n, L), OOV flag (n,)."""
+
+    index: np.ndarray
+    weight: np.ndarray
+    oov: np.ndarray
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or (isinstance(value, str) and not value)
+
+
+def _numeric(spec: FieldSpec, column: np.ndarray) -> np.ndarray:
+    try:
+        return np.asarray([np.nan if _is_missing(v) else float(v) for v in column], dtype=np.float64) \
+            if column.dtype == object else column.astype(np.float64)
+    except (TypeError, ValueError):
+        bad = next(v for v in column if not _is_missing(v) and not _floatable(v))
+        raise FeatureError(f"feature {spec.name!r} is declared numeric but holds text (e.g. {bad!r}); declare it "
+                           "kind: categorical, or clean the column") from None
+
+
+def _floatable(value) -> bool:
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _tokens(spec: FieldSpec, column: np.ndarray) -> list[list[str]]:
+    if spec.kind == "multi":
+        return [[] if _is_missing(v) else [t for t in str(v).split(spec.sep) if t] for v in column]
+    return [["" if _is_missing(v) else str(v)] for v in column]
+
+
+def _fit_encode(spec: FieldSpec, column: np.ndarray, seen: np.ndarray, offset: int) -> tuple[_Encoded, int, dict]:
+    """Encode `column` (one value per entity) with ids from `offset`; statistics from `seen` entities only.
+    Returns the encoding, the number of ids used and the field's description."""
+    n = len(column)
+    if spec.kind == "numeric":
+        x = _numeric(spec, column)
+        train_values = x[seen & np.isfinite(x)]
+        if len(train_values) == 0:
+            raise FeatureError(f"feature {spec.name!r} has no numeric value among the training rows")
+        if spec.transform == "normalise":
+            mean, std = float(train_values.mean()), float(train_values.std()) or 1.0
+            finite = np.isfinite(x)
+            weight = np.where(finite, (x - mean) / std, 0.0).astype(np.float32)[:, None]
+            index = np.full((n, 1), offset, dtype=np.int64)
+            return _Encoded(index, weight, ~finite), 1, {"kind": "numeric", "transform": "normalise",
+                                                           "mean": mean, "std": std}
+        edges = np.unique(np.quantile(train_values, np.linspace(0, 1, spec.n_buckets + 1)[1:-1]))
+        finite = np.isfinite(x)
+        bucket = np.searchsorted(edges, np.where(finite, x, 0.0), side="right")
+        index = np.where(finite, offset + 1 + bucket, offset)[:, None].astype(np.int64)
+        return _Encoded(index, np.ones((n, 1), np.float32), ~finite), len(edges) + 2, {
+            "kind": "numeric", "transform": "bucketise", "edges": edges.tolist()}
+    tokens = _tokens(spec, column)
+    vocab = sorted({t for row, keep in zip(tokens, seen) if keep for t in row})
+    lookup = {t: offset + 1 + i for i, t in enumerate(vocab)}  # offset itself is the field's OOV id
+    width = max(1, max((len(row) for row in tokens), default=1))
+    index = np.zeros((n, width), dtype=np.int64)
+    weight = np.zeros((n, width), dtype=np.float32)
+    oov = np.zeros(n, dtype=bool)
+    for row, values in enumerate(tokens):
+        ids = [lookup.get(t, offset) for t in values] or [offset]  # no value at all: OOV as well
+        oov[row] = offset in ids
+        index[row, :len(ids)] = ids
+        weight[row, :len(ids)] = 1.0 / len(ids)  # mean pooling (a categorical field: weight 1)
+    return _Encoded(index, weight, oov), len(vocab) + 1, {"kind": spec.kind, "vocabulary": len(vocab)}
+
+
+def _stack(parts: list[_Encoded], n: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    index = np.zeros((n, len(parts), width), dtype=np.int64)
+    weight = np.zeros((n, len(parts), width), dtype=np.float32)
+    for f, part in enumerate(parts):
+        index[:, f, :part.index.shape[1]] = part.index
+        weight[:, f, :part.weight.shape[1]] = part.weight
+    oov = np.stack([p.oov for p in parts], axis=1) if parts else np.zeros((n, 0), dtype=bool)
+    return index, weight, oov
+
+
+@dataclass
+class CTRFeatures:
+    """Fitted feature encoding: per-user and per-item id/weight blocks over one shared id space."""
+
+    fields: list[str]  # user-side fields first, then item-side fields (the order of `rows`' F axis)
+    user_index: np.ndarray  # (n_users, F_user, L)
+    user_weight: np.ndarray
+    item_index: np.ndarray  # (n_items, F_item, L)
+    item_weight: np.ndarray
+    n_ids: int  # size of the shared id space, padding id 0 included
+    user_oov: np.ndarray  # (n_users, F_user) bool
+    item_oov: np.ndarray  # (n_items, F_item) bool
+    info: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def n_fields(self) -> int:
+        return len(self.fields)
+
+    def rows(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`index (N, F, L)` and `weight (N, F, L)` of the (user, item) pairs."""
+        users, items = np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
+        index = np.concatenate([self.user_index[users], self.item_index[items]], axis=1)
+        weight = np.concatenate([self.user_weight[users], self.item_weight[items]], axis=1)
+        return index, weight
+
+    def oov_counts(self, users: np.ndarray, items: np.ndarray) -> dict[str, int]:
+        """Rows per field whose value was not seen in training (mapped to the OOV id)."""
+        flags = np.concatenate([self.user_oov[np.asarray(users)], self.item_oov[np.asarray(items)]], axis=1)
+        return {name: int(count) for name, count in zip(self.fields, flags.sum(axis=0))}
+
+
+def _resolve(spec: FieldSpec, dataset: Dataset) -> tuple[str, np.ndarray]:
+    n_users, n_items = dataset.interactions.n_users, dataset.interactions.n_items
+    if spec.name == "user_id" and spec.table in (None, "user"):
+        return "user", np.arange(n_users)
+    if spec.name == "item_id" and spec.table in (None, "item"):
+        return "item", np.arange(n_items)
+    for table, columns in (("user", dataset.user_table), ("item", dataset.item_table)):
+        if spec.table in (None, table) and spec.name in columns:
+            return table, np.asarray(columns[spec.name])
+    available = sorted({*ID_FIELDS, *dataset.user_table, *dataset.item_table})
+    where = f" in the {spec.table} table" if spec.table else ""
+    raise FeatureError(f"feature {spec.name!r} is not in the data{where} of {dataset.name!r}; available: "
+                       f"{', '.join(available)}")
+
+
+def fit_features(dataset: Dataset, specs: Sequence[FieldSpec], train_users: np.ndarray,
+                 train_items: np.ndarray) -> CTRFeatures:
+    """Encode every field of `specs`; vocabularies and statistics from the entities of the training rows."""
+    if not specs:
+        raise FeatureError("features: give at least one field (e.g. user_id and item_id)")
+    names = [s.name for s in specs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise FeatureError(f"feature {repeated[0]!r} is listed twice")
+    n_users, n_items = dataset.interactions.n_users, dataset.interactions.n_items
+    seen = {"user": np.zeros(n_users, bool), "item": np.zeros(n_items, bool)}
+    seen["user"][np.asarray(train_users)] = True
+    seen["item"][np.asarray(train_items)] = True
+    sides: dict[str, list[tuple[str, _Encoded]]] = {"user": [], "item": []}
+    info: dict[str, dict] = {}
+    offset = 1  # id 0 is padding
+    for spec in specs:
+        if spec.kind == "numeric" and spec.name in ID_FIELDS:
+            raise FeatureError(f"feature {spec.name!r} is an id; declare it kind: categorical")
+        table, column = _resolve(spec, dataset)
+        encoded, used, described = _fit_encode(spec, column, seen[table], offset)
+        sides[table].append((spec.name, encoded))
+        info[spec.name] = {"table": table, "offset": offset, **described}
+        offset += used
+    width = max([e.index.shape[1] for side in sides.values() for _, e in side] or [1])
+    user_index, user_weight, user_oov = _stack([e for _, e in sides["user"]], n_users, width)
+    item_index, item_weight, item_oov = _stack([e for _, e in sides["item"]], n_items, width)
+    return CTRFeatures([n for n, _ in sides["user"]] + [n for n, _ in sides["item"]], user_index, user_weight,
+                       item_index, item_weight, offset, user_oov, item_oov, info)
+
+
+@dataclass(frozen=True)
+class CTRData:
+    """Labelled rows (user, item, label) with the features that encode them."""
+
+    features: CTRFeatures
+    user: np.ndarray
+    item: np.ndarray
+    label: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def take(self, rows: np.ndarray) -> "CTRData":
+        return CTRData(self.features, self.user[rows], self.item[rows], self.label[rows])
+
+    def encode(self, rows: np.ndarray | slice | None = None) -> tuple[np.ndarray, np.ndarray]:
+        rows = slice(None) if rows is None else rows
+        return self.features.rows(self.user[rows], self.item[rows])
+
+    def oov_counts(self) -> dict[str, int]:
+        return self.features.oov_counts(self.user, self.item)
+
+    @property
+    def positive_rate(self) -> float:
+        return float(self.label.mean()) if len(self.label) else float("nan")
+
+
+@dataclass(frozen=True)
+class CTRSplit:
+    train: CTRData
+    valid: CTRData
+    test: CTRData
+
+    @property
+    def features(self) -> CTRFeatures:
+        return self.train.features
+
+    def summary(self) -> dict[str, object]:
+        return {part: {"rows": len(data), "positive_rate": round(data.positive_rate, 6),
+                       **({"oov_rows": data.oov_counts()} if part != "train" else {})}
+                for part, data in (("train", self.train), ("valid", self.valid), ("test", self.test))}
+
+
+def make_ctr_split(dataset: Dataset, specs: Sequence[FieldSpec], *, threshold: float = 4.0,
+                   ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> CTRSplit:
+    """Labels by `threshold`, a random `ratios` row split, features fitted on the training rows."""
+    inter = dataset.interactions
+    for spec in specs:  # name the missing feature before anything is computed
+        _resolve(spec, dataset)
+    label = labels_from_ratings(inter.value, threshold)
+    train, valid, test = random_row_split(len(inter), ratios, seed)
+    if len(train) == 0:
+        raise FeatureError("the training rows are empty; check the split ratios")
+    users, items = np.asarray(inter.user, dtype=np.int64), np.asarray(inter.item, dtype=np.int64)
+    features = fit_features(dataset, specs, users[train], items[train])
+    part = lambda rows: CTRData(features, users[rows], items[rows], label[rows])  # noqa: E731
+    return CTRSplit(part(train), part(valid), part(test))

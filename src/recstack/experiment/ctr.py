@@ -1,0 +1,302 @@
+"""CTR experiments: `task: ctr` configs, run top to bottom into a run directory with a leaderboard.
+
+A CTR config names its data as a ranking config does, a `ctr` section (label threshold, split
+ratios, the feature fields) and CTR models from `recstack.models.ctr.CTR_MODELS`:
+
+```yaml
+task: ctr
+data: ml-100k
+ctr:
+  threshold: 4          # rating >= 4 -> label 1 (RecBole's context-aware protocol)
+  ratios: [0.8, 0.1, 0.1]
+  valid_metric: AUC     # early stopping (or LogLoss); a model's own params.valid_metric wins
+  features:
+    - {name: user_id}
+    - {name: age, kind: numeric, transform: bucketise, n_buckets: 8}
+    - {name: genres, kind: multi, sep: "|"}
+models:
+  - {name: deepfm, params: {epochs: 20}}
+```
+
+The run loads the data (no preprocessing: every rating is a row), labels and splits the rows,
+fits the features on the training rows, fits each model with early stopping on the validation
+rows and writes `config.yaml`, `manifest.json` (split summary with OOV counts, timings),
+`metrics.json` (valid and test AUC, LogLoss, gAUC, Calibration, fit and predict seconds),
+`models/<label>/` and `report.md` (the leaderboard). See docs/ctr.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
+
+from recstack.errors import RecstackError
+from recstack.experiment.config import (DataConfig, ExperimentConfigError, ModelEntry, _check_seed, _Strict,
+                                        format_validation_error)
+
+LEADERBOARD = ("AUC", "LogLoss", "gAUC", "Calibration")
+
+
+class FeatureEntry(_Strict):
+    """One feature field (see `recstack.data.ctr.FieldSpec`)."""
+
+    name: str
+    kind: Literal["categorical", "numeric", "multi"] = "categorical"
+    table: Literal["user", "item"] | None = None
+    transform: Literal["normalise", "bucketise"] = "normalise"
+    n_buckets: PositiveInt = 10
+    sep: str = "|"
+
+    @model_validator(mode="after")
+    def _options_of_its_kind(self) -> "FeatureEntry":
+        given = self.model_fields_set
+        if self.kind != "numeric" and {"transform", "n_buckets"} & given:
+            raise ValueError(f"feature {self.name!r}: transform/n_buckets apply to kind: numeric only")
+        if self.kind != "multi" and "sep" in given:
+            raise ValueError(f"feature {self.name!r}: sep applies to kind: multi only")
+        return self
+
+    def spec(self):
+        from recstack.data.ctr import FieldSpec
+
+        return FieldSpec(self.name, self.kind, self.table, self.transform, self.n_buckets, self.sep)
+
+
+class CTRSection(_Strict):
+    threshold: float = 4.0
+    ratios: list[float] = Field(default_factory=lambda: [0.8, 0.1, 0.1], min_length=3, max_length=3)
+    valid_metric: Literal["AUC", "LogLoss"] = "AUC"
+    features: list[FeatureEntry] = Field(min_length=1)
+
+    @field_validator("ratios")
+    @classmethod
+    def _positive_train(cls, ratios: list[float]) -> list[float]:
+        if any(r < 0 for r in ratios) or ratios[0] <= 0:
+            raise ValueError(f"ratios must be non-negative with a positive training share, got {ratios}")
+        return ratios
+
+    @field_validator("features")
+    @classmethod
+    def _distinct(cls, features: list[FeatureEntry]) -> list[FeatureEntry]:
+        names = [f.name for f in features]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"feature {repeated[0]!r} is listed twice")
+        return features
+
+
+class CTRExperimentConfig(_Strict):
+    """A `task: ctr` experiment; see the module docstring."""
+
+    task: Literal["ctr"]
+    data: DataConfig
+    cache_dir: str | None = None
+    ctr: CTRSection
+    models: list[ModelEntry] = Field(min_length=1)
+    seed: int = 2020
+    output_dir: str = "runs"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dataset_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("data"), str):
+            data = {**data, "data": {"dataset": data["data"]}}
+        return data
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_in_range(cls, seed: int) -> int:
+        return _check_seed(seed)
+
+    @model_validator(mode="after")
+    def _check(self) -> "CTRExperimentConfig":
+        if self.data.files is not None:
+            raise ValueError("a CTR experiment splits its rows itself (random 8:1:1 by 'ctr.ratios'); give the data "
+                             "as 'dataset' or 'path', not pre-split 'files'")
+        seen: set[str] = set()
+        for position, entry in enumerate(self.models):
+            if entry.display in seen:
+                raise ValueError(f"two models are labelled {entry.display!r}; give each a distinct 'label'")
+            seen.add(entry.display)
+            try:
+                self.model_config_for(entry)
+            except RecstackError as exc:
+                raise ValueError(f"models[{position}] ({entry.display}): {exc}") from None
+        return self
+
+    def model_config_for(self, entry: ModelEntry):
+        from recstack.models.ctr import CTR_MODELS
+        from recstack.models.protocol import make_config
+
+        cls = CTR_MODELS.resolve(entry.name)
+        return make_config(cls.Config, {"valid_metric": self.ctr.valid_metric, "seed": self.seed, **entry.params})
+
+    def check_devices(self, source: str | None = None) -> None:
+        from recstack.train.trainer import resolve_device
+
+        for position, entry in enumerate(self.models):
+            device = self.model_config_for(entry).device
+            if device not in ("auto", "cpu"):
+                try:
+                    resolve_device(device)
+                except RecstackError as exc:
+                    where = f"{source}: " if source else ""
+                    raise ExperimentConfigError(f"{where}models[{position}] ({entry.display}): {exc}") from None
+
+    def resolved(self) -> "CTRExperimentConfig":
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.model_dump(mode="json", exclude_none=True)
+        # a feature keeps only the options it was given (the others do not apply to its kind)
+        out["ctr"]["features"] = [{"name": f.name, **f.model_dump(mode="json", exclude_unset=True)}
+                                  for f in self.ctr.features]
+        out["models"] = [{**e.model_dump(mode="json", exclude_none=True),
+                          "params": self.model_config_for(e).model_dump(mode="json")} for e in self.models]
+        return out
+
+
+def is_ctr(raw: Any) -> bool:
+    """A mapping or config that describes a CTR experiment (`task: ctr`)."""
+    return isinstance(raw, CTRExperimentConfig) or (isinstance(raw, dict) and raw.get("task") == "ctr")
+
+
+def parse_ctr_config(raw: dict[str, Any] | CTRExperimentConfig, source: str = "config") -> CTRExperimentConfig:
+    if isinstance(raw, CTRExperimentConfig):
+        raw = {name: getattr(raw, name) for name in raw.model_fields_set}
+    try:
+        return CTRExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ExperimentConfigError(format_validation_error(exc, source)) from None
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+@dataclass
+class CTRRunResult:
+    run_dir: Path
+    metrics: dict[str, dict[str, Any]]
+    split: Any  # recstack.data.ctr.CTRSplit
+    dataset: Any
+    models: dict[str, Any]
+    config: CTRExperimentConfig
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None or value != value else f"{value:.4f}"
+
+
+def leaderboard_markdown(metrics: dict[str, dict[str, Any]]) -> str:
+    lines = ["| model | " + " | ".join(LEADERBOARD) + " | fit s | best epoch |",
+             "|---|" + "---|" * (len(LEADERBOARD) + 2)]
+    for label, record in metrics.items():
+        test = record["test"]
+        lines.append(f"| {label} | " + " | ".join(_fmt(test.get(m)) for m in LEADERBOARD)
+                     + f" | {record['fit_seconds']:.1f} | {record.get('best_epoch', '-')} |")
+    return "\n".join(lines)
+
+
+def leaderboard_table(metrics: dict[str, dict[str, Any]]):
+    from rich.table import Table
+
+    table = Table(title="CTR leaderboard (test rows)")
+    for column in ("model", *LEADERBOARD, "fit s"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for label, record in metrics.items():
+        table.add_row(label, *(_fmt(record["test"].get(m)) for m in LEADERBOARD), f"{record['fit_seconds']:.1f}")
+    return table
+
+
+def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir: str | os.PathLike | None = None,
+                       progress: bool = True, console: Any = None) -> CTRRunResult:
+    """Label, split, fit features, fit and evaluate every CTR model, write the run directory."""
+    from recstack.data.ctr import make_ctr_split
+    from recstack.evaluate.ctr import ctr_metrics
+    from recstack.experiment import rundir
+    from recstack.experiment.run import _check_destination, _claim_run_dir, _versions, load_data
+    from recstack.models.ctr import CTR_MODELS
+    from recstack.train.options import FitOptions
+
+    config = parse_ctr_config(config)
+    _check_destination(config, run_dir)
+    if progress and console is None:
+        from rich.console import Console
+
+        console = Console()
+
+    def say(text: str) -> None:
+        if progress:
+            console.print(text, soft_wrap=True)
+
+    started = datetime.now(timezone.utc)
+    clock = time.perf_counter()
+    say(f"[bold]recstack[/bold] CTR: loading data ({config.data.label}) ...")
+    dataset = load_data(config)
+    split = make_ctr_split(dataset, [f.spec() for f in config.ctr.features], threshold=config.ctr.threshold,
+                           ratios=config.ctr.ratios, seed=config.seed)
+    data_seconds = time.perf_counter() - clock
+    summary = split.summary()
+    say(f"  {len(dataset.interactions):,} rows -> train {len(split.train):,} / valid {len(split.valid):,} / test "
+        f"{len(split.test):,}; positive rate {split.train.positive_rate:.3f}; {split.features.n_fields} fields, "
+        f"{split.features.n_ids:,} ids ({data_seconds:.1f} s)")
+    fingerprint = hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    models: dict[str, Any] = {}
+    metrics: dict[str, dict[str, Any]] = {}
+    curves: dict[str, Any] = {}
+    writer = _claim_run_dir(config, dataset, started, fingerprint, run_dir)
+    with writer as tmp:
+        for position, entry in enumerate(config.models, start=1):
+            label = entry.display
+            say(f"[{position}/{len(config.models)}] [bold]{label}[/bold] fitting ...")
+            model = CTR_MODELS.resolve(entry.name)(config.model_config_for(entry))
+            clock = time.perf_counter()
+            model.fit(split.train, split.valid,
+                      options=FitOptions(log_path=rundir.log_path(tmp, label), progress=progress, label=label))
+            fit_seconds = time.perf_counter() - clock
+            record: dict[str, Any] = {"model": entry.name, "fit_seconds": round(fit_seconds, 3),
+                                      "best_epoch": model.best_epoch_, "epochs_run": len(model.history_)}
+            for part in ("valid", "test"):
+                data = getattr(split, part)
+                clock = time.perf_counter()
+                p = model.predict(data)
+                record[f"{part}_predict_seconds"] = round(time.perf_counter() - clock, 3)
+                record[part] = ctr_metrics(data.label, p, data.user) if len(data) else {}
+            metrics[label] = record
+            curves[label] = model.history_
+            models[label] = model
+            model.save(rundir.model_dir(tmp, label))
+            say(f"      fit {fit_seconds:.1f} s (best epoch {model.best_epoch_}); valid AUC "
+                f"{_fmt(record['valid'].get('AUC'))}, test AUC {_fmt(record['test'].get('AUC'))}, test LogLoss "
+                f"{_fmt(record['test'].get('LogLoss'))}")
+        finished = datetime.now(timezone.utc)
+        manifest = {"run_name": writer.path.name, "task": "ctr", "started": started.isoformat(),
+                    "finished": finished.isoformat(), "data_seconds": round(data_seconds, 3),
+                    "dataset": dataset.name, "split": summary,
+                    "features": {"fields": split.features.fields, "n_ids": split.features.n_ids,
+                                 "info": split.features.info},
+                    "versions": _versions()}
+        rundir.write_yaml(tmp / rundir.CONFIG, config.to_dict())
+        rundir.write_json(tmp / rundir.MANIFEST, manifest)
+        rundir.write_json(tmp / rundir.METRICS, metrics)
+        rundir.write_json(tmp / rundir.CURVES, curves)
+        report = [f"# CTR run {writer.path.name}", "",
+                  f"Data {dataset.name}: {summary['train']['rows']:,} / {summary['valid']['rows']:,} / "
+                  f"{summary['test']['rows']:,} rows (random {config.ctr.ratios}, seed {config.seed}), label "
+                  f"rating >= {config.ctr.threshold:g}, test positive rate {summary['test']['positive_rate']:.4f}.",
+                  f"Fields: {', '.join(split.features.fields)}. Test rows with an unseen (OOV) value: "
+                  + ", ".join(f"{k} {v}" for k, v in summary["test"].get("oov_rows", {}).items()) + ".", "",
+                  "Test rows; gAUC weighted by each user's rows; Calibration = mean prediction / positive rate; "
+                  f"early stopping on validation {config.ctr.valid_metric}.", "", leaderboard_markdown(metrics), ""]
+        (tmp / "report.md").write_text("\n".join(report))
+    if progress:
+        console.print(leaderboard_table(metrics))
+        say(f"run directory: [bold]{writer.path}[/bold]")
+    return CTRRunResult(writer.path, metrics, split, dataset, models, config)

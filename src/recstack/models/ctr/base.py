@@ -1,0 +1,230 @@
+"""`CTRModel`: the base of the pointwise CTR models (FM, DeepFM, AutoInt), on `TorchRecommender`.
+
+A CTR model is fitted on labelled rows (`recstack.data.ctr.CTRData`: user, item, label and the
+features that encode them), trained with binary cross-entropy on the label by the shared `Trainer`,
+and stopped early on the validation rows' AUC (or LogLoss). It keeps the feature blocks of its
+training data as fitted arrays, so that after `fit` it answers both
+
+- `predict(data) -> probabilities (N,)` for labelled or unlabelled rows, and
+- `score(users, history, items=None) -> logits (B, n_items or C)`, the structural scorer the
+  full-ranking evaluator and a retrieve-then-rank chain read (features of a (user, item) pair
+  depend on the pair only; `history` is not used).
+
+A model file supplies `build_net(n_ids, n_fields, width) -> torch.nn.Module` whose forward maps
+`(index (B, F, L), weight (B, F, L))` to logits (B,). `FieldEmbedding` is the shared input layer:
+each field's vector is `sum_l weight * E[index]` (a categorical value, a numeric value's scaled
+embedding, or the mean of a multi-valued field's embeddings) and its first-order weight likewise.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+import numpy as np
+import torch
+from pydantic import NonNegativeFloat, PositiveInt, field_validator
+
+from recstack.data.ctr import CTRData
+from recstack.evaluate.ctr import auc, log_loss
+from recstack.models.neural import TorchRecommender, TrainingFields
+from recstack.models.protocol import ModelConfig, ScoresEveryUser, check_fitted
+from recstack.train.options import FitOptions
+from recstack.train.trainer import Trainer, TrainerConfig
+
+CTR_VALID_METRICS = ("AUC", "LogLoss")
+
+
+def _ctr_metric(value: str) -> str:
+    canonical = {m.lower(): m for m in CTR_VALID_METRICS}.get(str(value).strip().lower())
+    if canonical is None:
+        raise ValueError(f"valid_metric {value!r} is not a CTR metric; use 'AUC' or 'LogLoss'")
+    return canonical
+
+
+class CTRFields(TrainingFields):
+    """`TrainingFields` with CTR defaults: validation AUC (or LogLoss), short patience, big batches."""
+
+    epochs: PositiveInt = 30
+    batch_size: PositiveInt = 2048
+    early_stopping_patience: PositiveInt | None = 2  # as FuxiCTR's BARS settings
+    valid_metric: str = "AUC"
+    embedding_size: PositiveInt = 16
+    reg: NonNegativeFloat = 0.0  # L2 on the embeddings of each batch's ids, per row
+
+    @field_validator("valid_metric")
+    @classmethod
+    def _one_metric_with_cutoff(cls, value: str) -> str:  # replaces the ranking check of TrainingFields
+        return _ctr_metric(value)
+
+
+class _CTRTrainerConfig(TrainerConfig):
+    @field_validator("valid_metric")
+    @classmethod
+    def _one_metric_with_cutoff(cls, value: str) -> str:
+        return _ctr_metric(value)
+
+
+class _RowsTrainer(Trainer):
+    """The shared loop, validated on labelled rows: AUC, or -LogLoss (the loop maximises)."""
+
+    def __init__(self, config: TrainerConfig, options: FitOptions | None, valid: CTRData, predict) -> None:
+        super().__init__(config, options)
+        self._valid, self._predict = valid, predict
+
+    def validate(self, scorer, train, valid, module) -> float:
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                p = self._predict(module, self._valid)
+        finally:
+            module.train(was_training)
+        if self.config.valid_metric == "AUC":
+            return auc(self._valid.label, p)
+        return -log_loss(self._valid.label, p)
+
+
+class FieldEmbedding(torch.nn.Module):
+    """Ids (B, F, L) with weights -> field vectors (B, F, k) and first-order terms (B,)."""
+
+    def __init__(self, n_ids: int, size: int) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(n_ids, size, padding_idx=0)
+        self.linear = torch.nn.Embedding(n_ids, 1, padding_idx=0)
+        self.bias = torch.nn.Parameter(torch.zeros(()))
+        torch.nn.init.normal_(self.embedding.weight, std=1e-2)  # FuxiCTR's and DeepCTR's initialiser scale
+        torch.nn.init.zeros_(self.linear.weight)
+        with torch.no_grad():
+            self.embedding.weight[0].zero_()
+
+    def forward(self, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return (self.embedding(index) * weight.unsqueeze(-1)).sum(2)
+
+    def first_order(self, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return (self.linear(index).squeeze(-1) * weight).sum((1, 2)) + self.bias
+
+
+def mlp(sizes: list[int], dropout: float) -> torch.nn.Sequential:
+    """sizes[0] -> ... -> sizes[-1] with ReLU and dropout after each hidden layer, then a linear to 1."""
+    layers: list[torch.nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+        if dropout > 0:
+            layers.append(torch.nn.Dropout(dropout))
+    layers.append(torch.nn.Linear(sizes[-1], 1))
+    return torch.nn.Sequential(*layers)
+
+
+class CTRModel(ScoresEveryUser, TorchRecommender):
+    """Fit on labelled rows with BCE; `predict` rows, `score` (user, item) pairs."""
+
+    Config: Any
+
+    predict_batch_size = 65536
+
+    def build_net(self, n_ids: int, n_fields: int, width: int) -> torch.nn.Module:
+        raise NotImplementedError(f"{type(self).__name__} must define build_net(n_ids, n_fields, width)")
+
+    # ---- fit --------------------------------------------------------------------------------------
+
+    def fit(self, train: CTRData, valid: CTRData | None = None, *, options: FitOptions | None = None) -> Self:
+        if not isinstance(train, CTRData):
+            raise TypeError(f"{type(self).__name__} is a CTR model: fit it on recstack.data.ctr.CTRData rows "
+                            "(make_ctr_split), not on interactions")
+        rng = self.start_fit(train)  # refuses empty rows, seeds everything
+        features = train.features
+        width = features.user_index.shape[2]
+        module = self.build_net(features.n_ids, features.n_fields, width)
+        order_rng = rng
+        size = self.config.batch_size
+
+        def batches():
+            order = order_rng.permutation(len(train))
+            for start in range(0, len(order), size):
+                rows = order[start:start + size]
+                index, weight = train.encode(rows)
+                yield index, weight, train.label[rows]
+
+        config = _CTRTrainerConfig.from_fields(self.config, self.config.seed, **self.trainer_settings())
+        validating = valid is not None and len(valid) > 0
+        trainer = _RowsTrainer(config, options, valid if validating else None, self._predict_rows)
+        history = trainer.fit(module, self.batch_loss, batches, scorer=lambda: None,
+                              train=train if validating else None, valid=valid if validating else None)
+        best_epoch = trainer.best_epoch if trainer.best_epoch is not None else len(history)
+        with torch.no_grad():
+            fitted = {"weights_": {k: v.detach().cpu().float().numpy().copy()
+                                   for k, v in module.state_dict().items()}}
+        self._replace_fitted({
+            **fitted, "history_": history, "best_epoch_": best_epoch, "n_ids_": int(features.n_ids),
+            "user_index_": features.user_index, "user_weight_": features.user_weight,
+            "item_index_": features.item_index, "item_weight_": features.item_weight,
+            "fields_": list(features.fields)})
+        self._cached_net = None
+        return self
+
+    def batch_loss(self, module: torch.nn.Module, batch) -> torch.Tensor:
+        index, weight, label = batch
+        logits = module(index, weight)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, label)
+        if self.config.reg > 0:
+            vectors = module.fields.embedding(index) * (weight > 0).unsqueeze(-1)
+            loss = loss + self.config.reg * vectors.pow(2).sum() / len(label)
+        return loss
+
+    # ---- inference -------------------------------------------------------------------------------
+
+    def _predict_rows(self, module: torch.nn.Module, data: CTRData) -> np.ndarray:
+        device = next(module.parameters()).device
+        out = np.empty(len(data), dtype=np.float32)
+        for start in range(0, len(data), self.predict_batch_size):
+            rows = slice(start, start + self.predict_batch_size)
+            index, weight = data.encode(rows)
+            logits = module(torch.from_numpy(index).to(device), torch.from_numpy(weight).to(device))
+            out[rows] = torch.sigmoid(logits).float().cpu().numpy()
+        return out
+
+    def _net(self) -> torch.nn.Module:
+        check_fitted(self, "weights_", "user_index_", "item_index_")
+        cached = getattr(self, "_cached_net", None)
+        if cached is not None and cached[0] is self.weights_:
+            return cached[1]
+        net = self.build_net(int(self.n_ids_), len(self.fields_), self.user_index_.shape[2])
+        net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in self.weights_.items()})
+        net.eval()
+        self._cached_net = (self.weights_, net)
+        return net
+
+    def predict(self, data: CTRData) -> np.ndarray:
+        """Click probabilities of the rows of `data` (float32, (N,))."""
+        net = self._net()
+        with torch.no_grad():
+            return self._predict_rows(net, data)
+
+    def pair_logits(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Logits of aligned (user, item) pairs, (N,)."""
+        net = self._net()
+        users, items = np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
+        out = np.empty(len(users), dtype=np.float32)
+        with torch.no_grad():
+            for start in range(0, len(users), self.predict_batch_size):
+                u, i = users[start:start + self.predict_batch_size], items[start:start + self.predict_batch_size]
+                index = np.concatenate([self.user_index_[u], self.item_index_[i]], axis=1)
+                weight = np.concatenate([self.user_weight_[u], self.item_weight_[i]], axis=1)
+                out[start:start + len(u)] = net(torch.from_numpy(index), torch.from_numpy(weight)).numpy()
+        return out
+
+    def score(self, users: np.ndarray, history: Any = None, items: np.ndarray | None = None) -> np.ndarray:
+        """Logits of every (user, candidate) pair: (B, n_items) or (B, C)."""
+        check_fitted(self, "weights_")
+        users = np.asarray(users, dtype=np.int64)
+        n_items = self.item_index_.shape[0]
+        if items is None:
+            grid = np.broadcast_to(np.arange(n_items), (len(users), n_items))
+        else:
+            items = np.asarray(items, dtype=np.int64)
+            grid = np.broadcast_to(items, (len(users), items.shape[-1])) if items.ndim == 1 else items
+        flat_users = np.repeat(users, grid.shape[1])
+        return self.pair_logits(flat_users, grid.reshape(-1)).reshape(grid.shape)
+
+
+__all__ = ["CTRFields", "CTRModel", "FieldEmbedding", "ModelConfig", "mlp"]

@@ -1,0 +1,81 @@
+"""CTR experiments: the example configs parse, bad sections are named, a run writes its leaderboard."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recstack.experiment.config import ExperimentConfigError, load_config, parse_config
+from recstack.experiment.ctr import CTRExperimentConfig
+from recstack.experiment.run import run_experiment
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize("name", ["ctr_ml100k.yaml", "ctr_ml1m.yaml"])
+def test_example_configs_parse(name):
+    config = load_config(EXAMPLES / name, trust=False)
+    assert isinstance(config, CTRExperimentConfig)
+    assert [e.display for e in config.models] == ["fm", "deepfm", "autoint", "autoint_plus"]
+    assert config.model_config_for(config.models[0]).valid_metric == "AUC"
+    assert {"user_id", "item_id", "genres"} <= {f.name for f in config.ctr.features}
+    assert config.to_dict()["models"][1]["params"]["hidden_units"] == [400, 400, 400]
+
+
+def _raw(**changes):
+    raw = {"task": "ctr", "data": "ml-100k", "ctr": {"features": [{"name": "user_id"}]},
+           "models": [{"name": "fm"}]}
+    return {**raw, **changes}
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"models": [{"name": "deepfn"}]}, "deepfn"),
+    ({"models": [{"name": "fm", "params": {"n_heads": 2}}]}, "unknown parameter 'n_heads'"),
+    ({"ctr": {"features": [{"name": "age", "sep": ","}]}}, "sep applies to kind: multi only"),
+    ({"ctr": {"features": [{"name": "age"}, {"name": "age"}]}}, "feature 'age' is listed twice"),
+    ({"ctr": {"features": [{"name": "age"}], "valid_metric": "NDCG@10"}}, "valid_metric"),
+    ({"ctr": {"features": [{"name": "age"}], "threshhold": 4}}, "did you mean 'threshold'"),
+])
+def test_bad_ctr_sections_are_named(changes, message):
+    with pytest.raises(ExperimentConfigError, match=message):
+        parse_config(_raw(**changes), "ctr.yaml")
+
+
+def test_ranking_configs_are_untouched():
+    config = parse_config({"task": "ranking", "data": "ml-100k", "models": [{"name": "pop"}]})
+    assert type(config).__name__ == "ExperimentConfig"
+    with pytest.raises(ExperimentConfigError, match="unknown key 'ctr'"):
+        parse_config({"data": "ml-100k", "models": [{"name": "pop"}], "ctr": {}})
+
+
+def test_a_ctr_run_writes_its_leaderboard(planted_atomic, planted_features, tmp_path):
+    data = planted_atomic
+    raw = {"task": "ctr", "data": {"path": str(data), "format": "atomic"}, "output_dir": str(tmp_path / "runs"),
+           "ctr": {"features": [{"name": "user_id"}, {"name": "item_id"}, *planted_features]},
+           "models": [{"name": "fm", "params": {"epochs": 4, "learning_rate": 0.01, "batch_size": 512}},
+                      {"name": "autoint+", "label": "autoint_plus",
+                       "params": {"epochs": 2, "hidden_units": [16], "n_layers": 1, "batch_size": 512}}]}
+    (tmp_path / "ctr.yaml").write_text(yaml.safe_dump(raw))
+    result = run_experiment(tmp_path / "ctr.yaml", progress=False)
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert set(metrics) == {"fm", "autoint_plus"}
+    assert set(metrics["fm"]["test"]) == {"AUC", "LogLoss", "gAUC", "Calibration"}
+    assert metrics["fm"]["test"]["AUC"] > 0.8
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["task"] == "ctr" and manifest["split"]["test"]["rows"] == 600
+    assert "| fm |" in (result.run_dir / "report.md").read_text()
+    assert (result.run_dir / "models" / "fm" / "model.json").is_file()
+    again = load_config(result.run_dir / "config.yaml", trust=False)  # the written config reads back
+    assert again.models[1].params["hidden_units"] == [16]
+
+
+def test_a_missing_feature_fails_before_training(planted_atomic, tmp_path):
+    data = planted_atomic
+    raw = {"task": "ctr", "data": {"path": str(data), "format": "atomic"}, "output_dir": str(tmp_path / "runs"),
+           "ctr": {"features": [{"name": "occupation"}]}, "models": [{"name": "fm"}]}
+    from recstack.data.ctr import FeatureError
+
+    with pytest.raises(FeatureError, match="feature 'occupation' is not in the data"):
+        run_experiment(raw, progress=False)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
