@@ -91,6 +91,11 @@ def raw_topk(library: str):
     return top_np
 
 
+def installed_libraries() -> list[str]:
+    """The libraries of `LIBRARIES` this Python has (numpy always; torch when installed)."""
+    return [library for library in LIBRARIES if importlib.util.find_spec(library) is not None]
+
+
 def reference_libraries(model: MatrixFactorization) -> dict[str, str]:
     """The libraries the reference uses: the model's for the product, recstack's for the top-k."""
     return {"gemm": scoring_library(model), "topk": topk_library()}
@@ -154,9 +159,12 @@ def main() -> None:
                         default=SHAPES, help="catalogue sizes and users scored (default: 1682:20000 "
                                              "50000:5000 1000000:1000)")
     args = parser.parse_args()
-    import torch
+    if "torch" in installed_libraries():
+        import torch
 
-    torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
+    elif args.library == "torch":
+        parser.error("--library torch: torch is not installed")
     with threadpool_limits(args.threads, "blas"):
         run(args)
 
@@ -175,7 +183,7 @@ def run(args: argparse.Namespace) -> None:
         block = block_size_for(n_items)
         gemm_rows.append({"n_items": n_items, "block_users": block, **{
             f"{library}_gflops": gemm_gflops(library, model.user_factors, model.item_factors, n_users, block,
-                                             args.repeats) for library in LIBRARIES}})
+                                             args.repeats) for library in installed_libraries()}})
         print(json.dumps(gemm_rows[-1]), flush=True)
         ours, ref = [], []
         for _ in range(args.repeats):  # interleave so both see the same machine state
@@ -196,7 +204,8 @@ def run(args: argparse.Namespace) -> None:
     print("| items | block | numpy GFLOP/s | torch GFLOP/s |")
     print("|---:|---:|---:|---:|")
     for g in gemm_rows:
-        print(f"| {g['n_items']:,} | {g['block_users']} | {g['numpy_gflops']:.1f} | {g['torch_gflops']:.1f} |")
+        torch_gflops = f"{g['torch_gflops']:.1f}" if "torch_gflops" in g else "-"
+        print(f"| {g['n_items']:,} | {g['block_users']} | {g['numpy_gflops']:.1f} | {torch_gflops} |")
     print(f"\n| items | users | block | recstack users/s | {libraries['gemm']} matmul + {libraries['topk']} topk "
           "users/s | ratio |")
     print("|---:|---:|---:|---:|---:|---:|")

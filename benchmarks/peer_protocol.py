@@ -6,7 +6,7 @@ ranked the same candidates for the same users, read the same history and masked 
 `recstack.experiment.compare.Protocol` names those settings; the peers' values are read off their
 code here, once:
 
-- RecBole 1.2.1, protocol A (general models, `../shared/peers/run_recbole.py`): a model scores from
+- RecBole 1.2.1, protocol A (general models, the peer driver `run_recbole.py`): a model scores from
   the interaction matrix of the training part it was built with, so test users are ranked from
   train only, while the full-sort evaluation masks every item of the sampler's `used_ids` for the
   test phase, i.e. train + valid (`FullSortEvalDataLoader`: history = used items - positives).

@@ -173,7 +173,8 @@ def main() -> None:
                 for clients in args.concurrency:
                     latencies, errors, elapsed = asyncio.run(load(url, make_request, clients, args.seconds))
                     note = f" ({errors} errors)" if errors else ""
-                    print(f"| {what}{note} | {label} | {kind} | {clients} | {summary(latencies, elapsed)} |", flush=True)
+                    row = summary(latencies, elapsed)
+                    print(f"| {what}{note} | {label} | {kind} | {clients} | {row} |", flush=True)
         finally:
             proc.terminate()
             try:

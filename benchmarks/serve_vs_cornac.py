@@ -14,7 +14,7 @@ time, `--seconds` per cell, clients as in serve_latency.py. Accuracy is not comp
 training). Needs a quiet machine.
 
     python3 -m venv /tmp/cornacvenv && /tmp/cornacvenv/bin/pip install cornac flask
-    .venv/bin/python benchmarks/serve_vs_cornac.py --cornac-python /tmp/cornacvenv/bin/python [--seconds 10]
+    .venv/bin/python benchmarks/serve_vs_cornac.py --cornac-python /tmp/cornacvenv/bin/python   # or RECSTACK_CORNAC_PYTHON [--seconds 10]
 """
 
 from __future__ import annotations
@@ -82,12 +82,16 @@ def stop(proc: subprocess.Popen) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cornac-python", default="/tmp/cornacvenv/bin/python")
+    parser.add_argument("--cornac-python", default=os.environ.get("RECSTACK_CORNAC_PYTHON"),
+                        help="the Python of a virtual environment with cornac and flask (default: $RECSTACK_CORNAC_PYTHON)")
     parser.add_argument("--run-dir", type=Path, default=None, help="a run with a saved 'bpr' (default: make one)")
     parser.add_argument("--seconds", type=float, default=10.0, help="per cell")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--bpr-epochs", type=int, default=20)
     args = parser.parse_args()
+    if not args.cornac_python or not Path(args.cornac_python).is_file():
+        parser.exit(2, f"error: the Python of the Cornac environment is not set or not a file ({args.cornac_python!r}): "
+                       "pass --cornac-python PATH or set RECSTACK_CORNAC_PYTHON\n")
     version = subprocess.run([args.cornac_python, "-c", "import cornac, flask, importlib.metadata as m; "
                               "print(cornac.__version__, m.version('flask'))"],
                              capture_output=True, text=True, check=True).stdout.split()

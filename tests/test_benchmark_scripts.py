@@ -88,11 +88,13 @@ def test_peer_options_come_from_the_variables(bench, monkeypatch, tmp_path):
     assert "--peer-python" in peer_env.missing_peer_python(str(tmp_path / "absent"))
 
 
-def test_no_benchmark_has_a_machine_specific_default():
-    for script in BENCHMARKS.glob("*.py"):
-        text = script.read_text()
-        for path in ("/work/", "/home/", "default=Path(\"/tmp", "default=\"/tmp"):
-            assert path not in text.replace("--out /tmp/", "").replace("--before /tmp/", ""), (script.name, path)
+@pytest.mark.parametrize("script", sorted(path.name for path in BENCHMARKS.glob("*.py")))
+def test_no_benchmark_has_a_machine_specific_default(script):
+    """No absolute path a user must have: no home or workspace folder, no /tmp default (a path the user
+    passes in an example command, like `--out /tmp/windows`, is theirs to choose)."""
+    text = (BENCHMARKS / script).read_text()
+    for path in ("/work/", "/home/", 'default="/tmp', "default=Path(\"/tmp", "default='/tmp"):
+        assert path not in text, f"{script} has a machine-specific path or default ({path!r})"
 
 
 @pytest.mark.parametrize("library", ["numpy", "torch"])

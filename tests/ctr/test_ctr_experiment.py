@@ -36,6 +36,9 @@ def _raw(**changes):
     ({"ctr": {"features": [{"name": "age"}, {"name": "age"}]}}, "feature 'age' is listed twice"),
     ({"ctr": {"features": [{"name": "age"}], "valid_metric": "NDCG@10"}}, "valid_metric"),
     ({"ctr": {"features": [{"name": "age"}], "threshhold": 4}}, "did you mean 'threshold'"),
+    ({"rerank": {"retrievers": [{"name": "eas"}]}}, r"rerank.retrievers\[0\] \(eas\)"),
+    ({"rerank": {"retrievers": [{"name": "ease"}], "rankers": ["deepfm"]}}, "'deepfm' is not the label of a CTR"),
+    ({"rerank": {"retrievers": [{"name": "ease"}], "metrics": ["NDGC"]}}, "rerank.metrics"),
 ])
 def test_bad_ctr_sections_are_named(changes, message):
     with pytest.raises(ExperimentConfigError, match=message):
@@ -55,17 +58,26 @@ def test_a_ctr_run_writes_its_leaderboard(planted_atomic, planted_features, tmp_
            "ctr": {"features": [{"name": "user_id"}, {"name": "item_id"}, *planted_features]},
            "models": [{"name": "fm", "params": {"epochs": 4, "learning_rate": 0.01, "batch_size": 512}},
                       {"name": "autoint+", "label": "autoint_plus",
-                       "params": {"epochs": 2, "hidden_units": [16], "n_layers": 1, "batch_size": 512}}]}
+                       "params": {"epochs": 2, "hidden_units": [16], "n_layers": 1, "batch_size": 512}}],
+           "rerank": {"n": 20, "retrievers": [{"name": "pop"}], "rankers": ["fm"], "ks": [10]}}
     (tmp_path / "ctr.yaml").write_text(yaml.safe_dump(raw))
     result = run_experiment(tmp_path / "ctr.yaml", progress=False)
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert set(metrics) == {"fm", "autoint_plus"}
     assert set(metrics["fm"]["test"]) == {"AUC", "LogLoss", "gAUC", "Calibration"}
     assert metrics["fm"]["test"]["AUC"] > 0.8
+    low, high = metrics["fm"]["test_gAUC_ci"]
+    assert low < metrics["fm"]["test"]["gAUC"] < high
+    compared = [m for m in metrics.values() if "test_vs_best" in m]  # the other model against the best one
+    assert len(compared) == 1 and 0 <= compared[0]["test_vs_best"]["p"] <= 1
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
     assert manifest["task"] == "ctr" and manifest["split"]["test"]["rows"] == 600
     assert "| fm |" in (result.run_dir / "report.md").read_text()
     assert (result.run_dir / "models" / "fm" / "model.json").is_file()
+    rerank = json.loads((result.run_dir / "rerank.json").read_text())
+    assert set(rerank) == {"pop", "pop>fm"}
+    assert rerank["pop>fm"]["test"]["NDCG@10"] > rerank["pop"]["test"]["NDCG@10"] + 0.1  # the planted match
+    assert "## Retrieve then rank" in (result.run_dir / "report.md").read_text()
     again = load_config(result.run_dir / "config.yaml", trust=False)  # the written config reads back
     assert again.models[1].params["hidden_units"] == [16]
 
@@ -79,3 +91,18 @@ def test_a_missing_feature_fails_before_training(planted_atomic, tmp_path):
     with pytest.raises(FeatureError, match="feature 'occupation' is not in the data"):
         run_experiment(raw, progress=False)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_the_command_line_names_the_field_and_exits_2(planted_atomic, tmp_path):
+    from typer.testing import CliRunner
+
+    from recstack.cli import app
+
+    raw = {"task": "ctr", "data": {"path": str(planted_atomic), "format": "atomic"},
+           "output_dir": str(tmp_path / "runs"), "ctr": {"features": [{"name": "age", "kind": "numeric"},
+                                                                       {"name": "kind", "kind": "numeric"}]},
+           "models": [{"name": "fm"}]}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "bad.yaml")])
+    assert result.exit_code == 2
+    assert "feature 'kind' is declared numeric but holds text" in " ".join(result.output.split())

@@ -7,7 +7,8 @@ import pytest
 from sklearn.metrics import log_loss as sk_log_loss
 from sklearn.metrics import roc_auc_score
 
-from recstack.evaluate.ctr import auc, calibration, ctr_metrics, gauc, log_loss, per_user_auc, reliability
+from recstack.evaluate.ctr import (auc, calibration, ctr_metrics, gauc, gauc_interval, log_loss, per_user_auc,
+                                  reliability)
 
 
 def test_auc_by_hand_with_a_tie():
@@ -69,3 +70,13 @@ def test_bad_labels_are_refused():
         auc([0, 2], [0.1, 0.2])
     with pytest.raises(ValueError, match="differ in length"):
         log_loss([0, 1], [0.1])
+
+
+def test_gauc_interval_brackets_the_estimate_and_ignores_row_order():
+    rng = np.random.default_rng(0)
+    labels, scores, users = rng.integers(0, 2, 3000), rng.random(3000), rng.integers(0, 100, 3000)
+    scores = scores + 0.3 * labels  # some signal
+    low, high = gauc_interval(per_user_auc(labels, scores, users))
+    assert low < gauc(labels, scores, users) < high and high - low < 0.1
+    order = rng.permutation(3000)
+    assert gauc_interval(per_user_auc(labels[order], scores[order], users[order])) == (low, high)

@@ -86,3 +86,16 @@ def test_config_and_data_errors(split, planted):
         build_ctr("deepfn")
     with pytest.raises(TypeError, match="CTR model: fit it on recstack.data.ctr.CTRData"):
         build_ctr("fm", FAST).fit(planted.interactions)
+
+
+def test_a_seed_repeats_a_fit_and_a_refit_replaces_it(split):
+    params = {**FAST, "epochs": 2, "early_stopping_patience": None}
+    first = build_ctr("deepfm", {**params, **PARAMS["deepfm"]}).fit(split.train, split.valid)
+    again = build_ctr("deepfm", {**params, **PARAMS["deepfm"]}).fit(split.train, split.valid)
+    np.testing.assert_allclose(first.predict(split.test), again.predict(split.test), rtol=1e-4, atol=1e-5)
+    other = build_ctr("deepfm", {**params, **PARAMS["deepfm"], "seed": 1}).fit(split.train, split.valid)
+    assert not np.allclose(first.predict(split.test), other.predict(split.test), atol=1e-4)
+    before = first.predict(split.test)
+    first.fit(split.train.take(np.arange(500)), None)  # refit on other rows: the new state only
+    assert len(first.history_) == 2 and first.history_[0]["AUC"] is None
+    assert not np.allclose(before, first.predict(split.test), atol=1e-4)

@@ -141,3 +141,18 @@ def test_scores_that_are_not_the_factors_dot_product_get_no_index(run_dir):
     model = served.models["bpr"]
     model.score = lambda users, history, items=None: np.zeros((len(users), N_ITEMS), np.float32) + 1.0
     assert ann.prepare({"bpr": model}, None, served.base, min_items=1) == {}
+
+
+def test_als_is_searched_with_its_fold_in_vector():
+    pytest.importorskip("implicit")
+    from recstack.models import build
+    from recstack.testing import clustered_interactions
+
+    history = clustered_interactions(n_users=120, n_items=300, per_user=15, seed=1)
+    model = build("als", {"embedding_size": 16, "epochs": 5}).fit(history)
+    view = ann.DotProduct(model)
+    assert view.kind == "fold_in" and ann.agrees_with_model(view, history)
+    users = np.arange(20, dtype=np.int32)
+    found, _ = ann.AnnIndex.build(view).top_k(users, history, 10, mask_history=True, allowed=None)
+    exact, _ = rank(model, users, history, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)]) >= 0.95

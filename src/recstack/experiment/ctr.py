@@ -22,7 +22,10 @@ The run loads the data (no preprocessing: every rating is a row), labels and spl
 fits the features on the training rows, fits each model with early stopping on the validation
 rows and writes `config.yaml`, `manifest.json` (split summary with OOV counts, timings),
 `metrics.json` (valid and test AUC, LogLoss, gAUC, Calibration, fit and predict seconds),
-`models/<label>/` and `report.md` (the leaderboard). See docs/ctr.md.
+`models/<label>/` and `report.md` (the leaderboard). With a `rerank` section, each retriever (a
+ranking model fitted on every training row) is evaluated alone and with each CTR model reordering
+its top `n`, by full ranking against the test rows labelled 1 (`rerank.json`, and a table in the
+report). See docs/ctr.md.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +46,7 @@ from recstack.experiment.config import (DataConfig, ExperimentConfigError, Model
                                         format_validation_error)
 
 LEADERBOARD = ("AUC", "LogLoss", "gAUC", "Calibration")
+RERANK = "rerank.json"  # retrieve-then-rank: each retriever alone and chained with each ranker
 
 
 class FeatureEntry(_Strict):
@@ -93,6 +97,21 @@ class CTRSection(_Strict):
         return features
 
 
+class RerankSection(_Strict):
+    """Retrieve then rank: each retriever alone, then with each ranker reordering its top `n`."""
+
+    n: PositiveInt = 100
+    retrievers: list[ModelEntry] = Field(min_length=1)  # ranking models (recstack.models.MODELS)
+    rankers: list[str] | None = None  # labels of CTR model entries; None: every one
+    metrics: list[str] = Field(default_factory=lambda: ["NDCG", "Recall", "Hit"], min_length=1)
+    ks: list[PositiveInt] = Field(default_factory=lambda: [10, 20], min_length=1)
+
+    def labels(self) -> list[str]:
+        from recstack.evaluate.evaluator import parse_metric_labels
+
+        return [f"{name}@{k}" for name, k in parse_metric_labels(self.metrics, self.ks)]
+
+
 class CTRExperimentConfig(_Strict):
     """A `task: ctr` experiment; see the module docstring."""
 
@@ -101,6 +120,7 @@ class CTRExperimentConfig(_Strict):
     cache_dir: str | None = None
     ctr: CTRSection
     models: list[ModelEntry] = Field(min_length=1)
+    rerank: RerankSection | None = None
     seed: int = 2020
     output_dir: str = "runs"
 
@@ -130,7 +150,27 @@ class CTRExperimentConfig(_Strict):
                 self.model_config_for(entry)
             except RecstackError as exc:
                 raise ValueError(f"models[{position}] ({entry.display}): {exc}") from None
+        if self.rerank is not None:
+            self._check_rerank(seen)
         return self
+
+    def _check_rerank(self, labels: set[str]) -> None:
+        from recstack.models import build
+
+        rerank = self.rerank
+        try:
+            rerank.labels()
+        except RecstackError as exc:
+            raise ValueError(f"rerank.metrics: {exc}") from None
+        for position, entry in enumerate(rerank.retrievers):
+            try:
+                build(entry.name, entry.params)
+            except RecstackError as exc:
+                raise ValueError(f"rerank.retrievers[{position}] ({entry.display}): {exc}") from None
+        for ranker in rerank.rankers or []:
+            if ranker not in labels:
+                raise ValueError(f"rerank.rankers: {ranker!r} is not the label of a CTR model entry "
+                                 f"(labels: {', '.join(sorted(labels))})")
 
     def model_config_for(self, entry: ModelEntry):
         from recstack.models.ctr import CTR_MODELS
@@ -188,6 +228,7 @@ class CTRRunResult:
     dataset: Any
     models: dict[str, Any]
     config: CTRExperimentConfig
+    rerank: dict[str, dict[str, Any]] = field(default_factory=dict)  # retrieve-then-rank, as rerank.json
 
 
 def _fmt(value: Any) -> str:
@@ -195,12 +236,16 @@ def _fmt(value: Any) -> str:
 
 
 def leaderboard_markdown(metrics: dict[str, dict[str, Any]]) -> str:
-    lines = ["| model | " + " | ".join(LEADERBOARD) + " | fit s | best epoch |",
-             "|---|" + "---|" * (len(LEADERBOARD) + 2)]
+    lines = ["| model | " + " | ".join(LEADERBOARD) + " | gAUC 95% CI | p vs best | fit s | best epoch |",
+             "|---|" + "---|" * (len(LEADERBOARD) + 4)]
     for label, record in metrics.items():
         test = record["test"]
+        ci = record.get("test_gAUC_ci")
+        interval = f"{_fmt(ci[0])}-{_fmt(ci[1])}" if ci else "-"
+        p = record.get("test_vs_best", {}).get("p")
         lines.append(f"| {label} | " + " | ".join(_fmt(test.get(m)) for m in LEADERBOARD)
-                     + f" | {record['fit_seconds']:.1f} | {record.get('best_epoch', '-')} |")
+                     + f" | {interval} | {'-' if p is None else f'{p:.2g}'} | {record['fit_seconds']:.1f} | "
+                     f"{record.get('best_epoch', '-')} |")
     return "\n".join(lines)
 
 
@@ -219,7 +264,7 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
                        progress: bool = True, console: Any = None) -> CTRRunResult:
     """Label, split, fit features, fit and evaluate every CTR model, write the run directory."""
     from recstack.data.ctr import make_ctr_split
-    from recstack.evaluate.ctr import ctr_metrics
+    from recstack.evaluate.ctr import ctr_metrics, gauc_interval, per_user_auc
     from recstack.experiment import rundir
     from recstack.experiment.run import _check_destination, _claim_run_dir, _versions, load_data
     from recstack.models.ctr import CTR_MODELS
@@ -251,6 +296,7 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
     models: dict[str, Any] = {}
     metrics: dict[str, dict[str, Any]] = {}
     curves: dict[str, Any] = {}
+    per_user: dict[str, Any] = {}
     writer = _claim_run_dir(config, dataset, started, fingerprint, run_dir)
     with writer as tmp:
         for position, entry in enumerate(config.models, start=1):
@@ -269,6 +315,9 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
                 p = model.predict(data)
                 record[f"{part}_predict_seconds"] = round(time.perf_counter() - clock, 3)
                 record[part] = ctr_metrics(data.label, p, data.user) if len(data) else {}
+                if part == "test" and len(data):
+                    per_user[label] = per_user_auc(data.label, p, data.user)
+                    record["test_gAUC_ci"] = list(gauc_interval(per_user[label]))
             metrics[label] = record
             curves[label] = model.history_
             models[label] = model
@@ -276,6 +325,10 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
             say(f"      fit {fit_seconds:.1f} s (best epoch {model.best_epoch_}); valid AUC "
                 f"{_fmt(record['valid'].get('AUC'))}, test AUC {_fmt(record['test'].get('AUC'))}, test LogLoss "
                 f"{_fmt(record['test'].get('LogLoss'))}")
+        _paired_tests(metrics, per_user)
+        rerank = _run_rerank(config, dataset, split, models, say, progress) if config.rerank is not None else None
+        if rerank is not None:
+            rundir.write_json(tmp / RERANK, rerank)
         finished = datetime.now(timezone.utc)
         manifest = {"run_name": writer.path.name, "task": "ctr", "started": started.isoformat(),
                     "finished": finished.isoformat(), "data_seconds": round(data_seconds, 3),
@@ -294,9 +347,78 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
                   f"Fields: {', '.join(split.features.fields)}. Test rows with an unseen (OOV) value: "
                   + ", ".join(f"{k} {v}" for k, v in summary["test"].get("oov_rows", {}).items()) + ".", "",
                   "Test rows; gAUC weighted by each user's rows; Calibration = mean prediction / positive rate; "
-                  f"early stopping on validation {config.ctr.valid_metric}.", "", leaderboard_markdown(metrics), ""]
+                  f"early stopping on validation {config.ctr.valid_metric}.", "",
+                  leaderboard_markdown(metrics), ""]
+        if rerank is not None:
+            report += [f"## Retrieve then rank (top {config.rerank.n} reordered)", "",
+                       "Full ranking over the catalogue; relevant: the test rows labelled 1; masked: the training "
+                       "and validation rows; retrievers fitted on every training row.", "",
+                       rerank_markdown(rerank, config.rerank.labels()), ""]
         (tmp / "report.md").write_text("\n".join(report))
     if progress:
         console.print(leaderboard_table(metrics))
+        if rerank is not None:
+            console.print(rerank_markdown(rerank, config.rerank.labels()), markup=False)
         say(f"run directory: [bold]{writer.path}[/bold]")
-    return CTRRunResult(writer.path, metrics, split, dataset, models, config)
+    return CTRRunResult(writer.path, metrics, split, dataset, models, config, rerank or {})
+
+
+def _paired_tests(metrics: dict[str, dict[str, Any]], per_user: dict[str, Any]) -> None:
+    """Each model's per-user test AUC against the best gAUC model's: paired t-test p (the same users)."""
+    from recstack.evaluate.stats import paired_test
+
+    if len(per_user) < 2:
+        return
+    best = max(per_user, key=lambda label: metrics[label]["test"].get("gAUC", float("-inf")))
+    for label, values in per_user.items():
+        if label != best:
+            metrics[label]["test_vs_best"] = {"best": best, "test": "paired t-test on per-user AUC",
+                                              "p": paired_test(values.auc, per_user[best].auc, "t")}
+
+
+# ---- retrieve then rank ---------------------------------------------------------------------------
+
+def rerank_markdown(rerank: dict[str, dict[str, Any]], labels: list[str]) -> str:
+    lines = ["| entry | " + " | ".join(labels) + " | fit s |", "|---|" + "---|" * (len(labels) + 1)]
+    for name, record in rerank.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(record["test"].get(m)) for m in labels)
+                     + f" | {record.get('fit_seconds', 0.0):.1f} |")
+    return "\n".join(lines)
+
+
+def _run_rerank(config: CTRExperimentConfig, dataset: Any, split: Any, rankers: dict[str, Any], say: Any,
+                progress: bool) -> dict[str, dict[str, Any]]:
+    """Each retriever alone, then chained with each ranker, on the test rows labelled 1."""
+    from recstack.data.interactions import Interactions
+    from recstack.evaluate.evaluator import evaluate
+    from recstack.models import build
+    from recstack.models.ctr.rerank import RetrieveThenRank
+    from recstack.train.options import FitOptions
+
+    rerank = config.rerank
+    vocab = dataset.interactions
+
+    def part(data, positives: bool = False) -> Interactions:
+        keep = data.label > 0 if positives else slice(None)
+        return Interactions(data.user[keep], data.item[keep], vocab.users, vocab.items)
+
+    train = part(split.train)
+    history, valid, test = train.concat(part(split.valid)), part(split.valid, True), part(split.test, True)
+    names = rerank.rankers or list(rankers)
+    out: dict[str, dict[str, Any]] = {}
+    for entry in rerank.retrievers:
+        label = entry.display
+        say(f"[rerank] [bold]{label}[/bold] fitting ...")
+        retriever = build(entry.name, {**entry.params})
+        clock = time.perf_counter()
+        retriever.fit(train, valid, options=FitOptions(progress=progress, label=label))
+        fit_seconds = time.perf_counter() - clock
+        chains = [(label, retriever)] + [(f"{label}>{r}", RetrieveThenRank(retriever, rankers[r], rerank.n))
+                                         for r in names]
+        for name, scorer in chains:
+            clock = time.perf_counter()
+            result = evaluate(scorer, history=history, test=test, metrics=rerank.metrics, ks=rerank.ks)
+            out[name] = {"test": {k: result.metrics[k] for k in rerank.labels()},
+                         "fit_seconds": round(fit_seconds, 3), "eval_seconds": round(time.perf_counter() - clock, 3)}
+            say(f"      {name}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in out[name]["test"].items()))
+    return out

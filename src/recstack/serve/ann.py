@@ -58,13 +58,20 @@ DOT_PRODUCT_MODELS = {
 
 @dataclass(frozen=True)
 class HnswParams:
-    """HNSW graph degree `M`, build beam `ef_construction`, default search beam `ef_search`. M=16 and
-    efConstruction=40 build 1M items in minutes on one core; efSearch=128 keeps recall@10 >= 0.95 on
-    the factor shapes of BENCHMARKS.md ("Approximate retrieval")."""
+    """HNSW graph degree `M`, build beam `ef_construction`, search beam `ef_search` (None: from the
+    catalogue size, `ef_search_for`). M=16 and efConstruction=40 build 1M items in under 3 minutes
+    on one core (BENCHMARKS.md, "Serving (issue 14)")."""
 
     M: int = 16
     ef_construction: int = 40
-    ef_search: int = 128
+    ef_search: int | None = None
+
+
+def ef_search_for(n_items: int) -> int:
+    """n_items / 1000 rounded up to a power of two, within [128, 2048]: the beam that kept recall@10
+    at 0.97-0.99 in BENCHMARKS.md (128 at 100k items, 1024 at 1M; a fixed 128 fell to 0.75 at 1M)."""
+    wanted = 1 << max(0, int(np.ceil(np.log2(max(n_items, 1) / 1000))))
+    return int(min(2048, max(128, wanted)))
 
 
 class DotProduct:
@@ -124,7 +131,8 @@ def vectors_key(items: np.ndarray, params: HnswParams) -> str:
     import faiss
 
     h = hashlib.sha1(np.ascontiguousarray(items, dtype=np.float32).tobytes())
-    h.update(json.dumps({**asdict(params), "metric": "ip", "faiss": faiss.__version__, "shape": items.shape}).encode())
+    built_with = {"M": params.M, "ef_construction": params.ef_construction, "metric": "ip"}  # ef_search: per query
+    h.update(json.dumps({**built_with, "faiss": faiss.__version__, "shape": items.shape}).encode())
     return h.hexdigest()
 
 
@@ -133,6 +141,7 @@ class AnnIndex:
 
     def __init__(self, view: DotProduct, index: Any, params: HnswParams, source: str) -> None:
         self.view, self.index, self.params = view, index, params
+        self.ef_search = params.ef_search or ef_search_for(view.n_items)
         self.source = source  # "built" or "loaded": what load_or_build did
 
     @classmethod
@@ -144,8 +153,9 @@ class AnnIndex:
         import faiss
 
         # per-call parameters, not index.hnsw.efSearch: requests search the shared index concurrently
-        ef = max(ef_search or self.params.ef_search, depth)
-        _, labels = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), depth, params=faiss.SearchParametersHNSW(efSearch=ef))
+        ef = max(ef_search or self.ef_search, depth)
+        search = faiss.SearchParametersHNSW(efSearch=ef)
+        _, labels = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), depth, params=search)
         return labels
 
     def top_k(self, users: np.ndarray, history: Interactions, k: int, *, mask_history: bool,
@@ -153,10 +163,10 @@ class AnnIndex:
         """Top-k (items (B, k), exact scores) for `users`, their history masked when asked and only
         `allowed` items kept; None when the ANN cannot answer for certain (too much blocked, too few found)."""
         users = np.asarray(users, dtype=np.int64)
-        n_items = self.view.n_items
-        blocked = np.zeros((len(users), n_items), dtype=bool) if len(users) else None
-        if blocked is None:
+        if not len(users):
             return np.zeros((0, k), np.int32), np.zeros((0, k), np.float32)
+        n_items = self.view.n_items
+        blocked = np.zeros((len(users), n_items), dtype=bool)
         if allowed is not None:
             blocked[:] = ~allowed
         if mask_history:
@@ -176,7 +186,8 @@ class AnnIndex:
             if len(candidates) < k:
                 return None
             scores = self.view.scores(queries[row:row + 1], candidates)[0]
-            order = np.argsort(-scores, kind="stable")[:k]  # the scores exact ranking gives, bit for bit
+            # re-scored exactly: the model's scores (to float rounding) in their own order, whatever HNSW's
+            order = np.argsort(-scores, kind="stable")[:k]
             out_items[row], out_scores[row] = candidates[order], scores[order]
         return out_items, out_scores
 
@@ -192,7 +203,8 @@ class AnnIndex:
             os.replace(partial, path)
         finally:
             partial.unlink(missing_ok=True)
-        meta = {"key": key, **asdict(self.params), "n_items": self.view.n_items, "build_seconds": round(seconds, 3), "metric": "inner product"}
+        meta = {"key": key, **asdict(self.params), "metric": "inner product", "n_items": self.view.n_items,
+                "build_seconds": round(seconds, 3)}
         _write_json(path.with_suffix(".json"), meta)
 
     @classmethod
@@ -285,7 +297,7 @@ def prepare(models: dict[str, Any], run_dir: Path | None, history: Interactions,
             log.warning("ann: no index for %s (%s: %s): ranked exactly", label, type(exc).__name__, exc)
             continue
         log.info("ann: %s: HNSW over %d items (M=%d, efConstruction=%d, efSearch=%d) %s in %.2f s", label,
-                 view.n_items, params.M, params.ef_construction, params.ef_search, index.source,
+                 view.n_items, params.M, params.ef_construction, index.ef_search, index.source,
                  time.perf_counter() - tick)
         _indexes[model] = index
         out[label] = index
