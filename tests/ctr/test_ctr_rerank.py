@@ -56,3 +56,33 @@ def test_reranking_a_popularity_retriever_with_fm_beats_it(planted):
     # only the planted group x kind match makes a test row positive: the ranker roughly doubles NDCG@10
     assert alone == pytest.approx(0.160, abs=0.03)
     assert chained == pytest.approx(0.343, abs=0.04)
+
+
+def test_observed_rows_sample_unrated_items_as_negatives(planted):
+    from recstack.data.ctr import observed_rows
+
+    split = make_ctr_split(planted, [FieldSpec("user_id"), FieldSpec("item_id")], seed=0)
+    n_items = planted.interactions.n_items
+    keys = split.train.user.astype(np.int64) * n_items + split.train.item
+    rows = observed_rows(split.train, n_items, 3, keys, np.random.default_rng(0))
+    assert len(rows) == 4 * len(split.train) and rows.label.sum() == len(split.train)
+    negatives = rows.label == 0
+    assert not np.isin(rows.user[negatives].astype(np.int64) * n_items + rows.item[negatives], keys).any()
+    np.testing.assert_array_equal(np.bincount(rows.user[negatives], minlength=planted.interactions.n_users),
+                                  3 * np.bincount(split.train.user, minlength=planted.interactions.n_users))
+
+
+def test_a_run_can_refit_its_rankers_on_observed_rows(planted_atomic, tmp_path):
+    import json
+
+    from recstack.experiment.run import run_experiment
+
+    raw = {"task": "ctr", "data": {"path": str(planted_atomic), "format": "atomic"}, "output_dir": str(tmp_path),
+           "ctr": {"features": [{"name": "user_id"}, {"name": "item_id"}, {"name": "kind"}]},
+           "models": [{"name": "fm", "params": {"epochs": 2, "batch_size": 512}}],
+           "rerank": {"n": 10, "retrievers": [{"name": "pop"}], "ranker_rows": "observed", "n_negatives": 2,
+                      "ks": [5]}}
+    result = run_experiment(raw, progress=False)
+    rerank = json.loads((result.run_dir / "rerank.json").read_text())
+    assert set(rerank) == {"pop", "pop>fm"} and 0 <= rerank["pop>fm"]["test"]["NDCG@5"] <= 1
+    assert "against 2 unrated items per row" in (result.run_dir / "report.md").read_text()

@@ -297,3 +297,21 @@ def make_ctr_split(dataset: Dataset, specs: Sequence[FieldSpec], *, threshold: f
     features = fit_features(dataset, specs, users[train], items[train])
     part = lambda rows: CTRData(features, users[rows], items[rows], label[rows])  # noqa: E731
     return CTRSplit(part(train), part(valid), part(test))
+
+
+def observed_rows(data: CTRData, n_items: int, n_negatives: int, exclude: np.ndarray,
+                  rng: np.random.Generator) -> CTRData:
+    """Implicit-feedback rows over the same features: every row of `data` as label 1 (it was rated), plus
+    `n_negatives` items per row drawn uniformly among the items the user has no key for in `exclude`
+    (user * n_items + item of the observed pairs), labelled 0. For a ranker that reorders a retriever's
+    candidates by P(the user rates the item), as the full-ranking metrics count hits."""
+    users = np.repeat(data.user, n_negatives)
+    items = rng.integers(0, n_items, len(users))
+    exclude = np.unique(exclude)
+    for _ in range(20):  # resample the collisions; a user who rated nearly everything keeps a few
+        bad = np.isin(users * n_items + items, exclude)
+        if not bad.any():
+            break
+        items[bad] = rng.integers(0, n_items, int(bad.sum()))
+    label = np.concatenate([np.ones(len(data), np.float32), np.zeros(len(users), np.float32)])
+    return CTRData(data.features, np.concatenate([data.user, users]), np.concatenate([data.item, items]), label)

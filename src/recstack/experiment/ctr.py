@@ -103,6 +103,10 @@ class RerankSection(_Strict):
     n: PositiveInt = 100
     retrievers: list[ModelEntry] = Field(min_length=1)  # ranking models (recstack.models.MODELS)
     rankers: list[str] | None = None  # labels of CTR model entries; None: every one
+    # rated: the CTR models as fitted above (P(rating >= threshold | rated)); observed: each ranker refitted
+    # on every training row as label 1 plus n_negatives unrated items per row as label 0 (P(rated))
+    ranker_rows: Literal["rated", "observed"] = "rated"
+    n_negatives: PositiveInt = 4
     metrics: list[str] = Field(default_factory=lambda: ["NDCG", "Recall", "Hit"], min_length=1)
     ks: list[PositiveInt] = Field(default_factory=lambda: [10, 20], min_length=1)
 
@@ -352,7 +356,10 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
         if rerank is not None:
             report += [f"## Retrieve then rank (top {config.rerank.n} reordered)", "",
                        "Full ranking over the catalogue; relevant: the test rows labelled 1; masked: the training "
-                       "and validation rows; retrievers fitted on every training row.", "",
+                       "and validation rows; retrievers fitted on every training row; rankers "
+                       + ("as fitted above (rated rows)." if config.rerank.ranker_rows == "rated" else
+                          f"refitted on observed rows against {config.rerank.n_negatives} unrated items per row."),
+                       "",
                        rerank_markdown(rerank, config.rerank.labels()), ""]
         (tmp / "report.md").write_text("\n".join(report))
     if progress:
@@ -405,6 +412,8 @@ def _run_rerank(config: CTRExperimentConfig, dataset: Any, split: Any, rankers: 
     train = part(split.train)
     history, valid, test = train.concat(part(split.valid)), part(split.valid, True), part(split.test, True)
     names = rerank.rankers or list(rankers)
+    if rerank.ranker_rows == "observed":
+        rankers = _observed_rankers(config, split, names, vocab.n_users, vocab.n_items, say, progress)
     out: dict[str, dict[str, Any]] = {}
     for entry in rerank.retrievers:
         label = entry.display
@@ -421,4 +430,30 @@ def _run_rerank(config: CTRExperimentConfig, dataset: Any, split: Any, rankers: 
             out[name] = {"test": {k: result.metrics[k] for k in rerank.labels()},
                          "fit_seconds": round(fit_seconds, 3), "eval_seconds": round(time.perf_counter() - clock, 3)}
             say(f"      {name}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in out[name]["test"].items()))
+    return out
+
+
+def _observed_rankers(config: CTRExperimentConfig, split: Any, names: list[str], n_users: int, n_items: int,
+                      say: Any, progress: bool) -> dict[str, Any]:
+    """Each named CTR entry refitted on observed-vs-unrated rows (training negatives avoid training pairs,
+    validation negatives avoid training and validation pairs; test rows are never read)."""
+    import numpy as np
+
+    from recstack.data.ctr import observed_rows
+    from recstack.models.ctr import CTR_MODELS
+    from recstack.train.options import FitOptions
+
+    rerank = config.rerank
+    rng = np.random.default_rng(config.seed)
+    train_keys = split.train.user.astype(np.int64) * n_items + split.train.item
+    valid_keys = split.valid.user.astype(np.int64) * n_items + split.valid.item
+    train = observed_rows(split.train, n_items, rerank.n_negatives, train_keys, rng)
+    valid = observed_rows(split.valid, n_items, rerank.n_negatives, np.concatenate([train_keys, valid_keys]), rng)
+    entries = {entry.display: entry for entry in config.models}
+    out = {}
+    for name in names:
+        entry = entries[name]
+        say(f"[rerank] [bold]{name}[/bold] refitting on observed rows ({len(train):,}) ...")
+        model = CTR_MODELS.resolve(entry.name)(config.model_config_for(entry))
+        out[name] = model.fit(train, valid, options=FitOptions(progress=progress, label=f"{name}-observed"))
     return out
