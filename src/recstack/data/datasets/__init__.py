@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from recstack.data.dataset import Dataset
-from recstack.data.datasets.movielens import MOVIELENS
+from recstack.data.datasets.movielens import ML100K_RECBOLE_WHEEL, MOVIELENS
 from recstack.data.datasets.spec import DatasetSpec, Source, UrlArchive, WheelMembers
 from recstack.errors import RecstackError
 from recstack.registry import did_you_mean
@@ -247,15 +247,76 @@ def fetch(name: str, cache_dir: str | os.PathLike | None = None, force: bool = F
                      + f"\n{hint}")
 
 
-def load_dataset(name: str, cache_dir: str | os.PathLike | None = None) -> Dataset:
-    """Fetch `name` if it is not cached, then load it (provenance records the source)."""
+def load_dataset(name: str, cache_dir: str | os.PathLike | None = None, kg: str = "source") -> Dataset:
+    """Fetch `name` if it is not cached, then load it (provenance records the source).
+
+    `kg`: "source" keeps the knowledge graph the source ships (the recbole wheel has one for ml-100k,
+    GroupLens none); "recbole" takes the recbole wheel's `.kg` / `.link` files whatever source the
+    interactions came from (see `KG_SOURCES`); "none" drops it."""
     spec = _spec(name)
+    if kg not in ("source", "recbole", "none"):
+        raise RecstackError(f"kg={kg!r}: expected 'source' (what the source ships), 'recbole' (the recbole "
+                            "wheel's .kg/.link files) or 'none'")
     directory = fetch(name, cache_dir)
     dataset = spec.loader(directory)
     manifest = _manifest(directory)
     provenance = {**dataset.provenance, "name": name, "source": str(directory),
                   "fetched_from": manifest.get("source"), "sha256": manifest.get("sha256")}
-    return Dataset(dataset.interactions, dataset.item_table, dataset.user_table, dataset.kg, provenance)
+    graph = dataset.kg
+    if kg == "none":
+        graph = None
+    elif kg == "recbole":
+        from recstack.data.formats.atomic import _read_kg
+
+        kg_dir = fetch_kg(name, cache_dir)
+        graph = _read_kg(kg_dir / f"{name}.kg", kg_dir / f"{name}.link", dataset.interactions.items)
+        provenance["kg_source"] = str(kg_dir)
+    return Dataset(dataset.interactions, dataset.item_table, dataset.user_table, graph, provenance)
+
+
+# name -> the wheel files of its knowledge graph, for load_dataset(name, kg="recbole")
+KG_SOURCES: dict[str, WheelMembers] = {
+    "ml-100k": WheelMembers(requirement=ML100K_RECBOLE_WHEEL.requirement, sha256=ML100K_RECBOLE_WHEEL.sha256,
+                            prefix=ML100K_RECBOLE_WHEEL.prefix, files=("ml-100k.kg", "ml-100k.link")),
+}
+
+
+def fetch_kg(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder holding `<name>.kg` and `<name>.link` from the recbole wheel: the dataset's own
+    cache when its source was that wheel, else `<cache>/<name>-kg/` (fetched once, checksum-verified)."""
+    if name not in KG_SOURCES:
+        raise RecstackError(f"no knowledge graph source for dataset {name!r}; datasets with one: "
+                            f"{', '.join(sorted(KG_SOURCES))}. Load your own triples with "
+                            "recstack.data.kg.read_kg_table")
+    home = data_home(cache_dir)
+    own = home / name
+    if _is_complete(own) and all((own / file).is_file() for file in KG_SOURCES[name].files):
+        return own
+    target = home / f"{name}-kg"
+    if _is_complete(target):
+        return target
+    if target.exists():
+        shutil.rmtree(target)
+    home.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-kg.", suffix=".partial", dir=home))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{name}-kg.", suffix=".download", dir=home))
+    try:
+        try:
+            record = _fetch_wheel(KG_SOURCES[name], staging, scratch)
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise FetchError(f"could not fetch the knowledge graph of {name!r} "
+                             f"({KG_SOURCES[name].describe()}): {exc}") from None
+        record.update(dataset=f"{name}-kg", fetched_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        (staging / MARKER).write_text(json.dumps(record, indent=2))
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not _is_complete(target):
+                raise
+        return target
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def list_datasets() -> list[dict[str, Any]]:
@@ -278,6 +339,10 @@ def dataset_info(name: str, cache_dir: str | os.PathLike | None = None) -> dict[
         info["manifest"] = _manifest(directory)
         data = load_dataset(name, cache_dir)
         info["stats"] = summarize(data)
+        if data.kg is not None:  # relations, triples per relation, linked share of items
+            from recstack.data.kg import kg_stats
+
+            info["kg"] = kg_stats(data.kg, data.interactions.n_items)
         ids = {key: data.provenance[key] for key in ("user_ids", "item_ids") if key in data.provenance}
         if ids:
             info["ids"] = ids
@@ -298,5 +363,5 @@ def _side_table_info(table: dict[str, Any], ids: Any, counts: Any) -> dict[str, 
     return {"columns": list(table), "example": "; ".join([f"id={ids[row]}", *cells])}
 
 
-__all__ = ["DATASETS", "DatasetSpec", "FetchError", "UrlArchive", "WheelMembers", "data_home", "dataset_info",
-           "fetch", "list_datasets", "load_dataset"]
+__all__ = ["DATASETS", "KG_SOURCES", "DatasetSpec", "FetchError", "UrlArchive", "WheelMembers", "data_home",
+           "dataset_info", "fetch", "fetch_kg", "list_datasets", "load_dataset"]
