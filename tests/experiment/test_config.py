@@ -234,3 +234,20 @@ def test_packaged_default_benchmark():
     assert [m.name for m in config.models] == ["random", "pop", "itemknn", "userknn", "rp3beta", "ease", "als", "bpr"]
     assert all(m.params == {} for m in config.models)  # each model at its own defaults
     assert isinstance(config, ExperimentConfig)
+
+
+def test_the_knowledge_graph_source_is_a_data_option_of_named_datasets(monkeypatch):
+    import recstack.data.datasets as datasets
+    from recstack.experiment.run import load_data
+
+    config = parse_config({"data": {"dataset": "ml-100k", "kg": "recbole"}, "models": [{"name": "pop"}]})
+    assert config.data.kg == "recbole" and parse_config({"data": {"dataset": "ml-100k"},
+                                                         "models": [{"name": "pop"}]}).data.kg == "source"
+    asked = {}
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, cache_dir=None, kg="source": asked.update(kg=kg))
+    load_data(config)
+    assert asked == {"kg": "recbole"}
+    with pytest.raises(ExperimentConfigError, match="kg: 'recbole' applies to a named dataset only"):
+        parse_config({"data": {"path": "x.csv", "kg": "recbole"}, "models": [{"name": "pop"}]})
+    with pytest.raises(ExperimentConfigError, match="kg"):
+        parse_config({"data": {"dataset": "ml-100k", "kg": "wikidata"}, "models": [{"name": "pop"}]})

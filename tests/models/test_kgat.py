@@ -153,3 +153,25 @@ def test_bad_kg_input_errors():
         KGAT(KGATConfig(epochs=1, **SMALL)).fit(split.train)
     with pytest.raises(ValueError, match="aggregator"):
         KGATConfig(aggregator="mean")
+
+
+def test_the_datasets_kg_follows_preprocessing_and_is_matched_by_item_id():
+    from recstack.data.kg import item_attribute_kg, with_kg
+    from recstack.data.prep import k_core
+
+    base = clustered_dataset()
+    dataset = with_kg(base, item_attribute_kg(base.item_table, ["genres"], base.interactions.n_items))
+    core = k_core(dataset, item_k=45)  # drops the least popular items; item_entity follows
+    assert core.interactions.n_items < dataset.interactions.n_items
+    assert len(core.kg.item_entity) == core.interactions.n_items
+    split = shuffled_split(core.interactions)
+    model = KGAT(KGATConfig(epochs=1, **SMALL)).use_dataset(core)
+    module = model.build_module(split.train, np.random.default_rng(0))
+    # the 7 genres, and the entities of the dropped items, which stay in the triples as plain entities
+    n_other = len(core.kg.entities) - int((core.kg.item_entity >= 0).sum())
+    assert n_other == 7 + (120 - core.interactions.n_items)
+    assert module.n_nodes == split.train.n_users + split.train.n_items + n_other
+    # a dataset with more items than the split (the full one here): links are matched by item id
+    module = KGAT(KGATConfig(epochs=1, **SMALL)).use_dataset(dataset).build_module(split.train,
+                                                                                   np.random.default_rng(0))
+    assert module.n_nodes == split.train.n_users + split.train.n_items + n_other

@@ -80,6 +80,9 @@ class DataConfig(_Strict):
     columns: dict[str, str] | None = None
     sep: str | None = None
     name: str | None = None
+    # a named dataset's knowledge graph: the source's own ("source"), the recbole wheel's files
+    # whatever source the interactions came from ("recbole"), or none (recstack.data.datasets.KG_SOURCES)
+    kg: Literal["source", "recbole", "none"] = "source"
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
@@ -89,6 +92,8 @@ class DataConfig(_Strict):
                 "give exactly one data source: 'dataset' (a named dataset), 'files' (train/valid/test) "
                 f"or 'path' (with 'format'); got {', '.join(given) or 'none'}"
             )
+        if self.kg != "source" and self.dataset is None:
+            raise ValueError(f"kg: {self.kg!r} applies to a named dataset only; leave 'kg' out for 'files' and 'path'")
         if self.dataset is not None:
             from recstack.data.datasets import DATASETS
 

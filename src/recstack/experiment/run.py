@@ -79,7 +79,7 @@ def load_data(config: ExperimentConfig) -> Dataset:
     if source.dataset is not None:
         from recstack.data.datasets import load_dataset
 
-        return load_dataset(source.dataset, cache_dir=config.cache_dir)
+        return load_dataset(source.dataset, cache_dir=config.cache_dir, kg=source.kg)
     if source.files is not None:
         return _files_dataset(config, _split_from_files(config))
     from recstack.data import load
