@@ -288,6 +288,9 @@ def serve(
                                               help="Token of the admin routes (reload, export); without one they "
                                                    "are off. Prefer $RECSTACK_ADMIN_TOKEN: a flag shows in `ps`."),
     trust_code: bool = typer.Option(False, "--trust-code", help=_TRUST_HELP),
+    ann_min_items: int = typer.Option(50_000, "--ann-min-items", min=1,
+                                      help="Dot-product models over at least this many items retrieve with an HNSW "
+                                           "index (faiss), re-scored exactly; below it, exact ranking."),
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
     """Answer recommendation requests over HTTP (FastAPI under uvicorn) from a run's saved models;
@@ -299,7 +302,7 @@ def serve(
             raise RecstackError(f"`recstack serve` needs the serve extra ({exc.name} is missing): "
                                 "pip install 'recstack[serve]'") from None
         run_server(run_dir, labels=model or None, host=host, port=port, events=events, admin_token=admin_token,
-                   trust=trust_code)
+                   trust=trust_code, ann_min_items=ann_min_items)
 
 
 # ---- compare ----------------------------------------------------------------------------------

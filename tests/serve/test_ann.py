@@ -103,6 +103,9 @@ def test_threshold_switches_the_index_on_and_the_api_agrees_with_exact(run_dir, 
         body = client.post("/v1/recommend", json={"user_id": 3, "k": 10, "model": "bpr"}).json()
         assert [i["item_id"] for i in body["items"]] == \
             above.base.items.ids[exact_list(above, "bpr", 3)].tolist()
+        assert body["retrieval"] == "ann"  # the response says the index found the candidates
+        assert client.post("/v1/recommend", json={"user_id": 3, "k": 10, "model": "ease"}).json()["retrieval"] == \
+            "exact"
         assert client.post("/v1/recommend", json={"user_id": "nobody", "model": "bpr"}).json()["fallback"]
 
 

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from recstack.abilities import UserCoverage
 from recstack.data.interactions import UnknownIdError
 from recstack.errors import RecstackError
+from recstack.serve import ann
 from recstack.serve import schemas as s
 from recstack.serve.events import DEFAULT_EVENTS_FILE, Event, EventStore
 from recstack.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics
@@ -77,16 +78,18 @@ class BodyLimit:
 
 def create_app(run: str | Path | ServedRun | Server, *, labels: list[str] | None = None,
                events: str | Path | None = None, admin_token: str | None = None, trust: bool = False,
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, ann_min_items: int = ann.ANN_MIN_ITEMS) -> FastAPI:
     """The API around a run directory (or a loaded `ServedRun` / `Server`). Posted events go to the
     SQLite file `events` (default: events.sqlite next to the run directory). Admin routes need
-    `admin_token` (as `Authorization: Bearer <token>`) and are off without one."""
+    `admin_token` (as `Authorization: Bearer <token>`) and are off without one. Dot-product models
+    over at least `ann_min_items` items retrieve known users' candidates with an HNSW index."""
     if isinstance(run, Server):
         server = run
     else:
-        served = run if isinstance(run, ServedRun) else load_served(run, labels, trust=trust)
+        served = run if isinstance(run, ServedRun) else load_served(run, labels, trust=trust,
+                                                                     ann_min_items=ann_min_items)
         store = EventStore(Path(events) if events is not None else served.run_dir.parent / DEFAULT_EVENTS_FILE)
-        server = Server(served, store, trust=trust)
+        server = Server(served, store, trust=trust, ann_min_items=ann_min_items)
     metrics = ServeMetrics()
     metrics.serving(server.current)
 
@@ -244,7 +247,7 @@ def create_app(run: str | Path | ServedRun | Server, *, labels: list[str] | None
                                  k=request.k, history_length=len(history), known_user=known,
                                  fallback=ranked.fallback,
                                  fallback_model=run.fallback_name if ranked.fallback else None,
-                                 fallback_reason=ranked.reason, items=items)
+                                 fallback_reason=ranked.reason, retrieval=ranked.retrieval, items=items)
 
     @app.post(f"{API}/recommend", response_model=s.Recommendations, tags=["recommend"])
     def recommend_user(request: s.UserRequest) -> s.Recommendations:
@@ -377,13 +380,14 @@ def _allowed(run: ServedRun, genres: list[str], year_min: int | None, year_max: 
 
 def serve(run_dir: str | Path, *, labels: list[str] | None = None, host: str = "127.0.0.1", port: int = 8000,
           events: str | Path | None = None, admin_token: str | None = None, trust: bool = False,
-          log_level: str = "info") -> None:
+          log_level: str = "info", ann_min_items: int = ann.ANN_MIN_ITEMS) -> None:
     """Load the run and answer HTTP requests under uvicorn until stopped."""
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tick = time.perf_counter()
-    app = create_app(run_dir, labels=labels, events=events, admin_token=admin_token, trust=trust)
+    app = create_app(run_dir, labels=labels, events=events, admin_token=admin_token, trust=trust,
+                     ann_min_items=ann_min_items)
     server = app.state.server
     log.info("start-up %.2f s; peak memory %.0f MB; %d posted events in %s; admin routes %s",
              time.perf_counter() - tick, peak_memory_mb(), server.store.count(), server.store.path,

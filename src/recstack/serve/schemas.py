@@ -4,7 +4,7 @@ what a bad request is told about (422 naming the field)."""
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -79,6 +79,8 @@ class Recommendations(BaseModel):
     fallback: bool = Field(description="true when the run's fallback model answered instead of `model`")
     fallback_model: Optional[str] = None
     fallback_reason: Optional[str] = None
+    retrieval: Literal["exact", "ann"] = Field(
+        "exact", description="'ann': the model's HNSW index found the candidates (their scores are still exact)")
     items: list[RankedItem]
 
 

@@ -304,9 +304,11 @@ def _best_label(run_dir: Path, config: Any, labels: list[str]) -> str:
 class Server:
     """The served run, swapped atomically, and the event store it shares across runs."""
 
-    def __init__(self, served: ServedRun, store: EventStore, *, trust: bool = False) -> None:
+    def __init__(self, served: ServedRun, store: EventStore, *, trust: bool = False,
+                 ann_min_items: int = ann.ANN_MIN_ITEMS) -> None:
         self.store = store
         self.trust = trust
+        self.ann_min_items = ann_min_items  # a reloaded run gets the same retrieval threshold
         self._ingest = threading.Lock()  # orders event writes with the replay of a run being swapped in
         served.apply(store.since(0))
         self.current = served
@@ -325,7 +327,7 @@ class Server:
     def reload(self, run_dir: str | Path, labels: list[str] | None = None) -> ServedRun:
         """Load `run_dir` fully, then swap it in; requests keep the old run until the swap, and a run
         that fails to load changes nothing."""
-        served = load_served(run_dir, labels, trust=self.trust)
+        served = load_served(run_dir, labels, trust=self.trust, ann_min_items=self.ann_min_items)
         served.apply(self.store.since(0))  # most of the log, outside the lock
         with self._ingest:
             served.apply(self.store.since(served.last_seq))  # what arrived meanwhile
