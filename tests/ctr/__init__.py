@@ -1,0 +1,1 @@
+"""CTR tests: a package, so that its conftest does not shadow tests/conftest.py as the module `conftest`."""
