@@ -66,10 +66,10 @@ METRICS = {
            "beyond": {"Gini_corrected@10": 0.9, "Novelty@10": 2.0,
                       "popularity_bias": {"k": 10, "buckets": [{"bucket": "Q1", "n_users": 3, "historical": 5.0,
                                                                 "recommended": 8.0}]}},
-           "slices": {"activity": {"groups": {"cold": {"NDCG@10": 0.1}, "heavy": {"NDCG@10": 0.3}}}}},
+           "slices": {"activity": {"groups": {"light": {"NDCG@10": 0.1}, "heavy": {"NDCG@10": 0.3}}}}},
     "m2": {"test": {"NDCG@5": 0.05, "NDCG@10": None},
            "beyond": {"Gini_corrected@10": 0.5, "Novelty@10": 3.0},
-           "slices": {"activity": {"groups": {"cold": {"NDCG@10": 0.05}}}}},
+           "slices": {"activity": {"groups": {"light": {"NDCG@10": 0.05}}}}},
 }
 
 
@@ -262,10 +262,10 @@ def test_report_marks_the_restored_epoch_and_draws_slice_intervals(run):
     test = run.results["itemknn"]["test"]
     activity = metrics["itemknn"]["slices"]["user_activity"]
     counts = run.split.train.user_counts()[test.users]
-    cold = counts <= activity["cut_points"][0]
-    assert cold.any()
-    group = activity["groups"]["cold"]
-    assert group["ci"]["NDCG@10"] == list(bootstrap_ci(test.per_user["NDCG@10"][cold]))
+    light = counts <= activity["cut_points"][0]
+    assert light.any()
+    group = activity["groups"]["light"]
+    assert group["ci"]["NDCG@10"] == list(bootstrap_ci(test.per_user["NDCG@10"][light]))
     assert group["ci"]["NDCG@10"][0] <= group["NDCG@10"] <= group["ci"]["NDCG@10"][1]
     for key in ("slice_user_activity", "slice_item_popularity"):
         chart = charts[key]
