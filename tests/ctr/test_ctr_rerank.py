@@ -31,7 +31,7 @@ def test_top_n_reordered_by_the_ranker_the_rest_in_retriever_order():
     # retriever top 3 without the seen item: 1, 2, 3 -> ranker order 2 (9), 3 (8), 1 (1); then 4, 5 as retrieved
     assert list(np.argsort(-scores)[:5]) == [2, 3, 1, 4, 5]
     assert scores[0] == -np.inf
-    np.testing.assert_array_equal(chain.score(np.array([0]), history, items=np.array([5, 2])), scores[None, [5, 2]])
+    np.testing.assert_allclose(chain.score(np.array([0]), history, items=np.array([5, 2])), scores[None, [5, 2]], rtol=1e-6)
     with pytest.raises(ValueError, match="n must be >= 1"):
         RetrieveThenRank(retriever, ranker, n=0)
 
