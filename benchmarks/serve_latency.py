@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import httpx
@@ -62,18 +63,25 @@ def start_server(run_dir: Path, events: Path, log: Path, labels: tuple[str, ...]
         proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir), ",".join(labels), str(port), str(events)],
                                 stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    wait_until_ready(proc, lambda: httpx.get(f"{url}/ready", timeout=1).status_code == 200, log, "the server")
+    return proc, url
+
+
+def wait_until_ready(proc: subprocess.Popen, ready: Any, log: Path, who: str, timeout_s: float = 120) -> None:
+    """Poll `ready()` (an HTTP error counts as not yet) until it is true; stop with the server's log if
+    the process exits or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"the server exited ({proc.returncode}):\n{log.read_text()}")
+            raise SystemExit(f"{who} exited ({proc.returncode}):\n{log.read_text()}")
         try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                return proc, url
+            if ready():
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
     proc.kill()
-    raise SystemExit(f"the server did not become ready:\n{log.read_text()}")
+    raise SystemExit(f"{who} did not become ready:\n{log.read_text()}")
 
 
 def summary(latencies: list[float], seconds: float) -> str:

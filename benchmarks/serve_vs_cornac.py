@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 from machine import print_machine
-from serve_latency import free_port, load, make_run, start_server, summary
+from serve_latency import free_port, load, make_run, start_server, summary, wait_until_ready
 
 CORNAC_FIT = """
 import sys, glob
@@ -58,17 +58,9 @@ def start_cornac(python: str, model_path: str, workdir: Path, log: Path) -> tupl
         proc = subprocess.Popen([python, "-m", "flask", "--app", "cornac.serving.app", "run", "--port", str(port)],
                                 stdout=out, stderr=out, env=env, cwd=workdir)  # cwd: its feedback CSV lands there
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"Cornac's server exited ({proc.returncode}):\n{log.read_text()}")
-        try:
-            httpx.get(f"{url}/recommend", timeout=1)  # 400 without uid: it answers
-            return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"Cornac's server did not start:\n{log.read_text()}")
+    # any answer will do: /recommend without a uid is a 400
+    wait_until_ready(proc, lambda: httpx.get(f"{url}/recommend", timeout=1) is not None, log, "Cornac's server")
+    return proc, url
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -17,7 +17,7 @@ import re
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
@@ -389,11 +389,8 @@ class ExperimentConfig(_Strict):
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"valid_metric {self.valid_metric!r} is not among the computed metrics{hint} "
                              f"(computed: {', '.join(labels)})")
-        seen: set[str] = set()
+        distinct_labels(self.models)
         for position, entry in enumerate(self.models):
-            if entry.display in seen:
-                raise ValueError(f"two models are labelled {entry.display!r}; give each a distinct 'label'")
-            seen.add(entry.display)
             try:
                 _check_fit_settings(self.model_config_for(entry))
             except RecstackError as exc:
@@ -511,6 +508,16 @@ class ExperimentConfig(_Strict):
         if self.seeds is None:
             dumped.pop("split_per_seed", None)  # a single-seed run's config.yaml (and folder name) as before seeds
         return dumped
+
+
+def distinct_labels(models: Sequence[Any]) -> set[str]:
+    """The entries' labels, refusing two entries with the same one (every file of a run is named by it)."""
+    seen: set[str] = set()
+    for entry in models:
+        if entry.display in seen:
+            raise ValueError(f"two models are labelled {entry.display!r}; give each a distinct 'label'")
+        seen.add(entry.display)
+    return seen
 
 
 def _check_seed(seed: int) -> int:

@@ -43,7 +43,7 @@ from pydantic import Field, PositiveInt, ValidationError, field_validator, model
 
 from recstack.errors import RecstackError
 from recstack.experiment.config import (DataConfig, ExperimentConfigError, ModelEntry, _check_seed, _Strict,
-                                        format_validation_error)
+                                        distinct_labels, format_validation_error)
 
 LEADERBOARD = ("AUC", "LogLoss", "gAUC", "Calibration")
 RERANK = "rerank.json"  # retrieve-then-rank: each retriever alone and chained with each ranker
@@ -145,11 +145,8 @@ class CTRExperimentConfig(_Strict):
         if self.data.files is not None:
             raise ValueError("a CTR experiment splits its rows itself (random 8:1:1 by 'ctr.ratios'); give the data "
                              "as 'dataset' or 'path', not pre-split 'files'")
-        seen: set[str] = set()
+        seen = distinct_labels(self.models)
         for position, entry in enumerate(self.models):
-            if entry.display in seen:
-                raise ValueError(f"two models are labelled {entry.display!r}; give each a distinct 'label'")
-            seen.add(entry.display)
             try:
                 self.model_config_for(entry)
             except RecstackError as exc:
@@ -270,20 +267,13 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
     from recstack.data.ctr import make_ctr_split
     from recstack.evaluate.ctr import ctr_metrics, gauc_interval, per_user_auc
     from recstack.experiment import rundir
-    from recstack.experiment.run import _check_destination, _claim_run_dir, _versions, load_data
+    from recstack.experiment.run import _check_destination, _claim_run_dir, _versions, load_data, progress_printer
     from recstack.models.ctr import CTR_MODELS
     from recstack.train.options import FitOptions
 
     config = parse_ctr_config(config)
     _check_destination(config, run_dir)
-    if progress and console is None:
-        from rich.console import Console
-
-        console = Console()
-
-    def say(text: str) -> None:
-        if progress:
-            console.print(text, soft_wrap=True)
+    console, say = progress_printer(progress, console)
 
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()

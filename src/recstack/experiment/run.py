@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from rich.markup import escape
@@ -179,14 +179,7 @@ def run_experiment(
         return run_ctr_experiment(config, run_dir=run_dir, progress=progress, console=console)  # type: ignore
     config = parse_config(config).resolved()
     _check_destination(config, run_dir)
-    if progress and console is None:
-        from rich.console import Console
-
-        console = Console()
-
-    def say(text: str) -> None:
-        if progress:
-            console.print(text, soft_wrap=True)
+    console, say = progress_printer(progress, console)
 
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
@@ -398,6 +391,21 @@ def cold_warning(part: str, counts: HistoryCounts) -> str | None:
     if counts.policy == "skip":
         return head + "the cold-user policy skip leaves them out of every metric"
     return head + f"the cold-user policy fallback gives every model {counts.fallback}'s lists for them"
+
+
+def progress_printer(progress: bool, console: Any = None) -> tuple[Any, Callable[[str], None]]:
+    """The console a run prints to (a new rich `Console` when progress is on and none was given) and
+    `say(text)`, which prints to it only with progress on."""
+    if progress and console is None:
+        from rich.console import Console
+
+        console = Console()
+
+    def say(text: str) -> None:
+        if progress:
+            console.print(text, soft_wrap=True)
+
+    return console, say
 
 
 def _check_destination(config: ExperimentConfig, run_dir: str | os.PathLike | None) -> None:
