@@ -3,10 +3,12 @@
 For each catalogue size, both sides score the same users against the same float32 factors (d=64)
 in the same user blocks and take the top k=10. The reference multiplies with the library the
 model under test scores with (`--library`: numpy, as recstack's MF models do, or torch), so both
-sides run the same BLAS on the same dtype, and takes the top k with the same primitive as
-recstack's `top_k_items` (torch.topk, unsorted, when torch is installed; else numpy's
-argpartition). recstack's `evaluate` also masks each user's history, breaks ties at the cut-off,
-looks up hits and computes six metrics. Reported: users/s of each and the ratio recstack /
+sides run the same BLAS on the same dtype, and takes the top k with the library's own top-k
+(torch.topk, unsorted, when torch is installed; else numpy's argpartition). recstack's `evaluate`
+takes its top k with its own kernel (a compiled heap pass with the history masks fused into it,
+`recstack/_compiled.py`, when numba is installed; else the same library top-k plus a tie fix-up),
+and also masks each user's history, breaks ties at the cut-off, looks up hits and computes six
+metrics, overlapping the next block's product with the current block's ranking. Reported: users/s of each and the ratio recstack /
 reference (goal >= 1.0, issue 19), after the machine (CPU, BLAS, threads) and each library's raw
 GEMM speed on the benchmark's shapes, so a reader sees which BLAS is faster on this CPU.
 
@@ -61,8 +63,17 @@ def scoring_library(model: MatrixFactorization) -> str:
 
 
 def topk_library() -> str:
-    """The library of recstack's top-k primitive (`recstack.topk`: torch.topk when torch is installed)."""
+    """The library top-k the reference uses: torch.topk when torch is installed, else numpy's argpartition."""
     return "torch" if importlib.util.find_spec("torch") is not None else "numpy"
+
+
+def recstack_topk() -> str:
+    """What recstack's evaluation takes its top k with on this install."""
+    from recstack.topk import compiled_kernels
+
+    if compiled_kernels() is not None:
+        return "a compiled heap pass with fused masks (numba, recstack._compiled)"
+    return f"{topk_library()} top-k + tie fix-up (no numba)"
 
 
 def gemm(library: str):
@@ -75,7 +86,7 @@ def gemm(library: str):
 
 
 def raw_topk(library: str):
-    """The top-k primitive recstack's `top_k_items` calls, on a block of scores of either library."""
+    """The library top-k of the reference, on a block of scores of either library."""
     if library == "torch":
         import torch
 
@@ -97,7 +108,7 @@ def installed_libraries() -> list[str]:
 
 
 def reference_libraries(model: MatrixFactorization) -> dict[str, str]:
-    """The libraries the reference uses: the model's for the product, recstack's for the top-k."""
+    """The libraries the reference uses: the model's for the product, the library top-k (`topk_library`)."""
     return {"gemm": scoring_library(model), "topk": topk_library()}
 
 
@@ -175,8 +186,8 @@ def run(args: argparse.Namespace) -> None:
     libraries = reference_libraries(probe)
     print_machine(f"settings: {args.threads} threads for numpy's BLAS (threadpool_limits), torch "
                   f"(set_num_threads) and torch.topk; float32; d={args.dim}, k={args.k}, best of {args.repeats}",
-                  f"path under test: scores with {scoring_library(probe)}, top-k with {topk_library()} "
-                  f"(recstack.topk); reference: {libraries['gemm']} matmul + {libraries['topk']} top-k")
+                  f"path under test: scores with {scoring_library(probe)}, top-k with {recstack_topk()}; "
+                  f"reference: {libraries['gemm']} matmul + {libraries['topk']} top-k")
     rows, gemm_rows = [], []
     for n_items, n_users in args.shapes:
         model, history, test = make_case(n_items, n_users, args.dim, rng, args.library)

@@ -111,7 +111,7 @@ def test_eval_throughput_reference_uses_the_library_of_the_path_under_test(bench
     scores = product(users[:8], items_t)
     assert eval_throughput.library_of(scores) == eval_throughput.library_of(model.score(np.arange(8), None))
     np.testing.assert_allclose(np.asarray(scores), model.user_factors @ model.item_factors.T, rtol=1e-5)
-    # the reference's top-k primitive is recstack's: the same k items per row (no ties in random floats)
+    # the reference's library top-k finds recstack's k items per row (no ties in random floats)
     from recstack.topk import top_k_items
 
     assert libraries["topk"] == ("torch" if importlib.util.find_spec("torch") else "numpy")

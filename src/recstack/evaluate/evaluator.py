@@ -7,6 +7,8 @@ for blocks of users sized from the catalogue and a memory budget, never one user
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal, Sequence
 
@@ -18,14 +20,16 @@ from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.evaluate.accuracy import METRICS, item_coverage
 from recstack.evaluate.rankings import Rankings
-from recstack.topk import top_k_items  # re-exported: callers import it from here
+from recstack.topk import compiled_kernels, top_k_items  # top_k_items re-exported: callers import it from here
 
 DEFAULT_METRICS = ("Recall", "Precision", "NDCG", "MRR", "Hit", "MAP")
 DEFAULT_KS = (10, 20)
 # the fixed item order that breaks ties when ranking an item pool (see `rank`)
 POOL_TIE_SEED = 0
-# bytes per scored (user, item) cell: float32 score plus room for the top-k partition's work
+# bytes per scored (user, item) cell: two float32 blocks are alive at once, the one being ranked
+# and the next one being scored (`rank` overlaps them)
 _BYTES_PER_CELL = 8
+_pipeline: tuple[int, ThreadPoolExecutor] | None = None  # (process id, executor): a forked child makes its own
 
 
 COLD_POLICIES = ("include", "skip", "fallback")
@@ -268,31 +272,63 @@ def rank(
         items, scores = model.top_k(users, history, depth, mask_history=mask_history)
         return _drop_excluded(np.asarray(items), np.asarray(scores), extra, k)
     hist = history.matrix()
+    # sorted once here, not once per block inside the top-k
+    hist, excluded = (m if m is None or m.has_sorted_indices else m.sorted_indices() for m in (hist, excluded))
     block = block_size_for(n_items, memory_budget_mb)
     out_items = np.full((len(users), k), -1, dtype=np.int32)
     out_scores = np.full((len(users), k), -np.inf, dtype=np.float32)
-    for start in range(0, len(users), block):
-        batch = users[start:start + block]
-        scores = np.asarray(model.score(batch, history), dtype=np.float32)
-        if not (scores.flags.owndata and scores.flags.writeable):
-            scores = scores.copy()  # masking writes in place: never into a model's own array
-        if scores.shape != (len(batch), n_items):
-            raise ValueError(f"{type(model).__name__}.score returned {scores.shape}, expected {(len(batch), n_items)}")
-        if mask_history:
-            for masked in (hist, excluded) if excluded is not None else (hist,):
-                rows = masked[batch]
-                scores[np.repeat(np.arange(len(batch)), np.diff(rows.indptr)), rows.indices] = -np.inf
+
+    def finish(start: int, batch: np.ndarray, scores: np.ndarray) -> None:
+        masks = (hist, excluded) if mask_history else ()
         if outside_pool is not None:
+            scores = scores if scores.flags.writeable and scores.flags.owndata else scores.copy()
+            for masked in masks:
+                if masked is not None:
+                    rows = masked[batch]
+                    scores[np.repeat(np.arange(len(batch)), np.diff(rows.indptr)), rows.indices] = -np.inf
             scores[:, outside_pool] = -np.inf
             scores = scores[:, tie_order]  # ties go to the earlier position of the fixed random order
-        idx, values = top_k_items(scores, k)
+            masks = ()
+        # the history is masked inside the top-k pass, while each row is in cache (issue 19)
+        idx, values = top_k_items(scores, k, masks=masks, rows=batch)
         if tie_order is not None:
             idx = tie_order[idx]
         idx = idx.astype(np.int32)
         idx[~np.isfinite(values) & (values < 0)] = -1  # -inf: the model cannot score it / masked
         out_items[start:start + len(batch), : idx.shape[1]] = idx
         out_scores[start:start + len(batch), : idx.shape[1]] = values
+
+    if len(users) <= block:  # one block: nothing to overlap
+        if len(users):
+            finish(0, users, _scores_of(model, users, history, n_items))
+        return out_items, out_scores
+    # the next block's product overlaps this block's masking and top-k (issue 19): the product runs
+    # in BLAS, the top-k in compiled code, both without the GIL
+    pending = None
+    for start in range(0, len(users), block):
+        batch = users[start:start + block]
+        scores = _scores_of(model, batch, history, n_items)
+        if pending is not None:
+            pending.result()
+        pending = _rank_pipeline().submit(finish, start, batch, scores)
+    pending.result()
     return out_items, out_scores
+
+
+def _scores_of(model: Scorer, batch: np.ndarray, history: Interactions, n_items: int) -> np.ndarray:
+    """The model's float32 score block for `batch`, checked (the top-k reads it and masks without writing)."""
+    scores = np.asarray(model.score(batch, history), dtype=np.float32)
+    if scores.shape != (len(batch), n_items):
+        raise ValueError(f"{type(model).__name__}.score returned {scores.shape}, expected {(len(batch), n_items)}")
+    return scores
+
+
+def _rank_pipeline() -> ThreadPoolExecutor:
+    """The one worker thread that ranks a score block while `rank` scores the next."""
+    global _pipeline
+    if _pipeline is None or _pipeline[0] != os.getpid():
+        _pipeline = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="recstack-rank"))
+    return _pipeline[1]
 
 
 def _drop_excluded(items: np.ndarray, scores: np.ndarray, excluded: sp.csr_matrix, k: int
@@ -307,6 +343,14 @@ def _drop_excluded(items: np.ndarray, scores: np.ndarray, excluded: sp.csr_matri
 
 def _hits(items: np.ndarray, users: np.ndarray, truth: sp.csr_matrix) -> np.ndarray:
     """Gain of each ranked item: truth[user, item] looked up by binary search on sorted CSR keys."""
+    kernels = compiled_kernels()
+    if kernels is not None:
+        if not truth.has_sorted_indices:
+            truth = truth.sorted_indices()
+        gains = np.empty(items.shape, dtype=np.float32)
+        kernels.lookup_gains(np.ascontiguousarray(items), np.ascontiguousarray(users, dtype=np.int64),
+                             truth.indptr, truth.indices, truth.data, gains)
+        return gains
     rows = truth[users]
     rows.sort_indices()
     n_items = truth.shape[1]
