@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--solvers", nargs="+", choices=["adam", "sgd", "sgd-compiled"],
+    parser.add_argument("--solvers", nargs="+", choices=["adam", "sgd", "sgd-compiled", "learnbpr"],
                         default=["adam", "sgd", "sgd-compiled"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

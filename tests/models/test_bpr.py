@@ -10,7 +10,7 @@ from recstack.models.factorization.bpr import BPR, BPRConfig
 from recstack.models.protocol import NotFittedError
 from recstack.testing import assert_scores_equivalent
 
-FAST = dict(epochs=15, batch_size=512, learning_rate=0.01, verbose=False)
+FAST = dict(solver="adam", epochs=15, batch_size=512, learning_rate=0.01, verbose=False)  # the Adam path's tests
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -245,3 +245,94 @@ def test_compile_step_without_the_sgd_solver_is_refused():
 
     with pytest.raises(ConfigError, match="compile_step.*solver='sgd'"):
         make_config(BPRConfig, {"compile_step": True})
+
+
+def _learnbpr_sequential(P, Q, b, triples, lr, reg):
+    """LearnBPR as the paper's Algorithm 1 runs it: each triple reads the weights its predecessors left."""
+    P, Q, b = P.astype(np.float64), Q.astype(np.float64), None if b is None else b.astype(np.float64)
+    losses = []
+    for u, i, j in triples:
+        x = P[u] @ (Q[i] - Q[j]) + (0.0 if b is None else b[i] - b[j])
+        losses.append(np.log1p(np.exp(-x)))
+        s = lr / (1.0 + np.exp(x))
+        p_u, q_i, q_j = P[u].copy(), Q[i].copy(), Q[j].copy()
+        P[u] = p_u + s * (q_i - q_j) - lr * reg * p_u
+        Q[i] = q_i + s * p_u - lr * reg * q_i
+        Q[j] = q_j - s * p_u - lr * reg * q_j
+        if b is not None:
+            b_i, b_j = b[i], b[j]
+            b[i], b[j] = b_i + s - lr * reg * b_i, b_j - s - lr * reg * b_j
+    return P, Q, b, float(np.mean(losses))
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_learnbpr_kernel_is_the_papers_sequential_algorithm(with_bias):
+    from recstack.models.kernels.learnbpr import learnbpr_triples
+
+    rng = np.random.default_rng(4)
+    P, Q = rng.normal(size=(6, 16)).astype(np.float32), rng.normal(size=(8, 16)).astype(np.float32)
+    b = rng.normal(size=8).astype(np.float32) if with_bias else np.zeros(0, np.float32)
+    users, pos = np.array([0, 3, 3, 5]), np.array([2, 2, 7, 1])
+    neg = np.array([[4, 5], [6, 0], [2, 3], [7, 6]])  # item 2: positive of pair 1, negative of pair 2
+    P[0] *= 40.0  # user 0's margins beyond +-30: the kernel's no-step and linear-loss branches
+    triples = [(users[t], pos[t], j) for t in range(4) for j in neg[t]]
+    P_hand, Q_hand, b_hand, loss_hand = _learnbpr_sequential(P, Q, b if with_bias else None, triples, 0.1, 0.05)
+    total = learnbpr_triples(P, Q, b, users, pos, neg, 0.1, 0.05)
+    assert total / len(triples) == pytest.approx(loss_hand, rel=1e-5)
+    np.testing.assert_allclose(P, P_hand, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(Q, Q_hand, rtol=1e-5, atol=1e-6)
+    if with_bias:
+        np.testing.assert_allclose(b, b_hand, rtol=1e-5, atol=1e-6)
+
+
+def test_the_default_solver_is_learnbpr_with_its_own_defaults():
+    c = BPRConfig()
+    assert (c.solver, c.step_size, c.weight_decay, c.initial_std, c.step_decay) == ("learnbpr", 0.1, 0.02, 0.1, 0.95)
+    adam = BPRConfig(solver="adam")
+    assert (adam.step_size, adam.weight_decay, adam.initial_std, adam.step_decay) == (2e-3, 3e-3, 0.01, 1.0)
+
+
+def test_lr_decay_with_adam_is_refused():
+    from recstack.models import ConfigError, make_config
+
+    with pytest.raises(ConfigError, match="lr_decay is the step decay of the learnbpr and sgd solvers"):
+        make_config(BPRConfig, {"solver": "adam", "lr_decay": 0.9})
+
+
+def test_learnbpr_solver_learns_repeats_per_seed_decays_and_round_trips(clustered_split, tmp_path):
+    params = {"solver": "learnbpr", "epochs": 15, "learning_rate": 0.05, "lr_decay": 0.9, "verbose": False}
+    model = build("bpr", params).fit(clustered_split.train, clustered_split.valid)
+    history, test = clustered_split.history("test"), clustered_split.test
+    ndcg = evaluate(model, history=history, test=test, metrics=["NDCG@10"])["NDCG@10"]
+    pop = evaluate(build("pop").fit(clustered_split.train), history=history, test=test, metrics=["NDCG@10"])["NDCG@10"]
+    assert ndcg > 0.4 and ndcg > 3 * pop
+    # the log shows the step each epoch used
+    assert [h["learning_rate"] for h in model.history_[:3]] == pytest.approx([0.05, 0.045, 0.0405])
+    again = build("bpr", params).fit(clustered_split.train, clustered_split.valid)
+    np.testing.assert_array_equal(again.user_factors_, model.user_factors_)
+    model.save(tmp_path / "learnbpr")
+    np.testing.assert_array_equal(load_model(tmp_path / "learnbpr").item_factors_, model.item_factors_)
+    biased = build("bpr", {**params, "epochs": 2, "item_bias": True, "n_negatives": 3}).fit(clustered_split.train)
+    assert np.abs(biased.item_bias_).max() > 0 and len(biased.history_) == 2
+
+
+def test_learnbpr_runs_on_the_cpu_only(clustered_split):
+    from recstack.errors import RecstackError
+    from recstack.models.factorization.bpr import _learnbpr_step
+
+    with pytest.raises(RecstackError, match="solver 'learnbpr' runs on the CPU.*use solver 'adam' or 'sgd'"):
+        _learnbpr_step(torch.device("meta"))
+
+
+def test_learnbpr_gives_the_same_model_with_one_thread_or_two(clustered_split):
+    """With two threads the next epoch's triples are drawn on a second thread: the draws keep their order."""
+    params = {"solver": "learnbpr", "epochs": 4, "verbose": False}
+    one = build("bpr", params).fit(clustered_split.train, clustered_split.valid)
+    torch.set_num_threads(2)
+    try:
+        two = build("bpr", params).fit(clustered_split.train, clustered_split.valid)
+    finally:
+        torch.set_num_threads(1)
+    np.testing.assert_array_equal(one.user_factors_, two.user_factors_)
+    np.testing.assert_array_equal(one.item_factors_, two.item_factors_)
+    assert not hasattr(two, "_prefetch")

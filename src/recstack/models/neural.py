@@ -82,6 +82,9 @@ class TorchRecommender(SaveLoad):
         return {}
 
     after_step = None  # optional `after_step(module, optimizer, step)`, run after each optimiser step
+    # optional `step_size(epoch)`: a model that updates its own weights (optimizer="none") and decays its
+    # step tells the log which step each epoch used
+    step_size = None
 
     # ---- the fit every such model shares ------------------------------------------------------
 
@@ -128,7 +131,7 @@ class TorchRecommender(SaveLoad):
 
         history = trainer.fit(module, batch_loss or self.batch_loss, batches or self.batches, scorer,
                               train=train, valid=valid,
-                              after_step=after_step or self.after_step)
+                              after_step=after_step or self.after_step, step_size=self.step_size)
         best_epoch = trainer.best_epoch if trainer.best_epoch is not None else len(history)
         with torch.no_grad():  # the trainer leaves the module in eval mode with the best weights
             fitted = export(module)

@@ -290,8 +290,12 @@ class Trainer:
         train: Interactions | None = None,
         valid: Interactions | None = None,
         after_step: Callable[[torch.nn.Module, torch.optim.Optimizer, int], None] | None = None,
+        step_size: Callable[[int], float] | None = None,
     ) -> list[dict[str, Any]]:
         """Train `module` in place; return the per-epoch history.
+
+        `step_size(epoch)`: with optimizer="none", the step the model's own update used in that epoch
+        (from 1), for the log; without it the log shows `learning_rate`.
 
         `after_step(module, optimizer, step)` runs after every optimiser step, with this step's
         gradients still on the parameters (step counts from 1 across epochs); models that change
@@ -377,7 +381,8 @@ class Trainer:
                     else:
                         evaluations_since_best += 1
                 entry = {"epoch": epoch, "loss": mean_loss, label: value,
-                         "learning_rate": c.learning_rate if optimizer is None else optimizer.param_groups[0]["lr"],
+                         "learning_rate": (c.learning_rate if step_size is None else step_size(epoch)) if optimizer is None
+                         else optimizer.param_groups[0]["lr"],
                          "seconds": round(time.perf_counter() - started, 4)}
                 self.history.append(entry)
                 self._log_epoch(entry)

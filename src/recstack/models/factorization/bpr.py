@@ -1,15 +1,20 @@
 """BPR-MF (Rendle et al., "BPR: Bayesian Personalized Ranking from Implicit Feedback", UAI 2009).
 
-score(u, i) = <p_u, q_i> (+ b_i); loss = -mean log sigmoid(score(u, i) - score(u, j)) over
-(user, positive i, uniform negative j) triples, plus `reg` times the squared L2 norm of the
-embeddings the batch touches (per example), trained with Adam in mini-batches. Without item biases
-the loss and its gradient are the hand-written `bpr_mf_loss` (a test checks it against autograd).
+score(u, i) = <p_u, q_i> (+ b_i), trained on (user, positive i, uniform negative j) triples to
+maximise log sigmoid(x_uij), x_uij = score(u, i) - score(u, j), with L2 regularisation. Three solvers:
 
-`solver="sgd"` runs the paper's own LearnBPR instead: theta += lr * (sigmoid(-x_uij) dx_uij/dtheta
-- reg * theta), written out in closed form by `bpr_sgd_step` (no autograd, no optimiser state: the
-trainer runs with optimizer="none") and applied to a mini-batch of triples at a time, each triple
-reading the weights as they were before its batch; LearnBPR draws triples with replacement, here an
-epoch visits every positive once. `compile_step` fuses that step with torch.compile.
+- `learnbpr` (the default): the paper's LearnBPR (Algorithm 1), theta += lr * (sigmoid(-x_uij)
+  dx_uij/dtheta - reg * theta), triple by triple, each reading the rows its predecessors left, in
+  compiled code (numba, `models/kernels/learnbpr.py`, CPU). An epoch visits every positive once in a
+  fresh order (LearnBPR draws with replacement); the step decays by `lr_decay` per epoch. With more
+  than one thread the next epoch's triples are drawn on a second thread, in the same order, so a
+  seed gives the same model with one thread or two.
+- `adam`: mini-batch Adam on -mean log sigmoid(x_uij) + `reg` times the squared L2 norm of the
+  embeddings the batch touches (per example); without item biases the loss and its gradient are the
+  hand-written `bpr_mf_loss` (a test checks it against autograd). Runs on a GPU.
+- `sgd`: LearnBPR's closed-form updates applied a mini-batch at a time (`bpr_sgd_step`, torch), each
+  triple reading the weights as they were before its batch. Runs on a GPU; `compile_step` fuses the
+  step with torch.compile.
 
 After `fit` the factors are plain numpy (`user_factors_`, `item_factors_`, `item_bias_` when
 `item_bias=True`); a user without training events has zero factors and gets only the item biases
@@ -19,6 +24,7 @@ After `fit` the factors are plain numpy (`user_factors_`, `item_factors_`, `item
 from __future__ import annotations
 
 import copy
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -27,6 +33,7 @@ import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
 from recstack.data.interactions import Interactions
+from recstack.errors import RecstackError
 from recstack.models.factorization.sampled_mf import FactorNet, factor_scores, epoch_triples, factor_arrays, training_triples
 from recstack.models.neural import TorchRecommender, TrainingFields
 from recstack.models.protocol import ModelConfig, ScoresTrainedUsers
@@ -37,24 +44,42 @@ from recstack.train.trainer import resolve_device
 
 class BPRConfig(ModelConfig, TrainingFields):
     embedding_size: PositiveInt = 64
-    solver: Literal["adam", "sgd"] = "adam"  # "sgd": LearnBPR's closed-form per-triple updates (see above)
-    learning_rate: PositiveFloat | None = None  # None: 2e-3 for adam, 0.05 for sgd
+    # "sgd": LearnBPR's closed-form updates a mini-batch at a time (torch); "learnbpr": LearnBPR triple by
+    # triple in compiled code (numba, CPU), the paper's algorithm exactly (see above)
+    solver: Literal["adam", "sgd", "learnbpr"] = "learnbpr"
+    learning_rate: PositiveFloat | None = None  # None: 0.1 for learnbpr, 2e-3 for adam, 0.05 for sgd
     # solver="sgd": fuse the update into a few loops with torch.compile (2-2.5x faster steps; needs a
     # C++ compiler on CPU, and compiling takes ~15 s once per process)
     compile_step: bool = False
-    reg: NonNegativeFloat | None = None  # None: 3e-3 (adam: times the squared norms), 0.01 (sgd: LearnBPR's lambda)
+    # None: 0.02 (learnbpr: LearnBPR's lambda), 3e-3 (adam: times the squared norms), 0.01 (sgd: lambda)
+    reg: NonNegativeFloat | None = None
     epochs: PositiveInt = 200  # a maximum: early stopping usually ends training well before
     batch_size: PositiveInt = 4096
     n_negatives: PositiveInt = 1
     item_bias: bool = False
-    init_std: PositiveFloat = 0.01  # std of the normal initialisation of both factor matrices
+    # std of the normal initialisation of both factor matrices; None: 0.1 for learnbpr, 0.01 for adam and sgd
+    init_std: PositiveFloat | None = None
+    # solvers learnbpr and sgd: the step of epoch e (from 0) is learning_rate * lr_decay ** e; None: 0.95
+    # for learnbpr, 1 for sgd (adam: its own schedule, lr_decay must stay None)
+    lr_decay: PositiveFloat | None = None
 
     @model_validator(mode="after")
     def _compile_only_the_sgd_step(self) -> "BPRConfig":
         if self.compile_step and self.solver != "sgd":
             raise ValueError("compile_step compiles the closed-form SGD step: set solver='sgd' with it "
-                             "(the Adam path has no such step)")
+                             "(the Adam and learnbpr paths have no such step)")
+        if self.lr_decay is not None and self.solver == "adam":
+            raise ValueError("lr_decay is the step decay of the learnbpr and sgd solvers; with solver='adam' "
+                             "leave it unset")
         return self
+
+    @property
+    def initial_std(self) -> float:
+        return float(self.init_std) if self.init_std is not None else _SOLVER_DEFAULTS[self.solver]["init_std"]
+
+    @property
+    def step_decay(self) -> float:
+        return float(self.lr_decay) if self.lr_decay is not None else _SOLVER_DEFAULTS[self.solver]["lr_decay"]
 
     @property
     def step_size(self) -> float:
@@ -69,7 +94,11 @@ class BPRConfig(ModelConfig, TrainingFields):
         return _SOLVER_DEFAULTS[self.solver]["reg"]
 
 
-_SOLVER_DEFAULTS = {"adam": {"learning_rate": 2e-3, "reg": 3e-3}, "sgd": {"learning_rate": 0.05, "reg": 0.01}}
+_SOLVER_DEFAULTS = {
+    "learnbpr": {"learning_rate": 0.1, "reg": 0.02, "init_std": 0.1, "lr_decay": 0.95},
+    "adam": {"learning_rate": 2e-3, "reg": 3e-3, "init_std": 0.01, "lr_decay": 1.0},
+    "sgd": {"learning_rate": 0.05, "reg": 0.01, "init_std": 0.01, "lr_decay": 1.0},
+}
 
 
 class _BPRMFLoss(torch.autograd.Function):
@@ -188,6 +217,19 @@ def _compiled_sgd_step(net: FactorNet, c: BPRConfig, device: torch.device):
     return step
 
 
+def _learnbpr_step(device: torch.device):
+    """The compiled per-triple LearnBPR step (models/kernels/learnbpr.py); CPU only, needs numba."""
+    if device.type != "cpu":
+        raise RecstackError(f"BPR solver 'learnbpr' runs on the CPU (compiled per-triple updates), not on {device}; "
+                            f"use solver 'adam' or 'sgd' on an accelerator")
+    try:
+        from recstack.models.kernels.learnbpr import learnbpr_step
+    except ImportError as error:
+        raise RecstackError("BPR solver 'learnbpr' needs numba: pip install 'recstack[fast]' "
+                            "(or choose solver 'adam' or 'sgd')") from error
+    return learnbpr_step
+
+
 class BPR(ScoresTrainedUsers, TorchRecommender):
     """Matrix factorisation trained with the BPR pairwise loss and uniform negative sampling."""
 
@@ -197,25 +239,68 @@ class BPR(ScoresTrainedUsers, TorchRecommender):
         c = self.config
         self._pairs, self._sampler = training_triples(train.matrix(), c.batch_size, rng)
         self._untrained_users = train.user_counts() == 0
-        net = FactorNet(train.n_users, train.n_items, c.embedding_size, c.item_bias, c.init_std)
+        self._epoch = -1
+        net = FactorNet(train.n_users, train.n_items, c.embedding_size, c.item_bias, c.initial_std)
         self._sgd_step = bpr_sgd_step
         if c.compile_step:  # the config allows it only with solver="sgd"
             self._sgd_step = _compiled_sgd_step(net, c, resolve_device(c.device))
+        if c.solver == "learnbpr":
+            self._sgd_step = _learnbpr_step(resolve_device(c.device) if c.device != "auto" else torch.device("cpu"))
         return net
+
+    def fit(self, train: Interactions, valid: Interactions | None = None, *, options=None) -> "BPR":
+        c = self.config
+        # learnbpr with more than one thread: the next epoch's triples are drawn and gathered on a second
+        # thread while the kernel (no GIL) trains on this epoch's; the draws keep their order, so a seed
+        # gives the same model with one thread or two
+        prefetch = (ThreadPoolExecutor(1, thread_name_prefix="recstack-bpr")
+                    if c.solver == "learnbpr" and torch.get_num_threads() > 1 else None)
+        self._prefetch = prefetch
+        try:
+            super().fit(train, valid, options=options)
+        finally:
+            del self._prefetch
+            if prefetch is not None:
+                prefetch.shutdown(wait=True, cancel_futures=True)
+        return self
+
+    def step_size(self, epoch: int) -> float:
+        """The step of epoch `epoch` (from 1) of the learnbpr and sgd solvers, for the training log."""
+        return self.config.step_size * self.config.step_decay ** (epoch - 1)
 
     def trainer_settings(self) -> dict:
         c = self.config  # LearnBPR updates the weights itself: no optimiser
-        return {"optimizer": "adam" if c.solver == "adam" else "none", "learning_rate": c.step_size}
+        settings = {"optimizer": "adam" if c.solver == "adam" else "none", "learning_rate": c.step_size}
+        if c.solver == "learnbpr" and c.device == "auto":
+            settings["device"] = "cpu"  # compiled CPU updates: 'auto' must not move the tables to a GPU
+        return settings
 
     def batches(self):
-        return epoch_triples(self._pairs, self._sampler, self.config.n_negatives)
+        self._epoch += 1  # the trainer asks for each epoch's batches once
+        c = self.config
+        if c.solver == "learnbpr":  # the epoch's triples gathered in order once; a batch is a range of them
+            upcoming = getattr(self, "_upcoming", None)
+            self._epoch_triples = upcoming.result() if upcoming is not None else self._draw_epoch()
+            if self._prefetch is not None:
+                self._upcoming = self._prefetch.submit(self._draw_epoch)
+            n_pairs = len(self._epoch_triples[0])
+            return ((start, start + c.batch_size) for start in range(0, n_pairs, c.batch_size))
+        return epoch_triples(self._pairs, self._sampler, c.n_negatives)
+
+    def _draw_epoch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One epoch of learnbpr triples: the negatives, then the order, gathered into training order."""
+        pairs = self._pairs
+        negatives = self._sampler.sample(pairs.users, self.config.n_negatives)
+        order = pairs.rng.permutation(pairs.n_pairs)
+        return pairs.users[order], pairs.items[order], negatives[order]
 
     def batch_loss(self, module: FactorNet, batch) -> torch.Tensor:
         c = self.config
-        if c.solver == "sgd":  # the trainer calls this under no_grad and takes no optimiser step
+        if c.solver != "adam":  # the trainer calls this under no_grad and takes no optimiser step
             bias = None if module.item_bias is None else module.item_bias.weight[:, 0]
-            return self._sgd_step(module.user_embedding.weight, module.item_embedding.weight, bias, *batch,
-                                  learning_rate=c.step_size, reg=c.weight_decay)
+            arrays = [part[slice(*batch)] for part in self._epoch_triples] if c.solver == "learnbpr" else batch
+            return self._sgd_step(module.user_embedding.weight, module.item_embedding.weight, bias, *arrays,
+                                  learning_rate=c.step_size * c.step_decay ** self._epoch, reg=c.weight_decay)
         users, pos, neg = batch
         if module.item_bias is None:
             return bpr_mf_loss(module.user_embedding.weight, module.item_embedding.weight, users, pos, neg,
