@@ -1,16 +1,17 @@
 """BPR-MF training throughput (training triples per second): recstack vs `implicit`'s BPR.
 
 Both train 64 factors on the same synthetic power-law interactions with the same threads.
-recstack's BPR-MF runs in torch with each `--solvers` entry: "adam" (mini-batch Adam through the
-Trainer, the default), "sgd" (LearnBPR's closed-form per-triple updates, applied a mini-batch at a
-time) and "sgd-compiled" (the same step fused by torch.compile into one-thread loops; compiling
-happens in fit before the first epoch and is not timed). One uniform negative per positive, the
+recstack's BPR-MF runs with each `--solvers` entry: "learnbpr" (the default: LearnBPR triple by
+triple in numba-compiled code, the next epoch's triples prepared on a second thread when there are
+two), "adam" (mini-batch Adam through the Trainer), "sgd" (LearnBPR's closed-form updates applied a
+mini-batch at a time in torch) and "sgd-compiled" (the same step fused by torch.compile into
+one-thread loops; compiling happens in fit before the first epoch and is not timed). One uniform negative per positive, the
 default batch size (4,096) unless --batch-size. implicit runs its multi-threaded SGD (Hogwild) in Cython, sampling as many triples
 per iteration as there are interactions. Throughput is triples / second of training (negative
 sampling included, validation excluded); best epoch of `--epochs`. implicit is timed right after
 each recstack fit, so every ratio compares two measurements taken under the same load.
 
-    .venv/bin/python benchmarks/bpr_throughput.py [--nnz 1000000 10000000] [--threads 2] [--solvers adam sgd sgd-compiled]
+    .venv/bin/python benchmarks/bpr_throughput.py [--nnz 1000000 10000000] [--threads 2] [--solvers learnbpr adam sgd sgd-compiled]
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--solvers", nargs="+", choices=["adam", "sgd", "sgd-compiled", "learnbpr"],
-                        default=["adam", "sgd", "sgd-compiled"])
+                        default=["learnbpr", "adam", "sgd", "sgd-compiled"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print_machine(f"settings: recstack {args.threads} torch threads (set_num_threads); implicit num_threads="
