@@ -37,9 +37,11 @@ PORTABLE_CHECKS = ("not fit_returns_self and not refit_replaces_state and not co
                    "and not same_seed_same_scores and not training_history and not build_from_module_path "
                    "and not score_before_fit")
 CPU_PROFILES: dict[str, dict[str, str]] = {
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "OPENBLAS_CORETYPE": "Haswell"},
+    # NUMBA_CPU_NAME: numba's kernels (top-k, LearnBPR) compiled for that CPU too
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "OPENBLAS_CORETYPE": "Haswell",
+             "NUMBA_CPU_NAME": "haswell"},
     "generic": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
-                "OPENBLAS_CORETYPE": "Prescott"},
+                "OPENBLAS_CORETYPE": "Prescott", "NUMBA_CPU_NAME": "generic"},
 }
 
 
