@@ -131,7 +131,8 @@ class TorchRecommender(SaveLoad):
 
         history = trainer.fit(module, batch_loss or self.batch_loss, batches or self.batches, scorer,
                               train=train, valid=valid,
-                              after_step=after_step or self.after_step, step_size=self.step_size)
+                              after_step=after_step or self.after_step,
+                              **({"step_size": self.step_size} if self.step_size is not None else {}))
         best_epoch = trainer.best_epoch if trainer.best_epoch is not None else len(history)
         with torch.no_grad():  # the trainer leaves the module in eval mode with the best weights
             fitted = export(module)
