@@ -155,6 +155,9 @@ def run(
         if cache_dir is not None:
             overrides["cache_dir"] = str(cache_dir)
         if only:
+            if not hasattr(experiment, "models"):
+                raise RecstackError(f"--only picks model entries, and {source} (task: llm) has none; edit its "
+                                    "rating and rerank sections instead")
             overrides["models"] = _select_models(experiment.models, only)
         if overrides:
             experiment = parse_config(experiment.model_copy(update=overrides),
@@ -303,6 +306,29 @@ def serve(
                                 "pip install 'recstack[serve]'") from None
         run_server(run_dir, labels=model or None, host=host, port=port, events=events, admin_token=admin_token,
                    trust=trust_code, ann_min_items=ann_min_items)
+
+
+@app.command("llm-serve")
+def llm_serve(
+    model: str = typer.Option("smollm2", "--model", "-m", help="A named model (smollm2) or a path: a Hugging Face "
+                                                               "causal LM folder or a GGUF file."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only)."),
+    port: int = typer.Option(8001, "--port", help="TCP port."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's)."),
+    debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
+) -> None:
+    """Serve a local language model behind the OpenAI-compatible completions API (greedy decoding,
+    echo + logprobs), for recstack's HTTP LLM backend or any OpenAI client. Needs the 'llm' extra."""
+    with _user_errors(debug):
+        try:
+            import fastapi  # noqa: F401 - checked here so a missing extra is one line, not a traceback
+            import uvicorn  # noqa: F401
+
+            from recstack.llm.server import serve as run_llm_server
+        except ImportError as exc:
+            raise RecstackError(f"`recstack llm-serve` needs the llm extra ({exc.name} is missing): "
+                                "pip install 'recstack[llm]'") from None
+        run_llm_server(model, host=host, port=port, threads=threads, log=typer.echo)
 
 
 # ---- compare ----------------------------------------------------------------------------------

@@ -559,6 +559,10 @@ def parse_config(raw: dict[str, Any] | ExperimentConfig, source: str = "config")
 
     if is_ctr(raw):  # `task: ctr`: a pointwise CTR experiment (recstack.experiment.ctr, docs/ctr.md)
         return parse_ctr_config(raw, source)  # type: ignore[return-value]
+    from recstack.experiment.llm import is_llm, parse_llm_config
+
+    if is_llm(raw):  # `task: llm`: LLM rating prediction and reranking (recstack.experiment.llm, docs/llm.md)
+        return parse_llm_config(raw, source)  # type: ignore[return-value]
     if isinstance(raw, dict) and raw.get("task") == "ranking":  # the default task, spelled out
         raw = {key: value for key, value in raw.items() if key != "task"}
     if isinstance(raw, ExperimentConfig):

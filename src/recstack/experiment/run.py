@@ -177,6 +177,10 @@ def run_experiment(
 
     if is_ctr(config):  # `task: ctr`: pointwise CTR models on labelled rows (docs/ctr.md)
         return run_ctr_experiment(config, run_dir=run_dir, progress=progress, console=console)  # type: ignore
+    from recstack.experiment.llm import is_llm, run_llm_experiment
+
+    if is_llm(config):  # `task: llm`: LLM rating prediction and reranking (docs/llm.md)
+        return run_llm_experiment(config, run_dir=run_dir, progress=progress, console=console)  # type: ignore
     config = parse_config(config).resolved()
     _check_destination(config, run_dir)
     console, say = progress_printer(progress, console)

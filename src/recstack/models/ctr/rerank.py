@@ -39,7 +39,7 @@ class RetrieveThenRank:
         n = min(self.n, base.shape[1])
         top = np.argpartition(-base, n - 1, axis=1)[:, :n]
         top_base = np.take_along_axis(base, top, axis=1)
-        logits = self.ranker.pair_logits(np.repeat(users, n), top.reshape(-1)).reshape(len(users), n)
+        logits = self.candidate_logits(users, top, history)
         # a candidate the retriever could not score (-inf: seen, or fewer than n scorable items) stays out
         logits = np.where(np.isfinite(top_base), logits, -np.inf).astype(np.float32)
         out = base
@@ -55,3 +55,8 @@ class RetrieveThenRank:
         out = np.where(rest, base + shift, out)
         np.put_along_axis(out, top, logits, axis=1)
         return gather_items(out, items)
+
+    def candidate_logits(self, users: np.ndarray, candidates: np.ndarray, history) -> np.ndarray:
+        """The ranker's score of each user's candidates, (B, n); a subclass may read the history."""
+        n = candidates.shape[1]
+        return self.ranker.pair_logits(np.repeat(users, n), candidates.reshape(-1)).reshape(len(users), n)

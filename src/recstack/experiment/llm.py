@@ -1,0 +1,450 @@
+"""LLM experiments: `task: llm` configs, run top to bottom into a run directory with a report.
+
+```yaml
+task: llm
+data: ml-100k
+split: {method: leave_last, k: 1}
+llm: {backend: local, model: smollm2}      # or {backend: openai, url: http://host:8000, model: NAME}
+rating:                                    # Kang et al. 2023: zero-/few-shot against explicit MF
+  users: 100
+  methods: [{label: zero-shot, shots: 0}, {label: few-shot-3, shots: 3}]
+rerank:                                    # the retriever's top n reordered by likelihood
+  retriever: {name: ease}
+  n: 20
+  users: 100
+```
+
+The data is loaded, preprocessed (every rating kept) and split as a ranking experiment's is. A sample
+of test users (seeded) is drawn once; every method is measured on the same users.
+- `rating`: each sampled user's held-out ratings are predicted from their train + valid ratings
+  (the prompt's history) by each LLM method (expected rating and parsed answer) and by the explicit
+  baselines (`recstack.models.rating.BiasedMF`, fitted on train + valid): RMSE, MAE and AUC of
+  rating >= 4.
+- `rerank`: the retriever (any ranking model, fitted on train with validation) alone and with the
+  LLM reordering its top `n`, by full ranking on the sampled users' test items (history masked,
+  test users seen through train + valid); and the candidate protocol of the LLM papers: the held-out
+  item among `candidates` - 1 sampled unseen items, HitRatio@1 and NDCG@5 of the retriever, the LLM
+  and chance.
+Every LLM answer goes through the answer cache (`<cache>/llm/answers.sqlite`; `llm.cache: false`
+to skip), so a re-run is free and identical, and an interrupted run resumes. `manifest.json` holds the
+LLM's calls, tokens and seconds (and those the cache answered); `samples.jsonl` the prompts and
+answers of a few users. See docs/llm.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
+
+from recstack.errors import RecstackError
+from recstack.experiment.config import (DataConfig, ExperimentConfigError, ModelEntry, PreprocessingConfig,
+                                        SplitConfig, _check_seed, _Strict, format_validation_error)
+
+SAMPLES = "samples.jsonl"
+N_SAMPLE_USERS = 5  # users whose prompts and answers are written to samples.jsonl
+
+
+class LLMSection(_Strict):
+    backend: Literal["local", "openai"] = "local"
+    model: str = "smollm2"  # local: a named model or a path; openai: the served model's name
+    url: str | None = None  # openai: the server's base URL (without /v1)
+    template: str = "chatml"  # openai: how prompts are rendered (chatml, plain, or a tokenizer folder)
+    threads: PositiveInt | None = None  # local: torch threads
+    max_batch: PositiveInt = 32
+    cache: bool | str = True  # True: <cache>/llm/answers.sqlite; a path: that SQLite file; False: no cache
+
+    @model_validator(mode="after")
+    def _url_for_openai(self) -> "LLMSection":
+        if self.backend == "openai" and not self.url:
+            raise ValueError("llm.backend openai needs llm.url, the server's base URL (e.g. http://127.0.0.1:8001)")
+        if self.backend == "local" and self.url:
+            raise ValueError("llm.url applies to backend: openai only")
+        return self
+
+
+class RatingMethod(_Strict):
+    label: str
+    shots: int = Field(0, ge=0, le=10)
+
+
+class RatingBaseline(_Strict):
+    label: str
+    factors: int = Field(32, ge=0)
+    reg: float = Field(0.05, gt=0)
+    iterations: PositiveInt = 15
+
+
+class RatingSection(_Strict):
+    users: PositiveInt = 100
+    max_history: int = Field(10, ge=0)
+    answer_tokens: PositiveInt = 12  # a chat model often starts with a phrase before the digit
+    methods: list[RatingMethod] = Field(default_factory=lambda: [RatingMethod(label="zero-shot", shots=0),
+                                                                 RatingMethod(label="few-shot-3", shots=3)],
+                                        min_length=1)
+    baselines: list[RatingBaseline] = Field(default_factory=lambda: [RatingBaseline(label="mf"),
+                                                                     RatingBaseline(label="bias", factors=0)])
+
+
+class LLMRerankSection(_Strict):
+    retriever: ModelEntry = Field(default_factory=lambda: ModelEntry(name="ease"))
+    n: PositiveInt = 20
+    users: PositiveInt = 100
+    max_history: int = Field(20, ge=0)
+    length_norm: bool = True
+    candidates: int = Field(20, ge=2)  # the sampled-candidate protocol: 1 held-out item + candidates - 1
+    ks: list[PositiveInt] = Field(default_factory=lambda: [10, 20], min_length=1)
+
+
+class LLMExperimentConfig(_Strict):
+    """A `task: llm` experiment; see the module docstring."""
+
+    task: Literal["llm"]
+    data: DataConfig
+    cache_dir: str | None = None
+    preprocessing: PreprocessingConfig = Field(default_factory=lambda: PreprocessingConfig(threshold=None))
+    split: SplitConfig = Field(default_factory=lambda: SplitConfig(method="leave_last", params={"k": 1}))
+    llm: LLMSection = Field(default_factory=LLMSection)
+    rating: RatingSection | None = None
+    rerank: LLMRerankSection | None = None
+    seed: int = 2020
+    output_dir: str = "runs"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dataset_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("data"), str):
+            data = {**data, "data": {"dataset": data["data"]}}
+        return data
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_in_range(cls, seed: int) -> int:
+        return _check_seed(seed)
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> "LLMExperimentConfig":
+        if self.rating is None and self.rerank is None:
+            raise ValueError("an LLM experiment needs a 'rating' or a 'rerank' section (or both)")
+        if self.rerank is not None:
+            from recstack.models import build
+
+            try:
+                build(self.rerank.retriever.name, self.rerank.retriever.params)
+            except RecstackError as exc:
+                raise ValueError(f"rerank.retriever ({self.rerank.retriever.display}): {exc}") from None
+        if self.rating is not None:
+            labels = [m.label for m in self.rating.methods] + [b.label for b in self.rating.baselines]
+            repeated = sorted({label for label in labels if labels.count(label) > 1})
+            if repeated:
+                raise ValueError(f"rating: label {repeated[0]!r} is used twice")
+        return self
+
+    def ranking_config(self):
+        """The ranking experiment whose data, preprocessing and split this one shares."""
+        from recstack.experiment.config import ExperimentConfig
+
+        entry = self.rerank.retriever if self.rerank is not None else ModelEntry(name="pop")
+        return ExperimentConfig(data=self.data, cache_dir=self.cache_dir, preprocessing=self.preprocessing,
+                                split=self.split, models=[entry], seed=self.seed, output_dir=self.output_dir)
+
+    def check_devices(self, source: str | None = None) -> None:
+        self.ranking_config().check_devices(source)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def is_llm(raw: Any) -> bool:
+    return isinstance(raw, LLMExperimentConfig) or (isinstance(raw, dict) and raw.get("task") == "llm")
+
+
+def parse_llm_config(raw: dict[str, Any] | LLMExperimentConfig, source: str = "config") -> LLMExperimentConfig:
+    if isinstance(raw, LLMExperimentConfig):  # `model_copy(update=...)` skips validation: check the copy
+        raw = {name: getattr(raw, name) for name in raw.model_fields_set}
+    try:
+        return LLMExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ExperimentConfigError(format_validation_error(exc, source)) from None
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+@dataclass
+class LLMRunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    config: LLMExperimentConfig
+
+
+def build_language_model(section: LLMSection, cache_dir: str | None):
+    """The configured backend, behind the answer cache unless `cache: false`."""
+    from recstack.llm import CachedLM, LocalLM, OpenAICompatibleLM
+
+    if section.backend == "local":
+        if section.threads:
+            import torch
+
+            torch.set_num_threads(int(section.threads))
+        lm = LocalLM(section.model, max_batch=section.max_batch, cache_dir=cache_dir)
+    else:
+        lm = OpenAICompatibleLM(section.url, section.model, template=section.template)  # type: ignore[arg-type]
+    if section.cache is False:
+        return lm
+    if isinstance(section.cache, str):
+        return CachedLM(lm, Path(section.cache).expanduser())
+    from recstack.data.datasets import data_home
+
+    return CachedLM(lm, data_home(cache_dir) / "llm" / "answers.sqlite")
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    from recstack.evaluate.ctr import auc
+
+    return float(auc(labels, scores)) if 0 < labels.sum() < len(labels) else None
+
+
+def _rating_row(truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    error = predicted - truth
+    return {"RMSE": float(np.sqrt(np.mean(error ** 2))), "MAE": float(np.mean(np.abs(error))),
+            "AUC": _auc((truth >= 4).astype(np.int8), predicted), "n": int(len(truth))}
+
+
+def _usage_since(lm, before: dict[str, Any], n_users: int) -> dict[str, Any]:
+    now = lm.usage.as_dict()
+    spent = {key: now[key] - before[key] for key in now}
+    cached_seconds = getattr(lm, "cached_seconds", 0.0)
+    spent["seconds_per_user"] = round(spent["seconds"] / max(n_users, 1), 4)
+    spent["tokens_in_per_user"] = round(spent["tokens_in"] / max(n_users, 1), 1)
+    spent["tokens_out_per_user"] = round(spent["tokens_out"] / max(n_users, 1), 1)
+    spent["cached_seconds_total"] = round(cached_seconds, 3)
+    return spent
+
+
+def _run_rating(config, section: RatingSection, lm, titles, history, test, users, say, samples) -> dict[str, Any]:
+    from recstack.models.llm import LLMRating
+    from recstack.models.rating import BiasedMF
+
+    if history.value is None or test.value is None:
+        raise RecstackError(f"rating prediction needs ratings: {config.data.label} has no value column")
+    rows = np.flatnonzero(np.isin(test.user, users))
+    pair_users, pair_items, truth = test.user[rows], test.item[rows], test.value[rows].astype(np.float64)
+    say(f"  rating: {len(rows)} held-out ratings of {len(users)} users")
+    out: dict[str, Any] = {"n_ratings": int(len(rows)), "n_users": int(len(users)), "rows": {}}
+    for baseline in section.baselines:
+        clock = time.perf_counter()
+        model = BiasedMF(factors=baseline.factors, reg=baseline.reg, iterations=baseline.iterations,
+                         seed=config.seed).fit(history)
+        fit_seconds = time.perf_counter() - clock
+        clock = time.perf_counter()
+        predicted = model.predict(pair_users, pair_items)
+        row = _rating_row(truth, predicted)
+        row.update({"kind": "baseline", "fit_seconds": round(fit_seconds, 3),
+                    "seconds_per_user": round((time.perf_counter() - clock) / len(users), 6)})
+        out["rows"][baseline.label] = row
+        say(f"    {baseline.label}: RMSE {row['RMSE']:.4f}, MAE {row['MAE']:.4f}, fit {fit_seconds:.1f} s")
+    for method in section.methods:
+        model = LLMRating(lm, titles, shots=method.shots, max_history=section.max_history,
+                          answer_tokens=section.answer_tokens)
+        before = lm.usage.as_dict()
+        clock = time.perf_counter()
+        predictions = model.predict(pair_users, pair_items, history)
+        seconds = time.perf_counter() - clock
+        cost = _usage_since(lm, before, len(users))
+        expected = _rating_row(truth, predictions.expected)
+        parsed = _rating_row(truth, predictions.with_fallback())
+        for suffix, row in (("expected", expected), ("parsed", parsed)):
+            row.update({"kind": "llm", "shots": method.shots, "wall_seconds": round(seconds, 3), **cost})
+            out["rows"][f"{method.label} ({suffix})"] = row
+        parsed["n_unparsed"] = predictions.n_unparsed
+        say(f"    {method.label}: expected RMSE {expected['RMSE']:.4f}, parsed RMSE {parsed['RMSE']:.4f} "
+            f"({predictions.n_unparsed} unparsed, fell back to expected); {seconds:.1f} s")
+        for row_index in range(min(N_SAMPLE_USERS, len(pair_users))):
+            samples.append({"section": "rating", "method": method.label, "user": int(pair_users[row_index]),
+                            "item": int(pair_items[row_index]), "truth": float(truth[row_index]),
+                            "prompt": predictions.prompts[row_index], "answer": predictions.answers[row_index],
+                            "expected": float(predictions.expected[row_index])})
+    dense = [r for r in out["rows"].values() if r["kind"] == "baseline"]
+    if dense:
+        reference = max(dense[0]["seconds_per_user"], 1e-9)
+        for row in out["rows"].values():
+            if row["kind"] == "llm":
+                row["time_ratio_to_" + section.baselines[0].label] = round(row["seconds_per_user"] / reference, 1)
+    return out
+
+
+def _candidate_protocol(section: LLMRerankSection, retriever, reranker, history, test, users, rng) -> dict[str, Any]:
+    """The held-out item among `candidates` - 1 unseen items drawn uniformly: HR@1 and NDCG@5 per scorer."""
+    from recstack.models.protocol import history_rows
+
+    seen = history_rows(history, users).tolil().rows
+    n_items = history.n_items
+    hits = {"retriever": [], "llm": [], "random": []}
+    ndcg5 = {"retriever": [], "llm": []}
+    for position, user in enumerate(users):
+        targets = test.item[test.indptr[user]:test.indptr[user + 1]]
+        target = int(targets[0])
+        banned = set(seen[position]) | set(int(t) for t in targets)
+        pool = np.setdiff1d(np.arange(n_items), np.fromiter(banned, dtype=np.int64, count=len(banned)))
+        negatives = rng.choice(pool, size=min(section.candidates - 1, len(pool)), replace=False)
+        candidates = np.concatenate([[target], negatives])
+        scored = {"retriever": retriever.score(np.array([user]), history, candidates)[0].astype(np.float64),
+                  "llm": reranker.candidate_scores(int(user), candidates, history)}
+        for name, scores in scored.items():
+            # rank of the target with ties counted against it (a constant scorer is not rewarded)
+            rank = int((scores[1:] >= scores[0]).sum())
+            hits[name].append(float(rank == 0))
+            ndcg5[name].append(1.0 / np.log2(rank + 2) if rank < 5 else 0.0)
+        hits["random"].append(1.0 / len(candidates))
+    out = {f"{name}": {"HR@1": float(np.mean(values))} for name, values in hits.items()}
+    for name, values in ndcg5.items():
+        out[name]["NDCG@5"] = float(np.mean(values))
+    out["n_candidates"] = int(section.candidates)
+    return out
+
+
+def _run_rerank(config, section: LLMRerankSection, lm, titles, split, history, users, say, samples) -> dict[str, Any]:
+    from recstack.evaluate import evaluate
+    from recstack.models import build
+    from recstack.models.llm import LLMRerank
+
+    entry = section.retriever
+    clock = time.perf_counter()
+    retriever = build(entry.name, {"seed": config.seed, **entry.params}).fit(split.train, split.valid)
+    fit_seconds = time.perf_counter() - clock
+    reranker = LLMRerank(retriever, lm, titles, n=section.n, max_history=section.max_history,
+                         length_norm=section.length_norm)
+    labels = ["NDCG", "Recall", "Hit", "MRR"]
+    out: dict[str, Any] = {"retriever": entry.display, "n": section.n, "n_users": int(len(users)),
+                           "retriever_fit_seconds": round(fit_seconds, 3), "rows": {}}
+    for name, scorer in ((entry.display, retriever), (f"{entry.display} + llm top {section.n}", reranker)):
+        before = lm.usage.as_dict()
+        clock = time.perf_counter()
+        result = evaluate(scorer, history, split.test, metrics=labels, ks=section.ks, users=users)
+        seconds = time.perf_counter() - clock
+        row = {key: float(value) for key, value in result.metrics.items()}
+        row["seconds_per_user"] = round(seconds / len(users), 5)
+        if scorer is reranker:
+            row.update(_usage_since(lm, before, len(users)))
+        out["rows"][name] = row
+        say(f"    {name}: NDCG@10 {row.get('NDCG@10', float('nan')):.4f} ({seconds:.1f} s)")
+    dense = out["rows"][entry.display]["seconds_per_user"]
+    llm_row = out["rows"][f"{entry.display} + llm top {section.n}"]
+    llm_row["time_ratio_to_retriever"] = round(llm_row["seconds_per_user"] / max(dense, 1e-9), 1)
+    rng = np.random.default_rng(config.seed + 1)
+    out["candidates"] = _candidate_protocol(section, retriever, reranker, history, split.test, users, rng)
+    for user in users[:N_SAMPLE_USERS]:
+        samples.append({"section": "rerank", "user": int(user), "prompt": reranker.prefix(int(user), history)})
+    return out
+
+
+def _report(config: LLMExperimentConfig, metrics: dict[str, Any], manifest: dict[str, Any]) -> str:
+    lines = [f"# LLM experiment on {manifest['dataset']}", "",
+             f"Backend: {manifest['llm']['backend']} `{manifest['llm']['model']}`; split {config.split.method} "
+             f"{config.split.params}; seed {config.seed}.", ""]
+    if "rating" in metrics:
+        rating = metrics["rating"]
+        lines += [f"## Rating prediction ({rating['n_ratings']} held-out ratings of {rating['n_users']} users)", "",
+                  "| method | RMSE | MAE | AUC (>= 4) | LLM s / user | tokens in / user | unparsed |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for label, row in rating["rows"].items():
+            auc = "-" if row["AUC"] is None else f"{row['AUC']:.4f}"
+            llm = row["kind"] == "llm"
+            lines.append(f"| {label} | {row['RMSE']:.4f} | {row['MAE']:.4f} | {auc} | "
+                         f"{row['seconds_per_user'] if llm else '-'} | {row.get('tokens_in_per_user', '-')} | "
+                         f"{row.get('n_unparsed', '-')} |")
+        lines.append("")
+    if "rerank" in metrics:
+        rerank = metrics["rerank"]
+        keys = [k for k in next(iter(rerank["rows"].values())) if "@" in k]
+        lines += [f"## Reranking inside full ranking ({rerank['n_users']} test users, top {rerank['n']})", "",
+                  "| model | " + " | ".join(keys) + " | s / user |", "|---|" + "---:|" * (len(keys) + 1)]
+        for label, row in rerank["rows"].items():
+            lines.append(f"| {label} | " + " | ".join(f"{row[k]:.4f}" for k in keys) + f" | {row['seconds_per_user']} |")
+        cand = rerank["candidates"]
+        lines += ["", f"Candidate protocol (held-out item among {cand['n_candidates']}):", "",
+                  "| scorer | HR@1 | NDCG@5 |", "|---|---:|---:|"]
+        for name in ("retriever", "llm", "random"):
+            ndcg = cand[name].get("NDCG@5")
+            lines.append(f"| {name} | {cand[name]['HR@1']:.4f} | {'-' if ndcg is None else f'{ndcg:.4f}'} |")
+        lines.append("")
+    usage = manifest["llm"]["usage"]
+    lines += [f"LLM calls: {usage['calls']} run ({usage['seconds']:.1f} s, {usage['tokens_in']:,} tokens in, "
+              f"{usage['tokens_out']:,} out), {usage['cached_calls']} answered by the cache.", ""]
+    return "\n".join(lines)
+
+
+def run_llm_experiment(config: LLMExperimentConfig | dict[str, Any], *, run_dir: str | os.PathLike | None = None,
+                       progress: bool = True, console: Any = None) -> LLMRunResult:
+    """Load and split the data, run the rating and rerank sections, write the run directory."""
+    from recstack.experiment import rundir
+    from recstack.experiment.run import _check_destination, _claim_run_dir, _versions, prepare_data, progress_printer
+
+    config = parse_llm_config(config)
+    ranking = config.ranking_config()
+    _check_destination(ranking, run_dir)
+    console, say = progress_printer(progress, console)
+    started = datetime.now(timezone.utc)
+    clock = time.perf_counter()
+    say(f"[bold]recstack[/bold] LLM: loading data ({config.data.label}) ...")
+    dataset, split = prepare_data(ranking)
+    titles = dataset.item_titles()
+    if titles is None:
+        raise RecstackError(f"the LLM methods name items by title, and {dataset.name!r} has no title column in its "
+                            "item table; give the items a 'title' column")
+    history = split.train.concat(split.valid)
+    data_seconds = time.perf_counter() - clock
+    rng = np.random.default_rng(config.seed)
+    eligible = np.flatnonzero((split.test.user_counts() > 0) & (history.user_counts() > 0))
+    wanted = max(s.users for s in (config.rating, config.rerank) if s is not None)
+    # drawn once in random order; each section takes the first `users` of them (a random subset), sorted
+    drawn = rng.choice(eligible, size=min(wanted, len(eligible)), replace=False).astype(np.int64)
+    users = np.sort(drawn)
+    say(f"  {len(dataset.interactions):,} interactions; {len(users)} of {len(eligible)} test users sampled")
+    clock = time.perf_counter()
+    lm = build_language_model(config.llm, config.cache_dir)
+    backend = getattr(lm, "backend", lm)
+    if hasattr(backend, "context_length"):
+        backend.context_length  # loads the weights now, so no method's time includes the loading
+    load_seconds = time.perf_counter() - clock
+    say(f"  language model {config.llm.model} ready in {load_seconds:.1f} s")
+    fingerprint = hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    writer = _claim_run_dir(ranking, dataset, started, fingerprint, run_dir)
+    samples: list[dict[str, Any]] = []
+    metrics: dict[str, Any] = {}
+    with writer as tmp:
+        if config.rating is not None:
+            say("[bold]rating prediction[/bold]")
+            metrics["rating"] = _run_rating(config, config.rating, lm, titles, history, split.test,
+                                            np.sort(drawn[:config.rating.users]), say, samples)
+        if config.rerank is not None:
+            say("[bold]reranking[/bold]")
+            metrics["rerank"] = _run_rerank(config, config.rerank, lm, titles, split, history,
+                                            np.sort(drawn[:config.rerank.users]), say, samples)
+        manifest = {"run_name": writer.path.name, "task": "llm", "started": started.isoformat(),
+                    "finished": datetime.now(timezone.utc).isoformat(), "data_seconds": round(data_seconds, 3),
+                    "dataset": dataset.name, "split_fingerprint": split.train.fingerprint(),
+                    "users": [int(u) for u in users],
+                    "llm": {"backend": config.llm.backend, "model": config.llm.model,
+                            "fingerprint": backend.fingerprint(), "load_seconds": round(load_seconds, 3),
+                            "source": getattr(getattr(backend, "source", None), "provenance", None),
+                            "usage": lm.usage.as_dict(),
+                            "cache": str(getattr(lm, "path", "")) or None},
+                    "versions": _versions()}
+        rundir.write_yaml(tmp / rundir.CONFIG, config.to_dict())
+        rundir.write_json(tmp / rundir.MANIFEST, manifest)
+        rundir.write_json(tmp / rundir.METRICS, metrics)
+        (tmp / SAMPLES).write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+        (tmp / "report.md").write_text(_report(config, metrics, manifest))
+    if hasattr(lm, "close"):
+        lm.close()
+    say(f"run directory: {writer.path}")
+    return LLMRunResult(writer.path, metrics, config)
