@@ -34,7 +34,8 @@ def test_a_small_llm_run_writes_its_tables_costs_and_samples(tmp_path):
               "llm": {"model": "smollm2", "threads": 1, "cache": str(tmp_path / "answers.sqlite")},
               "rating": {"users": 3, "methods": [{"label": "zero-shot"}, {"label": "few-shot-1", "shots": 1}],
                          "baselines": [{"label": "bias", "factors": 0}]},
-              "rerank": {"retriever": {"name": "pop"}, "n": 4, "users": 2, "candidates": 5}}
+              "rerank": {"retriever": {"name": "pop"}, "n": 4, "users": 2, "candidates": 5,
+                         "listwise": {"n": 3, "bootstraps": 2, "users": 1}}}
     result = run_experiment(config, run_dir=tmp_path / "run", progress=False)
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     rows = metrics["rating"]["rows"]
@@ -50,6 +51,9 @@ def test_a_small_llm_run_writes_its_tables_costs_and_samples(tmp_path):
     # reordering the top 4 cannot change which items are in the top 10, so Hit@10 is the retriever's
     assert rerank["rows"]["pop + llm top 4"]["Hit@10"] == rerank["rows"]["pop"]["Hit@10"]
     assert rerank["candidates"]["random"]["HR@1"] == pytest.approx(0.2)
+    listwise = rerank["listwise"]["rows"]["pop + llm listwise top 3"]
+    assert listwise["n_answers"] == 2 and 0 <= listwise["n_unparsed"] <= 2  # one user, two candidate orders
+    assert listwise["Hit@10"] == rerank["listwise"]["rows"]["pop"]["Hit@10"]
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
     assert manifest["llm"]["usage"]["calls"] > 0 and manifest["llm"]["source"]["name"] == "smollm2"
     samples = [json.loads(line) for line in (result.run_dir / "samples.jsonl").read_text().splitlines()]

@@ -80,3 +80,23 @@ def test_model_paths_are_checked_with_the_fix_in_the_message(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(LLMError, match="not a causal language model"):
         resolve_model(tmp_path / "empty")
+
+
+def test_listwise_answers_parse_to_distinct_candidates_in_order():
+    from recstack.models.llm.listwise import parse_ranking
+
+    assert parse_ranking("3, 1, 3, 7, 2.5, 12", n=5) == [2, 0]  # 3 repeated, 7 and 12 out of range, 2.5 no
+    assert parse_ranking("Candidate 2 then 4", n=4) == [1, 3]
+    assert parse_ranking("I cannot rank these", n=4) == []
+
+
+def test_borda_merges_bootstrapped_answers_by_hand():
+    from recstack.models.llm.listwise import borda
+
+    orders = [np.array([0, 1, 2]), np.array([2, 0, 1]), np.array([1, 2, 0])]
+    # prompt 1 names candidates 1 then 0 (2 left out); prompt 2 names its 3rd shown (candidate 1) only;
+    # prompt 3 answered nothing usable
+    points = borda(orders, [[1, 0], [2], []], n=3)
+    # prompt 1: candidate 1 scores 3, candidate 0 scores 2, the unnamed candidate 2 scores 3 - 2 = 1;
+    # prompt 2: candidate 1 scores 3, the two unnamed 3 - 1 = 2 each; so 4, 6, 3, plus the tie-breaks 3/4, 2/4, 1/4
+    np.testing.assert_allclose(points, [4.75, 6.5, 3.25])

@@ -79,8 +79,17 @@ class RatingMethod(_Strict):
 class RatingBaseline(_Strict):
     label: str
     factors: int = Field(32, ge=0)
-    reg: float = Field(0.05, gt=0)
+    # several: each fitted on train and scored on the validation ratings, the best refitted on train + valid
+    reg: float | list[float] = Field(default_factory=lambda: [0.02, 0.05, 0.1, 0.2, 0.5])
     iterations: PositiveInt = 15
+
+    @field_validator("reg")
+    @classmethod
+    def _positive(cls, reg: float | list[float]) -> float | list[float]:
+        values = reg if isinstance(reg, list) else [reg]
+        if not values or any(v <= 0 for v in values):
+            raise ValueError(f"reg must be positive (or a non-empty list of positive values), got {reg}")
+        return reg
 
 
 class RatingSection(_Strict):
@@ -94,6 +103,14 @@ class RatingSection(_Strict):
                                                                      RatingBaseline(label="bias", factors=0)])
 
 
+class ListwiseSection(_Strict):
+    """LLMRank's listwise prompt with candidate-order bootstrapping, on the first `users` sampled users."""
+
+    n: int = Field(10, ge=2, le=100)
+    bootstraps: int = Field(3, ge=1, le=20)
+    users: PositiveInt = 50
+
+
 class LLMRerankSection(_Strict):
     retriever: ModelEntry = Field(default_factory=lambda: ModelEntry(name="ease"))
     n: PositiveInt = 20
@@ -102,6 +119,7 @@ class LLMRerankSection(_Strict):
     length_norm: bool = True
     candidates: int = Field(20, ge=2)  # the sampled-candidate protocol: 1 held-out item + candidates - 1
     ks: list[PositiveInt] = Field(default_factory=lambda: [10, 20], min_length=1)
+    listwise: ListwiseSection | None = None
 
 
 class LLMExperimentConfig(_Strict):
@@ -229,7 +247,27 @@ def _usage_since(lm, before: dict[str, Any], n_users: int) -> dict[str, Any]:
     return spent
 
 
-def _run_rating(config, section: RatingSection, lm, titles, history, test, users, say, samples) -> dict[str, Any]:
+def _chosen_reg(config, baseline: RatingBaseline, split) -> tuple[float, dict[str, float]]:
+    """The baseline's reg: given, or the one with the lowest validation RMSE when fitted on train."""
+    from recstack.models.rating import BiasedMF
+
+    if not isinstance(baseline.reg, list):
+        return float(baseline.reg), {}
+    if len(baseline.reg) == 1 or len(split.valid) == 0:
+        return float(baseline.reg[0]), {}
+    valid = split.valid
+    scores = {}
+    for reg in baseline.reg:
+        model = BiasedMF(factors=baseline.factors, reg=reg, iterations=baseline.iterations,
+                         seed=config.seed).fit(split.train)
+        error = model.predict(valid.user, valid.item) - valid.value
+        scores[str(reg)] = float(np.sqrt(np.mean(error ** 2)))
+    best = min(baseline.reg, key=lambda reg: scores[str(reg)])
+    return float(best), scores
+
+
+def _run_rating(config, section: RatingSection, lm, titles, split, history, test, users, say,
+                samples) -> dict[str, Any]:
     from recstack.models.llm import LLMRating
     from recstack.models.rating import BiasedMF
 
@@ -241,16 +279,19 @@ def _run_rating(config, section: RatingSection, lm, titles, history, test, users
     out: dict[str, Any] = {"n_ratings": int(len(rows)), "n_users": int(len(users)), "rows": {}}
     for baseline in section.baselines:
         clock = time.perf_counter()
-        model = BiasedMF(factors=baseline.factors, reg=baseline.reg, iterations=baseline.iterations,
+        reg, valid_rmse = _chosen_reg(config, baseline, split)
+        model = BiasedMF(factors=baseline.factors, reg=reg, iterations=baseline.iterations,
                          seed=config.seed).fit(history)
         fit_seconds = time.perf_counter() - clock
         clock = time.perf_counter()
         predicted = model.predict(pair_users, pair_items)
         row = _rating_row(truth, predicted)
-        row.update({"kind": "baseline", "fit_seconds": round(fit_seconds, 3),
+        row.update({"kind": "baseline", "fit_seconds": round(fit_seconds, 3), "reg": reg, "valid_RMSE_by_reg": valid_rmse,
                     "seconds_per_user": round((time.perf_counter() - clock) / len(users), 6)})
         out["rows"][baseline.label] = row
-        say(f"    {baseline.label}: RMSE {row['RMSE']:.4f}, MAE {row['MAE']:.4f}, fit {fit_seconds:.1f} s")
+        chosen = ", chosen on validation" if valid_rmse else ""
+        say(f"    {baseline.label} (reg {reg:g}{chosen}): RMSE {row['RMSE']:.4f}, MAE {row['MAE']:.4f}, "
+            f"fit {fit_seconds:.1f} s")
     for method in section.methods:
         model = LLMRating(lm, titles, shots=method.shots, max_history=section.max_history,
                           answer_tokens=section.answer_tokens)
@@ -311,6 +352,34 @@ def _candidate_protocol(section: LLMRerankSection, retriever, reranker, history,
     return out
 
 
+def _run_listwise(config, section: LLMRerankSection, retriever, lm, titles, split, history, users, say) -> dict:
+    """The retriever alone and with the listwise reranker, on the first `listwise.users` of the users."""
+    from recstack.evaluate import evaluate
+    from recstack.models.llm import LLMListwiseRerank
+
+    listwise = section.listwise
+    # a random subset of the rerank users (seeded): listwise prompts cost bootstraps x a long generation each
+    rng = np.random.default_rng(config.seed + 2)
+    subset = np.sort(rng.choice(users, size=min(listwise.users, len(users)), replace=False))
+    reranker = LLMListwiseRerank(retriever, lm, titles, n=listwise.n, max_history=section.max_history,
+                                 bootstraps=listwise.bootstraps, seed=config.seed)
+    out: dict[str, Any] = {"n": listwise.n, "bootstraps": listwise.bootstraps, "n_users": int(len(subset)), "rows": {}}
+    for name, scorer in ((section.retriever.display, retriever),
+                         (f"{section.retriever.display} + llm listwise top {listwise.n}", reranker)):
+        before = lm.usage.as_dict()
+        clock = time.perf_counter()
+        result = evaluate(scorer, history, split.test, metrics=["NDCG", "Recall", "Hit", "MRR"], ks=section.ks,
+                          users=subset)
+        row = {key: float(value) for key, value in result.metrics.items()}
+        row["seconds_per_user"] = round((time.perf_counter() - clock) / len(subset), 5)
+        if scorer is reranker:
+            row.update(_usage_since(lm, before, len(subset)))
+            row["n_answers"], row["n_unparsed"] = reranker.n_answers, reranker.n_unparsed
+        out["rows"][name] = row
+        say(f"    {name}: NDCG@10 {row.get('NDCG@10', float('nan')):.4f}")
+    return out
+
+
 def _run_rerank(config, section: LLMRerankSection, lm, titles, split, history, users, say, samples) -> dict[str, Any]:
     from recstack.evaluate import evaluate
     from recstack.models import build
@@ -339,6 +408,8 @@ def _run_rerank(config, section: LLMRerankSection, lm, titles, split, history, u
     dense = out["rows"][entry.display]["seconds_per_user"]
     llm_row = out["rows"][f"{entry.display} + llm top {section.n}"]
     llm_row["time_ratio_to_retriever"] = round(llm_row["seconds_per_user"] / max(dense, 1e-9), 1)
+    if section.listwise is not None:
+        out["listwise"] = _run_listwise(config, section, retriever, lm, titles, split, history, users, say)
     rng = np.random.default_rng(config.seed + 1)
     out["candidates"] = _candidate_protocol(section, retriever, reranker, history, split.test, users, rng)
     for user in users[:N_SAMPLE_USERS]:
@@ -369,6 +440,16 @@ def _report(config: LLMExperimentConfig, metrics: dict[str, Any], manifest: dict
                   "| model | " + " | ".join(keys) + " | s / user |", "|---|" + "---:|" * (len(keys) + 1)]
         for label, row in rerank["rows"].items():
             lines.append(f"| {label} | " + " | ".join(f"{row[k]:.4f}" for k in keys) + f" | {row['seconds_per_user']} |")
+        if "listwise" in rerank:
+            listwise = rerank["listwise"]
+            lines += ["", f"Listwise ({listwise['n_users']} of those users, top {listwise['n']}, "
+                          f"{listwise['bootstraps']} candidate orders each):", "",
+                      "| model | " + " | ".join(keys) + " | s / user | unparsed answers |",
+                      "|---|" + "---:|" * (len(keys) + 2)]
+            for label, row in listwise["rows"].items():
+                unparsed = f"{row['n_unparsed']} of {row['n_answers']}" if "n_answers" in row else "-"
+                lines.append(f"| {label} | " + " | ".join(f"{row[k]:.4f}" for k in keys)
+                             + f" | {row['seconds_per_user']} | {unparsed} |")
         cand = rerank["candidates"]
         lines += ["", f"Candidate protocol (held-out item among {cand['n_candidates']}):", "",
                   "| scorer | HR@1 | NDCG@5 |", "|---|---:|---:|"]
@@ -409,13 +490,8 @@ def run_llm_experiment(config: LLMExperimentConfig | dict[str, Any], *, run_dir:
     drawn = rng.choice(eligible, size=min(wanted, len(eligible)), replace=False).astype(np.int64)
     users = np.sort(drawn)
     say(f"  {len(dataset.interactions):,} interactions; {len(users)} of {len(eligible)} test users sampled")
-    clock = time.perf_counter()
     lm = build_language_model(config.llm, config.cache_dir)
-    backend = getattr(lm, "backend", lm)
-    if hasattr(backend, "context_length"):
-        backend.context_length  # loads the weights now, so no method's time includes the loading
-    load_seconds = time.perf_counter() - clock
-    say(f"  language model {config.llm.model} ready in {load_seconds:.1f} s")
+    backend = getattr(lm, "backend", lm)  # the weights load at the first call the cache cannot answer
     fingerprint = hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
     writer = _claim_run_dir(ranking, dataset, started, fingerprint, run_dir)
     samples: list[dict[str, Any]] = []
@@ -423,7 +499,7 @@ def run_llm_experiment(config: LLMExperimentConfig | dict[str, Any], *, run_dir:
     with writer as tmp:
         if config.rating is not None:
             say("[bold]rating prediction[/bold]")
-            metrics["rating"] = _run_rating(config, config.rating, lm, titles, history, split.test,
+            metrics["rating"] = _run_rating(config, config.rating, lm, titles, split, history, split.test,
                                             np.sort(drawn[:config.rating.users]), say, samples)
         if config.rerank is not None:
             say("[bold]reranking[/bold]")
@@ -434,7 +510,7 @@ def run_llm_experiment(config: LLMExperimentConfig | dict[str, Any], *, run_dir:
                     "dataset": dataset.name, "split_fingerprint": split.train.fingerprint(),
                     "users": [int(u) for u in users],
                     "llm": {"backend": config.llm.backend, "model": config.llm.model,
-                            "fingerprint": backend.fingerprint(), "load_seconds": round(load_seconds, 3),
+                            "fingerprint": backend.fingerprint(), "load_seconds": getattr(backend, "load_seconds", None),
                             "source": getattr(getattr(backend, "source", None), "provenance", None),
                             "usage": lm.usage.as_dict(),
                             "cache": str(getattr(lm, "path", "")) or None},

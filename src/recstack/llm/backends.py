@@ -24,6 +24,7 @@ import hashlib
 import inspect
 import json
 import os
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -106,6 +107,7 @@ class LocalLM:
         self.name = self.source.name
         self.device, self.dtype, self.chat, self.max_batch = device, dtype, chat, int(max_batch)
         self.usage = Usage()
+        self.load_seconds = None  # of the weights, when they were loaded
         self._model = self._tokenizer = None
         self._lock = threading.Lock()  # one forward pass at a time (the server's threads share the model)
 
@@ -114,63 +116,91 @@ class LocalLM:
                                          sort_keys=True).encode()).hexdigest()[:24]
 
     # -- loading -------------------------------------------------------------------------------------------
-    def _load(self):
-        if self._model is not None:
-            return self._model, self._tokenizer
+    # The tokenizer (with the model's config) loads on its own: rendering and counting need nothing
+    # more, so a re-run that the answer cache serves never loads the weights.
+    def _imports(self):
         try:
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            if importlib_missing("torch"):
+                raise ImportError("torch")
+            import transformers
         except ImportError:
             raise LLMError("local language models need torch and transformers; install them with: "
                            "pip install 'recstack[llm]'") from None
-        kwargs: dict[str, Any] = {} if self.source.gguf_file is None else {"gguf_file": self.source.gguf_file}
         if self.source.gguf_file is not None and importlib_missing("gguf"):
             raise LLMError("reading a GGUF model needs the gguf package; install it with: pip install 'recstack[llm]'")
-        dtype = getattr(torch, self.dtype, None)
-        if not isinstance(dtype, torch.dtype):
-            raise LLMError(f"dtype {self.dtype!r} is not a torch dtype; use float32, bfloat16 or float16")
+        return transformers
+
+    def _from_disk(self, loader, **extra):
+        """`loader.from_pretrained` on the model's folder (GGUF file named), quietly, with one clear error."""
+        kwargs: dict[str, Any] = {} if self.source.gguf_file is None else {"gguf_file": self.source.gguf_file}
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # the loading bars would fill a run's log
-        quiet = os.environ.get("TQDM_DISABLE")
-        os.environ["TQDM_DISABLE"] = "1"  # the GGUF de-quantisation bar is plain tqdm
+        # the GGUF de-quantisation bar is plain tqdm, which no setting turns off after import: silence
+        # the loader's own name for it while loading
+        gguf_utils = sys.modules.get("transformers.modeling_gguf_pytorch_utils")
+        if gguf_utils is None and self.source.gguf_file is not None:
+            import transformers.modeling_gguf_pytorch_utils as gguf_utils
+        bar = getattr(gguf_utils, "tqdm", None)
+        if bar is not None:
+            gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(self.source.folder), **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(str(self.source.folder), dtype=dtype, **kwargs)
+            return loader.from_pretrained(str(self.source.folder), **kwargs, **extra)
         except (OSError, ValueError, KeyError) as exc:
             raise LLMError(f"cannot load {self.source.folder / (self.source.gguf_file or '')} as a causal language "
                            f"model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); give a Hugging Face "
                            "causal LM folder or a GGUF file of a supported architecture") from None
         finally:
-            if quiet is None:
-                os.environ.pop("TQDM_DISABLE", None)
-            else:
-                os.environ["TQDM_DISABLE"] = quiet
-        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model.to(device).eval()
+            if bar is not None:
+                gguf_utils.tqdm = bar
+
+    def _load_tokenizer(self):
+        if self._tokenizer is not None:
+            return self._tokenizer
+        transformers = self._imports()
+        tokenizer = self._from_disk(transformers.AutoTokenizer)
+        config = self._from_disk(transformers.AutoConfig)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        self._device = device
-        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        self._context = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
+        self._context = int(getattr(config, "max_position_embeddings", 0) or 1 << 30)
         if self.chat is None:
             self.chat = bool(getattr(tokenizer, "chat_template", None))
-        self._model, self._tokenizer = model, tokenizer
+        self._tokenizer = tokenizer
+        return tokenizer
+
+    def _load(self):
+        if self._model is not None:
+            return self._model, self._tokenizer
+        transformers = self._imports()
+        import torch
+
+        dtype = getattr(torch, self.dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise LLMError(f"dtype {self.dtype!r} is not a torch dtype; use float32, bfloat16 or float16")
+        tokenizer = self._load_tokenizer()
+        began = time.perf_counter()
+        model = self._from_disk(transformers.AutoModelForCausalLM, dtype=dtype)
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(device).eval()
+        self._device = device
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self._model = model
+        self.load_seconds = time.perf_counter() - began
         return model, tokenizer
 
     @property
     def context_length(self) -> int:
-        self._load()
+        self._load_tokenizer()
         return self._context
 
     def render(self, messages: Messages) -> str:
-        _, tokenizer = self._load()
+        tokenizer = self._load_tokenizer()
         if self.chat:
             return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
         return render_plain(messages)
 
     def _encode(self, text: str, *, special: bool = False) -> list[int]:
-        _, tokenizer = self._load()
+        tokenizer = self._load_tokenizer()
         return list(tokenizer(text, add_special_tokens=special).input_ids)
 
     def count_tokens(self, text: str) -> int:

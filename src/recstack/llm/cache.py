@@ -35,6 +35,8 @@ class CachedLM:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # no fsync per answer: a crash may lose the last answers (asked again next run), never corrupt the file
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         self._lock = threading.Lock()
         self.usage = Usage()

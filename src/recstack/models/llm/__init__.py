@@ -4,7 +4,8 @@ Each takes a language model (`recstack.llm.LocalLM`, `OpenAICompatibleLM`, usual
 `CachedLM`) and the items' titles; see docs/llm.md.
 """
 
+from recstack.models.llm.listwise import LLMListwiseRerank
 from recstack.models.llm.rating import LLMRating, RatingPredictions
 from recstack.models.llm.rerank import LLMRerank
 
-__all__ = ["LLMRating", "LLMRerank", "RatingPredictions"]
+__all__ = ["LLMListwiseRerank", "LLMRating", "LLMRerank", "RatingPredictions"]
