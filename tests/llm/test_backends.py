@@ -196,3 +196,33 @@ def test_http_backend_refuses_malformed_json():
             remote.continuation_logprobs("a", ["b"])
     finally:
         httpd.shutdown()
+
+
+def test_lora_tunes_a_copy_whose_answers_are_cached_apart(lm):
+    from recstack.llm.lora import LoRASettings, finetune_lora
+
+    prompt = lm.render([{"role": "system", "content": "Answer Yes. or No."},
+                        {"role": "user", "content": "Is Fargo (1996) a movie?"}])
+    before = lm.option_logprobs(prompt, ["Yes", "No"])
+    tuned, record = finetune_lora(lm, [prompt] * 4, ["No."] * 4,
+                                  LoRASettings(epochs=3, batch_size=2, learning_rate=5e-3, seed=0))
+    assert record.loss_per_epoch[-1] < record.loss_per_epoch[0]
+    assert 0 < record.trainable_parameters < 1_000_000  # adapters only: rank 8 on q and v of 30 layers
+    after = tuned.option_logprobs(prompt, ["Yes", "No"])
+    assert after[1] - after[0] > before[1] - before[0]  # it learnt to prefer "No"
+    np.testing.assert_allclose(lm.option_logprobs(prompt, ["Yes", "No"]), before, rtol=1e-6)  # base untouched
+    assert tuned.fingerprint() != lm.fingerprint() and tuned.tuning.startswith("lora:")
+
+
+def test_tallrec_tunes_on_the_training_ratings_and_predicts_a_probability(lm):
+    from recstack.models.llm.tallrec import TALLRec
+
+    history = _ratings_log()
+    model = TALLRec(lm, np.array(TITLES, dtype=object), n_examples=3, epochs=1, batch_size=3).fit(history)
+    assert model.tuning_.n_examples == 3 and model.lm_ is not lm
+    p = model.predict_proba(np.array([0, 1]), np.array([4, 0]), history)
+    assert p.shape == (2,) and np.all((p > 0) & (p < 1))
+    untuned = TALLRec(lm, np.array(TITLES, dtype=object), n_examples=0).fit(history)
+    assert untuned.lm_ is lm and untuned.tuning_ is None
+    assert "User Preference: \"Aladdin (1992)\", \"The Lion King (1994)\"" in \
+        untuned.messages_from(history.item[:3], history.value[:3], 4)[1]["content"]

@@ -16,13 +16,16 @@ def test_an_llm_config_parses_with_defaults_and_names_its_mistakes():
     assert isinstance(config, LLMExperimentConfig)
     assert config.split.method == "leave_last" and config.preprocessing.threshold is None
     assert [m.label for m in config.rating.methods] == ["zero-shot", "few-shot-3"]
-    with pytest.raises(ExperimentConfigError, match="needs a 'rating' or a 'rerank' section"):
+    with pytest.raises(ExperimentConfigError, match="needs a 'rating', 'rerank' or 'tallrec' section"):
         parse_config({"task": "llm", "data": "ml-100k"})
     with pytest.raises(ExperimentConfigError, match="needs llm.url"):
         parse_config({"task": "llm", "data": "ml-100k", "rating": {}, "llm": {"backend": "openai"}})
     with pytest.raises(ExperimentConfigError, match="'mf' is used twice"):
         parse_config({"task": "llm", "data": "ml-100k",
                       "rating": {"methods": [{"label": "mf"}], "baselines": [{"label": "mf"}]}})
+    with pytest.raises(ExperimentConfigError, match="needs llm.backend local"):
+        parse_config({"task": "llm", "data": "ml-100k", "tallrec": {"examples": [16]},
+                      "llm": {"backend": "openai", "url": "http://127.0.0.1:1"}})
     with pytest.raises(ExperimentConfigError, match="rerank.retriever"):
         parse_config({"task": "llm", "data": "ml-100k", "rerank": {"retriever": {"name": "no-such-model"}}})
 
@@ -34,6 +37,7 @@ def test_a_small_llm_run_writes_its_tables_costs_and_samples(tmp_path):
               "llm": {"model": "smollm2", "threads": 1, "cache": str(tmp_path / "answers.sqlite")},
               "rating": {"users": 3, "methods": [{"label": "zero-shot"}, {"label": "few-shot-1", "shots": 1}],
                          "baselines": [{"label": "bias", "factors": 0}]},
+              "tallrec": {"users": 3, "examples": [0, 4], "epochs": 1},
               "rerank": {"retriever": {"name": "pop"}, "n": 4, "users": 2, "candidates": 5,
                          "listwise": {"n": 3, "bootstraps": 2, "users": 1}}}
     result = run_experiment(config, run_dir=tmp_path / "run", progress=False)
@@ -46,6 +50,8 @@ def test_a_small_llm_run_writes_its_tables_costs_and_samples(tmp_path):
         assert 0 <= row["MAE"] <= row["RMSE"] <= 4, (label, row)
     assert rows["zero-shot (expected)"]["tokens_in_per_user"] > 50
     assert 0 <= rows["zero-shot (parsed)"]["n_unparsed"] <= 3
+    tallrec = metrics["tallrec"]["rows"]
+    assert set(tallrec) == {"0", "4"} and tallrec["4"]["loss_per_epoch"] and "loss_per_epoch" not in tallrec["0"]
     rerank = metrics["rerank"]
     assert set(rerank["rows"]) == {"pop", "pop + llm top 4"}
     # reordering the top 4 cannot change which items are in the top 10, so Hit@10 is the retriever's

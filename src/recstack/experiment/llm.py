@@ -74,6 +74,18 @@ class LLMSection(_Strict):
 class RatingMethod(_Strict):
     label: str
     shots: int = Field(0, ge=0, le=10)
+    # Kang et al.'s fine-tuned variant: LoRA on this many of the training part's ratings (local backend)
+    lora_examples: int = Field(0, ge=0)
+    lora_epochs: PositiveInt = 2
+
+
+class TALLRecSection(_Strict):
+    """TALLRec: LoRA instruction tuning on Yes/No from few examples; AUC against the number of examples."""
+
+    users: PositiveInt = 200
+    examples: list[int] = Field(default_factory=lambda: [0, 16, 64, 256], min_length=1)
+    epochs: PositiveInt = 3
+    max_history: PositiveInt = 10
 
 
 class RatingBaseline(_Strict):
@@ -133,6 +145,7 @@ class LLMExperimentConfig(_Strict):
     llm: LLMSection = Field(default_factory=LLMSection)
     rating: RatingSection | None = None
     rerank: LLMRerankSection | None = None
+    tallrec: TALLRecSection | None = None
     seed: int = 2020
     output_dir: str = "runs"
 
@@ -150,8 +163,13 @@ class LLMExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _something_to_do(self) -> "LLMExperimentConfig":
-        if self.rating is None and self.rerank is None:
-            raise ValueError("an LLM experiment needs a 'rating' or a 'rerank' section (or both)")
+        if self.rating is None and self.rerank is None and self.tallrec is None:
+            raise ValueError("an LLM experiment needs a 'rating', 'rerank' or 'tallrec' section")
+        tuned = (self.tallrec is not None and any(self.tallrec.examples)) or \
+            (self.rating is not None and any(m.lora_examples for m in self.rating.methods))
+        if tuned and self.llm.backend != "local":
+            raise ValueError("LoRA fine-tuning (tallrec examples, rating lora_examples) needs llm.backend local: "
+                             "the weights must be on this machine")
         if self.rerank is not None:
             from recstack.models import build
 
@@ -294,16 +312,30 @@ def _run_rating(config, section: RatingSection, lm, titles, split, history, test
             f"fit {fit_seconds:.1f} s")
     for method in section.methods:
         model = LLMRating(lm, titles, shots=method.shots, max_history=section.max_history,
-                          answer_tokens=section.answer_tokens)
-        before = lm.usage.as_dict()
+                          answer_tokens=section.answer_tokens, seed=config.seed)
+        tuning = None
+        if method.lora_examples:
+            from recstack.llm.lora import LoRASettings
+
+            model.lm = getattr(lm, "backend", lm)
+            model.fit_lora(split.train, method.lora_examples, LoRASettings(epochs=method.lora_epochs, seed=config.seed))
+            tuning = model.tuning_
+            model.lm = _cached_like(lm, model.lm)
+            say(f"    {method.label}: LoRA on {tuning.n_examples} ratings, {tuning.seconds:.0f} s, loss "
+                + " -> ".join(f"{v:.3f}" for v in tuning.loss_per_epoch))
+        before = model.lm.usage.as_dict()
         clock = time.perf_counter()
         predictions = model.predict(pair_users, pair_items, history)
         seconds = time.perf_counter() - clock
-        cost = _usage_since(lm, before, len(users))
+        cost = _usage_since(model.lm, before, len(users))
         expected = _rating_row(truth, predictions.expected)
         parsed = _rating_row(truth, predictions.with_fallback())
         for suffix, row in (("expected", expected), ("parsed", parsed)):
             row.update({"kind": "llm", "shots": method.shots, "wall_seconds": round(seconds, 3), **cost})
+            if tuning is not None:
+                row["lora"] = {"examples": tuning.n_examples, "epochs": tuning.settings.epochs,
+                               "seconds": round(tuning.seconds, 1), "loss_per_epoch": tuning.loss_per_epoch,
+                               "trainable_parameters": tuning.trainable_parameters}
             out["rows"][f"{method.label} ({suffix})"] = row
         parsed["n_unparsed"] = predictions.n_unparsed
         say(f"    {method.label}: expected RMSE {expected['RMSE']:.4f}, parsed RMSE {parsed['RMSE']:.4f} "
@@ -319,6 +351,40 @@ def _run_rating(config, section: RatingSection, lm, titles, split, history, test
         for row in out["rows"].values():
             if row["kind"] == "llm":
                 row["time_ratio_to_" + section.baselines[0].label] = round(row["seconds_per_user"] / reference, 1)
+    return out
+
+
+def _cached_like(lm, tuned):
+    """`tuned` behind the same answer cache as `lm` (its own fingerprint keeps its answers apart)."""
+    from recstack.llm import CachedLM
+
+    return CachedLM(tuned, lm.path) if isinstance(lm, CachedLM) else tuned
+
+
+def _run_tallrec(config, section: TALLRecSection, lm, titles, split, history, users, say) -> dict[str, Any]:
+    """AUC of P(Yes) on the users' held-out items (label: rating >= 4) for each number of tuning examples."""
+    from recstack.models.llm.tallrec import TALLRec
+
+    test = split.test
+    rows = np.flatnonzero(np.isin(test.user, users))
+    labels = (test.value[rows] >= 4).astype(np.int8)
+    out: dict[str, Any] = {"n_pairs": int(len(rows)), "positive_rate": float(labels.mean()), "rows": {}}
+    base = getattr(lm, "backend", lm)
+    for n in section.examples:
+        model = TALLRec(base, titles, n_examples=n, epochs=section.epochs, max_history=section.max_history,
+                        seed=config.seed).fit(split.train)
+        model.lm_ = _cached_like(lm, model.lm_)
+        before = model.lm_.usage.as_dict()
+        clock = time.perf_counter()
+        p_yes = model.predict_proba(test.user[rows], test.item[rows], history)
+        row = {"AUC": _auc(labels, p_yes), "wall_seconds": round(time.perf_counter() - clock, 3),
+               **_usage_since(model.lm_, before, len(users))}
+        if model.tuning_ is not None:
+            row.update({"train_seconds": round(model.tuning_.seconds, 1), "loss_per_epoch": model.tuning_.loss_per_epoch,
+                        "trainable_parameters": model.tuning_.trainable_parameters})
+        out["rows"][str(n)] = row
+        auc = "-" if row["AUC"] is None else f"{row['AUC']:.4f}"
+        say(f"    {n} examples: AUC {auc}" + (f" (LoRA {row['train_seconds']} s)" if n else " (untuned)"))
     return out
 
 
@@ -433,6 +499,16 @@ def _report(config: LLMExperimentConfig, metrics: dict[str, Any], manifest: dict
                          f"{row['seconds_per_user'] if llm else '-'} | {row.get('tokens_in_per_user', '-')} | "
                          f"{row.get('n_unparsed', '-')} |")
         lines.append("")
+    if "tallrec" in metrics:
+        tallrec = metrics["tallrec"]
+        lines += [f"## TALLRec: AUC against the number of tuning examples ({tallrec['n_pairs']} held-out items, "
+                  f"{tallrec['positive_rate']:.0%} liked)", "", "| examples | AUC | LoRA s | final train loss |",
+                  "|---:|---:|---:|---:|"]
+        for n, row in tallrec["rows"].items():
+            auc = "-" if row["AUC"] is None else f"{row['AUC']:.4f}"
+            loss = f"{row['loss_per_epoch'][-1]:.4f}" if "loss_per_epoch" in row else "-"
+            lines.append(f"| {n} | {auc} | {row.get('train_seconds', '-')} | {loss} |")
+        lines.append("")
     if "rerank" in metrics:
         rerank = metrics["rerank"]
         keys = [k for k in next(iter(rerank["rows"].values())) if "@" in k]
@@ -485,7 +561,7 @@ def run_llm_experiment(config: LLMExperimentConfig | dict[str, Any], *, run_dir:
     data_seconds = time.perf_counter() - clock
     rng = np.random.default_rng(config.seed)
     eligible = np.flatnonzero((split.test.user_counts() > 0) & (history.user_counts() > 0))
-    wanted = max(s.users for s in (config.rating, config.rerank) if s is not None)
+    wanted = max(s.users for s in (config.rating, config.rerank, config.tallrec) if s is not None)
     # drawn once in random order; each section takes the first `users` of them (a random subset), sorted
     drawn = rng.choice(eligible, size=min(wanted, len(eligible)), replace=False).astype(np.int64)
     users = np.sort(drawn)
@@ -501,6 +577,10 @@ def run_llm_experiment(config: LLMExperimentConfig | dict[str, Any], *, run_dir:
             say("[bold]rating prediction[/bold]")
             metrics["rating"] = _run_rating(config, config.rating, lm, titles, split, history, split.test,
                                             np.sort(drawn[:config.rating.users]), say, samples)
+        if config.tallrec is not None:
+            say("[bold]TALLRec[/bold]")
+            metrics["tallrec"] = _run_tallrec(config, config.tallrec, lm, titles, split, history,
+                                              np.sort(drawn[:config.tallrec.users]), say)
         if config.rerank is not None:
             say("[bold]reranking[/bold]")
             metrics["rerank"] = _run_rerank(config, config.rerank, lm, titles, split, history,

@@ -108,11 +108,12 @@ class LocalLM:
         self.device, self.dtype, self.chat, self.max_batch = device, dtype, chat, int(max_batch)
         self.usage = Usage()
         self.load_seconds = None  # of the weights, when they were loaded
+        self.tuning: str | None = None  # fine-tuned weights (recstack.llm.lora): their digest, in the fingerprint
         self._model = self._tokenizer = None
         self._lock = threading.Lock()  # one forward pass at a time (the server's threads share the model)
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps({"local": self.source.identity, "dtype": self.dtype},
+        return hashlib.sha256(json.dumps({"local": self.source.identity, "dtype": self.dtype, "tuning": self.tuning},
                                          sort_keys=True).encode()).hexdigest()[:24]
 
     # -- loading -------------------------------------------------------------------------------------------

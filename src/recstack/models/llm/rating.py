@@ -58,8 +58,10 @@ class LLMRating:
 
     def messages(self, user: int, item: int, history: Interactions) -> list[dict[str, str]]:
         start, end = history.indptr[user], history.indptr[user + 1]
-        items = history.item[start:end]
-        ratings = history.value[start:end]
+        return self.messages_from(history.item[start:end], history.value[start:end], item)
+
+    def messages_from(self, items: np.ndarray, ratings: np.ndarray, item: int) -> list[dict[str, str]]:
+        """The prompt for `item` after a user's rated `items` (oldest first)."""
         cfg = self.config
         demos = []
         if cfg.shots:
@@ -68,6 +70,26 @@ class LLMRating:
             demos = [(self.title(int(i)), float(r)) for i, r in zip(demo_items, demo_ratings)]
         keep = slice(max(0, len(items) - cfg.max_history), len(items)) if cfg.max_history else slice(0, 0)
         return rating_messages([self.title(int(i)) for i in items[keep]], ratings[keep], self.title(int(item)), demos)
+
+    def fit_lora(self, train: Interactions, n_examples: int, settings=None) -> "LLMRating":
+        """Kang et al.'s fine-tuned variant: LoRA on `n_examples` of the training part's own ratings (each
+        asked with the ratings before it as the prompt, its stars as the answer). The model's `lm` becomes
+        the tuned copy (`tuning_` records the training); `lm` must be a `recstack.llm.LocalLM`."""
+        from recstack.llm.lora import LoRASettings, draw_examples, finetune_lora
+
+        if train.value is None:
+            raise RecstackError("fine-tuning rating prediction needs ratings; this log has no value column")
+        settings = settings or LoRASettings(seed=self.config.seed)
+        rng = np.random.default_rng(self.config.seed)
+        prompts, answers = [], []
+        for user, position in draw_examples(train, n_examples, rng):
+            start = train.indptr[user]
+            messages = self.messages_from(train.item[start:start + position], train.value[start:start + position],
+                                          int(train.item[start + position]))
+            prompts.append(self.lm.render(messages))
+            answers.append(str(int(round(float(train.value[start + position])))))
+        self.lm, self.tuning_ = finetune_lora(self.lm, prompts, answers, settings)
+        return self
 
     def predict(self, users: np.ndarray, items: np.ndarray, history: Interactions) -> RatingPredictions:
         """Both predictions for each (user, item) pair, the user's ratings in `history` as the prompt."""
