@@ -32,7 +32,7 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from recstack.llm.weights import LLMError, ModelSource, resolve_model
+from recstack.llm.weights import NAMED_MODELS, LLMError, ModelSource, resolve_model
 
 Messages = Sequence[dict[str, str]]
 
@@ -105,6 +105,8 @@ class LocalLM:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.source: ModelSource = resolve_model(model, cache_dir=cache_dir)
         self.name = self.source.name
+        if chat is None and str(model) in NAMED_MODELS:  # a base model's file may carry a template it was not tuned on
+            chat = NAMED_MODELS[str(model)].chat
         self.device, self.dtype, self.chat, self.max_batch = device, dtype, chat, int(max_batch)
         self.usage = Usage()
         self.load_seconds = None  # of the weights, when they were loaded

