@@ -65,10 +65,13 @@ def test_a_small_llm_run_writes_its_tables_costs_and_samples(tmp_path):
     samples = [json.loads(line) for line in (result.run_dir / "samples.jsonl").read_text().splitlines()]
     assert {s["section"] for s in samples} == {"rating", "rerank"}
     assert "Rating prediction" in (result.run_dir / "report.md").read_text()
-    # a second run is answered by the cache: identical figures, no model call
+    # a second run (TALLRec left out: it would train again) is answered by the cache: identical
+    # figures, no model call, and the weights are never loaded
+    config.pop("tallrec")
     again = run_experiment(config, run_dir=tmp_path / "run2", progress=False)
     second = json.loads((again.run_dir / "manifest.json").read_text())["llm"]["usage"]
     assert second["calls"] == 0 and second["cached_calls"] > 0
+    assert json.loads((again.run_dir / "manifest.json").read_text())["llm"]["load_seconds"] is None
     for label in rows:
         for metric in ("RMSE", "MAE"):
             assert json.loads((again.run_dir / "metrics.json").read_text())["rating"]["rows"][label][metric] \

@@ -490,13 +490,15 @@ def _report(config: LLMExperimentConfig, metrics: dict[str, Any], manifest: dict
     if "rating" in metrics:
         rating = metrics["rating"]
         lines += [f"## Rating prediction ({rating['n_ratings']} held-out ratings of {rating['n_users']} users)", "",
-                  "| method | RMSE | MAE | AUC (>= 4) | LLM s / user | tokens in / user | unparsed |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| method | RMSE | MAE | AUC (>= 4) | LLM s / user | tokens in / out per user | time / dense | unparsed |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for label, row in rating["rows"].items():
             auc = "-" if row["AUC"] is None else f"{row['AUC']:.4f}"
             llm = row["kind"] == "llm"
+            ratio = next((f"{v:,.0f}x" for k, v in row.items() if k.startswith("time_ratio_to_")), "-")
+            tokens = f"{row['tokens_in_per_user']:.0f} / {row['tokens_out_per_user']:.0f}" if llm else "-"
             lines.append(f"| {label} | {row['RMSE']:.4f} | {row['MAE']:.4f} | {auc} | "
-                         f"{row['seconds_per_user'] if llm else '-'} | {row.get('tokens_in_per_user', '-')} | "
+                         f"{row['seconds_per_user'] if llm else '-'} | {tokens} | {ratio} | "
                          f"{row.get('n_unparsed', '-')} |")
         lines.append("")
     if "tallrec" in metrics:
@@ -513,9 +515,12 @@ def _report(config: LLMExperimentConfig, metrics: dict[str, Any], manifest: dict
         rerank = metrics["rerank"]
         keys = [k for k in next(iter(rerank["rows"].values())) if "@" in k]
         lines += [f"## Reranking inside full ranking ({rerank['n_users']} test users, top {rerank['n']})", "",
-                  "| model | " + " | ".join(keys) + " | s / user |", "|---|" + "---:|" * (len(keys) + 1)]
+                  "| model | " + " | ".join(keys) + " | s / user | tokens in / user | time / retriever |",
+                  "|---|" + "---:|" * (len(keys) + 3)]
         for label, row in rerank["rows"].items():
-            lines.append(f"| {label} | " + " | ".join(f"{row[k]:.4f}" for k in keys) + f" | {row['seconds_per_user']} |")
+            ratio = f"{row['time_ratio_to_retriever']:,.0f}x" if "time_ratio_to_retriever" in row else "-"
+            lines.append(f"| {label} | " + " | ".join(f"{row[k]:.4f}" for k in keys)
+                         + f" | {row['seconds_per_user']} | {row.get('tokens_in_per_user', '-')} | {ratio} |")
         if "listwise" in rerank:
             listwise = rerank["listwise"]
             lines += ["", f"Listwise ({listwise['n_users']} of those users, top {listwise['n']}, "
