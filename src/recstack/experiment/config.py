@@ -17,7 +17,7 @@ import re
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Self, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
@@ -524,6 +524,39 @@ def _check_seed(seed: int) -> int:
     if not 0 <= seed <= SEED_MAX:
         raise ValueError(f"must be an integer from 0 to {SEED_MAX} (2**32 - 1), got {seed}")
     return seed
+
+
+class TaskConfig(_Strict):
+    """What the `task:` experiments (ctr, llm) share with a ranking one: the data (`data: ml-100k` is
+    short for `data: {dataset: ml-100k}`), the cache, the seed and where runs go."""
+
+    data: DataConfig
+    cache_dir: str | None = None
+    seed: int = 2020
+    output_dir: str = "runs"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dataset_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("data"), str):
+            data = {**data, "data": {"dataset": data["data"]}}
+        return data
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_in_range(cls, seed: int) -> int:
+        return _check_seed(seed)
+
+    @classmethod
+    def parse(cls, raw: Any, source: str = "config") -> Self:
+        """Validate a mapping (or re-validate a copy made with `model_copy(update=...)`, which skips
+        validation); errors name `source`."""
+        if isinstance(raw, cls):
+            raw = {name: getattr(raw, name) for name in raw.model_fields_set}
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ExperimentConfigError(format_validation_error(exc, source)) from None
 
 
 def _check_fit_settings(model_config: Any) -> None:

@@ -39,11 +39,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from recstack.errors import RecstackError
-from recstack.experiment.config import (DataConfig, ExperimentConfigError, ModelEntry, _check_seed, _Strict,
-                                        distinct_labels, format_validation_error)
+from recstack.experiment.config import ExperimentConfigError, ModelEntry, TaskConfig, _Strict, distinct_labels
 
 LEADERBOARD = ("AUC", "LogLoss", "gAUC", "Calibration")
 RERANK = "rerank.json"  # retrieve-then-rank: each retriever alone and chained with each ranker
@@ -116,29 +115,13 @@ class RerankSection(_Strict):
         return [f"{name}@{k}" for name, k in parse_metric_labels(self.metrics, self.ks)]
 
 
-class CTRExperimentConfig(_Strict):
+class CTRExperimentConfig(TaskConfig):
     """A `task: ctr` experiment; see the module docstring."""
 
     task: Literal["ctr"]
-    data: DataConfig
-    cache_dir: str | None = None
     ctr: CTRSection
     models: list[ModelEntry] = Field(min_length=1)
     rerank: RerankSection | None = None
-    seed: int = 2020
-    output_dir: str = "runs"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _dataset_shorthand(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("data"), str):
-            data = {**data, "data": {"dataset": data["data"]}}
-        return data
-
-    @field_validator("seed")
-    @classmethod
-    def _seed_in_range(cls, seed: int) -> int:
-        return _check_seed(seed)
 
     @model_validator(mode="after")
     def _check(self) -> "CTRExperimentConfig":
@@ -211,12 +194,7 @@ def is_ctr(raw: Any) -> bool:
 
 
 def parse_ctr_config(raw: dict[str, Any] | CTRExperimentConfig, source: str = "config") -> CTRExperimentConfig:
-    if isinstance(raw, CTRExperimentConfig):
-        raw = {name: getattr(raw, name) for name in raw.model_fields_set}
-    try:
-        return CTRExperimentConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ExperimentConfigError(format_validation_error(exc, source)) from None
+    return CTRExperimentConfig.parse(raw, source)
 
 
 # ---- the run ------------------------------------------------------------------------------------

@@ -43,11 +43,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from recstack.errors import RecstackError
-from recstack.experiment.config import (DataConfig, ExperimentConfigError, ModelEntry, PreprocessingConfig,
-                                        SplitConfig, _check_seed, _Strict, format_validation_error)
+from recstack.experiment.config import ModelEntry, PreprocessingConfig, SplitConfig, TaskConfig, _Strict
 
 SAMPLES = "samples.jsonl"
 N_SAMPLE_USERS = 5  # users whose prompts and answers are written to samples.jsonl
@@ -134,32 +133,16 @@ class LLMRerankSection(_Strict):
     listwise: ListwiseSection | None = None
 
 
-class LLMExperimentConfig(_Strict):
+class LLMExperimentConfig(TaskConfig):
     """A `task: llm` experiment; see the module docstring."""
 
     task: Literal["llm"]
-    data: DataConfig
-    cache_dir: str | None = None
     preprocessing: PreprocessingConfig = Field(default_factory=lambda: PreprocessingConfig(threshold=None))
     split: SplitConfig = Field(default_factory=lambda: SplitConfig(method="leave_last", params={"k": 1}))
     llm: LLMSection = Field(default_factory=LLMSection)
     rating: RatingSection | None = None
     rerank: LLMRerankSection | None = None
     tallrec: TALLRecSection | None = None
-    seed: int = 2020
-    output_dir: str = "runs"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _dataset_shorthand(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("data"), str):
-            data = {**data, "data": {"dataset": data["data"]}}
-        return data
-
-    @field_validator("seed")
-    @classmethod
-    def _seed_in_range(cls, seed: int) -> int:
-        return _check_seed(seed)
 
     @model_validator(mode="after")
     def _something_to_do(self) -> "LLMExperimentConfig":
@@ -204,12 +187,7 @@ def is_llm(raw: Any) -> bool:
 
 
 def parse_llm_config(raw: dict[str, Any] | LLMExperimentConfig, source: str = "config") -> LLMExperimentConfig:
-    if isinstance(raw, LLMExperimentConfig):  # `model_copy(update=...)` skips validation: check the copy
-        raw = {name: getattr(raw, name) for name in raw.model_fields_set}
-    try:
-        return LLMExperimentConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ExperimentConfigError(format_validation_error(exc, source)) from None
+    return LLMExperimentConfig.parse(raw, source)
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -483,6 +461,17 @@ def _run_rerank(config, section: LLMRerankSection, lm, titles, split, history, u
     return out
 
 
+def _ranking_table(rows: dict[str, dict[str, Any]], keys: list[str], extra: dict[str, Any]) -> list[str]:
+    """A markdown table of ranking rows: the metrics, seconds per user, then `extra` columns (title -> cell)."""
+    header = ["model", *keys, "s / user", *extra]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for label, row in rows.items():
+        cells = [label, *(f"{row[k]:.4f}" for k in keys), str(row["seconds_per_user"]),
+                 *(cell(row) for cell in extra.values())]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def _report(config: LLMExperimentConfig, metrics: dict[str, Any], manifest: dict[str, Any]) -> str:
     lines = [f"# LLM experiment on {manifest['dataset']}", "",
              f"Backend: {manifest['llm']['backend']} `{manifest['llm']['model']}`; split {config.split.method} "
@@ -514,23 +503,18 @@ def _report(config: LLMExperimentConfig, metrics: dict[str, Any], manifest: dict
     if "rerank" in metrics:
         rerank = metrics["rerank"]
         keys = [k for k in next(iter(rerank["rows"].values())) if "@" in k]
-        lines += [f"## Reranking inside full ranking ({rerank['n_users']} test users, top {rerank['n']})", "",
-                  "| model | " + " | ".join(keys) + " | s / user | tokens in / user | time / retriever |",
-                  "|---|" + "---:|" * (len(keys) + 3)]
-        for label, row in rerank["rows"].items():
-            ratio = f"{row['time_ratio_to_retriever']:,.0f}x" if "time_ratio_to_retriever" in row else "-"
-            lines.append(f"| {label} | " + " | ".join(f"{row[k]:.4f}" for k in keys)
-                         + f" | {row['seconds_per_user']} | {row.get('tokens_in_per_user', '-')} | {ratio} |")
+        lines += [f"## Reranking inside full ranking ({rerank['n_users']} test users, top {rerank['n']})", ""]
+        lines += _ranking_table(rerank["rows"], keys, {
+            "tokens in / user": lambda row: str(row.get("tokens_in_per_user", "-")),
+            "time / retriever": lambda row: f"{row['time_ratio_to_retriever']:,.0f}x"
+            if "time_ratio_to_retriever" in row else "-"})
         if "listwise" in rerank:
             listwise = rerank["listwise"]
             lines += ["", f"Listwise ({listwise['n_users']} of those users, top {listwise['n']}, "
-                          f"{listwise['bootstraps']} candidate orders each):", "",
-                      "| model | " + " | ".join(keys) + " | s / user | unparsed answers |",
-                      "|---|" + "---:|" * (len(keys) + 2)]
-            for label, row in listwise["rows"].items():
-                unparsed = f"{row['n_unparsed']} of {row['n_answers']}" if "n_answers" in row else "-"
-                lines.append(f"| {label} | " + " | ".join(f"{row[k]:.4f}" for k in keys)
-                             + f" | {row['seconds_per_user']} | {unparsed} |")
+                          f"{listwise['bootstraps']} candidate orders each):", ""]
+            lines += _ranking_table(listwise["rows"], keys, {
+                "unparsed answers": lambda row: f"{row['n_unparsed']} of {row['n_answers']}" if "n_answers" in row
+                else "-"})
         cand = rerank["candidates"]
         lines += ["", f"Candidate protocol (held-out item among {cand['n_candidates']}):", "",
                   "| scorer | HR@1 | NDCG@5 |", "|---|---:|---:|"]

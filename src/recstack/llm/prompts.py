@@ -10,9 +10,21 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+import numpy as np
+
 RATING_OPTIONS = ("1", "2", "3", "4", "5")
 RATING_SYSTEM = "You predict how a user will rate movies on a scale from 1 (lowest) to 5 (highest)."
 RANK_SYSTEM = "You recommend movies. Given what a user watched, you name the movie they will watch next."
+
+
+def titles_array(titles) -> np.ndarray:
+    """The items' titles as an object array of str (what the LLM methods read)."""
+    return np.asarray([str(t) for t in titles], dtype=object)
+
+
+def title_of(titles: np.ndarray, item: int) -> str:
+    """An item's title; a missing or empty one is named by its index ("item 12")."""
+    return str(titles[item]) if 0 <= item < len(titles) and titles[item] else f"item {item}"
 
 
 def _history_lines(titles: Sequence[str], ratings: Sequence[float] | None) -> str:

@@ -18,8 +18,9 @@ import re
 import numpy as np
 from pydantic import Field
 
+from recstack.llm.prompts import title_of, titles_array
 from recstack.models.ctr.rerank import RetrieveThenRank
-from recstack.models.protocol import ModelConfig
+from recstack.models.protocol import ModelConfig, make_config
 
 LISTWISE_SYSTEM = "You rank movies for a user by how likely the user is to watch each one next."
 
@@ -73,15 +74,16 @@ class LLMListwiseRerank(RetrieveThenRank):
 
     def __init__(self, retriever, lm, titles: np.ndarray, config: LLMListwiseConfig | dict | None = None,
                  *, mask_history: bool = True, **params) -> None:
-        self.config = config if isinstance(config, LLMListwiseConfig) else LLMListwiseConfig(**{**(config or {}), **params})
+        given = config if isinstance(config, LLMListwiseConfig) else {**(config or {}), **params}
+        self.config = make_config(LLMListwiseConfig, given)
         super().__init__(retriever, ranker=None, n=self.config.n, mask_history=mask_history)
         self.lm = lm
-        self.titles = np.asarray([str(t) for t in titles], dtype=object)
+        self.titles = titles_array(titles)
         self.n_answers = 0
         self.n_unparsed = 0
 
     def title(self, item: int) -> str:
-        return str(self.titles[item]) if 0 <= item < len(self.titles) and self.titles[item] else f"item {item}"
+        return title_of(self.titles, item)
 
     def candidate_scores(self, user: int, candidates: np.ndarray, history) -> np.ndarray:
         """Borda points of each candidate over the bootstrapped answers, plus a tie-break below one point

@@ -21,8 +21,8 @@ from pydantic import Field
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.llm.prompts import RATING_OPTIONS, parse_rating, rating_messages
-from recstack.models.protocol import ModelConfig
+from recstack.llm.prompts import RATING_OPTIONS, parse_rating, rating_messages, title_of, titles_array
+from recstack.models.protocol import ModelConfig, make_config
 
 
 class LLMRatingConfig(ModelConfig):
@@ -50,11 +50,12 @@ class LLMRating:
 
     def __init__(self, lm, titles: np.ndarray, config: LLMRatingConfig | dict | None = None, **params) -> None:
         self.lm = lm
-        self.titles = np.asarray([str(t) for t in titles], dtype=object)
-        self.config = config if isinstance(config, LLMRatingConfig) else LLMRatingConfig(**{**(config or {}), **params})
+        self.titles = titles_array(titles)
+        given = config if isinstance(config, LLMRatingConfig) else {**(config or {}), **params}
+        self.config = make_config(LLMRatingConfig, given)
 
     def title(self, item: int) -> str:
-        return str(self.titles[item]) if 0 <= item < len(self.titles) and self.titles[item] else f"item {item}"
+        return title_of(self.titles, item)
 
     def messages(self, user: int, item: int, history: Interactions) -> list[dict[str, str]]:
         start, end = history.indptr[user], history.indptr[user + 1]

@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from recstack.llm.prompts import rank_prefix_messages
+from recstack.llm.prompts import rank_prefix_messages, title_of, titles_array
 from recstack.models.ctr.rerank import RetrieveThenRank
-from recstack.models.protocol import ModelConfig
+from recstack.models.protocol import ModelConfig, make_config
 
 
 class LLMRerankConfig(ModelConfig):
@@ -36,14 +36,15 @@ class LLMRerank(RetrieveThenRank):
 
     def __init__(self, retriever, lm, titles: np.ndarray, config: LLMRerankConfig | dict | None = None,
                  *, mask_history: bool = True, **params) -> None:
-        self.config = config if isinstance(config, LLMRerankConfig) else LLMRerankConfig(**{**(config or {}), **params})
+        given = config if isinstance(config, LLMRerankConfig) else {**(config or {}), **params}
+        self.config = make_config(LLMRerankConfig, given)
         super().__init__(retriever, ranker=None, n=self.config.n, mask_history=mask_history)
         self.lm = lm
-        self.titles = np.asarray([str(t) for t in titles], dtype=object)
+        self.titles = titles_array(titles)
         self._title_tokens: dict[int, int] = {}
 
     def title(self, item: int) -> str:
-        return str(self.titles[item]) if 0 <= item < len(self.titles) and self.titles[item] else f"item {item}"
+        return title_of(self.titles, item)
 
     def prefix(self, user: int, history) -> str:
         start, end = history.indptr[user], history.indptr[user + 1]

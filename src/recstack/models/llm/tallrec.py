@@ -18,7 +18,8 @@ from pydantic import Field
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.models.protocol import ModelConfig
+from recstack.llm.prompts import title_of, titles_array
+from recstack.models.protocol import ModelConfig, make_config
 
 TALLREC_SYSTEM = "You are a movie recommender. Answer only Yes. or No."
 
@@ -50,11 +51,12 @@ class TALLRec:
 
     def __init__(self, lm, titles: np.ndarray, config: TALLRecConfig | dict | None = None, **params) -> None:
         self.base = lm
-        self.titles = np.asarray([str(t) for t in titles], dtype=object)
-        self.config = config if isinstance(config, TALLRecConfig) else TALLRecConfig(**{**(config or {}), **params})
+        self.titles = titles_array(titles)
+        given = config if isinstance(config, TALLRecConfig) else {**(config or {}), **params}
+        self.config = make_config(TALLRecConfig, given)
 
     def title(self, item: int) -> str:
-        return str(self.titles[item]) if 0 <= item < len(self.titles) and self.titles[item] else f"item {item}"
+        return title_of(self.titles, item)
 
     def messages_from(self, items: np.ndarray, ratings: np.ndarray, item: int) -> list[dict[str, str]]:
         recent = slice(max(0, len(items) - self.config.max_history), len(items))
