@@ -15,6 +15,7 @@ import copy
 import hashlib
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -74,9 +75,11 @@ def finetune_lora(base: LocalLM, prompts: Sequence[str], answers: Sequence[str],
     model, tokenizer = base._load()
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    tuned = get_peft_model(copy.deepcopy(model), LoraConfig(
-        r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-        target_modules=list(settings.targets), task_type="CAUSAL_LM"))
+    with warnings.catch_warnings():  # peft asks transformers a question it has renamed; not the user's concern
+        warnings.simplefilter("ignore", FutureWarning)
+        tuned = get_peft_model(copy.deepcopy(model), LoraConfig(
+            r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+            target_modules=list(settings.targets), task_type="CAUSAL_LM"))
     trainable = [p for p in tuned.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(trainable, lr=settings.learning_rate)
     pairs = [(base._encode(p), base._encode(a)) for p, a in zip(prompts, answers)]
