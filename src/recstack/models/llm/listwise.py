@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import Field
 
 from recstack.llm.prompts import title_of, titles_array
-from recstack.models.ctr.rerank import RetrieveThenRank
+from recstack.models.kernels.rerank import RetrieveThenRank
 from recstack.models.protocol import ModelConfig, make_config
 
 LISTWISE_SYSTEM = "You rank movies for a user by how likely the user is to watch each one next."

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import Field
 
 from recstack.llm.prompts import rank_prefix_messages, title_of, titles_array
-from recstack.models.ctr.rerank import RetrieveThenRank
+from recstack.models.kernels.rerank import RetrieveThenRank
 from recstack.models.protocol import ModelConfig, make_config
 
 
