@@ -77,6 +77,7 @@ def test_the_cache_answers_identically_and_resumes_after_reopening(lm, tmp_path)
     cached.close()
     reopened = CachedLM(lm, tmp_path / "llm.sqlite")
     calls = lm.usage.calls
+    # exact on purpose: the cache returns the stored float64 answer (JSON round-trips it), not a recomputation
     np.testing.assert_array_equal(reopened.continuation_logprobs(prefix, TITLES), first)
     assert lm.usage.calls == calls  # the model was not asked again
     # a different question is not answered from the cache
