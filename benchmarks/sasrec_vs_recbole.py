@@ -6,8 +6,10 @@ result file. recstack's SASRec trains on the identical split (the driver's expor
 row order kept) with RecBole's settings where both libraries have them: 64 dims, 2 blocks,
 2 heads, dropout 0.5, learning rate 1e-3, 50 items, CE loss, the same threads. Differences that
 remain: recstack trains on each user's sequence (every position a target, batch 128 users) where
-RecBole trains on every prefix as a separate example (batch 2048 prefixes), and recstack's
-feed-forward width is the paper's (64) where RecBole's default is 256.
+RecBole trains on every prefix as a separate example (batch 2048 prefixes; `--train-windows
+prefixes --batch-size 2048` is the same augmentation), and the blocks are laid out as the SASRec
+authors' code has them (layer norm on the queries only, no attention output projection) where
+RecBole uses a post-norm Transformer block with GELU.
 
 Protocol: RecBole 1.2.1 does not mask already-seen items for sequential models, and its test input
 is the sequence before the target (train + valid). recstack is scored the same way by default here
@@ -19,8 +21,7 @@ refuses, with one line, to print the time ratio or compare test figures when the
 Time to target = the training and validation seconds up to the first epoch whose validation
 NDCG@10 reaches the target; RecBole's is the same sum up to its best epoch (its per-epoch
 training times plus one validation pass per epoch). Users/s on the test part are printed for
-both, without a ratio: RecBole's SASRec has a 256-wide feed-forward layer (its default) where
-recstack's is 64 wide, and RecBole's `test_eval_s` also loads its best checkpoint from disk, so the
+both, without a ratio: RecBole's `test_eval_s` also loads its best checkpoint from disk, so the
 two figures are not the same work.
 
     "$RECSTACK_PEER_PYTHON" "$RECSTACK_PEERS_DIR/run_recbole.py" --protocol B --model SASRec --threads 2 \
@@ -42,8 +43,9 @@ from recstack.experiment.compare import Protocol
 
 # the settings the bar fixes for both sides (CE loss, 50 items, 2 blocks, 64 dims)
 SHARED = {"embedding_size": 64, "n_layers": 2, "max_seq_len": 50, "loss": "ce"}
-# --settings recbole: also RecBole's defaults where recstack has the same knob (2 heads, dropout 0.5, lr 1e-3)
-RECBOLE_DEFAULTS = {"n_heads": 2, "dropout": 0.5, "learning_rate": 1e-3}
+# --settings recbole: also RecBole's defaults where recstack has the same knob (2 heads, dropout 0.5, lr 1e-3,
+# feed-forward width 256)
+RECBOLE_DEFAULTS = {"n_heads": 2, "dropout": 0.5, "learning_rate": 1e-3, "ffn_size": 256}
 SETTINGS = {**SHARED, **RECBOLE_DEFAULTS}
 
 
@@ -58,6 +60,8 @@ def main() -> None:
                              "recstack's defaults for everything but the shared CE loss, 50 items, 2 blocks, 64 dims")
     parser.add_argument("--train-windows", choices=["sliding", "latest", "prefixes"], default=None,
                         help="recstack's training windows (default: its default, sliding)")
+    parser.add_argument("--verbose", action="store_true", help="print recstack's training log, epoch by epoch")
+    parser.add_argument("--batch-size", type=int, default=None, help="recstack's rows per update (default: its own)")
     parser.add_argument("--recbole-epoch-time", choices=["measured", "fastest"], default="measured",
                         help="measured: RecBole's own epoch times; fastest: every epoch up to its best counted at its "
                              "fastest epoch's time (a lower bound for RecBole, for a peer run that other jobs slowed)")
@@ -94,8 +98,10 @@ def main() -> None:
     settings = dict(SETTINGS if args.settings == "recbole" else SHARED)
     if args.train_windows:
         settings["train_windows"] = args.train_windows
+    if args.batch_size:
+        settings["batch_size"] = args.batch_size
     print(f"recstack SASRec settings: {settings}")
-    model = build("sasrec", {**settings, "epochs": args.max_epochs, "verbose": False, "device": "cpu"})
+    model = build("sasrec", {**settings, "epochs": args.max_epochs, "verbose": args.verbose, "device": "cpu"})
     started = time.perf_counter()
     model.fit(split.train, split.valid, options=FitOptions(mask_history=mask))  # early stopping under `ours`
     fit_s = time.perf_counter() - started

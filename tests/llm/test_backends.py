@@ -73,6 +73,9 @@ def test_the_cache_answers_identically_and_resumes_after_reopening(lm, tmp_path)
     assert cached.usage.calls == 1 and cached.usage.cached_calls == 0
     again = cached.continuation_logprobs(prefix, TITLES)
     assert cached.usage.calls == 1 and cached.usage.cached_calls == 1
+    # the served answer carries what it cost when it ran
+    assert cached.usage.cached_tokens_in == cached.usage.tokens_in > 0
+    assert cached.usage.cached_seconds == pytest.approx(cached.usage.seconds)
     np.testing.assert_array_equal(first, again)
     cached.close()
     reopened = CachedLM(lm, tmp_path / "llm.sqlite")

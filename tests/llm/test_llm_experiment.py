@@ -71,6 +71,12 @@ def test_a_small_llm_run_writes_its_tables_costs_and_samples(tmp_path):
     again = run_experiment(config, run_dir=tmp_path / "run2", progress=False)
     second = json.loads((again.run_dir / "manifest.json").read_text())["llm"]["usage"]
     assert second["calls"] == 0 and second["cached_calls"] > 0
+    # the cost columns report what the method costs, also when the cache answered every call
+    again_rows = json.loads((again.run_dir / "metrics.json").read_text())["rating"]["rows"]
+    for label, row in rows.items():
+        if row["kind"] == "llm":
+            assert again_rows[label]["tokens_in_per_user"] == row["tokens_in_per_user"] > 0
+            assert again_rows[label]["seconds_per_user"] > 0 and again_rows[label]["seconds"] == 0
     assert json.loads((again.run_dir / "manifest.json").read_text())["llm"]["load_seconds"] is None
     for label in rows:
         for metric in ("RMSE", "MAE"):

@@ -233,13 +233,15 @@ def _rating_row(truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
 
 
 def _usage_since(lm, before: dict[str, Any], n_users: int) -> dict[str, Any]:
+    """The LLM cost of a section since `before`: the calls that ran and those the cache served, and
+    per user the cost of the method (answers served from the cache count at what they cost when
+    they ran, so a cached re-run reports the same cost columns, not zero)."""
     now = lm.usage.as_dict()
     spent = {key: now[key] - before[key] for key in now}
-    cached_seconds = getattr(lm, "cached_seconds", 0.0)
-    spent["seconds_per_user"] = round(spent["seconds"] / max(n_users, 1), 4)
-    spent["tokens_in_per_user"] = round(spent["tokens_in"] / max(n_users, 1), 1)
-    spent["tokens_out_per_user"] = round(spent["tokens_out"] / max(n_users, 1), 1)
-    spent["cached_seconds_total"] = round(cached_seconds, 3)
+    users = max(n_users, 1)
+    spent["seconds_per_user"] = round((spent["seconds"] + spent["cached_seconds"]) / users, 4)
+    spent["tokens_in_per_user"] = round((spent["tokens_in"] + spent["cached_tokens_in"]) / users, 1)
+    spent["tokens_out_per_user"] = round((spent["tokens_out"] + spent["cached_tokens_out"]) / users, 1)
     return spent
 
 
@@ -524,7 +526,9 @@ def _report(config: LLMExperimentConfig, metrics: dict[str, Any], manifest: dict
         lines.append("")
     usage = manifest["llm"]["usage"]
     lines += [f"LLM calls: {usage['calls']} run ({usage['seconds']:.1f} s, {usage['tokens_in']:,} tokens in, "
-              f"{usage['tokens_out']:,} out), {usage['cached_calls']} answered by the cache.", ""]
+              f"{usage['tokens_out']:,} out), {usage['cached_calls']} answered by the cache (they cost "
+              f"{usage.get('cached_seconds', 0.0):.1f} s and {usage.get('cached_tokens_in', 0):,} tokens in when they ran). "
+              "Per-user costs above count both.", ""]
     return "\n".join(lines)
 
 

@@ -39,19 +39,31 @@ Messages = Sequence[dict[str, str]]
 
 @dataclass
 class Usage:
-    """What the calls cost: uncached calls, their tokens and seconds, and cache hits."""
+    """What the calls cost: uncached calls, their tokens and seconds, and cache hits with the tokens
+    and seconds their answers cost when they ran (so a re-run answered by the cache still reports
+    what the method costs, not zero)."""
 
     calls: int = 0
     cached_calls: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
     seconds: float = 0.0
+    cached_tokens_in: int = 0
+    cached_tokens_out: int = 0
+    cached_seconds: float = 0.0
 
     def add(self, tokens_in: int, tokens_out: int, seconds: float) -> None:
         self.calls += 1
         self.tokens_in += int(tokens_in)
         self.tokens_out += int(tokens_out)
         self.seconds += float(seconds)
+
+    def served(self, tokens_in: int, tokens_out: int, seconds: float) -> None:
+        """A cache hit whose answer cost `tokens_in`, `tokens_out` and `seconds` when it ran."""
+        self.cached_calls += 1
+        self.cached_tokens_in += int(tokens_in)
+        self.cached_tokens_out += int(tokens_out)
+        self.cached_seconds += float(seconds)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

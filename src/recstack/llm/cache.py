@@ -6,7 +6,8 @@ the next run resumes from what was stored). The key is the sha256 of the backend
 model's weights or URL), the operation and its arguments; the value is the answer as JSON, floats
 kept exactly (JSON round-trips float64), with the seconds and tokens the call cost when it ran.
 `usage` counts the calls that ran and those the cache answered; `usage.seconds` is the time spent
-in the model, `cached_seconds` what the cache saved.
+in the model, `usage.cached_seconds` (and `cached_tokens_in`/`_out`) what the served answers cost
+when they ran, i.e. what the cache saved.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ class CachedLM:
         self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         self._lock = threading.Lock()
         self.usage = Usage()
-        self.cached_seconds = 0.0
 
     def fingerprint(self) -> str:
         return self.backend.fingerprint()
@@ -66,8 +66,7 @@ class CachedLM:
         if row is None:
             return None
         answer = json.loads(row[0])
-        self.usage.cached_calls += 1
-        self.cached_seconds += float(answer.get("seconds", 0.0))
+        self.usage.served(answer.get("tokens_in", 0), answer.get("tokens_out", 0), answer.get("seconds", 0.0))
         return answer
 
     def _store(self, operation: str, payload: Any, answer: dict[str, Any]) -> None:

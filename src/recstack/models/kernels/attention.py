@@ -25,10 +25,12 @@ SASREC_PARAMS = (
 )
 
 
-def sasrec_initial_params(n_items: int, c) -> dict[str, torch.Tensor]:
+def sasrec_initial_params(n_items: int, c, ffn_size: int | None = None) -> dict[str, torch.Tensor]:
     """The authors' TF initialisation: Glorot-uniform tables and matrices, zero biases, unit norms,
-    and a zero padding row in the item table. `c` has `embedding_size`, `n_layers`, `max_seq_len`."""
+    and a zero padding row in the item table. `c` has `embedding_size`, `n_layers`, `max_seq_len`;
+    `ffn_size` is the feed-forward layer's inner width (None: embedding_size, the paper's)."""
     d, n = c.embedding_size, c.n_layers
+    inner = ffn_size or d
 
     def glorot(*shape: int) -> torch.Tensor:
         bound = math.sqrt(6.0 / (shape[-2] + shape[-1]))
@@ -39,8 +41,10 @@ def sasrec_initial_params(n_items: int, c) -> dict[str, torch.Tensor]:
     params["item_embedding"][PAD] = 0.0
     for name in ("attn_norm", "ffn_norm"):
         params[f"{name}_weight"], params[f"{name}_bias"] = torch.ones(n, d), torch.zeros(n, d)
-    for name in ("query", "key", "value", "ffn_1", "ffn_2"):
+    for name in ("query", "key", "value"):
         params[f"{name}_weight"], params[f"{name}_bias"] = glorot(n, d, d), torch.zeros(n, d)
+    params["ffn_1_weight"], params["ffn_1_bias"] = glorot(n, d, inner), torch.zeros(n, inner)
+    params["ffn_2_weight"], params["ffn_2_bias"] = glorot(n, inner, d), torch.zeros(n, d)
     return params
 
 

@@ -45,6 +45,8 @@ class SASRecConfig(ModelConfig, TrainingFields, SequenceWindowFields):
     n_layers: PositiveInt = 2  # self-attention blocks
     n_heads: PositiveInt = 1  # must divide embedding_size
     dropout: confloat(ge=0.0, lt=1.0) = 0.2
+    # the feed-forward layer's inner width; None = embedding_size, the paper's (RecBole's default is 256)
+    ffn_size: PositiveInt | None = None
     max_seq_len: PositiveInt = 50  # the most recent events a user is represented by
     loss: Literal["ce", "bce", "sampled_softmax"] = "ce"
     n_negatives: PositiveInt | None = None  # negatives per sequence for loss="sampled_softmax" (None: 256)
@@ -68,7 +70,7 @@ _PARAMS = SASREC_PARAMS
 
 
 def _initial_params(n_items: int, c: SASRecConfig) -> dict[str, torch.Tensor]:
-    return sasrec_initial_params(n_items, c)
+    return sasrec_initial_params(n_items, c, c.ffn_size)
 
 
 def _forward(p: dict[str, torch.Tensor], tokens: torch.Tensor, n_heads: int, dropout: float = 0.0,
