@@ -60,6 +60,10 @@ def main() -> None:
                              "recstack's defaults for everything but the shared CE loss, 50 items, 2 blocks, 64 dims")
     parser.add_argument("--train-windows", choices=["sliding", "latest", "prefixes"], default=None,
                         help="recstack's training windows (default: its default, sliding)")
+    parser.add_argument("--train-stride", type=int, default=None,
+                        help="recstack's sliding-window stride (default: max_seq_len; 1 = every prefix)")
+    parser.add_argument("--ffn-size", type=int, default=None, help="recstack's feed-forward width (default: the settings')")
+    parser.add_argument("--seed", type=int, default=None, help="recstack's seed (default: the model's)")
     parser.add_argument("--verbose", action="store_true", help="print recstack's training log, epoch by epoch")
     parser.add_argument("--batch-size", type=int, default=None, help="recstack's rows per update (default: its own)")
     parser.add_argument("--recbole-epoch-time", choices=["measured", "fastest"], default="measured",
@@ -98,6 +102,12 @@ def main() -> None:
     settings = dict(SETTINGS if args.settings == "recbole" else SHARED)
     if args.train_windows:
         settings["train_windows"] = args.train_windows
+    if args.ffn_size:
+        settings["ffn_size"] = args.ffn_size
+    if args.seed is not None:
+        settings["seed"] = args.seed
+    if args.train_stride:
+        settings["train_stride"] = args.train_stride
     if args.batch_size:
         settings["batch_size"] = args.batch_size
     print(f"recstack SASRec settings: {settings}")

@@ -142,6 +142,8 @@ def test_cloze_trains_on_latest_windows_too_and_refuses_prefixes(chain_split):
     assert metric(model, chain_split.history("test"), chain_split.test) > 0.9
     with pytest.raises(ConfigError, match="train_windows='prefixes' does not apply to BERT4Rec"):
         make_config(BERT4RecConfig, {"train_windows": "prefixes"})
+    with pytest.raises(ConfigError, match="train_stride does not apply to BERT4Rec"):
+        make_config(BERT4RecConfig, {"train_stride": 5})
 
 
 def test_latest_cloze_windows_are_the_last_items():

@@ -223,3 +223,13 @@ def test_every_model_on_sequence_batches_shares_the_one_train_windows_field():
         assert "train_windows" not in vars(config).get("__annotations__", {}), f"{name} restates train_windows"
     with pytest.raises(ConfigError, match="train_windows"):
         make_config(SASRecConfig, {"train_windows": "all"})
+    # the stride is one more field of the same mixin, checked against the windows and the length, and
+    # every model hands both to SequenceBatches (no model reads train_windows alone and drops the stride)
+    for name in users:
+        source = (root / "sequential" / f"{name}.py").read_text()
+        assert "**c.window_options()" in source and "windows=c.train_windows" not in source, name
+    with pytest.raises(ConfigError, match="train_stride applies to train_windows='sliding' only"):
+        make_config(SASRecConfig, {"train_windows": "latest", "train_stride": 5})
+    with pytest.raises(ConfigError, match=r"train_stride \(60\) must be at most max_seq_len \(50\)"):
+        make_config(SASRecConfig, {"train_stride": 60})
+    assert make_config(SASRecConfig, {"train_stride": 10}).window_options() == {"windows": "sliding", "stride": 10}

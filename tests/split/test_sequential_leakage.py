@@ -124,14 +124,15 @@ def test_no_validation_or_test_event_is_ever_a_training_target(split, monkeypatc
     assert (split.train.timestamp[rows] <= split.valid.timestamp[split.train.user[rows]]).all()
 
 
-@pytest.mark.parametrize("model, windows", [("sasrec", "latest"), ("sasrec", "sliding"), ("sasrec", "prefixes"),
-                                           ("bert4rec", "latest"), ("bert4rec", "sliding")])
-def test_every_window_choice_trains_on_train_events_only_each_once_an_epoch(split, monkeypatch, model, windows):
+@pytest.mark.parametrize("model, windows, stride", [("sasrec", "latest", None), ("sasrec", "sliding", None),
+                                                   ("sasrec", "sliding", 5), ("sasrec", "prefixes", None),
+                                                   ("bert4rec", "latest", None), ("bert4rec", "sliding", None)])
+def test_every_window_choice_trains_on_train_events_only_each_once_an_epoch(split, monkeypatch, model, windows, stride):
     RecordingBatches.seen = []
     module, cls = (sasrec_module, SASRec) if model == "sasrec" else (bert4rec_module, BERT4Rec)
     monkeypatch.setattr(module, "SequenceBatches", RecordingBatches)
     cls(cls.Config(epochs=2, max_seq_len=12, embedding_size=8, batch_size=32, verbose=False, train_windows=windows,
-                   early_stopping_patience=None)).fit(split.train, split.valid)
+                   train_stride=stride, early_stopping_patience=None)).fit(split.train, split.valid)
     assert RecordingBatches.seen, f"{cls.__name__}.fit did not build its batches with SequenceBatches"
     held_out = {(u, i) for u, i, _ in events(split.valid) | events(split.test)}
     train_pairs = {(u, i) for u, i, _ in events(split.train)}
@@ -144,13 +145,12 @@ def test_every_window_choice_trains_on_train_events_only_each_once_an_epoch(spli
     # user's valid event; with "sliding" and "prefixes" they are every train event (after each user's
     # first for next-item training), with "latest" each user's newest 12
     batches = SequenceBatches(split.train, 12, 32, rng=0, windows=windows,
-                              objective="cloze" if model == "bert4rec" else "next_item")
+                              objective="cloze" if model == "bert4rec" else "next_item", stride=stride)
     if model == "bert4rec":
         rows = window_rows(split.train.indptr, batches.window_users, 12, batches.window_stops)
     else:
         _, _, rows = shifted_pairs(split.train, batches.window_users, 12, return_rows=True, stops=batches.window_stops)
-        if windows == "prefixes":
-            rows = rows[:, -1]
+        rows = rows[:, -batches.kept:]  # a prefix's last slot; a strided window's newest `stride` slots
     rows = np.sort(rows[rows >= 0])
     starts, ends = split.train.indptr[:-1], split.train.indptr[1:]
     if model != "bert4rec":

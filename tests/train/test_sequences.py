@@ -212,6 +212,54 @@ def test_prefixes_predict_each_event_once_from_its_last_events_at_the_last_slot(
     assert sorted(epoch_examples(batches)) == sorted(expected)
 
 
+def test_strided_sliding_windows_by_hand():
+    # c = tokens 2 6 10 3 7 (rows 3..7), L = 3, stride 2: windows end after rows 7, 5, (3 has no target
+    # left): [6 10 3] -> targets [_, 3, 7]; [0 2 6] -> [_, 6, 10]; a = 4 2 5: [0 4 2] -> [_, 2, 5]
+    batches = SequenceBatches(DATA, 3, 10, shuffle=False, windows="sliding", stride=2)
+    users, inputs, targets = next(iter(batches))
+    np.testing.assert_array_equal(users, [0, 2, 2])
+    np.testing.assert_array_equal(inputs, [[0, 4, 2], [6, 10, 3], [0, 2, 6]])
+    np.testing.assert_array_equal(targets, [[0, 2, 5], [0, 3, 7], [0, 6, 10]])
+
+
+@pytest.mark.parametrize("L, stride", [(4, 1), (4, 3), (6, 2), (17, 5)])
+def test_strided_windows_make_every_event_a_target_once_from_a_long_past(L, stride):
+    data = random_log(L + stride)
+    batches = SequenceBatches(data, L, batch_size=7, rng=0, windows="sliding", stride=stride)
+    got = epoch_examples(batches)
+    # every target once, read from exactly its last max(L - stride + 1, ...) events or more
+    expected_targets = []
+    for u in range(data.n_users):
+        seq = (data.item[data.indptr[u]:data.indptr[u + 1]] + 1).tolist()
+        expected_targets += [(u, j) for j in range(1, len(seq))]
+    assert len(got) == len(expected_targets)
+    for user, context, target in got:
+        seq = (data.item[data.indptr[user]:data.indptr[user + 1]] + 1).tolist()
+        # the context is the events right before one occurrence of the target, at least L - stride + 1
+        # of them or the user's whole past
+        ends = [j for j in range(1, len(seq)) if seq[j] == target and tuple(seq[max(j - len(context), 0):j]) == context]
+        assert ends, (user, context, target)
+        assert any(len(context) >= min(L - stride + 1, j) for j in ends)
+    rows = sum(len(u) for u, _, _ in batches)
+    assert rows == int(sum(-(-(c - 1) // stride) for c in data.user_counts() if c >= 2))
+    if stride == 1:  # stride 1 is RecBole's every-prefix augmentation, row for row
+        prefixes = SequenceBatches(data, L, batch_size=7, rng=0, windows="prefixes")
+        assert sorted(got) == sorted(epoch_examples(prefixes))
+
+
+def test_stride_is_refused_where_it_does_not_apply():
+    with pytest.raises(RecstackError, match="stride must be an integer from 1 to max_seq_len"):
+        SequenceBatches(DATA, 3, 2, windows="sliding", stride=4)
+    with pytest.raises(RecstackError, match="windows='sliding' only"):
+        SequenceBatches(DATA, 3, 2, windows="latest", stride=2)
+    with pytest.raises(RecstackError, match="Cloze"):
+        SequenceBatches(DATA, 3, 2, windows="sliding", stride=2, objective="cloze")
+    # the full stride is the plain sliding windows, for Cloze too
+    plain = SequenceBatches(DATA, 3, 10, shuffle=False, windows="sliding", objective="cloze")
+    same = SequenceBatches(DATA, 3, 10, shuffle=False, windows="sliding", objective="cloze", stride=3)
+    np.testing.assert_array_equal(next(iter(plain))[1], next(iter(same))[1])
+
+
 def test_latest_is_one_window_per_user_in_the_permutation_of_the_users():
     data = random_log(3)
     batches = SequenceBatches(data, 5, batch_size=6, rng=11)  # "latest" is the default

@@ -20,7 +20,11 @@ Which windows an epoch trains on (`windows`, a model's `train_windows`):
 - "sliding": windows of max_seq_len targets laid back from the newest event with stride
   max_seq_len, so every training event after a user's first is a target exactly once per epoch.
   The newest window is the "latest" one; older ones are full, the oldest is left-padded. A user
-  with n events gives ceil((n - 1) / max_seq_len) rows, never a row per prefix (ml-100k: 2,412);
+  with n events gives ceil((n - 1) / max_seq_len) rows, never a row per prefix (ml-100k: 2,412).
+  A smaller `stride` s lays the windows back by s instead and keeps only each window's last s
+  slots as targets: still every event a target once per epoch, but each one read from at least
+  max_seq_len - s earlier events (or its whole past), like the test user's last slot is;
+  ceil((n - 1) / s) rows. Stride 1 is "prefixes", without a row per prefix where s > 1;
 - "prefixes": one row per target event, its up to max_seq_len preceding events as the input and
   the event itself the only target, at the last slot (RecBole's prefix augmentation). n - 1 rows
   per user (ml-100k: 97,171), up to max_seq_len times the rows of "sliding" for the same targets.
@@ -114,14 +118,28 @@ def shifted_pairs(train: Interactions, users: np.ndarray, max_seq_len: int,
     return inputs, targets
 
 
+def _check_stride(stride: int | None, max_seq_len: int, windows: str, objective: str) -> int | None:
+    """The sliding windows' stride (None: max_seq_len), refused where it does not apply."""
+    if stride is None:
+        return None
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or not 1 <= stride <= max_seq_len:
+        raise RecstackError(f"stride must be an integer from 1 to max_seq_len ({max_seq_len}), got {stride!r}")
+    if windows != "sliding":
+        raise RecstackError(f"stride applies to windows='sliding' only (windows is {windows!r})")
+    if objective == "cloze" and stride != max_seq_len:
+        raise RecstackError("a stride below max_seq_len overlaps the windows, and Cloze training masks items "
+                            "anywhere in a window, so events would be learnt more than once: leave stride unset")
+    return int(stride)
+
+
 def window_stops(indptr: np.ndarray, users: np.ndarray, max_seq_len: int, windows: TrainWindows = "latest",
-                 objective: Objective = "next_item") -> tuple[np.ndarray, np.ndarray]:
+                 objective: Objective = "next_item", stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(window_users, stops): every training window of `users`, as its user and exclusive end row.
 
     A user with n events has n - 1 next-item targets (rows after their first) or n Cloze targets
     (every row). "latest" gives one window per user ending at their last event; "sliding" steps
-    the end back by max_seq_len until the targets are covered, ceil(targets / max_seq_len)
-    windows; "prefixes" (next-item only) ends one window at each target. Within a user the
+    the end back by `stride` (None: max_seq_len) until the targets are covered, ceil(targets /
+    stride) windows; "prefixes" (next-item only) ends one window at each target. Within a user the
     newest window comes first. Users without a target get no window.
     """
     max_seq_len = _check_length(max_seq_len)
@@ -130,12 +148,13 @@ def window_stops(indptr: np.ndarray, users: np.ndarray, max_seq_len: int, window
     if objective == "cloze" and windows == "prefixes":
         raise RecstackError("windows='prefixes' trains each prefix on its last slot only; Cloze training "
                             "masks items anywhere in a window: use 'latest' or 'sliding'")
+    stride = _check_stride(stride, max_seq_len, windows, objective)
     users = np.asarray(users, dtype=np.int64)
     end = indptr[users + 1]
     targets = end - indptr[users] - (objective == "next_item")
     if windows == "latest":
         return users, end
-    stride = max_seq_len if windows == "sliding" else 1
+    stride = (stride or max_seq_len) if windows == "sliding" else 1
     counts = np.maximum(-(-targets // stride), 0)
     owners = np.repeat(np.arange(len(users)), counts)
     back = np.arange(len(owners), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -156,11 +175,15 @@ class SequenceBatches:
     `objective="cloze"` (BERT4Rec) yields (users, tokens, tokens) instead: each window's
     max_seq_len items, any of which the model may mask; its "sliding" windows hold every training
     event once per epoch, and "prefixes" is refused.
+
+    `stride` (sliding windows only, next-item only): lay the windows back by `stride` events and
+    keep each window's last `stride` slots as its targets (module docstring); None is max_seq_len.
     """
 
     def __init__(self, train: Interactions, max_seq_len: int, batch_size: int,
                  rng: np.random.Generator | int | None = None, shuffle: bool = True,
-                 windows: TrainWindows = "latest", objective: Objective = "next_item") -> None:
+                 windows: TrainWindows = "latest", objective: Objective = "next_item",
+                 stride: int | None = None) -> None:
         self.train = train
         self.max_seq_len = _check_length(max_seq_len)
         if isinstance(batch_size, bool) or batch_size < 1:
@@ -171,7 +194,10 @@ class SequenceBatches:
         self.users = np.flatnonzero(train.user_counts() >= 2).astype(np.int64)
         self.windows, self.objective = windows, objective
         self.window_users, self.window_stops = window_stops(train.indptr, self.users, self.max_seq_len, windows,
-                                                            objective)
+                                                            objective, stride)
+        # the targets each window keeps: its last `kept` slots (earlier ones belong to a newer window)
+        self.kept = 1 if windows == "prefixes" else (stride or self.max_seq_len) if windows == "sliding" \
+            else self.max_seq_len
         self.shuffle = shuffle
         self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
@@ -184,8 +210,10 @@ class SequenceBatches:
             tokens = _tokens(self.train.item, window_rows(self.train.indptr, users, self.max_seq_len, stops))
             return tokens, tokens
         inputs, targets = shifted_pairs(self.train, users, self.max_seq_len, stops=stops)
-        if self.windows == "prefixes":
-            targets[:, :-1] = PAD  # the prefix's own target only; earlier slots belong to shorter prefixes
+        if self.kept < self.max_seq_len:
+            # a prefix's own target only ("prefixes"), or a strided window's newest `kept`: the earlier
+            # slots are the targets of an older window, where they are read from a longer past
+            targets[:, :-self.kept] = PAD
         return inputs, targets
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:

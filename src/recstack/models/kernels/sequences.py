@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, PositiveInt, model_validator
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
@@ -22,7 +22,7 @@ from recstack.train.sequences import PAD, SequenceBatches, TrainWindows
 
 
 class SequenceWindowFields(BaseModel):
-    """Config mixin of the models trained on `SequenceBatches` (pass `windows=config.train_windows`)."""
+    """Config mixin of the models trained on `SequenceBatches` (pass `**config.window_options()`)."""
 
     # which windows of each user's training events an epoch learns from (recstack.train.sequences):
     # "sliding" = windows of max_seq_len targets with stride max_seq_len, every training event a target
@@ -30,6 +30,25 @@ class SequenceWindowFields(BaseModel):
     # one row per event, predicted at the last slot from the events before it (RecBole's augmentation).
     # "sliding" is the default by time to accuracy on validation (docs/models/sasrec.md, "Training windows")
     train_windows: TrainWindows = "sliding"
+    # sliding windows only: lay them back by this many events and learn each one's last train_stride
+    # targets, so every target reads at least max_seq_len - train_stride earlier events (None =
+    # max_seq_len, no overlap; 1 = every prefix, RecBole's augmentation); recstack.train.sequences
+    train_stride: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _stride_applies(self):
+        if self.train_stride is not None:
+            if self.train_windows != "sliding":
+                raise ValueError(f"train_stride applies to train_windows='sliding' only "
+                                 f"(train_windows is {self.train_windows!r})")
+            length = getattr(self, "max_seq_len", None)
+            if length is not None and self.train_stride > length:
+                raise ValueError(f"train_stride ({self.train_stride}) must be at most max_seq_len ({length})")
+        return self
+
+    def window_options(self) -> dict:
+        """The `SequenceBatches` keywords these fields set."""
+        return {"windows": self.train_windows, "stride": self.train_stride}
 
 
 def check_item_vocabulary(history: Interactions, n_items: int) -> None:

@@ -59,6 +59,9 @@ class BERT4RecConfig(ModelConfig, TrainingFields, SequenceWindowFields):
             raise ValueError("train_windows='prefixes' does not apply to BERT4Rec: it trains each prefix on its "
                              "last slot only, and Cloze training masks items anywhere in a window; use 'latest' "
                              "or 'sliding' (every training event in one window per epoch)")
+        if self.train_stride is not None and self.train_stride != self.max_seq_len:
+            raise ValueError("train_stride does not apply to BERT4Rec: overlapping windows would mask and learn "
+                             "an event more than once per epoch; leave it unset")
         if self.max_seq_len < 2:
             raise ValueError(f"max_seq_len must be >= 2 (at least one item and the [MASK] slot), "
                              f"got {self.max_seq_len}")
@@ -203,7 +206,7 @@ class BERT4Rec(ScoresFromHistory, TorchRecommender):
         # the windows (max_seq_len items each) and their order per epoch; the Cloze masks draw from the same
         # generator
         self._sequences = require_sequences("BERT4Rec", SequenceBatches(train, c.max_seq_len, c.batch_size, rng,
-                                                                         windows=c.train_windows, objective="cloze"))
+                                                                         **c.window_options(), objective="cloze"))
         self._train, self._rng = train, rng
         return _Net(train.n_items, c)
 

@@ -157,7 +157,7 @@ class GRU4Rec(ScoresFromHistory, TorchRecommender):
     def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
         self._sequences = require_sequences("GRU4Rec", SequenceBatches(train, c.max_seq_len, c.batch_size, rng,
-                                                                        windows=c.train_windows))
+                                                                        **c.window_options()))
         self._sampler = UniformNegativeSampler(train.matrix(), rng) if c.loss == "bpr_max" else None
         return _Net(train.n_items, c)
 

@@ -290,7 +290,7 @@ class HCN(ScoresFromHistory, TorchRecommender):
 
     def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
-        self._sequences = SequenceBatches(train, c.max_seq_len, c.batch_size, rng, windows=c.train_windows)
+        self._sequences = SequenceBatches(train, c.max_seq_len, c.batch_size, rng, **c.window_options())
         if len(self._sequences.users) == 0:
             raise RecstackError("HCN needs at least one user with two or more training events "
                                 "(one to read, one to predict); check the filters and split")

@@ -274,7 +274,7 @@ class M2TRec(ScoresFromHistory, TorchRecommender):
     def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
         categories, _, years, n_year, text = self._inputs
-        self._sequences = SequenceBatches(train, c.max_seq_len, c.batch_size, rng, windows=c.train_windows)
+        self._sequences = SequenceBatches(train, c.max_seq_len, c.batch_size, rng, **c.window_options())
         if len(self._sequences.users) == 0:
             raise RecstackError("M2TRec needs at least one user with two or more training events "
                                 "(one to read, one to predict); check the filters and split")

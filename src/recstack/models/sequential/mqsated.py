@@ -244,7 +244,7 @@ class MQSATED(ScoresFromHistory, TorchRecommender):
     def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
         self._sequences = require_sequences("MQSA-TED", SequenceBatches(train, c.max_seq_len, c.batch_size, rng,
-                                                                         windows=c.train_windows))
+                                                                         **c.window_options()))
         self._teacher = teacher_labels(transition_graph(train, c.transition_span), c.kd_temperature)
         self._distil = c.kd_weight > 0 and self._teacher.nnz > 0
         return _Net(train.n_items, c)

@@ -159,7 +159,7 @@ class SASRec(ScoresFromHistory, TorchRecommender):
     def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
         self._sequences = require_sequences("SASRec", SequenceBatches(train, c.max_seq_len, c.batch_size, rng,
-                                                                       windows=c.train_windows))
+                                                                       **c.window_options()))
         self._sampler = None if c.loss == "ce" else UniformNegativeSampler(train.matrix(), rng)
         return _Net(train.n_items, c)
 
