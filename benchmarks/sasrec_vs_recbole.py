@@ -4,12 +4,14 @@ The target is the best validation NDCG@10 that RecBole's SASRec reached on its p
 (leave-one-out by time, max 50 items, full-softmax cross-entropy), read from the peer driver's
 result file. recstack's SASRec trains on the identical split (the driver's exported TSV files,
 row order kept) with RecBole's settings where both libraries have them: 64 dims, 2 blocks,
-2 heads, dropout 0.5, learning rate 1e-3, 50 items, CE loss, the same threads. Differences that
-remain: recstack trains on each user's sequence (every position a target, batch 128 users) where
-RecBole trains on every prefix as a separate example (batch 2048 prefixes; `--train-windows
-prefixes --batch-size 2048` is the same augmentation), and the blocks are laid out as the SASRec
-authors' code has them (layer norm on the queries only, no attention output projection) where
-RecBole uses a post-norm Transformer block with GELU.
+2 heads, dropout 0.5, learning rate 1e-3, feed-forward width 256, 50 items, CE loss, the same
+threads. Differences that remain: recstack trains on windows of each user's sequence (every slot
+a target, batch 128 windows; `--train-stride S` learns only each window's newest S slots so that
+every target reads at least 51 - S events) where RecBole trains on every prefix as a separate
+example (batch 2048 prefixes; `--train-stride 1` or `--train-windows prefixes --batch-size 2048`
+is the same augmentation), and the blocks are laid out as the SASRec authors' code has them
+(layer norm on the queries only, no attention output projection) where RecBole uses a post-norm
+Transformer block with GELU.
 
 Protocol: RecBole 1.2.1 does not mask already-seen items for sequential models, and its test input
 is the sequence before the target (train + valid). recstack is scored the same way by default here

@@ -8,7 +8,7 @@ fit began (validation included): CPU time, unlike wall time, is not inflated by 
 machine. The summary is, per windows choice, the mean over seeds of the best validation NDCG@10
 reached within each CPU budget. Test data is never read.
 
-    .venv/bin/python benchmarks/train_windows.py --model sasrec --windows latest sliding \
+    .venv/bin/python benchmarks/train_windows.py --model sasrec --windows latest sliding sliding/10 \
         --seeds 1 2 3 2020 --out /tmp/windows
     .venv/bin/python benchmarks/train_windows.py --summarise /tmp/windows
 """
@@ -49,7 +49,12 @@ def log_epoch(self, entry):
         handle.write(json.dumps(entry) + "\n")
     return _log(self, entry)
 T.Trainer.fit, T.Trainer._log_epoch = fit, log_epoch
-build(name, {"train_windows": windows, "seed": seed, "verbose": False}).fit(split.train, split.valid)
+# "sliding/10": sliding windows with train_stride 10
+windows, _, stride = windows.partition("/")
+settings = {"train_windows": windows, "seed": seed, "verbose": False}
+if stride:
+    settings["train_stride"] = int(stride)
+build(name, settings).fit(split.train, split.valid)
 """
 
 
@@ -58,7 +63,7 @@ def run(model: str, windows: list[str], seeds: list[int], out: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     for seed in seeds:  # seeds outermost: an interrupted run leaves every windows choice equally covered
         for choice in windows:
-            log = out / f"{model}-{choice}-seed{seed}.jsonl"
+            log = out / f"{model}-{choice.replace('/', '_stride')}-seed{seed}.jsonl"
             log.unlink(missing_ok=True)
             subprocess.run([sys.executable, "-c", CHILD, model, choice, str(seed), str(log)], env=env, check=True)
 
@@ -84,7 +89,8 @@ def summarise(out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="sasrec")
-    parser.add_argument("--windows", nargs="+", default=["latest", "sliding"])
+    parser.add_argument("--windows", nargs="+", default=["latest", "sliding"],
+                        help="choices of train_windows; 'sliding/S' is sliding windows with train_stride S")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 2020])
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "windows")
     parser.add_argument("--summarise", type=Path, help="print the table of an earlier --out folder and stop")
