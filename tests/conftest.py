@@ -112,3 +112,14 @@ def user_module(folder: Path, monkeypatch, body: str = "") -> tuple[str, Path]:
     monkeypatch.syspath_prepend(str(folder))
     monkeypatch.delitem(sys.modules, name, raising=False)
     return name, flag
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct (from the package index, never the web), loaded once for every
+    test that needs it: de-quantising its weights is the slow part."""
+    from recstack.llm import LocalLM
+
+    model = LocalLM("smollm2", max_batch=2)  # a batch of 2: the chunked paths run too
+    model.count_tokens("load")
+    return model

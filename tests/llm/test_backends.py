@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from recstack.data.interactions import Interactions, Vocab
-from recstack.llm import CachedLM, LLMError, LocalLM, OpenAICompatibleLM
+from recstack.llm import CachedLM, LLMError, OpenAICompatibleLM
 from recstack.llm.prompts import RATING_OPTIONS
 from recstack.models.llm import LLMRating, LLMRerank
 
@@ -29,10 +29,8 @@ TITLES = ["Aladdin (1992)", "Heat (1995)", "The Lion King (1994)", "Casino (1995
 
 
 @pytest.fixture(scope="module")
-def lm():
-    model = LocalLM("smollm2", max_batch=2)  # a batch of 2: the chunked path runs too
-    model.count_tokens("load")
-    return model
+def lm(smollm2):
+    return smollm2  # tests/conftest.py: loaded once per session, max_batch 2
 
 
 def test_shared_prefix_scores_equal_whole_prompt_scores(lm):

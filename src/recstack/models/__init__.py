@@ -40,6 +40,7 @@ MODELS = Registry("model", {
     "dnis": "recstack.models.factorization.dnis:DNIS",
     "dsl": "recstack.models.factorization.dsl:DSL",
     "lightgcn": "recstack.models.graph.lightgcn:LightGCN",
+    "rlmrec": "recstack.models.llm.rlmrec:RLMRec",
     "ngcf": "recstack.models.graph.ngcf:NGCF",
     "simgcl": "recstack.models.graph.simgcl:SimGCL",
     "dccf": "recstack.models.graph.dccf:DCCF",

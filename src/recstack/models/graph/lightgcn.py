@@ -20,9 +20,9 @@ from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveIn
 
 from recstack.data.interactions import Interactions
 from recstack.models.kernels.graph import (
+    LightGCNNet,
     PropagatedFactors,
     graph_bpr_loss,
-    layer_mean,
     normalized_adjacency,
     sparse_tensor,
 )
@@ -41,23 +41,7 @@ class LightGCNConfig(ModelConfig, TrainingFields):
     init_std: PositiveFloat = 0.1
 
 
-class _Net(torch.nn.Module):
-    def __init__(self, adjacency: torch.Tensor, n_users: int, n_items: int, embedding_size: int,
-                 n_layers: int, init_std: float) -> None:
-        super().__init__()
-        self.n_users, self.n_layers = n_users, n_layers
-        self.embedding = torch.nn.Embedding(n_users + n_items, embedding_size)  # users, then items
-        torch.nn.init.normal_(self.embedding.weight, std=init_std)
-        self.register_buffer("adjacency", adjacency, persistent=False)
-
-    def propagate(self) -> torch.Tensor:
-        """(n_users + n_items, d): the mean of layers 0..K, one sparse @ dense product per layer."""
-        return layer_mean(self.adjacency, self.embedding.weight, self.n_layers)
-
-    def factors(self) -> tuple[np.ndarray, np.ndarray]:
-        with torch.no_grad():
-            final = self.propagate().to("cpu", torch.float32).numpy().copy()
-        return final[:self.n_users], final[self.n_users:]
+_Net = LightGCNNet  # the embeddings and the graph (kernels/graph.py: SimGCL and RLMRec build on it too)
 
 
 class LightGCN(PropagatedFactors, TorchRecommender):

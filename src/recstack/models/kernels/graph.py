@@ -76,6 +76,29 @@ def layer_mean(adjacency: torch.Tensor, layer: torch.Tensor, n_layers: int) -> t
     return total / (n_layers + 1)
 
 
+class LightGCNNet(torch.nn.Module):
+    """LightGCN's trainable part: free user and item embeddings E^(0) (users, then items) and the
+    normalised graph; `propagate` is the layer mean. Shared by LightGCN and the models built on its
+    backbone (SimGCL, RLMRec), which add their own losses and parts."""
+
+    def __init__(self, adjacency: torch.Tensor, n_users: int, n_items: int, embedding_size: int,
+                 n_layers: int, init_std: float) -> None:
+        super().__init__()
+        self.n_users, self.n_layers = n_users, n_layers
+        self.embedding = torch.nn.Embedding(n_users + n_items, embedding_size)  # users, then items
+        torch.nn.init.normal_(self.embedding.weight, std=init_std)
+        self.register_buffer("adjacency", adjacency, persistent=False)
+
+    def propagate(self) -> torch.Tensor:
+        """(n_users + n_items, d): the mean of layers 0..K, one sparse @ dense product per layer."""
+        return layer_mean(self.adjacency, self.embedding.weight, self.n_layers)
+
+    def factors(self) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            final = self.propagate().to("cpu", torch.float32).numpy().copy()
+        return final[:self.n_users], final[self.n_users:]
+
+
 def triple_scores(final: torch.Tensor, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
                   n_users: int) -> tuple[torch.Tensor, torch.Tensor]:
     """<e_u, e_i> (B,) and <e_u, e_j> (B, n_negatives) from final embeddings (users, then items)."""
