@@ -123,3 +123,15 @@ def smollm2():
     model = LocalLM("smollm2", max_batch=2)  # a batch of 2: the chunked paths run too
     model.count_tokens("load")
     return model
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`):
+    the pinned figures were measured so, and float sums are only reproducible at a fixed thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

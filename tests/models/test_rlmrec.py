@@ -28,12 +28,7 @@ FAST = {"llm": "none", "encoder": "tfidf", "tfidf_dim": 32, "cache_embeddings": 
 PINNED_NDCG = {"contrastive": 0.526, "generative": 0.530}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

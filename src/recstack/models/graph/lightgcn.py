@@ -16,29 +16,22 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from recstack.data.interactions import Interactions
 from recstack.models.kernels.graph import (
+    LightGCNFields,
     LightGCNNet,
     PropagatedFactors,
     graph_bpr_loss,
     normalized_adjacency,
     sparse_tensor,
 )
-from recstack.models.neural import TorchRecommender, TrainingFields
+from recstack.models.neural import TorchRecommender
 from recstack.models.protocol import ModelConfig
 
 
-class LightGCNConfig(ModelConfig, TrainingFields):
-    embedding_size: PositiveInt = 64
-    n_layers: NonNegativeInt = 3  # K propagation layers; 0 is plain matrix factorisation
-    learning_rate: PositiveFloat = 5e-3
-    reg: NonNegativeFloat = 5e-4  # times the batch's squared layer-0 embedding norms per example
-    epochs: PositiveInt = 300  # a maximum: early stopping usually ends training before
-    batch_size: PositiveInt = 2048
-    n_negatives: PositiveInt = 1
-    init_std: PositiveFloat = 0.1
+class LightGCNConfig(ModelConfig, LightGCNFields):
+    """The fields and defaults live in kernels/graph.py (`LightGCNFields`): RLMRec's backbone shares them."""
 
 
 _Net = LightGCNNet  # the embeddings and the graph (kernels/graph.py: SimGCL and RLMRec build on it too)

@@ -9,10 +9,12 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 import torch
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from recstack.data.interactions import Interactions
 from recstack.models.kernels.scoring import dot_scores
 from recstack.models.protocol import ScoresTrainedUsers, check_fitted
+from recstack.train.fields import TrainingFields
 from recstack.train.indexing import gather_rows
 from recstack.train.losses import bpr_loss, l2_penalty
 from recstack.train.sampling import pair_batches
@@ -74,6 +76,20 @@ def layer_mean(adjacency: torch.Tensor, layer: torch.Tensor, n_layers: int) -> t
         layer = symmetric_matmul(adjacency, layer)
         total = total + layer
     return total / (n_layers + 1)
+
+
+class LightGCNFields(TrainingFields):
+    """LightGCN's config fields and defaults (its training defaults override `TrainingFields`'), shared
+    by LightGCN's config and the configs of models on its backbone (RLMRec)."""
+
+    embedding_size: PositiveInt = 64
+    n_layers: NonNegativeInt = 3  # K propagation layers; 0 is plain matrix factorisation
+    learning_rate: PositiveFloat = 5e-3
+    reg: NonNegativeFloat = 5e-4  # times the batch's squared layer-0 embedding norms per example
+    epochs: PositiveInt = 300  # a maximum: early stopping usually ends training before
+    batch_size: PositiveInt = 2048
+    n_negatives: PositiveInt = 1
+    init_std: PositiveFloat = 0.1
 
 
 class LightGCNNet(torch.nn.Module):

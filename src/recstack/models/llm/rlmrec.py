@@ -26,15 +26,15 @@ from typing import Literal, Self, Sequence
 
 import numpy as np
 import torch
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from recstack.data.dataset import Dataset
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.models.kernels.graph import (LightGCNNet, PropagatedFactors, graph_bpr_loss, layer_mean,
+from recstack.models.kernels.graph import (LightGCNFields, LightGCNNet, PropagatedFactors, graph_bpr_loss, layer_mean,
                                            normalized_adjacency, sparse_tensor)
 from recstack.models.kernels.side import rows_for_items
-from recstack.models.neural import TorchRecommender, TrainingFields
+from recstack.models.neural import TorchRecommender
 from recstack.models.protocol import ModelConfig, check_trainable
 from recstack.train.indexing import gather_rows
 from recstack.train.losses import info_nce_loss
@@ -43,7 +43,7 @@ from recstack.train.losses import info_nce_loss
 DEFAULT_KD_WEIGHT = {"contrastive": 0.01, "generative": 0.1}
 
 
-class RLMRecConfig(ModelConfig, TrainingFields):
+class RLMRecConfig(ModelConfig, LightGCNFields):  # the backbone: LightGCN's fields and defaults
     alignment: Literal["contrastive", "generative"] = "contrastive"  # RLMRec-Con or RLMRec-Gen
     llm: str = "smollm2"  # a named model or a path (recstack.llm.LocalLM); "none": texts as profiles (ablation)
     llm_cache: str | None = None  # the answer cache (SQLite); None: <cache>/llm/answers.sqlite, as `recstack run`
@@ -55,15 +55,6 @@ class RLMRecConfig(ModelConfig, TrainingFields):
     kd_weight: NonNegativeFloat | None = None  # alignment weight; None: the authors' 0.01 (Con) or 0.1 (Gen)
     kd_temperature: PositiveFloat = 0.2  # tau of the alignment's InfoNCE
     mask_ratio: float = Field(0.1, gt=0, lt=1)  # Gen: share of the nodes masked per step
-    # the backbone: LightGCN's fields and defaults
-    embedding_size: PositiveInt = 64
-    n_layers: NonNegativeInt = 3
-    learning_rate: PositiveFloat = 5e-3
-    reg: NonNegativeFloat = 5e-4  # times the batch's squared layer-0 embedding norms per example
-    epochs: PositiveInt = 300  # a maximum: early stopping usually ends training before
-    batch_size: PositiveInt = 2048
-    n_negatives: PositiveInt = 1
-    init_std: PositiveFloat = 0.1
 
     def alignment_weight(self) -> float:
         return DEFAULT_KD_WEIGHT[self.alignment] if self.kd_weight is None else self.kd_weight
