@@ -3,21 +3,25 @@ and 32 concurrent clients, for EASE and BPR on ml-100k, a known user and an ad-h
 them the in-process ranking alone (`serve.ranking.recommend_one`, no HTTP) and the round trip of an
 endpoint that does nothing (`GET /health`), which bound what HTTP and FastAPI add.
 
-The server runs in its own process (`recstack.serve.app.serve`, uvicorn, access log off) on a run
-directory: `--run-dir`, or one made here by `recstack run`'s flow on ml-100k (random 80/10/10 split,
-EASE and BPR with `--bpr-epochs`). Clients are asyncio tasks on one httpx.AsyncClient (keep-alive),
-each sending its next request when the last one answered, for `--seconds` per cell; users and
-histories are drawn at random (seed 0), k=10, no explanations (`explain: false`). Needs a quiet
-machine: client and server share the CPUs, so a loaded machine measures the load.
+The server runs in its own process (`recstack.serve.app.serve`, uvicorn, access log off, `--workers`
+processes) on a run directory: `--run-dir`, or one made here by `recstack run`'s flow on ml-100k
+(random 80/10/10 split, EASE and BPR with `--bpr-epochs`). Load comes from wrk (`--client wrk`, the
+default: C, one thread, keep-alive connections) or from asyncio tasks on one httpx.AsyncClient
+(`--client python`); either way each client sends its next request when the last one answered, for
+`--seconds` per cell; users and histories are drawn at random (seed 0), k=10, no explanations
+(`explain: false`). Needs a quiet machine: client and server share the CPUs, so a loaded machine
+measures the load.
 
-    .venv/bin/python benchmarks/serve_latency.py [--run-dir RUN] [--seconds 10] [--concurrency 1 8 32]
+    .venv/bin/python benchmarks/serve_latency.py [--run-dir RUN] [--seconds 10] [--concurrency 1 8 32] [--workers 1] [--client wrk]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -53,15 +57,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run_dir: Path, events: Path, log: Path, labels: tuple[str, ...] = MODELS
+def start_server(run_dir: Path, events: Path, log: Path, labels: tuple[str, ...] = MODELS, workers: int = 1
                  ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     code = ("import sys; from recstack.serve.app import serve; "
             "serve(sys.argv[1], labels=sys.argv[2].split(','), port=int(sys.argv[3]), events=sys.argv[4], "
-            "log_level='warning')")
+            "log_level='warning', workers=int(sys.argv[5]))")
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir), ",".join(labels), str(port), str(events)],
-                                stdout=out, stderr=out)
+        proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir), ",".join(labels), str(port), str(events),
+                                 str(workers)], stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
     wait_until_ready(proc, lambda: httpx.get(f"{url}/ready", timeout=1).status_code == 200, log, "the server")
     return proc, url
@@ -90,6 +94,47 @@ def summary(latencies: list[float], seconds: float) -> str:
     return f"{p50:.2f} | {p95:.2f} | {p99:.2f} | {len(ms) / seconds:,.0f}"
 
 
+def measure(url: str, make_request, clients: int, seconds: float, client: str) -> tuple[str, int, float]:
+    """One cell: ("p50 | p95 | p99 | requests/s", errors, requests/s) with the chosen load generator."""
+    if client == "wrk":
+        return wrk_load(url, make_request, clients, seconds)
+    latencies, errors, elapsed = asyncio.run(load(url, make_request, clients, seconds))
+    return summary(latencies, elapsed), errors, len(latencies) / elapsed
+
+
+def wrk_load(url: str, make_request, clients: int, seconds: float, n_requests: int = 2000
+             ) -> tuple[str, int, float]:
+    """`clients` keep-alive connections of wrk (one thread, C, closed loop: each connection sends its
+    next request when the last one answered), cycling through `n_requests` requests drawn here (seed
+    0). wrk costs the shared CPUs a fraction of what a Python client does, so the server, not the
+    client, is what is measured. Latency percentiles are wrk's (microsecond resolution)."""
+    rng = np.random.default_rng(0)
+    lines = ["local requests = {"]
+    for method, path, body in (make_request(rng) for _ in range(n_requests)):
+        if body is None:
+            lines.append(f'  wrk.format("{method}", "{path}"),')
+        else:  # a Lua long string: the JSON needs no escaping
+            lines.append(f'  wrk.format("{method}", "{path}", {{["Content-Type"] = "application/json"}}, '
+                         f'[==[{json.dumps(body)}]==]),')
+    lines += ["}", "local i = 0",
+              "request = function() i = i % #requests + 1; return requests[i] end",
+              "done = function(summary, latency, _)",
+              "  io.write(string.format('WRK %d %f %d %d %f %f %f\\n', summary.requests, summary.duration / 1e6,",
+              "    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write",
+              "    + summary.errors.timeout, latency:percentile(50) / 1e3, latency:percentile(95) / 1e3,",
+              "    latency:percentile(99) / 1e3))",
+              "end"]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write("\n".join(lines) + "\n")
+        script.flush()
+        done = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{seconds:g}s", "--timeout", "30s", "-s", script.name,
+                               url], capture_output=True, text=True, check=True)
+    fields = next(line for line in done.stdout.splitlines() if line.startswith("WRK ")).split()[1:]
+    n, elapsed, bad_status, socket_errors = int(fields[0]), float(fields[1]), int(fields[2]), int(fields[3])
+    p50, p95, p99 = map(float, fields[4:7])
+    return f"{p50:.2f} | {p95:.2f} | {p99:.2f} | {n / elapsed:,.0f}", bad_status + socket_errors, n / elapsed
+
+
 async def load(url: str, make_request, concurrency: int, seconds: float) -> tuple[list[float], int, float]:
     """`concurrency` clients, each one request at a time, for `seconds`: (latencies, errors, elapsed)."""
     latencies: list[float] = []
@@ -112,6 +157,12 @@ async def load(url: str, make_request, concurrency: int, seconds: float) -> tupl
         start = time.perf_counter()
         await asyncio.gather(*(one_client(seed) for seed in range(concurrency)))
         return latencies, errors, time.perf_counter() - start
+
+
+def check_client(client: str) -> None:
+    if client == "wrk" and shutil.which("wrk") is None:
+        raise SystemExit("error: wrk is not on PATH: install it (Debian/Ubuntu: apt-get install wrk) or pass "
+                         "--client python")
 
 
 def in_process(run_dir: Path, label: str, kind: str, user_ids: np.ndarray, item_ids: np.ndarray,
@@ -144,9 +195,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per cell")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--bpr-epochs", type=int, default=20)
+    parser.add_argument("--client", choices=("wrk", "python"), default="wrk",
+                        help="load generator: wrk (C, one thread) or asyncio + httpx in this process")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes of the server")
     args = parser.parse_args()
-    print_machine(f"server: one uvicorn process (FastAPI sync routes in its thread pool); clients: asyncio + "
-                  f"httpx in this process; {args.seconds:g} s per cell; load average {os.getloadavg()[0]:.2f}")
+    check_client(args.client)
+    clients = "wrk, one thread" if args.client == "wrk" else "asyncio + httpx in this process"
+    print_machine(f"server: uvicorn, {args.workers} worker process(es); clients: {clients}; {args.seconds:g} s per "
+                  f"cell; load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="recstack-latency-") as tmp:
         tmp = Path(tmp)
         run_dir = args.run_dir or make_run(tmp, args.bpr_epochs)
@@ -172,16 +228,15 @@ def main() -> None:
             for kind in ("known user", "ad-hoc history"):
                 row = in_process(run_dir, label, kind, user_ids, item_ids, args.seconds)
                 print(f"| in-process ranking | {label} | {kind} | 1 | {row} |", flush=True)
-        proc, url = start_server(run_dir, tmp / "events.sqlite", tmp / "server.log")
+        proc, url = start_server(run_dir, tmp / "events.sqlite", tmp / "server.log", workers=args.workers)
         try:
             cells = [("empty endpoint", "-", "GET /health", lambda rng: ("GET", "/health", None))]
             cells += [("HTTP", label, kind, make(label)) for label in MODELS
                       for kind, make in (("known user", known_user), ("ad-hoc history", adhoc))]
             for what, label, kind, make_request in cells:
                 for clients in args.concurrency:
-                    latencies, errors, elapsed = asyncio.run(load(url, make_request, clients, args.seconds))
+                    row, errors, _ = measure(url, make_request, clients, args.seconds, args.client)
                     note = f" ({errors} errors)" if errors else ""
-                    row = summary(latencies, elapsed)
                     print(f"| {what}{note} | {label} | {kind} | {clients} | {row} |", flush=True)
         finally:
             proc.terminate()

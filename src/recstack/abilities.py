@@ -61,3 +61,18 @@ class UserCoverage(Protocol):
     registered model has it; the contract suite checks the answer."""
 
     def can_score(self, users: np.ndarray, history: Interactions) -> np.ndarray: ...
+
+
+_IMPLEMENTED: dict[tuple[type, type], bool] = {}
+
+
+def implements(obj: Any, ability: type) -> bool:
+    """`isinstance(obj, ability)` for the method abilities (Scorer, ListRecommender, UserCoverage),
+    remembered per class: Python 3.11 checks a protocol member by member, a few microseconds each
+    time, and a served request asks several times (issue 14's profile). Methods are defined by the
+    class, so the answer cannot differ between two instances of one class."""
+    key = (type(obj), ability)
+    found = _IMPLEMENTED.get(key)
+    if found is None:
+        found = _IMPLEMENTED[key] = isinstance(obj, ability)
+    return found

@@ -294,6 +294,8 @@ def serve(
     ann_min_items: int = typer.Option(50_000, "--ann-min-items", min=1,
                                       help="Dot-product models over at least this many items retrieve with an HNSW "
                                            "index (faiss), re-scored exactly; below it, exact ranking."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes on the one port, each with its own copy "
+                                                           "of the models; they share the event store."),
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
     """Answer recommendation requests over HTTP (FastAPI under uvicorn) from a run's saved models;
@@ -305,7 +307,7 @@ def serve(
             raise RecstackError(f"`recstack serve` needs the serve extra ({exc.name} is missing): "
                                 "pip install 'recstack[serve]'") from None
         run_server(run_dir, labels=model or None, host=host, port=port, events=events, admin_token=admin_token,
-                   trust=trust_code, ann_min_items=ann_min_items)
+                   trust=trust_code, ann_min_items=ann_min_items, workers=workers)
 
 
 @app.command("llm-serve")

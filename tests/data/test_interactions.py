@@ -95,3 +95,23 @@ def test_file_order_keeps_the_given_order_through_take_and_concat():
     assert mixed.order == "file"
     with pytest.raises(ValueError, match="order"):
         Interactions(user, item, users, items, order="files")
+
+
+@pytest.mark.parametrize("order", ["time", "file"])
+def test_one_user_log_equals_the_general_constructor(order):
+    # served requests build one user's log directly (issue 14): repeats, unsorted items, ties in time
+    users, items = Vocab(np.arange(6)), Vocab(np.arange(9))
+    item = np.array([7, 2, 7, 0, 5, 2, 8], dtype=np.int32)
+    stamp = np.array([4, 1, 4, 9, 1, 3, 0])
+    value = np.arange(7, dtype=np.float32)
+    fast = Interactions.of_one_user(4, item, users, items, value, stamp, order=order)
+    general = Interactions(np.full(7, 4), item, users, items, value, stamp, order=order)
+    assert fast.item.tolist() == general.item.tolist() and fast.timestamp.tolist() == general.timestamp.tolist()
+    assert fast.indptr.tolist() == general.indptr.tolist() == [0, 0, 0, 0, 0, 7, 7]
+    assert (fast.matrix() != general.matrix()).nnz == 0 and fast.matrix().shape == (6, 9)
+    assert fast.matrix()[4].indices.tolist() == [0, 2, 5, 7, 8]  # sorted, distinct
+    assert fast.matrix(binary=False).toarray().tolist() == general.matrix(binary=False).toarray().tolist()
+    empty = Interactions.of_one_user(0, np.zeros(0, dtype=np.int32), users, items)
+    assert empty.matrix().nnz == 0 and empty.user_counts().tolist() == [0] * 6
+    with pytest.raises(ValueError, match="out of range"):
+        Interactions.of_one_user(6, item, users, items)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from recstack.abilities import ListRecommender, Scorer, UserCoverage  # noqa: F401  (Scorer re-exported)
+from recstack.abilities import ListRecommender, Scorer, UserCoverage, implements  # noqa: F401  (Scorer re-exported)
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.evaluate.accuracy import METRICS, item_coverage
@@ -91,7 +91,7 @@ def unscorable(model: Any, users: np.ndarray, history: Interactions) -> np.ndarr
     """Which of `users` `model` says it cannot score (the `UserCoverage` ability); a model without
     the ability is taken at its word that it scores everyone."""
     users = np.asarray(users, dtype=np.int64)
-    if not isinstance(model, UserCoverage) or len(users) == 0:
+    if not implements(model, UserCoverage) or len(users) == 0:
         return np.zeros(len(users), dtype=bool)
     return ~np.asarray(model.can_score(users, history), dtype=bool)
 
@@ -259,7 +259,7 @@ def rank(
         outside_pool = np.ones(n_items, dtype=bool)
         outside_pool[np.asarray(item_pool, dtype=np.int64)] = False
         tie_order = np.random.default_rng(POOL_TIE_SEED).permutation(n_items)
-    if isinstance(model, ListRecommender) and (outside_pool is None or not isinstance(model, Scorer)):
+    if implements(model, ListRecommender) and (outside_pool is None or not implements(model, Scorer)):
         if outside_pool is not None:
             raise RecstackError(f"{type(model).__name__} generates its own lists (top_k) and has no score(), so it "
                                 f"cannot rank a restricted item pool; evaluate it on a split without item pools")

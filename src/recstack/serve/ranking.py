@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recstack.abilities import ListRecommender, Scorer, UserCoverage
+from recstack.abilities import ListRecommender, Scorer, UserCoverage, implements
 from recstack.data.interactions import Interactions
 from recstack.evaluate.evaluator import rank, serve_cold
 from recstack.serve import ann
@@ -36,8 +36,9 @@ class Ranked:
 def cold_rows(model: object, users: np.ndarray, history: Interactions, min_history: int) -> np.ndarray:
     """The users the run's cold-user rule hands to the fallback: too short a history, or a model that
     declares it cannot score them."""
-    cold = history.user_counts()[users] < min_history
-    if isinstance(model, UserCoverage):
+    ends = history.indptr  # the users' own counts: user_counts() is O(all users) per request
+    cold = (ends[users + 1] - ends[users]) < min_history
+    if implements(model, UserCoverage):
         try:
             cold |= ~np.asarray(model.can_score(users, history), dtype=bool)
         except Exception:  # noqa: BLE001  a model saved before it could tell (no coverage state): history rule only
@@ -51,7 +52,7 @@ def rank_filtered(scorer: object, users: np.ndarray, history: Interactions, k: i
     if allowed is None:
         return rank(scorer, users, history, k, mask_history=mask_history)
     pool = np.flatnonzero(allowed)
-    if isinstance(scorer, Scorer):
+    if implements(scorer, Scorer):
         return rank(scorer, users, history, min(k, history.n_items), mask_history=mask_history, item_pool=pool)
     # a list recommender ranks the whole catalogue: ask for enough to fill k after the filter
     depth = min(history.n_items, k + int((~allowed).sum()))
@@ -87,7 +88,7 @@ def recommend_one(model: object, fallback: object, fallback_name: str, label: st
 
     reason = None
     if cold[0]:
-        reason = (cold_reason if history.user_counts()[user] < min_history
+        reason = (cold_reason if history.indptr[user + 1] - history.indptr[user] < min_history
                   else f"{label} cannot score this user (it says so: UserCoverage)")
     else:
         try:
@@ -96,7 +97,7 @@ def recommend_one(model: object, fallback: object, fallback_name: str, label: st
             reason = f"{label} failed to score this user ({type(exc).__name__}: {exc})"
         else:
             finite = scores[0][items[0] >= 0]
-            if len(finite) > 1 and np.all(finite == finite[0]) and not isinstance(model, ListRecommender):
+            if len(finite) > 1 and np.all(finite == finite[0]) and not implements(model, ListRecommender):
                 reason = f"{label} gives every candidate the same score for this user: nothing to rank by"
             else:
                 return _trim(items, scores, False, None, retrieval)

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -31,6 +32,10 @@ log = logging.getLogger("recstack.serve")
 
 _SEED_MARK = getattr(rundir, "SEED_MARK", "@seed")
 DEFAULT_FALLBACK = "pop"  # serves cold users when the run's cold-user policy names no fallback
+# A model whose warm-up ranking takes less than this is answered on the event loop: the thread-pool
+# hop of a sync route costs ~0.1 ms, as much as such a ranking; a slower model (a transformer, a
+# beam search) runs in the pool so that it does not hold up the other requests of its worker.
+INLINE_SECONDS = 0.002
 
 
 @dataclass
@@ -50,6 +55,7 @@ class ServedRun:
     min_history: int  # fewer history events than this: cold (the run's cold-user policy)
     load_seconds: float = 0.0
     ann: dict[str, Any] = field(default_factory=dict)  # label -> ann.AnnIndex, for large catalogues only
+    inline: dict[str, bool] = field(default_factory=dict)  # label -> answered on the event loop (warm-up was fast)
     last_seq: int = 0  # the last store event applied to the overlay
     _overlay: dict[str, list[tuple[int, int, float]]] = field(default_factory=dict)  # user -> (item, t, value)
     _counts: np.ndarray = field(default=None)  # type: ignore[assignment]  # interactions per item, live
@@ -87,15 +93,25 @@ class ServedRun:
         return value.item() if isinstance(value, np.generic) else value
 
     def item_record(self, item_idx: int) -> dict[str, Any]:
-        record: dict[str, Any] = {"item_id": self.item_id(item_idx)}
-        for column in rundir.SHOWN_COLUMNS:
-            if column in self.columns:
-                value = self.columns[column][item_idx]
-                value = value.item() if isinstance(value, np.generic) else value
-                record[column] = None if column == "year" and value is not None and value < 0 else value
+        """An item as the API shows it: its id, title, year and genres (None where the data has none)
+        and its interaction count, posted events included."""
+        item_idx = int(item_idx)
+        record = {column: values[item_idx] for column, values in self._shown}
         with self._lock:
             record["n_interactions"] = int(self._counts[item_idx])
         return record
+
+    @cached_property
+    def _shown(self) -> list[tuple[str, list[Any]]]:
+        # the shown columns as Python lists, converted once: per-item numpy scalar conversion was a
+        # tenth of a request's time (issue 14's profile)
+        def plain(column: str, values: np.ndarray) -> list[Any]:
+            listed = values.tolist()
+            return [None if v is not None and v < 0 else v for v in listed] if column == "year" else listed
+
+        return [("item_id", self.base.items.ids.tolist())] + [
+            (column, plain(column, np.asarray(self.columns[column])) if column in self.columns
+             else [None] * self.n_items) for column in rundir.SHOWN_COLUMNS]
 
     def _base_index(self, user_id: Any) -> int | None:
         try:
@@ -105,14 +121,19 @@ class ServedRun:
 
     # ---- histories ------------------------------------------------------------------------------
     def user_history(self, user_id: Any) -> tuple[int, Interactions, bool, int]:
-        """(user index, the user's history, known to the run, events since the run).
+        """(user index, a history holding the user's events, known to the run, events since the run).
 
-        The history holds only this user's events (the run's and the posted ones); a model reads
-        the rows of the users it scores. A user outside the run takes the slot after the fitted users.
+        A model reads only the rows of the users it scores (as in evaluation, where every user's
+        history is one log), so a user of the run without posted events is scored from the run's
+        own log: nothing is built per request. Otherwise the history is this user's events alone
+        (the run's and the posted ones). A user outside the run takes the slot after the fitted
+        users. `events_of` reads the user's row.
         """
         known = self._base_index(user_id)
         with self._lock:
             new = list(self._overlay.get(str(user_id), ()))
+        if known is not None and not new:
+            return known, self.base, True, 0
         if known is None:
             items = np.array([e[0] for e in new], dtype=np.int32)
             times = np.array([e[1] for e in new], dtype=np.int64)
@@ -139,12 +160,19 @@ class ServedRun:
         b = self.base
         # the run's events stay in their saved order (a file-ordered run's sequences are not re-sorted
         # by time) and posted events follow in the order they arrived
-        return Interactions(np.full(len(items), user, dtype=np.int32), items, users, b.items,
-                            value=values if b.value is not None else None,
-                            timestamp=times if b.timestamp is not None else None, order="file")
+        return Interactions.of_one_user(user, items, users, b.items, value=values if b.value is not None else None,
+                                        timestamp=times if b.timestamp is not None else None, order="file")
 
-    def recent_items(self, history: Interactions, n: int) -> np.ndarray:
-        return history.item[-n:][::-1] if n else history.item[:0]
+    @staticmethod
+    def events_of(history: Interactions, user: int) -> np.ndarray:
+        """The user's items in `history`, oldest first."""
+        ends = history.indptr
+        return history.item[ends[user]:ends[user + 1]]
+
+    @staticmethod
+    def recent_items(items: np.ndarray, n: int) -> np.ndarray:
+        """The last `n` of a user's items, newest first."""
+        return items[-n:][::-1] if n else items[:0]
 
     # ---- live events ----------------------------------------------------------------------------
     def apply(self, events: Iterable[Event]) -> int:
@@ -259,11 +287,33 @@ def load_served(run_dir: str | Path, labels: list[str] | None = None, *, trust: 
                        default_label=_best_label(run_dir, config, chosen), base=base, columns=columns,
                        fallback=fallback, fallback_name=fallback_name, min_history=config.cold_users.min_history)
     served.ann = ann.prepare(models, run_dir, base, min_items=ann_min_items)
+    served.inline = {label: _warm_up(served, label) < INLINE_SECONDS for label in chosen}
     served.load_seconds = time.perf_counter() - tick
     log.info("loaded run %s: models %s, fallback %s, %d users, %d items, %d events in %.2f s; peak memory %.0f MB",
              served.name, ", ".join(chosen), fallback_name, base.n_users, base.n_items, len(base),
              served.load_seconds, peak_memory_mb())
     return served
+
+
+def _warm_up(served: ServedRun, label: str, repeats: int = 3) -> float:
+    """Rank one known user a few times (compiling and caching what a first request would) and return
+    the fastest time in seconds; inf when the model fails on the user (the request path reports it)."""
+    from recstack.serve.ranking import recommend_one
+
+    active = served.base.active_users()
+    if not len(active):
+        return float("inf")
+    user, history, _, _ = served.user_history(served.base.users.id_of(int(active[0])))
+    best = float("inf")
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        try:
+            recommend_one(served.models[label], served.fallback, served.fallback_name, label, user, history, 10,
+                          min_history=served.min_history, mask_history=True, allowed=None, cold_reason="")
+        except Exception:  # noqa: BLE001  serving reports a failing model per request, with the fallback
+            return float("inf")
+        best = min(best, time.perf_counter() - tick)
+    return best
 
 
 def _run_events(run_dir: Path, trust: bool) -> tuple[Interactions, dict[str, np.ndarray]]:
@@ -302,7 +352,9 @@ def _best_label(run_dir: Path, config: Any, labels: list[str]) -> str:
 
 
 class Server:
-    """The served run, swapped atomically, and the event store it shares across runs."""
+    """The served run, swapped atomically, and the event store it shares across runs and across the
+    worker processes of one server (`serve(workers=N)`): each worker follows the others' events and
+    admin reloads through the store (`refresh`)."""
 
     def __init__(self, served: ServedRun, store: EventStore, *, trust: bool = False,
                  ann_min_items: int = ann.ANN_MIN_ITEMS) -> None:
@@ -310,6 +362,10 @@ class Server:
         self.trust = trust
         self.ann_min_items = ann_min_items  # a reloaded run gets the same retrieval threshold
         self._ingest = threading.Lock()  # orders event writes with the replay of a run being swapped in
+        self.on_swap: list[Any] = []  # called with each run swapped in (the metrics)
+        marker = store.served()
+        self._switch = marker[0] if marker else 0  # reloads before this start are history: serve the run given
+        self._seen_changes = store.changes.value()
         served.apply(store.since(0))
         self.current = served
         self.started = time.time()
@@ -321,16 +377,46 @@ class Server:
             run = self.current
             check(run, events)
             added = self.store.add(events)
-            run.apply(added)
+            # everything after the last applied event, in the store's order: another worker's events
+            # stored before these ones are applied first, so `last_seq` never skips one
+            run.apply(self.store.since(run.last_seq))
         return len(added), len(events) - len(added)
+
+    def refresh(self) -> None:
+        """Catch up with what other processes committed to the store since the last look: their events,
+        and a run an admin reload switched them to (loaded here too, holding this worker for the load)."""
+        changes = self.store.changes.value()
+        if changes == self._seen_changes:
+            return
+        with self._ingest:
+            self._seen_changes = changes  # read before the look below: a later commit bumps it again
+            marker = self.store.served()
+            if marker is not None and marker[0] != self._switch:
+                self._switch = marker[0]
+                try:
+                    served = load_served(marker[1], marker[2], trust=self.trust, ann_min_items=self.ann_min_items)
+                except Exception as exc:  # noqa: BLE001  another worker loaded it; keep serving what we have
+                    log.error("could not follow the reload to %s (%s: %s); still serving %s", marker[1],
+                              type(exc).__name__, exc, self.current.name)
+                else:
+                    served.apply(self.store.since(0))
+                    self._swap(served)
+            run = self.current
+            run.apply(self.store.since(run.last_seq))
 
     def reload(self, run_dir: str | Path, labels: list[str] | None = None) -> ServedRun:
         """Load `run_dir` fully, then swap it in; requests keep the old run until the swap, and a run
-        that fails to load changes nothing."""
+        that fails to load changes nothing. The other workers follow at their next request."""
         served = load_served(run_dir, labels, trust=self.trust, ann_min_items=self.ann_min_items)
         served.apply(self.store.since(0))  # most of the log, outside the lock
         with self._ingest:
             served.apply(self.store.since(served.last_seq))  # what arrived meanwhile
-            self.current = served
-        log.info("now serving run %s", served.name)
+            self._switch = self.store.mark_served(str(served.run_dir), labels)
+            self._swap(served)
         return served
+
+    def _swap(self, served: ServedRun) -> None:
+        self.current = served
+        for listener in self.on_swap:
+            listener(served)
+        log.info("now serving run %s", served.name)
