@@ -159,3 +159,16 @@ def test_als_is_searched_with_its_fold_in_vector():
     found, _ = ann.AnnIndex.build(view).top_k(users, history, 10, mask_history=True, allowed=None)
     exact, _ = rank(model, users, history, 10)
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)]) >= 0.95
+
+
+def test_a_reload_keeps_the_servers_threshold(run_dir, tmp_path):
+    from recstack.serve.events import EventStore
+    from recstack.serve.state import Server
+
+    other = shutil.copytree(tiny_run(), tmp_path / "other")
+    for threshold, indexed in ((1, {"bpr"}), (N_ITEMS + 1, set())):
+        server = Server(load_served(run_dir, ["bpr"], ann_min_items=threshold),
+                        EventStore(tmp_path / f"events-{threshold}.sqlite"), ann_min_items=threshold)
+        assert set(server.current.ann) == indexed
+        reloaded = server.reload(other, ["bpr", "ease"])
+        assert set(reloaded.ann) == indexed and server.current is reloaded
