@@ -32,12 +32,14 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 from recstack.data.dataset import Dataset
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.models.kernels.graph import (PropagatedFactors, layer_mean, normalized_adjacency, sparse_tensor,
-                                           triple_scores)
+from recstack.models.kernels.graph import (PropagatedFactors, directed_matmul, knn_graph, layer_mean, modality_graph,
+                                           normalized_adjacency, sparse_tensor, triple_scores)
 from recstack.models.neural import TorchRecommender, TrainingFields
 from recstack.models.protocol import ModelConfig
 from recstack.train.indexing import gather_rows
 from recstack.train.losses import bpr_loss
+
+__all__ = ["FREEDOM", "FREEDOMConfig", "knn_graph", "modality_graph", "prune_edges"]  # the graphs live in kernels
 
 
 class FREEDOMConfig(ModelConfig, TrainingFields):
@@ -61,51 +63,6 @@ class FREEDOMConfig(ModelConfig, TrainingFields):
 
 
 # ---- the two graphs (numpy / scipy, no torch) ----------------------------------------------------------
-def knn_graph(features: np.ndarray, k: int) -> sp.csr_matrix:
-    """Row i: the k items most cosine-similar to item i (itself included, ties to the lower index),
-    normalised D^-1/2 A D^-1/2 with D the row degrees (every value 1/k, as the reference)."""
-    x = np.asarray(features, dtype=np.float64)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    x = x / np.where(norms > 0, norms, 1.0)
-    n = len(x)
-    k = min(k, n)
-    columns = np.empty((n, k), dtype=np.int64)
-    block = max(1, (1 << 23) // max(n, 1))  # 64 MB of similarities at a time
-    for start in range(0, n, block):
-        similarity = -np.round(x[start:start + block] @ x.T, 9)  # rounding makes equal vectors exact ties
-        if n <= 8192:  # a stable sort: ties go to the lower index on every machine
-            columns[start:start + block] = np.argsort(similarity, axis=1, kind="stable")[:, :k]
-        else:  # large catalogues: partition first, then order the k found
-            top = np.argpartition(similarity, k - 1, axis=1)[:, :k]
-            columns[start:start + block] = np.take_along_axis(
-                top, np.argsort(np.take_along_axis(similarity, top, axis=1), axis=1, kind="stable"), axis=1)
-    rows = np.repeat(np.arange(n), k)
-    adjacency = sp.csr_matrix((np.ones(n * k), (rows, columns.ravel())), shape=(n, n))
-    degree = np.asarray(adjacency.sum(axis=1)).ravel()
-    inv_sqrt = np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1e-12)), 0.0)
-    out = (sp.diags(inv_sqrt) @ adjacency @ sp.diags(inv_sqrt)).tocsr()
-    out.sort_indices()
-    return out
-
-
-def modality_graph(features: Mapping[str, np.ndarray], k: int,
-                   weights: Mapping[str, float] | None = None) -> sp.csr_matrix | None:
-    """sum_m w_m S_m over the modalities (weights normalised to sum 1); None without modalities."""
-    names = list(features)
-    if not names:
-        return None
-    if weights is None:
-        weights = {"image": 0.1, "text": 0.9} if sorted(names) == ["image", "text"] else {m: 1.0 for m in names}
-    unknown = [m for m in names if m not in weights]
-    if unknown:
-        raise RecstackError(f"FREEDOM graph_weights name {', '.join(weights)} but not {', '.join(unknown)}; "
-                            "give a weight for every modality in `modalities`")
-    total = sum(float(weights[m]) for m in names)
-    if total <= 0:
-        raise RecstackError("FREEDOM graph_weights must not all be zero")
-    return sum(float(weights[m]) / total * knn_graph(features[m], k) for m in names).tocsr()
-
-
 def prune_edges(users: np.ndarray, items: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
     """Degree-sensitive pruning: the positions of the round((1 - ratio) * n) edges kept, drawn without
     replacement with probability proportional to 1 / sqrt(d_u d_i) (Efraimidis-Spirakis keys, the
@@ -120,20 +77,6 @@ def prune_edges(users: np.ndarray, items: np.ndarray, ratio: float, rng: np.rand
 
 
 # ---- network -----------------------------------------------------------------------------------------
-class _Matmul(torch.autograd.Function):
-    """S @ x for a fixed sparse S whose transpose is given (S is not symmetric: kNN is directed)."""
-
-    @staticmethod
-    def forward(ctx, matrix, transposed, dense):
-        ctx.save_for_backward(transposed)
-        return matrix @ dense
-
-    @staticmethod
-    def backward(ctx, grad):
-        transposed, = ctx.saved_tensors
-        return None, None, transposed @ grad
-
-
 class _Net(torch.nn.Module):
     def __init__(self, adjacency: torch.Tensor, item_graph: sp.csr_matrix | None, features: list[np.ndarray],
                  n_users: int, n_items: int, c: FREEDOMConfig) -> None:
@@ -160,7 +103,7 @@ class _Net(torch.nn.Module):
             return final
         h = self.item.weight
         for _ in range(self.n_item_layers):
-            h = _Matmul.apply(self.item_graph, self.item_graph_t, h)
+            h = directed_matmul(self.item_graph, self.item_graph_t, h)
         return torch.cat([final[:self.n_users], final[self.n_users:] + h])
 
     def factors(self) -> tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,12 @@
-"""Graph propagation shared by the graph models: the normalised bipartite adjacency of LightGCN
+"""Graph propagation shared by the graph models: the frozen kNN item-item graph of item content
+(FREEDOM, LIRDRec), the normalised bipartite adjacency of LightGCN
 (D^-1/2 A D^-1/2), its torch sparse form, a sparse @ dense product with a cheap backward, the BPR
 terms on propagated embeddings, and the export and scoring of propagated factors."""
 
 from __future__ import annotations
 
 import warnings
+from typing import Mapping
 
 import numpy as np
 import scipy.sparse as sp
@@ -12,6 +14,7 @@ import torch
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from recstack.data.interactions import Interactions
+from recstack.errors import RecstackError
 from recstack.models.kernels.scoring import dot_scores
 from recstack.models.protocol import ScoresTrainedUsers, check_fitted
 from recstack.train.fields import TrainingFields
@@ -76,6 +79,71 @@ def layer_mean(adjacency: torch.Tensor, layer: torch.Tensor, n_layers: int) -> t
         layer = symmetric_matmul(adjacency, layer)
         total = total + layer
     return total / (n_layers + 1)
+
+
+# ---- frozen item-item kNN graphs of item content (FREEDOM, LIRDRec) --------------------------------------
+def knn_graph(features: np.ndarray, k: int) -> sp.csr_matrix:
+    """Row i: the k items most cosine-similar to item i (itself included, ties to the lower index),
+    normalised D^-1/2 A D^-1/2 with D the row degrees (every value 1/k, as the reference)."""
+    x = np.asarray(features, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    x = x / np.where(norms > 0, norms, 1.0)
+    n = len(x)
+    k = min(k, n)
+    columns = np.empty((n, k), dtype=np.int64)
+    block = max(1, (1 << 23) // max(n, 1))  # 64 MB of similarities at a time
+    for start in range(0, n, block):
+        similarity = -np.round(x[start:start + block] @ x.T, 9)  # rounding makes equal vectors exact ties
+        if n <= 8192:  # a stable sort: ties go to the lower index on every machine
+            columns[start:start + block] = np.argsort(similarity, axis=1, kind="stable")[:, :k]
+        else:  # large catalogues: partition first, then order the k found
+            top = np.argpartition(similarity, k - 1, axis=1)[:, :k]
+            columns[start:start + block] = np.take_along_axis(
+                top, np.argsort(np.take_along_axis(similarity, top, axis=1), axis=1, kind="stable"), axis=1)
+    rows = np.repeat(np.arange(n), k)
+    adjacency = sp.csr_matrix((np.ones(n * k), (rows, columns.ravel())), shape=(n, n))
+    degree = np.asarray(adjacency.sum(axis=1)).ravel()
+    inv_sqrt = np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1e-12)), 0.0)
+    out = (sp.diags(inv_sqrt) @ adjacency @ sp.diags(inv_sqrt)).tocsr()
+    out.sort_indices()
+    return out
+
+
+def modality_graph(features: Mapping[str, np.ndarray], k: int, weights: Mapping[str, float] | None = None, *,
+                   model: str = "FREEDOM") -> sp.csr_matrix | None:
+    """sum_m w_m S_m over the modalities (weights normalised to sum 1); None without modalities."""
+    names = list(features)
+    if not names:
+        return None
+    if weights is None:
+        weights = {"image": 0.1, "text": 0.9} if sorted(names) == ["image", "text"] else {m: 1.0 for m in names}
+    unknown = [m for m in names if m not in weights]
+    if unknown:
+        raise RecstackError(f"{model} graph_weights name {', '.join(weights)} but not {', '.join(unknown)}; "
+                            "give a weight for every modality in `modalities`")
+    total = sum(float(weights[m]) for m in names)
+    if total <= 0:
+        raise RecstackError(f"{model} graph_weights must not all be zero")
+    return sum(float(weights[m]) / total * knn_graph(features[m], k) for m in names).tocsr()
+
+
+class _DirectedMatmul(torch.autograd.Function):
+    """S @ x for a fixed sparse S whose transpose is given (S is not symmetric: kNN is directed)."""
+
+    @staticmethod
+    def forward(ctx, matrix, transposed, dense):
+        ctx.save_for_backward(transposed)
+        return matrix @ dense
+
+    @staticmethod
+    def backward(ctx, grad):
+        transposed, = ctx.saved_tensors
+        return None, None, transposed @ grad
+
+
+def directed_matmul(matrix: torch.Tensor, transposed: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """`matrix @ dense` for a fixed sparse `matrix` whose transpose `transposed` is given."""
+    return _DirectedMatmul.apply(matrix, transposed, dense)
 
 
 class LightGCNFields(TrainingFields):
