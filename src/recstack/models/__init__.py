@@ -47,6 +47,7 @@ MODELS = Registry("model", {
     "kgat": "recstack.models.graph.kgat:KGAT",
     "alpharec": "recstack.models.content.alpharec:AlphaRec",
     "freedom": "recstack.models.content.freedom:FREEDOM",
+    "lirdrec": "recstack.models.content.lirdrec:LIRDRec",
     "sasrec": "recstack.models.sequential.sasrec:SASRec",
     "gru4rec": "recstack.models.sequential.gru4rec:GRU4Rec",
     "bert4rec": "recstack.models.sequential.bert4rec:BERT4Rec",

@@ -62,7 +62,7 @@ class FREEDOMConfig(ModelConfig, TrainingFields):
     n_negatives: PositiveInt = 1
 
 
-# ---- the two graphs (numpy / scipy, no torch) ----------------------------------------------------------
+# ---- the denoised user-item graph (the frozen item graph: kernels.graph.modality_graph) ----------------
 def prune_edges(users: np.ndarray, items: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
     """Degree-sensitive pruning: the positions of the round((1 - ratio) * n) edges kept, drawn without
     replacement with probability proportional to 1 / sqrt(d_u d_i) (Efraimidis-Spirakis keys, the
