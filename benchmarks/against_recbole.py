@@ -5,6 +5,7 @@ RecBole environment's Python, RECSTACK_PEER_PYTHON; see the peers README there) 
 `--export SPLIT_DIR --out RESULTS` for the models to compare; then:
 
     .venv/bin/python benchmarks/against_recbole.py --split-dir SPLIT_DIR --recbole-results RESULTS [--own-protocol]
+    .venv/bin/python benchmarks/against_recbole.py --dataset ml-1m --split-dir SPLIT_DIR --recbole-results RESULTS
 
 recstack reads the exported train/valid/test TSV files as a pre-split experiment (the `files:`
 data source), trains its models with their defaults and scores them under RecBole's protocol A:
@@ -47,6 +48,9 @@ def main() -> None:
     parser.add_argument("--recbole-results", type=Path, required=True)
     parser.add_argument("--output-dir", type=Path, default=Path("runs"))
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
+    parser.add_argument("--dataset", default="ml-100k", choices=("ml-100k", "ml-1m"),
+                        help="the dataset RecBole ran on (run_recbole.py --dataset): its result files are "
+                             "A_<Model>.json for ml-100k and ml-1m_A_<Model>.json for ml-1m")
     parser.add_argument("--own-protocol", action="store_true",
                         help="add rows scored under recstack's default protocol (never compared with RecBole)")
     args = parser.parse_args()
@@ -63,8 +67,13 @@ def main() -> None:
     }
     result = run_experiment(config, progress=False)
     ours = Protocol.of_run(result.run_dir)
+    prefix = "" if args.dataset == "ml-100k" else f"{args.dataset}_"
     peers = {name: json.loads(path.read_text()) for name in args.models
-             if PAIRS.get(name) and (path := args.recbole_results / f"A_{PAIRS[name]}.json").exists()}
+             if PAIRS.get(name) and (path := args.recbole_results / f"{prefix}A_{PAIRS[name]}.json").exists()}
+    for name, peer in peers.items():
+        if peer.get("dataset", "ml-100k") != args.dataset:
+            parser.exit(2, f"error: RecBole's {PAIRS[name]} result ran on {peer.get('dataset')!r}, not "
+                           f"{args.dataset!r}: pass --dataset {peer.get('dataset')}\n")
     theirs = {name: recbole_protocol(peer) for name, peer in peers.items()}
     print(f"split fingerprint: {result.split.fingerprint()}  run: {result.run_dir}")
     print(state("recstack", ours))
