@@ -165,6 +165,7 @@ def test_batch_loss_adds_the_weighted_feature_loss_over_trained_items(cold_split
 
     def losses(weight):
         model = CML(CMLConfig(**{**FAST, **CONTENT, "feature_weight": weight, "dropout": 0.0})).use_dataset(dataset)
+        torch.manual_seed(0)
         module = model.build_module(split.train, np.random.default_rng(0))
         batch = next(iter(model.batches()))
         loss = model.batch_loss(module, tuple(torch.from_numpy(x) for x in batch))
