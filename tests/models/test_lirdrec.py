@@ -139,3 +139,26 @@ def test_modalities_are_required(data):
     with pytest.raises(RecstackError, match="needs the item modalities text, structure before fit: call "
                                             r"model.use_dataset\(dataset\)"):
         build("lirdrec", FAST).fit(split.train, split.valid)
+
+
+def test_runs_on_mmrec_image_and_text_files(tmp_path):
+    """MMRec's layout (the reference's setting): .inter with x_label 0/1/2, image_feat.npy, text_feat.npy."""
+    from recstack.data.modalities import read_mmrec
+    from recstack.split.base import Split
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "baby"
+    folder.mkdir()
+    lines = ["userID\titemID\tx_label"]
+    for u in range(30):
+        lines += [f"{u}\t{i}\t{max(0, n - 3)}" for n, i in enumerate(rng.choice(20, 6, replace=False))]
+    (folder / "baby.inter").write_text("\n".join(lines) + "\n")
+    np.save(folder / "image_feat.npy", rng.normal(size=(20, 8)).astype(np.float32))
+    np.save(folder / "text_feat.npy", rng.normal(size=(20, 5)).astype(np.float32))
+    mmrec = read_mmrec(folder)
+    split = Split(*mmrec.parts, method="mmrec")
+    params = {**FAST, "modalities": ["image", "text"], "epochs": 2, "knn_k": 3, "embedding_size": 8}
+    model = build("lirdrec", params).use_dataset(mmrec.dataset).fit(split.train, split.valid)
+    assert model.item_factors_.shape == (split.train.n_items, 3 * 8)  # image, text, shared DCT channel
+    scores = model.score(np.arange(5), split.history("test"))
+    assert scores.shape == (5, split.train.n_items) and np.isfinite(scores).all()
