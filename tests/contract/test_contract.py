@@ -52,6 +52,8 @@ FAST_PARAMS: dict[str, dict] = {
                 "verbose": False},
     "lirdrec": {"modalities": ["text", "structure"], "tfidf_dim": 32, "cache_embeddings": False, "epochs": 3,
                 "learning_rate": 1e-2, "batch_size": 512, "embedding_size": 16, "verbose": False},
+    "mmhcl": {"modalities": ["text", "structure"], "tfidf_dim": 32, "cache_embeddings": False, "epochs": 3,
+              "learning_rate": 1e-2, "batch_size": 512, "embedding_size": 16, "verbose": False},
     "sasrec": {"epochs": 5, "embedding_size": 16, "max_seq_len": 20, "learning_rate": 5e-3, "verbose": False},
     "gru4rec": {"epochs": 5, "embedding_size": 16, "max_seq_len": 20, "learning_rate": 5e-3, "verbose": False},
     "bert4rec": {"epochs": 5, "embedding_size": 16, "max_seq_len": 20, "learning_rate": 5e-3, "verbose": False},

@@ -48,6 +48,7 @@ MODELS = Registry("model", {
     "alpharec": "recstack.models.content.alpharec:AlphaRec",
     "freedom": "recstack.models.content.freedom:FREEDOM",
     "lirdrec": "recstack.models.content.lirdrec:LIRDRec",
+    "mmhcl": "recstack.models.content.mmhcl:MMHCL",
     "sasrec": "recstack.models.sequential.sasrec:SASRec",
     "gru4rec": "recstack.models.sequential.gru4rec:GRU4Rec",
     "bert4rec": "recstack.models.sequential.bert4rec:BERT4Rec",
