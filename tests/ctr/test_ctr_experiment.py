@@ -13,11 +13,11 @@ from recstack.experiment.run import run_experiment
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-@pytest.mark.parametrize("name", ["ctr_ml100k.yaml", "ctr_ml1m.yaml"])
-def test_example_configs_parse(name):
+@pytest.mark.parametrize("name, extra", [("ctr_ml100k.yaml", ["optinter"]), ("ctr_ml1m.yaml", [])])
+def test_example_configs_parse(name, extra):
     config = load_config(EXAMPLES / name, trust=False)
     assert isinstance(config, CTRExperimentConfig)
-    assert [e.display for e in config.models] == ["fm", "deepfm", "autoint", "autoint_plus"]
+    assert [e.display for e in config.models] == ["fm", "deepfm", "autoint", "autoint_plus", *extra]
     assert config.model_config_for(config.models[0]).valid_metric == "AUC"
     assert {"user_id", "item_id", "genres"} <= {f.name for f in config.ctr.features}
     assert config.to_dict()["models"][1]["params"]["hidden_units"] == [400, 400, 400]

@@ -17,6 +17,7 @@ CTR_MODELS = Registry("CTR model", {
     "deepfm": "recstack.models.ctr.deepfm:DeepFM",
     "autoint": "recstack.models.ctr.autoint:AutoInt",
     "autoint+": "recstack.models.ctr.autoint:AutoIntPlus",
+    "optinter": "recstack.models.ctr.optinter:OptInter",
 }, error=ConfigError)
 
 
