@@ -99,6 +99,16 @@ def clustered() -> Interactions:
 
 
 @pytest.fixture(scope="session")
+def clustered_with_items():
+    """The clustered fixture as a Dataset with its item table (titles, genres, years) and a shuffled
+    split of it: what the multimodal models read (`use_dataset`) and are pinned on."""
+    from recstack.testing import clustered_dataset, shuffled_split
+
+    dataset = clustered_dataset()
+    return dataset, shuffled_split(dataset.interactions)
+
+
+@pytest.fixture(scope="session")
 def clustered_split(clustered) -> Split:
     return simple_split(clustered)
 

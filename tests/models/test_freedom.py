@@ -10,11 +10,10 @@ import pytest
 
 from recstack.data.modalities import ItemModality, ModalityError, read_mmrec
 from recstack.errors import RecstackError
-from recstack.evaluate.evaluator import evaluate
 from recstack.models import build
 from recstack.models.content.freedom import knn_graph, modality_graph, prune_edges
 from recstack.split.base import Split
-from recstack.testing import clustered_dataset, shuffled_split
+from recstack.testing import held_out_ndcg as ndcg
 
 FAST = {"modalities": ["text", "structure"], "tfidf_dim": 32, "cache_embeddings": False, "epochs": 10,
         "learning_rate": 1e-2, "batch_size": 512, "embedding_size": 32, "edge_prune_ratio": 0.5, "verbose": False}
@@ -22,13 +21,8 @@ PINNED_NDCG = {"text+structure": 0.546, "none": 0.540}  # measured with FAST, se
 
 
 @pytest.fixture(scope="module")
-def data():
-    dataset = clustered_dataset()
-    return dataset, shuffled_split(dataset.interactions)
-
-
-def ndcg(model, split) -> float:
-    return evaluate(model, split.history("test"), split.test, metrics=["NDCG@10"])["NDCG@10"]
+def data(clustered_with_items):
+    return clustered_with_items
 
 
 # ---- the frozen item-item graph -------------------------------------------------------------------

@@ -12,10 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from recstack.errors import RecstackError
-from recstack.evaluate.evaluator import evaluate
 from recstack.models import build
 from recstack.models.content.mmhcl import info_nce, item_hypergraph, user_hypergraph
-from recstack.testing import clustered_dataset, shuffled_split
+from recstack.testing import built_module, held_out_ndcg as ndcg
 
 FAST = {"modalities": ["text", "structure"], "tfidf_dim": 32, "cache_embeddings": False, "epochs": 10,
         "learning_rate": 1e-2, "batch_size": 512, "embedding_size": 32, "verbose": False}
@@ -23,21 +22,13 @@ PINNED_NDCG = 0.576  # measured with FAST, seed 0 (pop: 0.099)
 
 
 @pytest.fixture(scope="module")
-def data():
-    dataset = clustered_dataset()
-    return dataset, shuffled_split(dataset.interactions)
-
-
-def ndcg(model, split) -> float:
-    return evaluate(model, split.history("test"), split.test, metrics=["NDCG@10"])["NDCG@10"]
+def data(clustered_with_items):
+    return clustered_with_items
 
 
 def built(data, **params):
-    """A model whose network is built but not trained, with the private state of a fit."""
     dataset, split = data
-    model = build("mmhcl", {**FAST, **params}).use_dataset(dataset)
-    rng = model.start_fit(split.train)
-    return model, model.build_module(split.train, rng), split
+    return (*built_module("mmhcl", {**FAST, **params}, dataset, split), split)
 
 
 # ---- the hypergraphs ---------------------------------------------------------------------------------

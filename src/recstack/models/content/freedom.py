@@ -22,18 +22,16 @@ patience 20). Deviations: docs/models/freedom.md.
 
 from __future__ import annotations
 
-from typing import Mapping, Self
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
-from recstack.data.dataset import Dataset
 from recstack.data.interactions import Interactions
-from recstack.errors import RecstackError
 from recstack.models.kernels.graph import (PropagatedFactors, directed_matmul, knn_graph, layer_mean, modality_graph,
                                            normalized_adjacency, sparse_tensor, triple_scores)
+from recstack.models.kernels.side import ItemModalityInput, ModalityFields
 from recstack.models.neural import TorchRecommender, TrainingFields
 from recstack.models.protocol import ModelConfig
 from recstack.train.indexing import gather_rows
@@ -42,11 +40,8 @@ from recstack.train.losses import bpr_loss
 __all__ = ["FREEDOM", "FREEDOMConfig", "knn_graph", "modality_graph", "prune_edges"]  # the graphs live in kernels
 
 
-class FREEDOMConfig(ModelConfig, TrainingFields):
+class FREEDOMConfig(ModelConfig, TrainingFields, ModalityFields):
     modalities: list[str] = ["text"]  # item content graphs; [] is LightGCN with edge pruning
-    text_encoder: str = "tfidf"  # "tfidf", "minilm" or a local sentence-transformers directory
-    tfidf_dim: PositiveInt = 128
-    cache_embeddings: bool = True  # recstack's on-disk cache of encoded item texts
     graph_weights: dict[str, NonNegativeFloat] | None = None  # w_m; None: equal (image 0.1 / text 0.9 as MMRec)
     knn_k: PositiveInt = 10
     edge_prune_ratio: float = Field(0.8, ge=0.0, lt=1.0)  # rho: share of user-item edges dropped per epoch
@@ -112,44 +107,15 @@ class _Net(torch.nn.Module):
         return final[:self.n_users], final[self.n_users:]
 
 
-class FREEDOM(PropagatedFactors, TorchRecommender):
+class FREEDOM(ItemModalityInput, PropagatedFactors, TorchRecommender):
     """Frozen multimodal kNN item graph + degree-pruned LightGCN, BPR on IDs and on modality features."""
 
     Config = FREEDOMConfig
 
-    def __init__(self, config: FREEDOMConfig | None = None) -> None:
-        super().__init__(config)
-        self._modalities: dict | None = None  # side data given before fit; kept across fits, never saved
-
-    # ---- side information -------------------------------------------------------------------------
-    def set_modalities(self, modalities: Mapping) -> Self:
-        """`{name: recstack.data.modalities.ItemModality}`, keyed by external item id."""
-        self._modalities = dict(modalities)
-        return self
-
-    def use_dataset(self, dataset: Dataset) -> Self:
-        """Build the configured modalities from the dataset (item table, MMRec feature files)."""
-        from recstack.data.modalities import dataset_modalities
-
-        c = self.config
-        return self.set_modalities(dataset_modalities(dataset, c.modalities, text_encoder=c.text_encoder,
-                                                      tfidf_dim=c.tfidf_dim, cache=c.cache_embeddings, seed=c.seed))
-
-    def _features(self, train: Interactions) -> dict[str, np.ndarray]:
-        wanted = list(self.config.modalities)
-        if not wanted:
-            return {}
-        given = self._modalities or {}
-        missing = [m for m in wanted if m not in given]
-        if missing:
-            raise RecstackError(f"FREEDOM needs the item modalities {', '.join(missing)} before fit: call "
-                                "model.use_dataset(dataset) (`recstack run` does) or model.set_modalities({...})")
-        return {m: given[m].aligned(train.items) for m in wanted}
-
     # ---- training ---------------------------------------------------------------------------------
     def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
-        features = self._features(train)
+        features = self.modality_features(train)
         matrix = self.sample_pairs(train, rng).tocoo()
         self._edges = (matrix.row.astype(np.int64), matrix.col.astype(np.int64), matrix.shape)
         self._rng = rng

@@ -20,7 +20,6 @@ dropout 0; n modalities, not exactly image + text; scoring with the current weig
 
 from __future__ import annotations
 
-from typing import Mapping, Self
 
 import numpy as np
 import scipy.fft
@@ -28,21 +27,17 @@ import torch
 import torch.nn.functional as F
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Field
 
-from recstack.data.dataset import Dataset
 from recstack.data.interactions import Interactions
-from recstack.errors import RecstackError
 from recstack.models.kernels.graph import (PropagatedFactors, directed_matmul, layer_mean, modality_graph,
                                            normalized_adjacency, sparse_tensor, triple_scores)
+from recstack.models.kernels.side import ItemModalityInput, ModalityFields
 from recstack.models.neural import TorchRecommender, TrainingFields
 from recstack.models.protocol import ModelConfig
 from recstack.train.losses import bpr_loss
 
 
-class LIRDRecConfig(ModelConfig, TrainingFields):
+class LIRDRecConfig(ModelConfig, TrainingFields, ModalityFields):
     modalities: list[str] = ["text"]  # at least one: items have no ID embedding
-    text_encoder: str = "tfidf"  # "tfidf", "minilm" or a local sentence-transformers directory
-    tfidf_dim: PositiveInt = 128
-    cache_embeddings: bool = True
     graph_weights: dict[str, NonNegativeFloat] | None = None  # None: image 0.1 / text 0.9 (reference), else equal
     knn_k: PositiveInt = 10
     embedding_size: PositiveInt = 64  # d per channel; users and items are (n_modalities + 1) * d wide
@@ -138,46 +133,16 @@ class _Net(torch.nn.Module):
         return users.to("cpu", torch.float32).numpy().copy(), items.to("cpu", torch.float32).numpy().copy()
 
 
-class LIRDRec(PropagatedFactors, TorchRecommender):
+class LIRDRec(ItemModalityInput, PropagatedFactors, TorchRecommender):
     """Items from their multimodal features only (modality MLPs + a DCT channel), LightGCN layer sum,
     frozen kNN item graph, users fused by progressive weight copying; BPR + L2 on the final tables."""
 
     Config = LIRDRecConfig
 
-    def __init__(self, config: LIRDRecConfig | None = None) -> None:
-        super().__init__(config)
-        self._modalities: dict | None = None  # side data given before fit; kept across fits, never saved
-
-    # ---- side information -------------------------------------------------------------------------
-    def set_modalities(self, modalities: Mapping) -> Self:
-        """`{name: recstack.data.modalities.ItemModality}`, keyed by external item id."""
-        self._modalities = dict(modalities)
-        return self
-
-    def use_dataset(self, dataset: Dataset) -> Self:
-        """Build the configured modalities from the dataset (item table, MMRec feature files)."""
-        from recstack.data.modalities import dataset_modalities
-
-        c = self.config
-        return self.set_modalities(dataset_modalities(dataset, c.modalities, text_encoder=c.text_encoder,
-                                                      tfidf_dim=c.tfidf_dim, cache=c.cache_embeddings, seed=c.seed))
-
-    def _features(self, train: Interactions) -> dict[str, np.ndarray]:
-        wanted = list(dict.fromkeys(self.config.modalities))
-        if not wanted:
-            raise RecstackError("LIRDRec learns items from their features only, and `modalities` is empty: name at "
-                                "least one, e.g. modalities: [text] (text, structure, or MMRec's image/text files)")
-        given = self._modalities or {}
-        missing = [m for m in wanted if m not in given]
-        if missing:
-            raise RecstackError(f"LIRDRec needs the item modalities {', '.join(missing)} before fit: call "
-                                "model.use_dataset(dataset) (`recstack run` does) or model.set_modalities({...})")
-        return {m: given[m].aligned(train.items) for m in wanted}
-
     # ---- training ---------------------------------------------------------------------------------
     def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
-        features = self._features(train)
+        features = self.modality_features(train, required="learns items from their features only")
         matrix = self.sample_pairs(train, rng)
         graph = modality_graph(features, c.knn_k, c.graph_weights, model="LIRDRec")
         self._net = _Net(sparse_tensor(normalized_adjacency(matrix)), graph, list(features.values()),

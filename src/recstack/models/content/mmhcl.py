@@ -23,7 +23,6 @@ when a similarity is <= 0 (the reference then drops it); epochs are full passes 
 
 from __future__ import annotations
 
-from typing import Mapping, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -31,22 +30,18 @@ import torch
 import torch.nn.functional as F
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
-from recstack.data.dataset import Dataset
 from recstack.data.interactions import Interactions
-from recstack.errors import RecstackError
 from recstack.models.kernels.graph import (PropagatedFactors, directed_matmul, knn_graph, layer_mean,
                                            normalized_adjacency, sparse_tensor, symmetric_matmul, triple_scores)
+from recstack.models.kernels.side import ItemModalityInput, ModalityFields
 from recstack.models.neural import TorchRecommender, TrainingFields
 from recstack.models.protocol import ModelConfig
 from recstack.train.indexing import gather_rows
 from recstack.train.losses import bpr_loss, l2_penalty
 
 
-class MMHCLConfig(ModelConfig, TrainingFields):
+class MMHCLConfig(ModelConfig, TrainingFields, ModalityFields):
     modalities: list[str] = ["text"]  # at least one: they define the item-item hyperedges
-    text_encoder: str = "tfidf"  # "tfidf", "minilm" or a local sentence-transformers directory
-    tfidf_dim: PositiveInt = 128
-    cache_embeddings: bool = True
     knn_k: PositiveInt = 5  # items per i2i hyperedge (reference topk)
     embedding_size: PositiveInt = 64
     n_layers: NonNegativeInt = 2  # L, user-item graph (LightGCN)
@@ -145,47 +140,17 @@ class _Net(torch.nn.Module):
         return users.to("cpu", torch.float32).numpy().copy(), items.to("cpu", torch.float32).numpy().copy()
 
 
-class MMHCL(PropagatedFactors, TorchRecommender):
+class MMHCL(ItemModalityInput, PropagatedFactors, TorchRecommender):
     """LightGCN plus a user-user and a multimodal item-item hypergraph view, fused by adding the normalised
     hypergraph embeddings; BPR + L2 + InfoNCE between each fused table and its hypergraph view."""
 
     Config = MMHCLConfig
 
-    def __init__(self, config: MMHCLConfig | None = None) -> None:
-        super().__init__(config)
-        self._modalities: dict | None = None  # side data given before fit; kept across fits, never saved
-
-    # ---- side information -------------------------------------------------------------------------
-    def set_modalities(self, modalities: Mapping) -> Self:
-        """`{name: recstack.data.modalities.ItemModality}`, keyed by external item id."""
-        self._modalities = dict(modalities)
-        return self
-
-    def use_dataset(self, dataset: Dataset) -> Self:
-        """Build the configured modalities from the dataset (item table, MMRec feature files)."""
-        from recstack.data.modalities import dataset_modalities
-
-        c = self.config
-        return self.set_modalities(dataset_modalities(dataset, c.modalities, text_encoder=c.text_encoder,
-                                                      tfidf_dim=c.tfidf_dim, cache=c.cache_embeddings, seed=c.seed))
-
-    def _features(self, train: Interactions) -> list[np.ndarray]:
-        wanted = list(dict.fromkeys(self.config.modalities))
-        if not wanted:
-            raise RecstackError("MMHCL builds its item-item hypergraph from item modalities, and `modalities` is "
-                                "empty: name at least one, e.g. modalities: [text] (text, structure, or MMRec's "
-                                "image/text files); without content use lightgcn")
-        given = self._modalities or {}
-        missing = [m for m in wanted if m not in given]
-        if missing:
-            raise RecstackError(f"MMHCL needs the item modalities {', '.join(missing)} before fit: call "
-                                "model.use_dataset(dataset) (`recstack run` does) or model.set_modalities({...})")
-        return [given[m].aligned(train.items) for m in wanted]
-
     # ---- training ---------------------------------------------------------------------------------
     def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         c = self.config
-        features = self._features(train)
+        features = list(self.modality_features(
+            train, required="builds its item-item hypergraph from item modalities (without content: lightgcn)").values())
         matrix = self.sample_pairs(train, rng)
         return _Net(sparse_tensor(normalized_adjacency(matrix)), item_hypergraph(features, c.knn_k),
                     user_hypergraph(matrix), train.n_users, train.n_items, c)

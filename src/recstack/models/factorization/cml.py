@@ -36,11 +36,12 @@ from recstack.data.dataset import Dataset
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.factorization.sampled_mf import FactorNet, epoch_triples, factor_arrays, training_triples
+from recstack.models.kernels.side import ItemModalityInput, ModalityFields
 from recstack.models.neural import TorchRecommender, TrainingFields, module_arrays
 from recstack.models.protocol import ModelConfig, ScoresTrainedUsers, check_fitted
 
 
-class CMLConfig(ModelConfig, TrainingFields):
+class CMLConfig(ModelConfig, TrainingFields, ModalityFields):
     embedding_size: PositiveInt = 64
     margin: PositiveFloat = 1.0  # m in the hinge (paper: 0.5; 1.0 was better on validation)
     n_negatives: PositiveInt = 10  # U, sampled negatives per positive
@@ -54,9 +55,6 @@ class CMLConfig(ModelConfig, TrainingFields):
     feature_weight: NonNegativeFloat = 1.0  # lambda_f, on the mean over trained items
     feature_hidden: PositiveInt = 256  # hidden width of the MLP f
     dropout: confloat(ge=0.0, lt=1.0) = 0.2  # on f's hidden layer, training only
-    text_encoder: str = "tfidf"  # "tfidf", "minilm" or a local sentence-transformers directory
-    tfidf_dim: PositiveInt = 128
-    cache_embeddings: bool = True  # recstack's on-disk cache of encoded item texts
 
     @property
     def modalities(self) -> list[str]:
@@ -146,48 +144,29 @@ def _scores(user_factors: np.ndarray, item_factors: np.ndarray, users: np.ndarra
     return scores.astype(np.float32, copy=False)
 
 
-class CML(ScoresTrainedUsers, TorchRecommender):
+class CML(ItemModalityInput, ScoresTrainedUsers, TorchRecommender):
     """Collaborative metric learning: users and items in a unit ball, WARP-weighted hinge loss; with
     `content`, item features pull item vectors towards f(x_j) and place the cold items."""
 
     Config = CMLConfig
 
-    def __init__(self, config: CMLConfig | None = None) -> None:
-        super().__init__(config)
-        self._modalities: dict | None = None  # side data given before fit; kept across fits, never saved
-
-    # ---- side information (only with `content`) ---------------------------------------------
-    def set_modalities(self, modalities: Mapping) -> Self:
-        """`{name: recstack.data.modalities.ItemModality}`, keyed by external item id."""
-        self._modalities = dict(modalities)
-        return self
-
+    # ---- side information (only with `content`; set_modalities from ItemModalityInput) ---------
     def use_dataset(self, dataset: Dataset) -> Self:
         """Build the item features `content` names from the dataset (`recstack run` calls this);
         nothing to do with content "none"."""
-        from recstack.data.modalities import ModalityError, dataset_modalities
+        from recstack.data.modalities import ModalityError
 
-        c = self.config
-        if not c.modalities:
-            return self
         try:
-            found = dataset_modalities(dataset, c.modalities, text_encoder=c.text_encoder, tfidf_dim=c.tfidf_dim,
-                                       cache=c.cache_embeddings, seed=c.seed)
+            return super().use_dataset(dataset)
         except ModalityError as exc:
-            raise RecstackError(f"CML with content={c.content!r} cannot read its item features: {exc}; "
+            raise RecstackError(f"CML with content={self.config.content!r} cannot read its item features: {exc}; "
                                 "or set content: none") from None
-        return self.set_modalities(found)
 
     def _features(self, train: Interactions) -> np.ndarray:
         """x_j for every item of the vocabulary: the content's modalities side by side."""
-        c = self.config
-        given = self._modalities or {}
-        missing = [m for m in c.modalities if m not in given]
-        if missing:
-            raise RecstackError(f"CML with content={c.content!r} needs the item modality {', '.join(missing)} "
-                                "before fit: call model.use_dataset(dataset) (a Dataset with an item table; "
-                                "`recstack run` does this) or model.set_modalities({...}); or set content: none")
-        return np.concatenate([given[m].aligned(train.items) for m in c.modalities], axis=1).astype(np.float32)
+        found = self.modality_features(train, who=f"CML with content={self.config.content!r}",
+                                       hint="; or set content: none")
+        return np.concatenate(list(found.values()), axis=1).astype(np.float32)
 
     # ---- training -----------------------------------------------------------------------------
     def build_module(self, train: Interactions, rng: np.random.Generator) -> FactorNet:
