@@ -119,6 +119,12 @@ def _sigterm_cleans_up() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+_BACKEND_HELP = ("local (this process) or ray: evaluation, trials and batch scoring as Ray tasks on a local Ray "
+                 "instance or --address (docs/scale.md); the config's 'ray' section sets it too.")
+_ADDRESS_HELP = "With --backend ray: a cluster to join ('auto', host:port, ray://host:port); default a local instance."
+_WORKERS_HELP = "With --backend ray: blocks of users (or trials) in flight at once, and a local instance's CPUs."
+
+
 # ---- run --------------------------------------------------------------------------------------
 
 @app.command()
@@ -136,6 +142,9 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the run directory."),
     only: Optional[list[str]] = typer.Option(None, "--only", help="Run only the model entries with this label "
                                                                  "(repeatable), e.g. to split a long file."),
+    backend: Optional[str] = typer.Option(None, "--backend", help=_BACKEND_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS_HELP),
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
     """Run an experiment: data -> split -> fit -> evaluate -> run directory with a report."""
@@ -159,6 +168,7 @@ def run(
                 raise RecstackError(f"--only picks model entries, and {source} (task: llm) has none; edit its "
                                     "rating and rerank sections instead")
             overrides["models"] = _select_models(experiment.models, only)
+        overrides.update(_ray_overrides(experiment, backend, address, workers))
         if overrides:
             experiment = parse_config(experiment.model_copy(update=overrides),
                                       f"{source} with the command-line options")
@@ -166,6 +176,24 @@ def run(
         result = run_experiment(experiment, run_dir=run_dir, progress=not quiet, console=_console())
         if quiet:
             typer.echo(str(result.run_dir))
+
+
+def _ray_overrides(experiment: Any, backend: Optional[str], address: Optional[str], workers: Optional[int]
+                   ) -> dict[str, Any]:
+    """--backend/--address/--workers as an override of the config's `ray` section (None: local)."""
+    from recstack.experiment.config import RayConfig
+
+    if backend not in (None, "local", "ray"):
+        raise RecstackError(f"--backend {backend!r}: choose local or ray")
+    if backend is None and getattr(experiment, "ray", None) is not None:
+        backend = "ray"  # the config asks for Ray; --address/--workers adjust it
+    if backend != "ray":
+        if address is not None or workers is not None:
+            raise RecstackError("--address and --workers go with --backend ray")
+        return {"ray": None} if backend == "local" and getattr(experiment, "ray", None) is not None else {}
+    current = getattr(experiment, "ray", None) or RayConfig()
+    changes = {key: value for key, value in (("address", address), ("workers", workers)) if value is not None}
+    return {"ray": current.model_copy(update=changes)}
 
 
 def _seed_list(first: int, n: int) -> list[int]:
@@ -197,6 +225,12 @@ def tune(
                                         "definition it was made with."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Folder for the study and the run."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
+    backend: Optional[str] = typer.Option(None, "--backend", help="local (Optuna in this process) or ray (Ray Tune "
+                                          "trials, Optuna searching, the same study; docs/scale.md); default: ray "
+                                          "when the config has a 'ray' section."),
+    address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", help="With --backend ray: trials at once (and a "
+                                          "local instance's CPUs)."),
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
     """Search hyper-parameters with Optuna on the validation part, then run the best setting."""
@@ -211,6 +245,7 @@ def tune(
             overrides["output_dir"] = str(output_dir)
         if cache_dir is not None:
             overrides["cache_dir"] = str(cache_dir)
+        overrides.update(_ray_overrides(experiment, backend, address, workers))
         if overrides:
             experiment = experiment.model_copy(update=overrides)
         console = _console()
@@ -234,6 +269,11 @@ def recommend(
     out: Optional[Path] = typer.Option(None, "--out", help="With --all-users: the .parquet file to write (model, "
                                                            "user_id, rank, item_id, score, fallback)."),
     trust_code: bool = typer.Option(False, "--trust-code", help=_TRUST_HELP),
+    backend: Optional[str] = typer.Option(None, "--backend", help="With --all-users: local, or ray (blocks of users "
+                                          "ranked by Ray tasks, each writing its part of --out FOLDER as "
+                                          "partitioned Parquet)."),
+    address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS_HELP),
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
     """Top-k items for one user by a model of a finished run (items the user rated are excluded
@@ -241,8 +281,13 @@ def recommend(
     from recstack.experiment.run import recommend as recommend_items
 
     if all_users:
-        _recommend_all(run_dir, model, user, k, include_seen, out, trust_code, debug)
+        with _user_errors(debug):
+            ray = _ray_overrides(None, backend, address, workers).get("ray")
+        _recommend_all(run_dir, model, user, k, include_seen, out, trust_code, debug, ray)
         return
+    if backend is not None or address is not None or workers is not None:
+        with _user_errors(debug):
+            raise RecstackError("--backend, --address and --workers go with --all-users")
     with _user_errors(debug):
         if model is None or user is None or out is not None:
             raise RecstackError("give --model and --user for one user's list, or --all-users --out FILE.parquet "
@@ -263,15 +308,20 @@ def recommend(
 
 
 def _recommend_all(run_dir: Path, model: Optional[str], user: Optional[str], k: int, include_seen: bool,
-                   out: Optional[Path], trust_code: bool, debug: bool) -> None:
+                   out: Optional[Path], trust_code: bool, debug: bool, ray: Any = None) -> None:
     with _user_errors(debug):
         if out is None or user is not None:
             raise RecstackError("--all-users writes every user's list to a file: give --out FILE.parquet "
                                 "(and no --user)")
         from recstack.serve.batch import recommend_all
 
+        settings = None
+        if ray is not None:
+            from recstack.cluster import RaySettings
+
+            settings = RaySettings(ray.address, ray.workers)
         seconds = recommend_all(run_dir, out, labels=[model] if model else None, k=k, include_seen=include_seen,
-                                trust=trust_code)
+                                trust=trust_code, ray=settings)
         timing = ", ".join(f"{label} {s:.1f} s" for label, s in seconds.items())
         typer.echo(f"wrote the top {k} of every user to {out} ({timing})")
 

@@ -312,3 +312,33 @@ def test_movielens_files_refuse_bad_cells(tmp_path, fixture, ratings, row, messa
     n = text.count("\n")
     with pytest.raises(RecstackError, match=re.escape(f"{path}, {message.format(n=n)}")):
         load_movielens(folder)
+
+
+def test_a_folder_of_parquet_parts_reads_as_one_table(tmp_path):
+    """Plain parts and Hive-partitioned ones (as Spark, Ray Data, DuckDB write them); rows in part order."""
+    folder = tmp_path / "log"
+    (folder / "day=1").mkdir(parents=True)
+    (folder / "day=2").mkdir()
+    pq.write_table(pa.table({"user_id": [1, 1, 2], "item_id": [10, 11, 10], "rating": [5.0, 3.0, 4.0]}),
+                   folder / "day=1" / "part-0.parquet")
+    pq.write_table(pa.table({"user_id": [3, 2], "item_id": [12, 12], "rating": [1.0, 2.0]}),
+                   folder / "day=2" / "part-0.parquet")
+    (folder / ".tmp").mkdir()  # a writer's hidden scratch is not data
+    pq.write_table(pa.table({"user_id": [9], "item_id": [9], "rating": [9.0]}), folder / ".tmp" / "x.parquet")
+    raw = read_table(folder)
+    assert raw["user"].tolist() == [1, 1, 2, 3, 2] and raw["item"].tolist() == [10, 11, 10, 12, 12]
+    assert raw["value"].tolist() == [5.0, 3.0, 4.0, 1.0, 2.0]
+    data = load_table(folder).interactions
+    assert (len(data), data.n_users, data.n_items) == (5, 3, 3)
+
+
+def test_a_parquet_folder_names_the_part_and_row_of_a_bad_cell(tmp_path):
+    folder = tmp_path / "log"
+    folder.mkdir()
+    pq.write_table(pa.table({"user_id": ["a", "b"], "item_id": [1, 2]}), folder / "part-0.parquet")
+    pq.write_table(pa.table({"user_id": ["c", ""], "item_id": [1, 2]}), folder / "part-1.parquet")
+    with pytest.raises(RecstackError, match=r"part-1\.parquet, row 1 \(0-based\), column 'user_id': empty user id"):
+        read_table(folder)
+    with pytest.raises(RecstackError, match="folder without .parquet files"):
+        (tmp_path / "empty").mkdir()
+        read_table(tmp_path / "empty")

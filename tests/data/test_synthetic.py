@@ -26,3 +26,17 @@ def test_item_popularity_is_heavy_tailed():
     assert counts[0] > 5 * counts[len(counts) // 2]
     # ids are permuted: the most popular item is not simply index 0
     assert np.argmax(data.item_counts()) != 0 or np.argmax(data.user_counts()) != 0
+
+
+def test_the_parquet_folder_holds_the_generated_log_and_reads_back_in_chunks(tmp_path):
+    from recstack.data.load import load_table
+    from recstack.data.synthetic import write_power_law_parquet
+
+    folder = write_power_law_parquet(tmp_path / "log", 200_000, parts=3, seed=4)
+    assert sorted(p.name for p in folder.iterdir()) == [f"part-{i:05d}.parquet" for i in range(3)]
+    read = load_table(folder).interactions
+    made = power_law_interactions(200_000, seed=4)
+    def pairs(log):
+        return np.sort(log.users.ids[log.user].astype(np.int64) * 10**6 + log.items.ids[log.item])
+    assert len(read) == 200_000 and np.array_equal(pairs(read), pairs(made))
+    assert np.array_equal(np.sort(read.timestamp), np.sort(made.timestamp))

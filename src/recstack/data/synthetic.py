@@ -11,6 +11,9 @@ no popularity signal.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 from recstack.data.interactions import Interactions, Vocab
@@ -57,3 +60,27 @@ def power_law_interactions(
         user_idx, item_idx, Vocab(np.arange(n_users), name="user"), Vocab(np.arange(n_items), name="item"),
         timestamp=timestamp,
     )
+
+
+def write_power_law_parquet(folder: str | os.PathLike, nnz: int, *, parts: int = 8, seed: int = 0,
+                            **shape: float) -> Path:
+    """`power_law_interactions(nnz, seed=seed, **shape)` written as a folder of `parts` Parquet files
+    (columns user_id, item_id, timestamp; each part a contiguous range of users), the layout of a
+    partitioned table that `recstack.data.load.load_table(folder)` reads in chunks. The folder
+    appears whole or not at all."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recstack.fs import atomic_directory
+
+    if parts < 1:
+        raise ValueError("parts must be positive")
+    log = power_law_interactions(nnz, seed=seed, **shape)
+    bounds = np.linspace(0, len(log), parts + 1).astype(np.int64)
+    with atomic_directory(folder) as tmp:
+        for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+            pq.write_table(pa.table({"user_id": log.users.ids[log.user[start:stop]].astype(np.int64),
+                                     "item_id": log.items.ids[log.item[start:stop]].astype(np.int64),
+                                     "timestamp": log.timestamp[start:stop]}),
+                           tmp / f"part-{i:05d}.parquet", row_group_size=1 << 20)
+    return Path(folder)

@@ -382,6 +382,7 @@ def evaluate(
     item_pool: np.ndarray | None = None,
     cold_users: ColdUsers | None = None,
     exclude: Interactions | None = None,
+    ranker: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> EvalResult:
     """Full-ranking evaluation of `model` on `test`, seeing `history`.
 
@@ -393,6 +394,8 @@ def evaluate(
     cold ones: skip leaves them out of every metric, fallback ranks them with its fallback model.
     `exclude` (with `mask_history`): events whose items are masked like the history's although the
     model does not read them (see `rank`); cold users are counted on `history`, what the model reads.
+    `ranker` replaces `rank` (same signature) for the ranking step only, e.g. with Ray tasks that rank
+    blocks of users elsewhere (`recstack.cluster.RayRanker`); everything after it is the same code.
     """
     if item_pool is None:
         item_pool = test.item_pool
@@ -415,8 +418,9 @@ def evaluate(
     if cold_users.policy == "skip":
         candidates = candidates[~cold_users.cold(history, candidates)]
 
-    items, _ = rank(model, candidates, history, depth, mask_history=mask_history, memory_budget_mb=memory_budget_mb,
-                    item_pool=item_pool, cold_users=cold_users, exclude=exclude)
+    items, _ = (ranker or rank)(model, candidates, history, depth, mask_history=mask_history,
+                                memory_budget_mb=memory_budget_mb, item_pool=item_pool, cold_users=cold_users,
+                                exclude=exclude)
     gains = _hits(items, candidates, truth)
     ideal = None
     if graded:

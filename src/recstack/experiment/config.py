@@ -299,6 +299,15 @@ class ColdUsersConfig(_Strict):
         return self
 
 
+class RayConfig(_Strict):
+    """Where a run's evaluation and a study's trials run when not in this process (docs/scale.md):
+    `address` None starts a local Ray instance with `workers` CPUs; "auto", "host:port" or
+    "ray://host:port" joins a cluster. The results are the local ones (same code in each task)."""
+
+    address: str | None = None
+    workers: int = Field(2, ge=1)
+
+
 class ExperimentConfig(_Strict):
     """Everything a run needs; see the module docstring and `default.yaml` for an example."""
 
@@ -326,6 +335,7 @@ class ExperimentConfig(_Strict):
     # unless `split_per_seed` re-draws it with each of these seeds (docs/experiments.md)
     seeds: list[int] | None = None
     split_per_seed: bool = False
+    ray: RayConfig | None = None  # evaluation as Ray tasks and `tune --backend ray` (docs/scale.md)
 
     @model_validator(mode="before")
     @classmethod

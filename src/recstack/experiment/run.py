@@ -45,7 +45,7 @@ from recstack.experiment.config import ExperimentConfig, ModelEntry, load_config
 from recstack.experiment.report import write_report
 from recstack.experiment.rundir import SHOWN_COLUMNS as _SHOWN_COLUMNS
 from recstack.experiment.rundir import read_history as _read_history
-from recstack.experiment.steps import Fitted, cold_users, fit_entry, history_names, scoring
+from recstack.experiment.steps import Fitted, cold_users, fit_entry, history_names, ranker_for, scoring
 from recstack.fs import CLAIM_FILE, check_writable, exclusive_directory
 from recstack.split.base import Split
 
@@ -85,7 +85,8 @@ def load_data(config: ExperimentConfig) -> Dataset:
     from recstack.data import load
 
     path = Path(source.path)  # type: ignore[arg-type]
-    fmt = source.format or ("atomic" if path.is_dir() else "table")
+    # a folder is RecBole's atomic files unless it holds Parquet parts (a partitioned table)
+    fmt = source.format or ("atomic" if path.is_dir() and not any(path.glob("**/*.parquet")) else "table")
     if fmt == "movielens":
         dataset = load.load_movielens(path)
     elif fmt == "atomic":
@@ -183,6 +184,10 @@ def run_experiment(
         return run_llm_experiment(config, run_dir=run_dir, progress=progress, console=console)  # type: ignore
     config = parse_config(config).resolved()
     _check_destination(config, run_dir)
+    if config.ray is not None:  # an unreachable cluster is one line before any data is read
+        from recstack.cluster import RaySettings, connect
+
+        connect(RaySettings(config.ray.address, config.ray.workers))
     console, say = progress_printer(progress, console)
 
     started = datetime.now(timezone.utc)
@@ -325,7 +330,7 @@ def _score(model: Any, config: ExperimentConfig, split: Split, policy: ColdUsers
         # keep the test top-k lists for `beyond`
         plan = scoring(config, split, part, keep_rankings=part == "test", cold_users=policy)
         tick = time.perf_counter()
-        results[part] = evaluate(model, plan.history, plan.truth, **plan.options)
+        results[part] = evaluate(model, plan.history, plan.truth, **plan.options, ranker=ranker_for(config))
         seconds[part] = time.perf_counter() - tick
     return results, seconds
 
@@ -512,6 +517,9 @@ def _manifest(config: ExperimentConfig, dataset: Dataset, split: Split, started:
             "cold_users": {**config.cold_users.model_dump(mode="json"),
                            **{part: part_counts.to_dict() for part, part_counts in counts.items()}},
         },
+        # where the evaluation ran (not part of the protocol: Ray tasks give the local figures)
+        "execution": {"evaluation": "local"} if config.ray is None else {
+            "evaluation": "ray", "address": config.ray.address or "local instance", "workers": config.ray.workers},
         "timings": timings,
         "peak_rss_mb": _peak_rss_mb(),
     }

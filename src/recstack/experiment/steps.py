@@ -116,6 +116,16 @@ def fit_entry(config: ExperimentConfig, entry: ModelEntry, dataset: Dataset, spl
     return Fitted(model, time.perf_counter() - tick, setup_seconds)
 
 
+def ranker_for(config: ExperimentConfig) -> Any:
+    """The ranking step of `evaluate` under the config: None (in this process) or Ray tasks (`ray:`)."""
+    if config.ray is None:
+        return None
+    from recstack.cluster import RaySettings
+    from recstack.cluster.evaluate import RayRanker
+
+    return RayRanker(RaySettings(config.ray.address, config.ray.workers))
+
+
 def scoring(config: ExperimentConfig, split: Split, part: Literal["valid", "test"], *,
             metrics: list[str] | None = None, keep_rankings: bool = False,
             cold_users: ColdUsers | None = None) -> Scoring:

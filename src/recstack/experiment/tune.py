@@ -204,12 +204,47 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 # ---- the search ----------------------------------------------------------------------------------
 
+@dataclass
+class TrialInputs:
+    """What every trial reads: the experiment, its data and split, the cold-user policy and the
+    scoring of the validation part (shipped once to Ray's object store by the Ray backend)."""
+
+    config: ExperimentConfig
+    dataset: Dataset
+    split: Split
+    policy: Any
+    valid: Any
+
+    @property
+    def label(self) -> str:
+        return self.config.valid_metric
+
+
+def score_trial(inputs: TrialInputs, suggested: dict[str, Any]) -> tuple[float, float]:
+    """One trial, on either backend: fit the suggested setting by the very steps the final run takes
+    and score the validation part; (value, -inf when not finite; setup + fit seconds)."""
+    spec, valid = inputs.config.tune, inputs.valid
+    fitted = fit_entry(inputs.config, ModelEntry(name=spec.model, params={**spec.params, **suggested}),
+                       inputs.dataset, inputs.split, cold_users=inputs.policy)
+    value = evaluate(fitted.model, valid.history, valid.truth, **valid.options).metrics[inputs.label]
+    return (value if math.isfinite(value) else float("-inf")), fitted.setup_seconds + fitted.fit_seconds
+
+
+def ray_settings(config: ExperimentConfig) -> Any:
+    from recstack.cluster import RaySettings
+
+    return RaySettings() if config.ray is None else RaySettings(config.ray.address, config.ray.workers)
+
+
 def tune(config: ExperimentConfig | dict | str, *, n_trials: int | None = None, study: str | None = None,
          final_run: bool = True, progress: bool = True, console=None) -> TuneResult:
     """Search `config.tune.space` for `config.tune.model`; return the best parameters (by validation).
 
     `n_trials` is the number of finished trials the study should hold (default `tune.n_trials`);
     `study` names the study (default: derived from its definition, see the module docstring).
+    With a `ray` section in the config the trials run as Ray Tune trials (`recstack.cluster.tune`)
+    on its settings (a local instance by default), searched by Optuna in the same study: the
+    artefacts and identity rules are the local backend's.
     """
     try:
         import optuna
@@ -230,6 +265,10 @@ def tune(config: ExperimentConfig | dict | str, *, n_trials: int | None = None, 
     if study is not None and not _STUDY_NAME.fullmatch(study):
         raise RecstackError(f"study name {study!r} must be letters, digits, '.', '_', '+' or '-' (it names a folder)")
     config.check_devices()  # before the data is read and any trial trains, as `run` does
+    if config.ray is not None:  # an unreachable cluster is one line before any data is read
+        from recstack.cluster import connect
+
+        connect(ray_settings(config))
     try:
         check_writable(config.output_dir)
     except OSError as exc:
@@ -260,18 +299,16 @@ def tune(config: ExperimentConfig | dict | str, *, n_trials: int | None = None, 
     if (warning := cold_warning("valid", counts)) is not None:
         warnings.warn(warning, RecstackWarning, stacklevel=2)
     valid = scoring(config, split, "valid", metrics=[label], cold_users=policy)  # as the final run scores valid
+    inputs = TrialInputs(config, dataset, split, policy, valid)
 
     def objective(trial) -> float:
         suggested = {param: _suggest(trial, param, dim) for param, dim in spec.space.items()}
-        params = {**fixed, **suggested}  # as printed; the step adds the experiment seed by the same rule
-        # the very steps the final run takes, so the trial's valid figure is the run's
-        fitted = fit_entry(config, ModelEntry(name=spec.model, params={**spec.params, **suggested}), dataset, split,
-                           cold_users=policy)
-        trial.set_user_attr("fit_seconds", fitted.setup_seconds + fitted.fit_seconds)
-        value = evaluate(fitted.model, valid.history, valid.truth, **valid.options).metrics[label]
-        if progress and console is not None:
-            console.print(escape(f"trial {trial.number}: {label} {value:.4f}  {params}"), soft_wrap=True)
-        return value if math.isfinite(value) else float("-inf")
+        value, fit_seconds = score_trial(inputs, suggested)
+        trial.set_user_attr("fit_seconds", fit_seconds)
+        if progress and console is not None:  # as printed; the step adds the experiment seed by the same rule
+            console.print(escape(f"trial {trial.number}: {label} {value:.4f}  {({**fixed, **suggested})}"),
+                          soft_wrap=True)
+        return value
 
     def finished() -> int:
         return sum(t.state == optuna.trial.TrialState.COMPLETE for t in optuna_study.trials)
@@ -283,7 +320,12 @@ def tune(config: ExperimentConfig | dict | str, *, n_trials: int | None = None, 
         plan = f"running {remaining} more" if remaining else "none to run"
         console.print(escape(f"study {name}: {n_resumed} finished trials resumed, {target} asked for; {plan}"),
                       soft_wrap=True)
-    if remaining:
+    if remaining and config.ray is not None:
+        from recstack.cluster.tune import search_on_ray
+
+        search_on_ray(optuna_study, inputs, remaining, settings=ray_settings(config), tune_dir=tune_dir,
+                      say=(lambda line: console.print(escape(line), soft_wrap=True)) if progress and console else None)
+    elif remaining:
         optuna_study.optimize(objective, n_trials=remaining, timeout=spec.timeout_s, catch=())
     n_finished = finished()
     if n_finished == 0:
@@ -292,7 +334,8 @@ def tune(config: ExperimentConfig | dict | str, *, n_trials: int | None = None, 
     best_params = {**spec.params, **best.params}
     trials = [
         {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-         "fit_seconds": t.user_attrs.get("fit_seconds")}
+         "fit_seconds": t.user_attrs.get("fit_seconds"),
+         **({"error": t.user_attrs["error"]} if "error" in t.user_attrs else {})}
         for t in optuna_study.trials
     ]
     atomic_write_text(tune_dir / "trials.json", json.dumps(trials, indent=1))

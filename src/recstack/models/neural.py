@@ -40,7 +40,7 @@ from recstack.data.interactions import Interactions
 from recstack.models.protocol import ModelConfig, SaveLoad, ScoresTrainedUsers, check_trainable, is_fitted_name
 from recstack.train.fields import TrainingFields
 from recstack.train.options import DEFAULT_FIT_OPTIONS, FitOptions
-from recstack.train.trainer import Trainer, TrainerConfig, seed_everything
+from recstack.train.trainer import Trainer, TrainerConfig, data_parallel_group, seed_everything
 
 __all__ = ["TorchRecommender", "TrainingFields", "module_arrays"]
 
@@ -90,6 +90,13 @@ class TorchRecommender(SaveLoad):
 
     def fit(self, train: Interactions, valid: Interactions | None = None, *,
             options: FitOptions | None = None) -> Self:
+        if getattr(self.config, "workers", 1) > 1 and data_parallel_group() is None:
+            # `workers: N`: the same fit on N Ray Train workers, gradients averaged (recstack.cluster.ddp)
+            from recstack.cluster.ddp import data_parallel_fit
+
+            check_trainable(type(self).__name__, train)
+            self._replace_fitted(data_parallel_fit(self, train, valid, options))
+            return self
         rng = self.start_fit(train)
         private = set(vars(self))
         try:

@@ -28,6 +28,9 @@ class TrainingFields(BaseModel):
     valid_metric: str = "NDCG@10"
     device: str = "auto"  # cuda when available, else cpu
     n_threads: PositiveInt | None = None  # torch's CPU threads while training; None leaves torch's default
+    # data-parallel training: N Ray Train workers, each on every N-th batch, gradients averaged
+    # (all-reduce: gloo on CPU, NCCL on GPUs); 1 trains in this process (docs/scale.md)
+    workers: PositiveInt = 1
     verbose: bool = True
 
     @field_validator("valid_metric")

@@ -9,7 +9,7 @@ with the model. numpy-free and torch-free, so every model can accept them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +38,11 @@ class FitOptions:
     device: str | None = None
     label: str | None = None
     cold_users: ColdUsers | None = None
+
+    def for_worker(self) -> "FitOptions":
+        """The options of a data-parallel worker other than rank 0: no log file, no progress (rank 0
+        writes both), the same validation protocol."""
+        return replace(self, log_path=None, progress=False)
 
     @property
     def name(self) -> str:

@@ -135,6 +135,67 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
+def data_parallel_group() -> tuple[int, int] | None:
+    """(rank, world size) when this process is one of several data-parallel workers (torch.distributed
+    initialised by `recstack.cluster.ddp`), else None."""
+    distributed = torch.distributed
+    if not (distributed.is_available() and distributed.is_initialized()) or distributed.get_world_size() < 2:
+        return None
+    return distributed.get_rank(), distributed.get_world_size()
+
+
+class _DataParallel:
+    """What the loop does differently on one of `world` data-parallel workers.
+
+    Every worker builds the same module from the same seed and draws the same batches (the
+    samplers are seeded alike); worker r trains on batches r, r + world, ... of each epoch, whole
+    rounds only, so every worker takes the same number of steps. After each backward pass the
+    gradients are averaged over the workers in one all-reduce (the algorithm of torch's
+    DistributedDataParallel, whose wrapper only hooks `forward`, while a recstack model's loss is
+    `batch_loss(module, batch)`), so the weights stay identical on every worker. Losses are
+    averaged for the log; rank 0 validates and sends the figure to the others, so all stop
+    together and restore the same best epoch.
+    """
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+
+    def own_batches(self, batches: Iterable[Any]) -> Iterable[Any]:
+        round_: list[Any] = []
+        for batch in batches:
+            round_.append(batch)
+            if len(round_) == self.world:
+                yield round_[self.rank]
+                round_ = []
+
+    def start(self, module: torch.nn.Module) -> None:
+        for tensor in module.state_dict().values():  # the same start everywhere, whatever the init did
+            torch.distributed.broadcast(tensor, src=0)
+
+    def average_gradients(self, module: torch.nn.Module) -> None:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in module.parameters() if p.requires_grad]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])  # one all-reduce per step, not one per tensor
+        torch.distributed.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for p in (p for p in module.parameters() if p.requires_grad):
+            n = p.numel()
+            p.grad = flat[offset:offset + n].view_as(p).clone()
+            offset += n
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        value = value.detach().clone()
+        torch.distributed.all_reduce(value)
+        return value / self.world
+
+    def shared_value(self, value: float | None) -> float:
+        box = torch.tensor([math.nan if value is None else value], dtype=torch.float64)
+        torch.distributed.broadcast(box, src=0)
+        return float(box.item())
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy's legacy global state and torch (all devices)."""
     random.seed(seed)
@@ -312,6 +373,14 @@ class Trainer:
         label = c.valid_metric
         module.to(self.device)
         module.train()
+        group = data_parallel_group()
+        parallel = _DataParallel(*group) if group is not None else None
+        if parallel is not None:
+            if c.optimizer == "none":
+                raise RecstackError("data-parallel training averages gradients, and this model updates its weights "
+                                    "itself (optimizer 'none'); train it with workers: 1, or pick its gradient "
+                                    "solver (e.g. BPR's solver: adam)")
+            parallel.start(module)
         optimizer = self._optimizer(module)
         scheduler = self._scheduler(optimizer)
         self.history, self.best_epoch, self.best_value, self.stopped_early = [], None, None, False
@@ -345,7 +414,7 @@ class Trainer:
             for epoch in range(first_epoch, c.epochs + 1):
                 started = time.perf_counter()
                 total, n_batches = torch.zeros((), device=self.device), 0
-                for batch in batches():
+                for batch in (batches() if parallel is None else parallel.own_batches(batches())):
                     if optimizer is None:  # the batch function updates the weights itself
                         with torch.no_grad():
                             loss = batch_loss(module, to_device(batch, self.device))
@@ -354,6 +423,8 @@ class Trainer:
                             loss = batch_loss(module, to_device(batch, self.device))
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
+                        if parallel is not None:
+                            parallel.average_gradients(module)
                         if c.max_grad_norm is not None:
                             torch.nn.utils.clip_grad_norm_(module.parameters(), c.max_grad_norm)
                         optimizer.step()
@@ -365,6 +436,8 @@ class Trainer:
                 if scheduler is not None:
                     scheduler.step()
                 # one device sync per epoch, not per batch
+                if parallel is not None:
+                    total = parallel.mean(total)
                 mean_loss = float(total) / max(n_batches, 1)
                 if not math.isfinite(mean_loss):
                     raise TrainingDivergedError(
@@ -373,7 +446,11 @@ class Trainer:
                     )
                 value = None
                 if validating and (epoch % c.eval_every == 0 or epoch == c.epochs):
-                    value = self.validate(scorer, train, valid, module)
+                    if parallel is None:
+                        value = self.validate(scorer, train, valid, module)
+                    else:  # rank 0 validates; every worker decides on its figure
+                        value = parallel.shared_value(
+                            self.validate(scorer, train, valid, module) if parallel.rank == 0 else None)
                     if self.best_value is None or value > self.best_value:
                         self.best_value, self.best_epoch = value, epoch
                         best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}

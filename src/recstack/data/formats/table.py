@@ -73,6 +73,8 @@ def _read_table(source, columns, sep):
         line = _row_label
     else:
         path = Path(source)
+        if path.is_dir():
+            return _read_parquet_folder(path, explicit)
         if not path.is_file():
             raise DataFormatError(f"{path}: no such file")
         where = str(path)
@@ -101,6 +103,49 @@ def _read_table(source, columns, sep):
     arrays = {role: _column_to_numpy(table.column(name), role, name, where, line)
               for role, name in mapping.items()}
     return arrays, mapping, fmt, where
+
+
+def _read_parquet_folder(folder: Path, explicit: dict[str, str]):
+    """A folder of Parquet parts (plain or Hive-partitioned, as Spark, Ray Data, DuckDB and
+    `recstack.data.synthetic.write_power_law_parquet` write them), read one record batch at a time
+    into preallocated columns: no Python object per row for numeric ids, no second copy of the log.
+    Every cell gets the checks a single file gets, with the part and row named."""
+    import pyarrow.dataset as ds
+
+    parts = sorted(p for p in folder.rglob("*.parquet") if not any(x.startswith(".") for x in p.parts[len(folder.parts):]))
+    if not parts:
+        raise DataFormatError(f"{folder} is a folder without .parquet files; give a file, or a folder of Parquet parts")
+    try:
+        dataset = ds.dataset([str(p) for p in parts], format="parquet")
+        mapping = _resolve_columns(dataset.schema.names, explicit, str(folder))
+        wanted = list(dict.fromkeys(mapping.values()))
+        total = dataset.count_rows()
+        columns: dict[str, Any] = {}
+        filled = 0
+        for fragment in dataset.get_fragments():
+            offset = 0
+            for batch in fragment.to_batches(columns=wanted, batch_size=1 << 20):
+                line = (lambda start: (lambda i: _row_label(start + i)))(offset)
+                for role, name in mapping.items():
+                    values = _column_to_numpy(pa.chunked_array([batch.column(name)]), role, name, fragment.path, line)
+                    if role not in columns:  # numeric columns go straight into one array of the full length
+                        columns[role] = (np.empty(total, dtype=values.dtype) if values.dtype != object else [])
+                    target = columns[role]
+                    if isinstance(target, list):
+                        target.append(values)
+                    elif values.dtype != target.dtype:  # a part with another type (int ids in one, text in another)
+                        columns[role] = [target[:filled], values]
+                    else:
+                        target[filled:filled + len(values)] = values
+                offset += batch.num_rows
+                filled += batch.num_rows
+    except (pa.ArrowException, OSError) as exc:
+        raise DataFormatError(f"{folder}: not a readable folder of Parquet parts ({exc})") from None
+    arrays = {role: (np.concatenate(values) if isinstance(values, list) else values[:filled])
+              for role, values in columns.items()}
+    if not arrays:
+        arrays = {role: np.empty(0) for role in mapping}
+    return arrays, mapping, "parquet", str(folder)
 
 
 def _is_frame(source: Any) -> bool:
