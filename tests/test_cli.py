@@ -581,3 +581,21 @@ def test_re_sorted_file_order_is_one_warning_line(parts, tmp_path):
     result = runner.invoke(app, ["run", str(kept), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "warning:" not in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--address", "auto"], "--address and --workers go with --backend ray"),
+    (["run", "--backend", "spark"], "--backend 'spark': choose local or ray"),
+    (["tune", "x.yaml", "--workers", "2"], None),  # the config is read first: a missing file is named
+    (["recommend", "runs/x", "--backend", "ray", "--model", "ease", "--user", "1"],
+     "--backend, --address and --workers go with --all-users"),
+])
+def test_backend_options_are_checked_in_one_line(args, message, tmp_path, monkeypatch):
+    from recstack.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1
+    if message is not None:
+        assert message in result.output

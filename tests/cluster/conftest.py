@@ -1,4 +1,5 @@
-"""One local Ray instance for the cluster tests (2 CPUs, no network, no dashboard)."""
+"""One local Ray instance for the cluster tests (2 CPUs, no network, no dashboard), shut down after
+them so that the rest of the suite runs without Ray's processes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_instance(tmp_path_factory):
     from recstack.cluster import RaySettings, connect
 

@@ -22,7 +22,7 @@ from recstack.experiment.run import run_experiment
 from recstack.experiment.tune import tune
 from recstack.models import build
 from recstack.serve.batch import recommend_all
-from recstack.testing import clustered_interactions, shuffled_split
+from recstack.testing import assert_scores_equivalent, clustered_interactions, shuffled_split
 
 pytestmark = pytest.mark.usefixtures("ray_instance")
 RANKER = RayRanker(RaySettings(workers=2))
@@ -195,21 +195,20 @@ def test_an_unreachable_cluster_is_one_line_and_exit_2(parts, tmp_path):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-def test_data_parallel_training_on_two_ray_train_workers(split, tmp_path):
-    """`workers: 2` fits LightGCN on two Ray Train workers (gloo): an ordinary fitted model comes back,
-    with its curve, as accurate as the one-process fit within this fixture's noise."""
-    params = {"epochs": 20, "batch_size": 256, "seed": 1}
+def test_data_parallel_training_on_two_ray_train_workers_equals_one_process(split, tmp_path):
+    """`workers: 2` fits LightGCN on two Ray Train workers (gloo), each on half of every batch: the
+    steps are one process's steps, so the model that comes back (an ordinary fitted model, curve
+    included) scores as the one-process fit does, to float tolerance."""
+    params = {"epochs": 6, "batch_size": 256, "seed": 1, "eval_every": 2}
     one = build("lightgcn", params).fit(split.train, split.valid)
     two = build("lightgcn", {**params, "workers": 2}).fit(split.train, split.valid)
     history = split.history("test")
-    ndcg = [evaluate(m, history, split.test, ks=[10]).metrics["NDCG@10"] for m in (one, two)]
-    pop = evaluate(build("pop").fit(split.train), history, split.test, ks=[10]).metrics["NDCG@10"]
-    assert ndcg[1] > pop + 0.2 and abs(ndcg[1] - ndcg[0]) < 0.03
-    assert [h["epoch"] for h in two.history_] == list(range(1, 21)) and two.best_epoch_ >= 1
-    # half the steps per epoch on each worker, each step averaging two batches: not the one-process curve
-    assert two.history_[0]["loss"] != one.history_[0]["loss"]
+    users = np.arange(split.train.n_users)
+    assert_scores_equivalent(two.score(users, history), one.score(users, history))
+    assert [h["epoch"] for h in two.history_] == list(range(1, 7)) and two.best_epoch_ == one.best_epoch_
+    np.testing.assert_allclose([h["loss"] for h in two.history_], [h["loss"] for h in one.history_], rtol=1e-4)
     two.save(tmp_path / "m")
-    assert np.array_equal(type(two).load(tmp_path / "m").score(np.arange(5), history), two.score(np.arange(5), history))
+    assert np.array_equal(type(two).load(tmp_path / "m").score(users[:5], history), two.score(users[:5], history))
 
 
 def test_data_parallel_training_refuses_a_model_without_gradients(split):

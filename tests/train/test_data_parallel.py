@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 from recstack.train import Trainer, TrainerConfig
 
-N_BATCHES, BATCH, DIM = 7, 16, 5  # seven batches: the last, unpaired one is dropped by both workers
+N_BATCHES, BATCH, DIM = 7, 16, 5  # seven batches: the last round is short (rank 1 has no batch in it)
 
 
 def make_batches(merged: bool):
@@ -20,8 +20,8 @@ def make_batches(merged: bool):
     x = rng.normal(size=(N_BATCHES * BATCH, DIM)).astype(np.float32)
     y = (x @ np.arange(1, DIM + 1, dtype=np.float32) + rng.normal(size=len(x)).astype(np.float32))
     size = 2 * BATCH if merged else BATCH
-    usable = (N_BATCHES // 2) * 2 * BATCH if merged else len(x)
-    return lambda: [(x[i:i + size], y[i:i + size]) for i in range(0, usable, size)]
+    cut = len(x) - 5  # a short last batch: its step weighs examples, not workers
+    return lambda: [(x[i:min(i + size, cut)], y[i:min(i + size, cut)]) for i in range(0, cut, size)]
 
 
 def loss(module, batch):
@@ -67,3 +67,14 @@ def test_two_workers_train_as_one_process_on_merged_batch_pairs():
             np.testing.assert_allclose(state[key], value.numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(losses, single_losses, rtol=1e-5)
     assert not np.allclose(results[0][0]["weight"], fit(make_batches(merged=False))[0]["weight"].numpy())
+
+
+def test_workers_reaching_the_trainer_outside_a_data_parallel_fit_are_refused():
+    """A model that trains its own way (stages, its own loop) cannot silently ignore `workers: 2`."""
+    import pytest
+
+    from recstack.errors import RecstackError
+
+    with pytest.raises(RecstackError, match="workers: 2 asks for data-parallel training"):
+        Trainer(TrainerConfig(epochs=1, workers=2, verbose=False)).fit(torch.nn.Linear(DIM, 1), loss,
+                                                                       make_batches(merged=False))

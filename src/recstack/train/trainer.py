@@ -148,52 +148,64 @@ class _DataParallel:
     """What the loop does differently on one of `world` data-parallel workers.
 
     Every worker builds the same module from the same seed and draws the same batches (the
-    samplers are seeded alike); worker r trains on batches r, r + world, ... of each epoch, whole
-    rounds only, so every worker takes the same number of steps. After each backward pass the
-    gradients are averaged over the workers in one all-reduce (the algorithm of torch's
+    samplers are seeded alike); worker r trains on batches r, r + world, ... of each epoch, one
+    round of `world` batches per optimiser step, the last round possibly short (a worker without a
+    batch in it contributes nothing). After each backward pass the gradients are combined in one
+    all-reduce, each worker's weighted by its batch's examples: the gradient of the mean loss over
+    the round's examples, exactly what one process computes on those batches merged (every
+    recstack batch loss is a mean over its batch). This is the arithmetic of torch's
     DistributedDataParallel, whose wrapper only hooks `forward`, while a recstack model's loss is
-    `batch_loss(module, batch)`), so the weights stay identical on every worker. Losses are
-    averaged for the log; rank 0 validates and sends the figure to the others, so all stop
-    together and restore the same best epoch.
+    `batch_loss(module, batch)`. The weights stay identical on every worker; rank 0 validates and
+    sends the figure to the others, so all stop together and restore the same best epoch.
     """
 
     def __init__(self, rank: int, world: int) -> None:
         self.rank, self.world = rank, world
 
     def own_batches(self, batches: Iterable[Any]) -> Iterable[Any]:
+        """This worker's batch of each round; None in a short last round that has none for it."""
         round_: list[Any] = []
         for batch in batches:
             round_.append(batch)
             if len(round_) == self.world:
                 yield round_[self.rank]
                 round_ = []
+        if round_:
+            yield round_[self.rank] if self.rank < len(round_) else None
 
     def start(self, module: torch.nn.Module) -> None:
         for tensor in module.state_dict().values():  # the same start everywhere, whatever the init did
             torch.distributed.broadcast(tensor, src=0)
 
-    def average_gradients(self, module: torch.nn.Module) -> None:
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in module.parameters() if p.requires_grad]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])  # one all-reduce per step, not one per tensor
+    def combine(self, module: torch.nn.Module, examples: int, loss: torch.Tensor | None) -> torch.Tensor:
+        """Replace every gradient by the example-weighted mean over the workers (one all-reduce, the
+        weights and losses riding along); return the round's mean loss, the same on every worker."""
+        params = [p for p in module.parameters() if p.requires_grad]
+        grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) * examples for p in params]
+        tail = torch.tensor([float(examples), 0.0 if loss is None else float(loss.detach()) * examples],
+                            dtype=grads[0].dtype if grads else torch.float32, device=grads[0].device if grads else None)
+        flat = torch.cat([*grads, tail])
         torch.distributed.all_reduce(flat)
-        flat /= self.world
+        total = flat[-2]
         offset = 0
-        for p in (p for p in module.parameters() if p.requires_grad):
+        for p in params:
             n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
+            p.grad = (flat[offset:offset + n] / total).view_as(p).clone()
             offset += n
-
-    def mean(self, value: torch.Tensor) -> torch.Tensor:
-        value = value.detach().clone()
-        torch.distributed.all_reduce(value)
-        return value / self.world
+        return flat[-1] / total
 
     def shared_value(self, value: float | None) -> float:
         box = torch.tensor([math.nan if value is None else value], dtype=torch.float64)
         torch.distributed.broadcast(box, src=0)
         return float(box.item())
+
+
+def batch_examples(batch: Any) -> int:
+    """The examples in a batch: the leading size of its first array (tuples, lists, dicts nest)."""
+    while isinstance(batch, (tuple, list, dict)) and len(batch):
+        batch = next(iter(batch.values())) if isinstance(batch, dict) else batch[0]
+    shape = getattr(batch, "shape", None)
+    return int(shape[0]) if shape else 1
 
 
 def seed_everything(seed: int) -> None:
@@ -374,6 +386,10 @@ class Trainer:
         module.to(self.device)
         module.train()
         group = data_parallel_group()
+        if c.workers > 1 and group is None:  # only TorchRecommender.fit hands a fit to Ray Train
+            raise RecstackError(f"workers: {c.workers} asks for data-parallel training, which recstack runs for models "
+                                "trained by TorchRecommender's own fit; this model trains its own way (in stages, or "
+                                "with its own loop), so train it with workers: 1")
         parallel = _DataParallel(*group) if group is not None else None
         if parallel is not None:
             if c.optimizer == "none":
@@ -419,12 +435,14 @@ class Trainer:
                         with torch.no_grad():
                             loss = batch_loss(module, to_device(batch, self.device))
                     else:
-                        with self._autocast():
-                            loss = batch_loss(module, to_device(batch, self.device))
                         optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
+                        if batch is not None:  # None: a data-parallel worker with no batch in the last round
+                            with self._autocast():
+                                loss = batch_loss(module, to_device(batch, self.device))
+                            loss.backward()
                         if parallel is not None:
-                            parallel.average_gradients(module)
+                            loss = parallel.combine(module, 0 if batch is None else batch_examples(batch),
+                                                    None if batch is None else loss)
                         if c.max_grad_norm is not None:
                             torch.nn.utils.clip_grad_norm_(module.parameters(), c.max_grad_norm)
                         optimizer.step()
@@ -436,8 +454,6 @@ class Trainer:
                 if scheduler is not None:
                     scheduler.step()
                 # one device sync per epoch, not per batch
-                if parallel is not None:
-                    total = parallel.mean(total)
                 mean_loss = float(total) / max(n_batches, 1)
                 if not math.isfinite(mean_loss):
                     raise TrainingDivergedError(
