@@ -31,6 +31,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -129,7 +130,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nnz", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--stages", nargs="+", default=STAGES, choices=STAGES)
-    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/recstack-scale"))
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="where the generated Parquet folders are cached (default: recstack-scale in the temp folder)")
     parser.add_argument("--eval-users", type=int, default=10_000)
     parser.add_argument("--limit-s", type=float, default=1800.0)
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
@@ -140,9 +142,10 @@ def main() -> None:
     print_machine("settings: one thread everywhere (OMP_NUM_THREADS=1 expected); each size in a fresh process")
     from recstack.data.synthetic import write_power_law_parquet
 
+    data_dir = args.data_dir or Path(tempfile.gettempdir()) / "recstack-scale"
     results: dict[int, list[dict]] = {}
     for nnz in args.nnz:
-        folder = args.data_dir / f"power-law-{nnz}"
+        folder = data_dir / f"power-law-{nnz}"
         if not folder.exists():
             tick = time.perf_counter()
             write_power_law_parquet(folder, nnz, parts=8, seed=0)

@@ -16,8 +16,8 @@ def ray_instance(tmp_path_factory):
     from recstack.cluster import RaySettings, connect
 
     markers = tmp_path_factory.mktemp("ray-markers")
-    # the workers inherit the environment of the instance: this folder (faulty.py) and the marker folder
-    here = str(Path(__file__).parent)
+    # the workers inherit the environment of the instance: tests/ (for cluster.faulty) and the marker folder
+    here = str(Path(__file__).parents[1])
     saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "RECSTACK_TEST_MARKERS")}
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, saved["PYTHONPATH"]]))
     os.environ["RECSTACK_TEST_MARKERS"] = str(markers)

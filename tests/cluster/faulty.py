@@ -1,7 +1,7 @@
-"""Models whose worker dies once, for the Ray fault tests: imported by the Ray workers (the test
-session puts this folder on their PYTHONPATH). The first call in any process creates a marker file
-in $RECSTACK_TEST_MARKERS and kills that process, as the OOM killer or a lost node would; every
-later call, in the restarted task, finds the marker and works."""
+"""Models whose worker dies once, for the Ray fault tests: imported by the Ray workers as
+`cluster.faulty` (the cluster tests put tests/ on their PYTHONPATH). The first call in any process
+creates a marker file in $RECSTACK_TEST_MARKERS and kills that process, as the OOM killer or a lost
+node would; every later call, in the restarted task, finds the marker and works."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from faulty import ScoreDiesOnce
+from cluster.faulty import ScoreDiesOnce
 from recstack.cli import app
 from recstack.cluster import RaySettings, check_reachable
 from recstack.cluster.evaluate import RayRanker, user_blocks
@@ -173,7 +173,7 @@ def test_tuning_on_ray_records_failed_trials_and_keeps_the_study(parts, tmp_path
 
 
 def test_a_trial_whose_worker_dies_is_restarted_with_its_parameters(parts, tmp_path, ray_instance):
-    config = tune_config(parts, tmp_path, model="faulty:EASEFitDiesOnce")
+    config = tune_config(parts, tmp_path, model="cluster.faulty:EASEFitDiesOnce")
     config = config.model_copy(update={"tune": config.tune.model_copy(update={
         "space": {"reg": config.tune.space["reg"].model_copy(update={"choices": [30.0]})}, "n_trials": 2})})
     result = tune(config, progress=False, final_run=False)

@@ -1,0 +1,1 @@
+"""Ray scale-out tests: a package, so that its conftest does not shadow tests/conftest.py as the module `conftest`."""
