@@ -157,6 +157,7 @@ def test_tuning_on_ray_records_failed_trials_and_keeps_the_study(parts, tmp_path
     assert all(t["params"]["reg"] == -1.0 and "reg" in t["error"] and "greater than 0" in t["error"]
                for t in failed)
     assert result.best_value == max(t["value"] for t in done)
+    assert result.n_failed == len(failed) and f"{len(failed)} failed" in "\n".join(result.summary())
     # each trial's value is what the local evaluation of that setting gives
     best = next(t for t in done if t["number"] == result.best_trial)
     config = tune_config(parts, tmp_path)

@@ -58,6 +58,7 @@ class TuneResult:
     target_trials: int = 0
     run_dir: Path | None = None  # the best setting's run, trained now or found complete from before
     run_reused: bool = False
+    n_failed: int = 0  # trials recorded as failed (the Ray backend records a raising trial and goes on)
 
     def summary(self) -> list[str]:
         """Lines for a person: the best, what ran now and what was resumed, the final run."""
@@ -69,6 +70,8 @@ class TuneResult:
                        f"{self.target_trials} asked for; raise --n-trials to search further")
         else:
             trials += f" ({self.n_trials} finished, {self.target_trials} asked for)"
+        if self.n_failed:
+            trials += f"; {self.n_failed} failed, their errors are in trials.json"
         lines.append(trials)
         if self.run_reused:
             lines.append(f"best setting not re-trained: its run with this exact config already exists: {self.run_dir}")
@@ -348,7 +351,7 @@ def tune(config: ExperimentConfig | dict | str, *, n_trials: int | None = None, 
 
     result = TuneResult(tune_dir, best_params, float(best.value), n_finished, None, metric=label, study_name=name,
                         best_trial=best.number, n_run_now=n_finished - n_resumed, n_resumed=n_resumed,
-                        target_trials=target)
+                        target_trials=target, n_failed=sum(t["state"] == "FAIL" for t in trials))
     if final_run:
         final = config.model_copy(update={
             "tune": None,
