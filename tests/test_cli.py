@@ -17,23 +17,15 @@ from typer.testing import CliRunner
 from conftest import make_clustered, simple_split
 from recstack.cli import app
 from recstack.models import MODELS
+from recstack.testing import write_split_files
 
 runner = CliRunner()
 
 
 def write_parts(folder: Path) -> dict[str, str]:
     """A tiny clustered log split 8:1:1 per user, as TSVs with integer ids offset to look raw."""
-    folder.mkdir(parents=True, exist_ok=True)
     split = simple_split(make_clustered(n_users=60, n_items=30, per_user=10, seed=1))
-    paths = {}
-    for part in ("train", "valid", "test"):
-        log = getattr(split, part)
-        lines = ["user_id\titem_id\trating\ttimestamp"]
-        lines += [f"{1000 + u}\t{500 + i}\t{v:g}\t{t}" for u, i, v, t in
-                  zip(log.users.ids[log.user], log.items.ids[log.item], log.value, log.timestamp)]
-        paths[part] = str(folder / f"{part}.tsv")
-        Path(paths[part]).write_text("\n".join(lines) + "\n")
-    return paths
+    return write_split_files(split, folder, user_id="1{:03d}", item_id="5{:02d}")
 
 
 def write_config(path: Path, **raw) -> Path:

@@ -105,6 +105,21 @@ def shuffled_split(data: Interactions, seed: int = 0) -> Split:
                  data.take(position >= 0.9), method="fixture")
 
 
+def write_split_files(split: Split, folder: Path, *, user_id: str = "{}", item_id: str = "{}") -> dict[str, str]:
+    """The parts of `split` as TSVs (user_id, item_id, rating, timestamp) in `folder`, for configs'
+    `data: {files: ...}`; `user_id` / `item_id` format the raw ids (e.g. "u{}" for string ids)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for part in ("train", "valid", "test"):
+        log = getattr(split, part)
+        lines = ["user_id\titem_id\trating\ttimestamp"]
+        lines += [f"{user_id.format(u)}\t{item_id.format(i)}\t{v:g}\t{t}" for u, i, v, t in
+                  zip(log.users.ids[log.user], log.items.ids[log.item], log.value, log.timestamp)]
+        paths[part] = str(folder / f"{part}.tsv")
+        Path(paths[part]).write_text("\n".join(lines) + "\n")
+    return paths
+
+
 def clustered_item_table(ids: np.ndarray, n_clusters: int = 6) -> dict[str, np.ndarray]:
     """Titles, genres naming each item's cluster (every fourth item also "Drama") and years."""
     ids = [int(i) for i in ids]

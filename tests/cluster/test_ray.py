@@ -22,7 +22,7 @@ from recstack.experiment.run import run_experiment
 from recstack.experiment.tune import tune
 from recstack.models import build
 from recstack.serve.batch import recommend_all
-from recstack.testing import assert_scores_equivalent, clustered_interactions, shuffled_split
+from recstack.testing import assert_scores_equivalent, clustered_interactions, shuffled_split, write_split_files
 
 pytestmark = pytest.mark.usefixtures("ray_instance")
 RANKER = RayRanker(RaySettings(workers=2))
@@ -36,16 +36,7 @@ def split():
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory, split):
     """The split as TSV files with string ids, for experiment configs."""
-    folder = tmp_path_factory.mktemp("ray-data")
-    paths = {}
-    for part in ("train", "valid", "test"):
-        log = getattr(split, part)
-        lines = ["user_id\titem_id\trating\ttimestamp"]
-        lines += [f"u{u}\ti{i}\t{v:g}\t{t}" for u, i, v, t in
-                  zip(log.users.ids[log.user], log.items.ids[log.item], log.value, log.timestamp)]
-        paths[part] = str(folder / f"{part}.tsv")
-        (folder / f"{part}.tsv").write_text("\n".join(lines) + "\n")
-    return paths
+    return write_split_files(split, tmp_path_factory.mktemp("ray-data"), user_id="u{}", item_id="i{}")
 
 
 def assert_same_evaluation(local, distributed):

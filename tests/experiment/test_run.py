@@ -18,21 +18,13 @@ from recstack.evaluate import evaluate
 from recstack.experiment import load_config, load_run, parse_config, recommend, run_experiment
 from recstack.experiment.report import leaderboard, write_report
 from recstack.models import build, load_model
+from recstack.testing import write_split_files
 
 
 def write_parts(folder: Path, seed: int = 0) -> dict[str, str]:
     """Tiny clustered log, split 8:1:1 per user, written as TSVs with string user ids ('u7')."""
-    folder.mkdir(parents=True, exist_ok=True)
     split = simple_split(make_clustered(n_users=90, n_items=40, per_user=12, seed=seed), seed=seed)
-    paths = {}
-    for part in ("train", "valid", "test"):
-        log = getattr(split, part)
-        lines = ["user_id\titem_id\trating\ttimestamp"]
-        lines += [f"u{u}\t{i}\t{v:g}\t{t}" for u, i, v, t in
-                  zip(log.users.ids[log.user], log.items.ids[log.item], log.value, log.timestamp)]
-        paths[part] = str(folder / f"{part}.tsv")
-        Path(paths[part]).write_text("\n".join(lines) + "\n")
-    return paths
+    return write_split_files(split, folder, user_id="u{}")
 
 
 @pytest.fixture(scope="module")
