@@ -26,6 +26,10 @@ from recstack.testing import assert_scores_equivalent, clustered_interactions, s
 
 pytestmark = pytest.mark.usefixtures("ray_instance")
 RANKER = RayRanker(RaySettings(workers=2))
+# a scoring budget of 100 users' scores over the fixture's 120 items: the local evaluation then
+# scores in blocks of 100 users, and the Ray tasks get exactly those blocks, so both sides multiply
+# the same shapes and the per-user values can be compared bit for bit on any CPU
+ALIGNED_MB = 100 * 120 * 8 / 2**20
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +58,8 @@ def test_user_blocks_cover_every_user_once_and_respect_the_scoring_block():
         assert np.array_equal(covered, np.arange(n_users))
         assert all(b - a <= 41 for a, b in blocks)  # 16 MiB / 8 bytes / 50,000 items = 41 users
         assert len(blocks) >= min(workers, n_users)
+    # enough users for whole local blocks: the tasks' blocks are the local ones
+    assert user_blocks(300, 120, 2, ALIGNED_MB) == [(0, 100), (100, 200), (200, 300)]
 
 
 # als: implicit's fold-in wants writable factors, and Ray hands tasks read-only arrays (the model
@@ -65,8 +71,8 @@ FAST_PARAMS = {"bpr": {"seed": 3}, "als": {"seed": 3}, "sasrec": {"epochs": 25, 
 def test_distributed_evaluation_equals_local_user_by_user(split, name):
     model = build(name, FAST_PARAMS.get(name, {})).fit(split.train)
     history = split.history("test")
-    local = evaluate(model, history, split.test)
-    distributed = evaluate(model, history, split.test, ranker=RANKER)
+    local = evaluate(model, history, split.test, memory_budget_mb=ALIGNED_MB)
+    distributed = evaluate(model, history, split.test, ranker=RANKER, memory_budget_mb=ALIGNED_MB)
     assert_same_evaluation(local, distributed)
     assert local.metrics["NDCG@10"] > 0.1  # a real model, not an empty list
 
@@ -77,7 +83,7 @@ def test_distributed_evaluation_keeps_the_protocol_options(split):
     model = build("ease").fit(split.train)
     pop = build("pop").fit(split.train)
     policy = ColdUsers("fallback", min_history=25, fallback=pop, fallback_name="pop")
-    options = {"exclude": split.valid, "cold_users": policy, "memory_budget_mb": 0.05, "ks": [5, 10]}
+    options = {"exclude": split.valid, "cold_users": policy, "memory_budget_mb": ALIGNED_MB / 4, "ks": [5, 10]}
     local = evaluate(model, split.train, split.test, **options)
     distributed = evaluate(model, split.train, split.test, ranker=RANKER, **options)
     assert local.history_counts.n_fallback > 0
@@ -86,15 +92,16 @@ def test_distributed_evaluation_keeps_the_protocol_options(split):
 
 def test_a_worker_that_dies_mid_evaluation_is_replaced_and_the_results_are_complete(split, ray_instance):
     model = build("ease").fit(split.train)
-    local = evaluate(model, split.train, split.valid)
+    local = evaluate(model, split.train, split.valid, memory_budget_mb=ALIGNED_MB)
     dying = ScoreDiesOnce(model, marker="evaluate-score")
-    distributed = evaluate(dying, split.train, split.valid, ranker=RANKER)
+    distributed = evaluate(dying, split.train, split.valid, ranker=RANKER, memory_budget_mb=ALIGNED_MB)
     assert (ray_instance / "evaluate-score").exists()  # a worker did die
     assert_same_evaluation(local, distributed)
 
 
 def test_a_run_with_a_ray_section_writes_the_local_figures(parts, tmp_path):
-    raw = {"data": {"files": parts}, "models": [{"name": "pop"}, {"name": "ease"}], "ks": [5, 10]}
+    raw = {"data": {"files": parts}, "models": [{"name": "pop"}, {"name": "ease"}], "ks": [5, 10],
+           "memory_budget_mb": ALIGNED_MB}
     local = run_experiment(parse_config({**raw, "output_dir": str(tmp_path / "local")}), progress=False)
     on_ray = run_experiment(parse_config({**raw, "output_dir": str(tmp_path / "ray"), "ray": {"workers": 2}}),
                             progress=False)
@@ -113,8 +120,8 @@ def test_batch_top_k_as_partitioned_parquet_equals_the_single_file(parts, tmp_pa
     raw = {"data": {"files": parts}, "models": [{"name": "ease"}, {"name": "itemknn"}], "ks": [10],
            "output_dir": str(tmp_path)}
     run = run_experiment(parse_config(raw), progress=False)
-    recommend_all(run.run_dir, tmp_path / "one.parquet", k=7)
-    recommend_all(run.run_dir, tmp_path / "parts", k=7, ray=RaySettings(workers=2))
+    recommend_all(run.run_dir, tmp_path / "one.parquet", k=7, memory_budget_mb=ALIGNED_MB)
+    recommend_all(run.run_dir, tmp_path / "parts", k=7, ray=RaySettings(workers=2), memory_budget_mb=ALIGNED_MB)
     assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["model=ease", "model=itemknn"]
     assert len(list((tmp_path / "parts" / "model=ease").glob("part-*.parquet"))) >= 2
     keys = [("model", "ascending"), ("user_id", "ascending"), ("rank", "ascending")]

@@ -30,11 +30,17 @@ def _remote_rank() -> Any:
 
 
 def user_blocks(n_users: int, n_items: int, workers: int, memory_budget_mb: float) -> list[tuple[int, int]]:
-    """[start, stop) ranges of the users: at least one per worker when there are enough users, and
-    never more users in one than the local evaluation puts in one scoring block."""
+    """[start, stop) ranges of the users, never more in one than the local evaluation scores at once.
+
+    With enough users for every worker to get a whole local scoring block, the ranges are exactly
+    the local blocks: each task multiplies the same shapes as one process does, so its scores are
+    bit for bit the local ones. With fewer, the users are shared out evenly (ceil(n / workers) each)
+    to keep every worker busy; scores of other shapes may then differ in their last bits, which
+    changes a list only where two items' scores tie to within that."""
     if n_users == 0:
         return []
-    size = min(block_size_for(n_items, memory_budget_mb), -(-n_users // workers))
+    block = block_size_for(n_items, memory_budget_mb)
+    size = block if n_users >= workers * block else min(block, -(-n_users // workers))
     return [(start, min(start + size, n_users)) for start in range(0, n_users, size)]
 
 
