@@ -108,6 +108,20 @@ def clustered_with_items():
     return dataset, shuffled_split(dataset.interactions)
 
 
+# the item-modality models' unit tests (MMHCL, LIRDRec): both offline modalities, a small TF-IDF, a
+# short fit; each file pins its model's NDCG@10 with these
+MODALITY_FAST = {"modalities": ["text", "structure"], "tfidf_dim": 32, "cache_embeddings": False, "epochs": 10,
+                 "learning_rate": 1e-2, "batch_size": 512, "embedding_size": 32, "verbose": False}
+
+
+def built_with_items(name: str, data, **params):
+    """(model, module, split): `name` with `MODALITY_FAST` plus `params`, built on `clustered_with_items`."""
+    from recstack.testing import built_module
+
+    dataset, split = data
+    return (*built_module(name, {**MODALITY_FAST, **params}, dataset, split), split)
+
+
 @pytest.fixture(scope="session")
 def clustered_split(clustered) -> Split:
     return simple_split(clustered)
