@@ -21,6 +21,15 @@ def test_vocab_unknown_id_is_a_user_error_with_suggestion():
     assert isinstance(info.value, RecstackError)
 
 
+def test_vocab_reads_ascii_integer_text_as_a_numeric_id_and_nothing_else():
+    vocab = Vocab(np.array([3, -5, 7]), "user")
+    assert vocab.index("-5") == 1 and "7" in vocab and "3" in vocab
+    for text in ("²", "٣", "--5", "-", "", "3.0", " 3"):  # Unicode digits, stray signs, floats, spaces
+        assert text not in vocab
+        with pytest.raises(UnknownIdError):
+            vocab.index(text)
+
+
 def test_vocab_rejects_duplicates():
     with pytest.raises(ValueError, match="duplicate"):
         Vocab(np.array([1, 2, 1]))

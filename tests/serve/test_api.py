@@ -118,6 +118,10 @@ def test_lookups(client):
     user = client.get("/v1/users/1").json()
     assert user["known_user"] and user["history_length"] == 12 and len(user["recent"]) == 10
     assert client.get("/v1/users/nobody").status_code == 404
+    # Unicode digits are not ids of a numeric vocabulary (the fuzzer found "²" crashing int())
+    for digits in ("%C2%B2", "%C2%B9/similar", "--5"):
+        assert client.get(f"/v1/items/{digits}").status_code == 404
+    assert client.get("/v1/users/%C2%B2").status_code == 404
 
 
 def test_events_are_seen_at_the_next_request_and_ingest_is_idempotent(client, run_dir):
@@ -158,6 +162,22 @@ def test_bad_recommend_requests_are_422_naming_the_field(client, body, loc):
     response = client.post("/v1/recommend", json=body)
     assert response.status_code == 422
     assert loc in [error["loc"] for error in response.json()["detail"]], response.json()
+
+
+@pytest.mark.parametrize("user_id", [2**63, -(2**63) - 1, 10**30])
+def test_a_numeric_id_beyond_64_bits_is_422_not_500(client, user_id):
+    # found by the schema fuzzer: such an id was accepted, and echoing it back broke the JSON encoder
+    response = client.post("/v1/recommend", json={"user_id": user_id})
+    assert response.status_code == 422
+    assert all(error["loc"][:2] == ["body", "user_id"] for error in response.json()["detail"]), response.json()
+    excluded = client.post("/v1/recommend", json={"user_id": 1, "exclude": [user_id]})
+    assert excluded.status_code == 422 and excluded.json()["detail"][0]["loc"][:3] == ["body", "exclude", 0]
+
+
+def test_the_largest_64_bit_id_is_an_unknown_user(client):
+    response = client.post("/v1/recommend", json={"user_id": 2**63 - 1, "k": 3})
+    assert response.status_code == 200 and response.json()["user_id"] == 2**63 - 1
+    assert response.json()["known_user"] is False
 
 
 def test_bad_bodies_are_422(client):

@@ -28,6 +28,14 @@ class UnknownIdError(RecstackError, KeyError):
         return str(self.args[0])
 
 
+
+def is_integer_text(text: str) -> bool:
+    """Whether `text` is an optionally signed integer in ASCII digits ("42", "-7"). str.isdigit is
+    not enough: it accepts "²" and other Unicode digits that int() refuses or reads as other numbers."""
+    digits = text[1:] if text.startswith("-") else text
+    return digits.isascii() and digits.isdigit()
+
+
 class Vocab:
     """Bijection between external ids (as loaded) and dense int32 indices 0..n-1."""
 
@@ -69,7 +77,7 @@ class Vocab:
 
     def _coerce(self, external_id):
         # ids typed on a command line arrive as strings even when the vocabulary holds ints
-        if self.ids.dtype.kind in "iu" and isinstance(external_id, str) and external_id.lstrip("-").isdigit():
+        if self.ids.dtype.kind in "iu" and isinstance(external_id, str) and is_integer_text(external_id):
             return int(external_id)
         if self.ids.dtype == object and len(self.ids) and isinstance(self.ids[0], str):
             return str(external_id)

@@ -53,7 +53,7 @@ def seed_label(label: str, seed: int) -> str:
 def split_seed_label(name: str) -> tuple[str, int | None]:
     """'ease@seed7' -> ('ease', 7); a plain label -> (label, None)."""
     label, mark, seed = name.partition(SEED_MARK)
-    return (label, int(seed)) if mark and seed.isdigit() else (name, None)
+    return (label, int(seed)) if mark and seed.isascii() and seed.isdigit() else (name, None)
 
 
 def saved_models(run_dir: Path) -> list[str]:

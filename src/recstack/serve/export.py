@@ -8,13 +8,14 @@ import io
 import numpy as np
 import pyarrow as pa
 
+from recstack.data.interactions import is_integer_text
 from recstack.serve.events import Event
 
 
 def _ids(run_ids: np.ndarray, posted: list[str]) -> pa.Array:
     """One id column: numbers stay numbers when the run's ids are numbers and every posted id reads as
     one (events store ids as text), else everything as text."""
-    if run_ids.dtype.kind in "iu" and all(p.lstrip("-").isdigit() for p in posted):
+    if run_ids.dtype.kind in "iu" and all(is_integer_text(p) for p in posted):
         return pa.array(np.concatenate([run_ids.astype(np.int64), np.array([int(p) for p in posted], np.int64)]))
     return pa.array([str(x) for x in run_ids.tolist()] + posted, type=pa.string())
 

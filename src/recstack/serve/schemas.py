@@ -11,8 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 MAX_K = 1000
 MAX_ITEMS = 1000  # items in an ad-hoc history, ids in an exclusion list, events in one post
 
-ExternalId = Annotated[Union[int, Annotated[str, Field(min_length=1, max_length=200)]],
-                       Field(description="an id as in the data (number or text)")]
+# numeric ids are 64-bit like the data's id columns: a larger number can name no user or item, and
+# answers echo the id back (JSON encoders stop at 64 bits), so it is a 422, not a 500
+ExternalId = Annotated[Union[Annotated[int, Field(ge=-2**63, le=2**63 - 1)],
+                             Annotated[str, Field(min_length=1, max_length=200)]],
+                       Field(description="an id as in the data (a 64-bit integer or text)")]
 
 
 class _Body(BaseModel):

@@ -56,7 +56,7 @@ def check_valid_metric(value: str) -> str:
         example = f"{known[close[0]]}@{k.strip() or 10}" if close else "NDCG@10"
         hint = f"did you mean {example!r}?" if close else f"e.g. {example!r}"
         raise RecstackError(f"valid_metric {value!r} is unknown; {hint} (metrics: {', '.join(known.values())})")
-    if not at or not k.strip().isdigit() or int(k) < 1:
+    if not at or not (k.strip().isascii() and k.strip().isdigit()) or int(k) < 1:
         raise RecstackError(f"valid_metric {value!r} needs a cut-off k >= 1, e.g. '{canonical}@10'")
     (name, k), = parse_metric_labels([f"{canonical}@{int(k)}"], [])
     return f"{name}@{k}"

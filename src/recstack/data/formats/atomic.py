@@ -88,7 +88,7 @@ def _whole_numbers(values: np.ndarray) -> np.ndarray:
             else values
     if values.dtype.kind in "iu":
         return values.astype(np.int64)
-    return values.astype(np.int64) if all(str(v).isdigit() for v in values) else values
+    return values.astype(np.int64) if all(str(v).isascii() and str(v).isdigit() for v in values) else values
 
 
 def _numeric_year(values: np.ndarray) -> np.ndarray:
@@ -100,7 +100,7 @@ def _numeric_year(values: np.ndarray) -> np.ndarray:
         return years
     for i, value in enumerate(values):
         text = str(value).strip()
-        if text.isdigit():
+        if text.isascii() and text.isdigit():
             years[i] = int(text)
     return years
 

@@ -204,7 +204,7 @@ def _strip_user_prefix(ids: np.ndarray, path: Path, header: bool = True) -> np.n
     for value in set(ids.tolist()):  # a few thousand distinct users, whatever the number of rows
         text = str(value)
         rest = text[len(RECBOLE_ML1M_USER_PREFIX):]
-        if text.startswith(RECBOLE_ML1M_USER_PREFIX) and rest.isdigit():
+        if text.startswith(RECBOLE_ML1M_USER_PREFIX) and rest.isascii() and rest.isdigit():
             lookup[value] = int(rest)
     mapped = np.fromiter((lookup.get(value, -1) for value in ids.tolist()), dtype=np.int64, count=len(ids))
     if (mapped < 0).any():
