@@ -51,6 +51,14 @@ class MatrixFactorization:
             return torch.mm(self._user_t[torch.from_numpy(np.asarray(users, dtype=np.int64))], self._item_t)
         return self.user_factors[users] @ self.item_factors.T
 
+    # the `DotProductScorer` ability, as recstack's MF models have it: `evaluate` multiplies tile by tile
+    # (recstack.evaluate.fused; RECSTACK_FUSED=0 measures the score-matrix path instead)
+    def user_queries(self, users, history):
+        return self.user_factors[np.asarray(users)]
+
+    def item_vectors(self):
+        return self.item_factors, None
+
 
 def library_of(array) -> str:
     """Which library made `array`: 'torch' for a torch tensor, 'numpy' for anything else."""
@@ -100,6 +108,15 @@ def raw_topk(library: str):
         idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         return idx, np.take_along_axis(scores, idx, axis=1)
     return top_np
+
+
+def path_under_test(precision: str) -> str:
+    """How `evaluate` ranks the benchmark's model on this install."""
+    from recstack.evaluate.fused import fused_applies
+
+    if fused_applies(MatrixFactorization(np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32)), precision):
+        return f"fused {precision} tiles (recstack.evaluate.fused)"
+    return "score blocks (numpy matmul)"
 
 
 def installed_libraries() -> list[str]:
@@ -166,6 +183,9 @@ def main() -> None:
     parser.add_argument("--library", choices=LIBRARIES, default="numpy",
                         help="what the model under test (and so the reference) multiplies with; numpy is what "
                              "recstack's MF models do (models/kernels/scoring.py)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="evaluate(precision=...): bf16 multiplies dot-product models in bfloat16 and re-scores "
+                             "the candidates in float32 (recstack.evaluate.fused)")
     parser.add_argument("--shapes", nargs="+", type=parse_shape, metavar="ITEMS:USERS",
                         default=SHAPES, help="catalogue sizes and users scored (default: 1682:20000 "
                                              "50000:5000 1000000:1000)")
@@ -186,7 +206,7 @@ def run(args: argparse.Namespace) -> None:
     libraries = reference_libraries(probe)
     print_machine(f"settings: {args.threads} threads for numpy's BLAS (threadpool_limits), torch "
                   f"(set_num_threads) and torch.topk; float32; d={args.dim}, k={args.k}, best of {args.repeats}",
-                  f"path under test: scores with {scoring_library(probe)}, top-k with {recstack_topk()}; "
+                  f"path under test: {path_under_test(args.precision)}, top-k with {recstack_topk()}; "
                   f"reference: {libraries['gemm']} matmul + {libraries['topk']} top-k")
     rows, gemm_rows = [], []
     for n_items, n_users in args.shapes:
@@ -199,7 +219,7 @@ def run(args: argparse.Namespace) -> None:
         ours, ref = [], []
         for _ in range(args.repeats):  # interleave so both see the same machine state
             start = time.perf_counter()
-            result = evaluate(model, history, test, ks=[args.k])
+            result = evaluate(model, history, test, ks=[args.k], precision=args.precision)
             ours.append(time.perf_counter() - start)
             ref.append(reference(model, n_users, block, args.k))
         row = {

@@ -53,39 +53,74 @@ def rows_top_k(scores, k, users, indptr_a, indices_a, indptr_b, indices_b, lo, h
 
     has_nan[r] is set when row r holds a NaN; its result is then not defined (the caller redoes it).
     """
-    n_items = scores.shape[1]
+    at_a = np.empty(hi, dtype=np.int64)
+    at_b = np.empty(hi, dtype=np.int64)
+    heaps_start(users, indptr_a, indptr_b, lo, hi, at_a, at_b)
+    heaps_scan(scores, 0, 0, k, users, indptr_a, indices_a, indptr_b, indices_b, lo, hi, out_items, out_values,
+               at_a, at_b, has_nan)
+    heaps_finish(lo, hi, out_items, out_values)
+
+
+# The heap pass in parts, for a score matrix that arrives in column tiles (`recstack.evaluate.fused`:
+# the product of one tile of items is ranked while it is in cache): `heaps_start` sets each row's place
+# in its mask rows, `heaps_scan` continues the rows' heaps over the next tile, left to right, and
+# `heaps_finish` sorts them. Tiles in item order keep the exact "ties to the lower index" order.
+
+@numba.njit(nogil=True, cache=True)
+def heaps_start(users, indptr_a, indptr_b, lo, hi, at_a, at_b):
+    """at_a[r], at_b[r]: where row users[r] of each mask starts (0 without masks)."""
     for r in range(lo, hi):
-        row = scores[r]
-        a = a_end = b = b_end = 0
+        at_a[r] = at_b[r] = 0
         if users.shape[0]:
             if indptr_a.shape[0] > 1:
-                a, a_end = indptr_a[users[r]], indptr_a[users[r] + 1]
+                at_a[r] = indptr_a[users[r]]
             if indptr_b.shape[0] > 1:
-                b, b_end = indptr_b[users[r]], indptr_b[users[r] + 1]
+                at_b[r] = indptr_b[users[r]]
+
+
+@numba.njit(nogil=True, cache=True)
+def heaps_scan(tile, col0, row0, k, users, indptr_a, indices_a, indptr_b, indices_b, lo, hi, out_items,
+               out_values, at_a, at_b, has_nan):
+    """Continue the k-heaps of rows lo..hi over items col0 .. col0 + tile.shape[1]; row r's scores are
+    tile[r - row0]. The tile starting at item 0 must hold at least k items: they fill the heaps."""
+    width = tile.shape[1]
+    end_col = col0 + width
+    for r in range(lo, hi):
+        row = tile[r - row0]
+        a = at_a[r]
+        b = at_b[r]
+        a_end = b_end = 0
+        if users.shape[0]:
+            if indptr_a.shape[0] > 1:
+                a_end = indptr_a[users[r] + 1]
+            if indptr_b.shape[0] > 1:
+                b_end = indptr_b[users[r] + 1]
         values = out_values[r]
         items = out_items[r]
-        for j in range(k):  # the first k items fill the heap, masked ones as -inf
-            a = _skip_below(indices_a, a, a_end, j)
-            b = _skip_below(indices_b, b, b_end, j)
-            masked = (a < a_end and indices_a[a] == j) or (b < b_end and indices_b[b] == j)
-            values[j] = -np.inf if masked else row[j]
-            items[j] = j
-            if values[j] != values[j]:
-                has_nan[r] = True
-        for pos in range(k // 2 - 1, -1, -1):
-            _sift_down(values, items, pos, k)
+        j = col0
+        if col0 == 0:  # the first k items fill the heap, masked ones as -inf
+            for j in range(k):
+                a = _skip_below(indices_a, a, a_end, j)
+                b = _skip_below(indices_b, b, b_end, j)
+                masked = (a < a_end and indices_a[a] == j) or (b < b_end and indices_b[b] == j)
+                values[j] = -np.inf if masked else row[j]
+                items[j] = j
+                if values[j] != values[j]:
+                    has_nan[r] = True
+            for pos in range(k // 2 - 1, -1, -1):
+                _sift_down(values, items, pos, k)
+            j = k
         threshold = values[0]
-        j = k
-        while j < n_items:  # a masked item after the first k never enters (-inf ties lose to the root)
+        while j < end_col:  # a masked item after the first k never enters (-inf ties lose to the root)
             a = _skip_below(indices_a, a, a_end, j)
             b = _skip_below(indices_b, b, b_end, j)
-            stop = n_items
+            stop = end_col
             if a < a_end:
                 stop = min(stop, indices_a[a])
             if b < b_end:
                 stop = min(stop, indices_b[b])
             for col in range(j, stop):
-                score = row[col]
+                score = row[col - col0]
                 if not score <= threshold:  # rare: beats the root (a tie keeps the root's lower index), or NaN
                     if score != score:
                         has_nan[r] = True
@@ -95,10 +130,60 @@ def rows_top_k(scores, k, users, indptr_a, indices_a, indptr_b, indices_b, lo, h
                     _sift_down(values, items, 0, k)
                     threshold = values[0]
             j = stop + 1  # past the masked item
-        for end in range(k - 1, 0, -1):  # heap sort: the worst goes last, so the row ends best first
+        at_a[r] = a
+        at_b[r] = b
+
+
+@numba.njit(nogil=True, cache=True)
+def heaps_finish(lo, hi, out_items, out_values):
+    """Heap sort rows lo..hi: the worst goes last, so each row ends best first."""
+    k = out_items.shape[1]
+    for r in range(lo, hi):
+        values = out_values[r]
+        items = out_items[r]
+        for end in range(k - 1, 0, -1):
             values[0], values[end] = values[end], values[0]
             items[0], items[end] = items[end], items[0]
             _sift_down(values, items, 0, end)
+
+
+@numba.njit(nogil=True, cache=True)
+def rescore_top_k(queries, vectors, bias, candidates, keys, lo, hi, out_items, out_values):
+    """Rows lo..hi: the candidates chosen from bfloat16 scores (keys[r, j] -inf where masked) scored
+    again as <queries[r], vectors[item]> (+ bias[item]; a bias of length 0 is none), summed in float64,
+    and the best out_items.shape[1] of them kept, best first, ties to the lower index."""
+    k = out_items.shape[1]
+    width = candidates.shape[1]
+    exact = np.empty(width, dtype=np.float32)
+    for r in range(lo, hi):
+        for j in range(width):
+            item = candidates[r, j]
+            if keys[r, j] == -np.inf:
+                exact[j] = -np.inf
+                continue
+            total = 0.0
+            for t in range(queries.shape[1]):
+                total += np.float64(queries[r, t]) * np.float64(vectors[item, t])
+            if bias.shape[0]:
+                total += bias[item]
+            exact[j] = total
+        values = out_values[r]
+        items = out_items[r]
+        for j in range(k):
+            values[j] = exact[j]
+            items[j] = candidates[r, j]
+        for pos in range(k // 2 - 1, -1, -1):
+            _sift_down(values, items, pos, k)
+        for j in range(k, width):  # candidates come in no item order: compare with the index tie rule
+            if _worse(values[0], items[0], exact[j], candidates[r, j]):
+                values[0] = exact[j]
+                items[0] = candidates[r, j]
+                _sift_down(values, items, 0, k)
+        for end in range(k - 1, 0, -1):
+            values[0], values[end] = values[end], values[0]
+            items[0], items[end] = items[end], items[0]
+            _sift_down(values, items, 0, end)
+
 
 @numba.njit(nogil=True, cache=True)
 def lookup_gains(items, users, indptr, indices, data, out):

@@ -63,11 +63,24 @@ class UserCoverage(Protocol):
     def can_score(self, users: np.ndarray, history: Interactions) -> np.ndarray: ...
 
 
+@runtime_checkable
+class DotProductScorer(Protocol):
+    """A scorer whose `score(users, history)` is `user_queries(users, history) @ vectors.T + bias`, with
+    `item_vectors()` returning (vectors (n_items, d), bias (n_items,) or None), all float32. The
+    evaluator then multiplies itself, in cache-sized tiles ranked while in cache, or in bfloat16
+    (`recstack.evaluate.fused`). A subclass that scores otherwise must drop the two methods; the
+    contract suite checks that they agree with `score`."""
+
+    def user_queries(self, users: np.ndarray, history: Interactions) -> np.ndarray: ...
+
+    def item_vectors(self) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
 _IMPLEMENTED: dict[tuple[type, type], bool] = {}
 
 
 def implements(obj: Any, ability: type) -> bool:
-    """`isinstance(obj, ability)` for the method abilities (Scorer, ListRecommender, UserCoverage),
+    """`isinstance(obj, ability)` for the method abilities (Scorer, ListRecommender, UserCoverage, DotProductScorer),
     remembered per class: Python 3.11 checks a protocol member by member, a few microseconds each
     time, and a served request asks several times (issue 14's profile). Methods are defined by the
     class, so the answer cannot differ between two instances of one class."""

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from recstack.abilities import ListRecommender, TrainedByEpochs, UserCoverage, UsesDataset
+from recstack.abilities import DotProductScorer, ListRecommender, TrainedByEpochs, UserCoverage, UsesDataset, implements
 from recstack.data.dataset import Dataset
 from recstack.data.interactions import Interactions
 from recstack.split.base import Split
@@ -251,6 +251,22 @@ def check_items_subset_equals_gathering_full_scores(case: ContractCase) -> None:
     np.testing.assert_allclose(model.score(CONTRACT_USERS, history, items=per_user),
                                np.take_along_axis(full, per_user, axis=1), rtol=1e-5, atol=1e-6,
                                err_msg="score(items=(B, C)) != full scores gathered")
+
+
+def check_dot_product_factors_make_the_scores(case: ContractCase) -> None:
+    """A `DotProductScorer`'s queries and item vectors are what `score` multiplies: the evaluator ranks
+    from them instead of calling `score` (`recstack.evaluate.fused`)."""
+    model = case.fitted
+    if not implements(model, DotProductScorer):
+        return
+    history = case.split.history("test")
+    queries = model.user_queries(CONTRACT_USERS, history)
+    vectors, bias = model.item_vectors()
+    assert queries.dtype == vectors.dtype == np.float32, f"queries {queries.dtype}, vectors {vectors.dtype}"
+    assert bias is None or bias.shape == (history.n_items,), f"item bias of shape {bias.shape}"
+    product = queries.astype(np.float64) @ vectors.T.astype(np.float64) + (0.0 if bias is None else bias)
+    assert_scores_equivalent(product, model.score(CONTRACT_USERS, history),
+                             what="user_queries @ item_vectors.T + bias against score")
 
 
 def check_same_seed_same_scores(case: ContractCase) -> None:

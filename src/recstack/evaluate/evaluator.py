@@ -19,6 +19,7 @@ from recstack.abilities import ListRecommender, Scorer, UserCoverage, implements
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.evaluate.accuracy import METRICS, item_coverage
+from recstack.evaluate.fused import GROUP_USERS, check_precision, fused_applies, rank_dot_product
 from recstack.evaluate.rankings import Rankings
 from recstack.topk import compiled_kernels, top_k_items  # top_k_items re-exported: callers import it from here
 
@@ -194,9 +195,12 @@ class EvalResult:
 
 
 def block_size_for(n_items: int, memory_budget_mb: float = 1024.0, max_block: int = 8192) -> int:
-    """Users per scoring block so that one block of scores fits the memory budget."""
+    """Users per scoring block so that one block of scores fits the memory budget; a whole number of
+    the fused path's user groups when it is larger than one (so that blocks ranked elsewhere, e.g. as
+    Ray tasks, multiply the same group shapes as one process does)."""
     cells = memory_budget_mb * 2**20 / _BYTES_PER_CELL
-    return int(max(1, min(max_block, cells // max(n_items, 1))))
+    block = int(max(1, min(max_block, cells // max(n_items, 1))))
+    return block - block % GROUP_USERS if block >= GROUP_USERS else block
 
 
 def parse_metric_labels(metrics: Sequence[str], ks: Sequence[int]) -> list[tuple[str, int]]:
@@ -226,8 +230,13 @@ def rank(
     item_pool: np.ndarray | None = None,
     cold_users: ColdUsers | None = None,
     exclude: Interactions | None = None,
+    precision: str = "fp32",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k item indices (B, k) and scores for `users`, history items masked; -1 pads unscorable slots.
+
+    A dot-product model (`DotProductScorer`) is ranked without a score matrix, tile by tile
+    (`recstack.evaluate.fused`); with `precision="bf16"` its products are bfloat16 and its candidates
+    re-scored in float32. Other models always score in float32 (`precision` does not apply to them).
 
     With `exclude` and `mask_history`, the items of those events are masked too although the model
     never reads them: a test history of train only still removes the validation items from the
@@ -242,13 +251,14 @@ def rank(
     lower index: models that cannot tell unseen items apart score them all alike, and the index
     order would hand them whatever it encodes (in ml-100k lower ids are the more popular films).
     """
+    check_precision(precision)
     users = np.asarray(users, dtype=np.int32)
     n_items = history.n_items
     if k > n_items:
         raise RecstackError(f"k={k} is larger than the catalogue ({n_items} items); choose k <= {n_items}")
     if cold_users is not None and cold_users.policy == "fallback":
         same = {"mask_history": mask_history, "memory_budget_mb": memory_budget_mb, "item_pool": item_pool,
-                "exclude": exclude}
+                "exclude": exclude, "precision": precision}
         return serve_cold(model, cold_users.fallback, cold_users.to_fallback(model, history, users),
                           lambda scorer, rows: rank(scorer, users[rows], history, k, **same))
     if exclude is not None and (exclude.users != history.users or exclude.items != history.items):
@@ -274,9 +284,17 @@ def rank(
     hist = history.matrix()
     # sorted once here, not once per block inside the top-k
     hist, excluded = (m if m is None or m.has_sorted_indices else m.sorted_indices() for m in (hist, excluded))
-    block = block_size_for(n_items, memory_budget_mb)
     out_items = np.full((len(users), k), -1, dtype=np.int32)
     out_scores = np.full((len(users), k), -np.inf, dtype=np.float32)
+    if outside_pool is None and fused_applies(model, precision):
+        idx, values = rank_dot_product(model, users, history, k, masks=(hist, excluded) if mask_history else (),
+                                       precision=precision)
+        idx = idx.astype(np.int32)
+        idx[~np.isfinite(values) & (values < 0)] = -1  # -inf: the model cannot score it / masked
+        out_items[:, : idx.shape[1]] = idx
+        out_scores[:, : idx.shape[1]] = values
+        return out_items, out_scores
+    block = block_size_for(n_items, memory_budget_mb)
 
     def finish(start: int, batch: np.ndarray, scores: np.ndarray) -> None:
         masks = (hist, excluded) if mask_history else ()
@@ -383,6 +401,7 @@ def evaluate(
     cold_users: ColdUsers | None = None,
     exclude: Interactions | None = None,
     ranker: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None,
+    precision: str = "fp32",
 ) -> EvalResult:
     """Full-ranking evaluation of `model` on `test`, seeing `history`.
 
@@ -396,7 +415,10 @@ def evaluate(
     model does not read them (see `rank`); cold users are counted on `history`, what the model reads.
     `ranker` replaces `rank` (same signature) for the ranking step only, e.g. with Ray tasks that rank
     blocks of users elsewhere (`recstack.cluster.RayRanker`); everything after it is the same code.
+    `precision="bf16"` ranks dot-product models from bfloat16 products (see `rank`; the protocol
+    records it as `score_precision`).
     """
+    check_precision(precision)
     if item_pool is None:
         item_pool = test.item_pool
     if history.users != test.users or history.items != test.items:
@@ -420,7 +442,7 @@ def evaluate(
 
     items, _ = (ranker or rank)(model, candidates, history, depth, mask_history=mask_history,
                                 memory_budget_mb=memory_budget_mb, item_pool=item_pool, cold_users=cold_users,
-                                exclude=exclude)
+                                exclude=exclude, precision=precision)
     gains = _hits(items, candidates, truth)
     ideal = None
     if graded:
@@ -445,6 +467,7 @@ def evaluate(
         "ranking": "full" if item_pool is None else "item_pool",
         "mask_history": mask_history,
         "graded": graded,
+        "score_precision": precision,
         "n_users_evaluated": int(len(candidates)),
         "n_users_skipped": int(n_skipped),
         "n_items": int(test.n_items if item_pool is None else len(item_pool)),

@@ -93,6 +93,14 @@ class ALS(ScoresFromHistory, SaveLoad):
             factors = self._solver.recalculate_user(np.arange(rows.shape[0]), rows)
         return np.asarray(factors, dtype=np.float32).reshape(rows.shape[0], -1)
 
+    # the `DotProductScorer` ability: the evaluator multiplies the fold-in with the item factors itself
+    def user_queries(self, users: np.ndarray, history: Interactions) -> np.ndarray:
+        return self.fold_in(users, history)
+
+    def item_vectors(self) -> tuple[np.ndarray, None]:
+        check_fitted(self, "item_factors_")
+        return np.asarray(self.item_factors_, dtype=np.float32), None
+
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
         factors = self.fold_in(users, history)
         if items is not None and np.ndim(items) == 1:

@@ -34,7 +34,7 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, model_validat
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.models.factorization.sampled_mf import FactorNet, factor_scores, epoch_triples, factor_arrays, training_triples
+from recstack.models.factorization.sampled_mf import FactorNet, FactorScores, factor_scores, epoch_triples, factor_arrays, training_triples
 from recstack.models.neural import TorchRecommender, TrainingFields
 from recstack.models.protocol import ModelConfig, ScoresTrainedUsers
 from recstack.train.indexing import gather_rows
@@ -230,7 +230,7 @@ def _learnbpr_step(device: torch.device):
     return learnbpr_step
 
 
-class BPR(ScoresTrainedUsers, TorchRecommender):
+class BPR(FactorScores, ScoresTrainedUsers, TorchRecommender):
     """Matrix factorisation trained with the BPR pairwise loss and uniform negative sampling."""
 
     Config = BPRConfig

@@ -30,7 +30,7 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.models.kernels.scoring import dot_scores
+from recstack.models.kernels.scoring import DotProductScores, dot_scores
 from recstack.models.neural import TorchRecommender, TrainingFields
 from recstack.models.protocol import ModelConfig, ScoresTrainedUsers, check_fitted
 from recstack.train.losses import bpr_loss, l2_penalty
@@ -173,7 +173,7 @@ def _column_scale(embedding: np.ndarray, block: np.ndarray, n_blocks: int) -> np
     return np.sqrt(np.asarray(one_hot @ (embedding.astype(np.float64) ** 2)) / sizes)
 
 
-class DNIS(ScoresTrainedUsers, TorchRecommender):
+class DNIS(DotProductScores, ScoresTrainedUsers, TorchRecommender):
     """BPR-MF whose user and item embedding dimensions are searched per frequency block (DNIS)."""
 
     Config = DNISConfig

@@ -28,7 +28,7 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 
 from recstack.data.interactions import Interactions
 from recstack.models.kernels.graph import normalized_adjacency, sparse_tensor, symmetric_matmul
-from recstack.models.kernels.scoring import dot_scores
+from recstack.models.kernels.scoring import DotProductScores, dot_scores
 from recstack.models.neural import TorchRecommender, TrainingFields
 from recstack.models.protocol import ModelConfig, ScoresTrainedUsers, check_fitted
 from recstack.train.losses import bpr_loss, l2_penalty
@@ -166,7 +166,7 @@ class SparseMask:
         return k
 
 
-class DSL(ScoresTrainedUsers, TorchRecommender):
+class DSL(DotProductScores, ScoresTrainedUsers, TorchRecommender):
     """BPR-MF or LightGCN trained with a fixed budget of non-zero embedding entries, pruned and regrown."""
 
     Config = DSLConfig

@@ -29,7 +29,7 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_
 
 from recstack.data.interactions import Interactions
 from recstack.models.factorization.sampled_mf import sampled_logits
-from recstack.models.kernels.scoring import dot_scores
+from recstack.models.kernels.scoring import DotProductScores, dot_scores
 from recstack.models.neural import TorchRecommender, TrainingFields
 from recstack.models.protocol import ModelConfig, ScoresTrainedUsers, check_fitted
 from recstack.train.losses import l2_penalty
@@ -130,7 +130,7 @@ def _array(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float32).numpy().copy()
 
 
-class NBPO(ScoresTrainedUsers, TorchRecommender):
+class NBPO(DotProductScores, ScoresTrainedUsers, TorchRecommender):
     """Matrix factorisation trained with the noisy-label robust point-wise likelihood (NBPO)."""
 
     Config = NBPOConfig
@@ -175,7 +175,10 @@ class NBPO(ScoresTrainedUsers, TorchRecommender):
 
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
         check_fitted(self, "user_factors_", "item_factors_")
-        return dot_scores(users, items, self.user_factors_, self.item_factors_, getattr(self, "item_bias_", None))
+        return dot_scores(users, items, self.user_factors_, self.item_factors_, self.scoring_bias())
+
+    def scoring_bias(self) -> np.ndarray | None:
+        return getattr(self, "item_bias_", None)
 
     def flip_rate(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """The learned rho_10 = P(unobserved | liked) for aligned (user, item) pairs, float32."""

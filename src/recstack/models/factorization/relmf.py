@@ -29,7 +29,7 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.models.factorization.sampled_mf import (FactorNet, factor_arrays, factor_scores, sampled_logits,
+from recstack.models.factorization.sampled_mf import (FactorNet, FactorScores, factor_arrays, factor_scores, sampled_logits,
                                                         training_triples)
 from recstack.models.neural import TorchRecommender, TrainingFields
 from recstack.models.protocol import ModelConfig, ScoresTrainedUsers
@@ -85,7 +85,7 @@ def relmf_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor, pos_propensit
     return (pos + neg) / (pos_scores.numel() + neg_scores.numel())
 
 
-class RelMF(ScoresTrainedUsers, TorchRecommender):
+class RelMF(FactorScores, ScoresTrainedUsers, TorchRecommender):
     """Matrix factorisation trained with the Rel-MF inverse-propensity-weighted pointwise log-loss."""
 
     Config = RelMFConfig

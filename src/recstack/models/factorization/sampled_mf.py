@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recstack.models.kernels.scoring import dot_scores
+from recstack.models.kernels.scoring import DotProductScores, dot_scores
 from recstack.models.protocol import check_fitted
 from recstack.train.sampling import EpochPairs, UniformNegativeSampler
 
@@ -70,6 +70,17 @@ def factor_arrays(net: FactorNet, untrained_users: np.ndarray) -> dict[str, np.n
     if item_bias is not None:
         fitted["item_bias_"] = item_bias
     return fitted
+
+
+class FactorScores(DotProductScores):
+    """The dot-product ability of the sampled MF models (`factor_scores`): their bias is added only when
+    the config has one."""
+
+    def scoring_bias(self) -> np.ndarray | None:
+        if not self.config.item_bias:
+            return None
+        check_fitted(self, "item_bias_")
+        return self.item_bias_
 
 
 def factor_scores(model, users: np.ndarray, items: np.ndarray | None) -> np.ndarray:

@@ -15,7 +15,7 @@ from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveIn
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
-from recstack.models.kernels.scoring import dot_scores
+from recstack.models.kernels.scoring import DotProductScores, dot_scores
 from recstack.models.protocol import ScoresTrainedUsers, check_fitted
 from recstack.train.fields import TrainingFields
 from recstack.train.indexing import gather_rows
@@ -199,7 +199,7 @@ def graph_bpr_loss(final: torch.Tensor, ego: torch.Tensor, users: torch.Tensor, 
     return bpr_loss(pos_scores, neg_scores) + reg * penalty
 
 
-class PropagatedFactors(ScoresTrainedUsers):
+class PropagatedFactors(DotProductScores, ScoresTrainedUsers):
     """Batches, export and scoring for a `TorchRecommender` trained on (user, positive, uniform
     negatives) batches whose module's `factors()` returns the final (user, item) embeddings as
     numpy: score(u, i) = <p_u, q_i> without torch. `build_module` calls `sample_pairs` first.
