@@ -36,6 +36,19 @@ def _sift_down(values, items, pos, size):
         pos = child
 
 
+_CHUNK = 128  # cells checked at once, branch-free, before any is looked at one by one
+
+
+@numba.njit(inline="always")
+def _none_above(cells, threshold):
+    """Whether no cell is above `threshold` (or NaN): a count over a slice from 0, which LLVM vectorises
+    (indexing the row between two bounds instead was not vectorised: 0.45 against 0.15 ns per cell)."""
+    above = 0
+    for i in range(cells.shape[0]):
+        above += not cells[i] <= threshold
+    return above == 0
+
+
 @numba.njit(inline="always")
 def _skip_below(indices, pos, end, item):
     """The first position in indices[pos:end] (sorted) whose item is >= `item`."""
@@ -119,16 +132,20 @@ def heaps_scan(tile, col0, row0, k, users, indptr_a, indices_a, indptr_b, indice
                 stop = min(stop, indices_a[a])
             if b < b_end:
                 stop = min(stop, indices_b[b])
-            for col in range(j, stop):
-                score = row[col - col0]
-                if not score <= threshold:  # rare: beats the root (a tie keeps the root's lower index), or NaN
-                    if score != score:
-                        has_nan[r] = True
-                        continue
-                    values[0] = score
-                    items[0] = col
-                    _sift_down(values, items, 0, k)
-                    threshold = values[0]
+            for chunk in range(j, stop, _CHUNK):
+                chunk_end = min(chunk + _CHUNK, stop)
+                if _none_above(row[chunk - col0:chunk_end - col0], threshold):
+                    continue  # the common case once the heap is warm: no cell of the chunk enters
+                for col in range(chunk, chunk_end):
+                    score = row[col - col0]
+                    if not score <= threshold:  # beats the root (a tie keeps the root's lower index), or NaN
+                        if score != score:
+                            has_nan[r] = True
+                            continue
+                        values[0] = score
+                        items[0] = col
+                        _sift_down(values, items, 0, k)
+                        threshold = values[0]
             j = stop + 1  # past the masked item
         at_a[r] = a
         at_b[r] = b

@@ -127,7 +127,8 @@ def test_compare_refuses_mismatched_masking_and_candidates(runs, tmp_path):
 
     for key, value, shown in (("mask_history", False, "mask_history = True vs False"),
                               ("ranking", "item_pool", "ranking = 'full' vs 'item_pool'"),
-                              ("test_masked", "train", "test_masked = 'train + valid' vs 'train'")):
+                              ("test_masked", "train", "test_masked = 'train + valid' vs 'train'"),
+                              ("score_precision", "bf16", "score_precision = 'fp32' vs 'bf16'")):
         copy = tmp_path / key
         shutil.copytree(runs["train_valid"].run_dir, copy)
         manifest = json.loads((copy / "manifest.json").read_text())

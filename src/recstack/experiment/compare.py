@@ -39,6 +39,7 @@ class Protocol:
     test_masked: str = "train + valid"  # the events whose items test lists leave out ("none" unmasked)
     cold_users: str = "include (min_history 1)"  # the cold-user policy
     graded: bool = False  # graded NDCG gains
+    score_precision: str = "fp32"  # bf16: dot-product models ranked from bfloat16 products
 
     @classmethod
     def from_manifest(cls, protocol: dict[str, Any]) -> "Protocol":
@@ -46,7 +47,7 @@ class Protocol:
         test_history = protocol.get("test_history", cls.test_history)
         masked = protocol.get("test_masked", test_history if mask else "none")  # before test_masked: the history
         return cls(protocol.get("ranking", "full"), mask, test_history, masked, _cold_user_policy(protocol),
-                   bool(protocol.get("graded", False)))
+                   bool(protocol.get("graded", False)), protocol.get("score_precision", "fp32"))
 
     @classmethod
     def of_config(cls, config: Any, split: Any) -> "Protocol":
@@ -56,7 +57,8 @@ class Protocol:
         names = history_names(config, split)
         return cls("full" if split.item_pool("test") is None else "item_pool", config.mask_history,
                    names["test_history"], names["test_masked"],
-                   _cold_user_policy({"cold_users": config.cold_users.model_dump(mode="json")}))
+                   _cold_user_policy({"cold_users": config.cold_users.model_dump(mode="json")}),
+                   score_precision=config.score_precision)
 
     @classmethod
     def of_run(cls, run_dir: str | os.PathLike) -> "Protocol":

@@ -326,6 +326,9 @@ class ExperimentConfig(_Strict):
     # what the model reads to rank test users: train + valid, or train only (RecBole's and implicit's
     # protocol); the validation items stay masked either way (see docs/protocol.md)
     test_history: Literal["train_valid", "train"] = "train_valid"
+    # bf16: dot-product models are ranked from bfloat16 products whose candidates are re-scored in
+    # float32 (recstack.evaluate.fused); other models score in float32 either way
+    score_precision: Literal["fp32", "bf16"] = "fp32"
     tune: TuneConfig | None = None
     beyond: bool = True  # beyond-accuracy and item-fairness measures of the test top-k lists
     slices: SlicesConfig = Field(default_factory=SlicesConfig)

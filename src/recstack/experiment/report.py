@@ -319,6 +319,9 @@ def _history_rows(protocol: dict[str, Any]) -> list[list[Any]]:
         ["history masking (mask_history)",
          f"on: lists leave out the items of {protocol['valid_history']} (valid) and of {masked} (test)"
          if protocol["mask_history"] else "off: items already in the history may be recommended and count as hits"],
+        ["score precision (score_precision)",
+         "bf16: dot-product models ranked from bfloat16 products, candidates re-scored in float32; others float32"
+         if protocol.get("score_precision") == "bf16" else "fp32"],
     ]
 
 

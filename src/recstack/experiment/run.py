@@ -506,6 +506,7 @@ def _manifest(config: ExperimentConfig, dataset: Dataset, split: Split, started:
             "ranking": protocol.get("ranking", "full"),
             "mask_history": protocol.get("mask_history", True),
             "graded": protocol.get("graded", False),
+            "score_precision": config.score_precision,
             # the events each part's users are ranked with (config `test_history`), and those masked at test
             **history_names(config, split),
             "metrics": config.metric_labels,

@@ -140,6 +140,6 @@ def scoring(config: ExperimentConfig, split: Split, part: Literal["valid", "test
     return Scoring(part, history(config, split, part), getattr(split, part), {
         "metrics": config.metrics if metrics is None else metrics, "ks": config.ks,
         "mask_history": config.mask_history, "exclude": masked_besides(config, split, part),
-        "memory_budget_mb": config.memory_budget_mb,
+        "memory_budget_mb": config.memory_budget_mb, "precision": config.score_precision,
         "keep_rankings": keep_rankings, "item_pool": split.item_pool(part),
         "cold_users": _policy(config, cold_users)})

@@ -141,6 +141,8 @@ def study_definition(config: ExperimentConfig, dataset: Dataset, split: Split) -
         "mask_history": config.mask_history,
         "recstack": __version__,
     }
+    if config.score_precision != "fp32":  # likewise: only a non-default precision enters the definition
+        definition["score_precision"] = config.score_precision
     c = config.cold_users
     if (c.policy, c.min_history) != ("include", 1):  # the default leaves earlier studies' names as they were
         definition["cold_users"] = {"policy": c.policy, "min_history": c.min_history, "fallback": c.fallback}
