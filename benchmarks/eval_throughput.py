@@ -51,8 +51,13 @@ class MatrixFactorization:
             return torch.mm(self._user_t[torch.from_numpy(np.asarray(users, dtype=np.int64))], self._item_t)
         return self.user_factors[users] @ self.item_factors.T
 
-    # the `DotProductScorer` ability, as recstack's MF models have it: `evaluate` multiplies tile by tile
-    # (recstack.evaluate.fused; RECSTACK_FUSED=0 measures the score-matrix path instead)
+
+class DotProductMF(MatrixFactorization):
+    """With the `DotProductScorer` ability, as recstack's MF, ALS and graph models have it: `evaluate`
+    multiplies the factors itself with numpy, tile by tile (recstack.evaluate.fused; RECSTACK_FUSED=0
+    measures the score-matrix path instead). Used for `--library numpy`: `--library torch` measures a
+    model that scores with torch, which only the score-matrix path can do."""
+
     def user_queries(self, users, history):
         return self.user_factors[np.asarray(users)]
 
@@ -110,13 +115,13 @@ def raw_topk(library: str):
     return top_np
 
 
-def path_under_test(precision: str) -> str:
-    """How `evaluate` ranks the benchmark's model on this install."""
+def path_under_test(model: MatrixFactorization, precision: str) -> str:
+    """How `evaluate` ranks `model` on this install."""
     from recstack.evaluate.fused import fused_applies
 
-    if fused_applies(MatrixFactorization(np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32)), precision):
-        return f"fused {precision} tiles (recstack.evaluate.fused)"
-    return "score blocks (numpy matmul)"
+    if fused_applies(model, precision):
+        return f"fused {precision} tiles (recstack.evaluate.fused, numpy BLAS; bf16 by torch)"
+    return f"score blocks ({scoring_library(model)} matmul)"
 
 
 def installed_libraries() -> list[str]:
@@ -163,8 +168,9 @@ def make_case(n_items: int, n_users: int, dim: int, rng: np.random.Generator, li
     n_test = rng.integers(1, 6, n_users)
     test_user = np.repeat(np.arange(n_users), n_test)
     test = Interactions(test_user, rng.integers(0, n_items, len(test_user)), users, items)
-    model = MatrixFactorization(rng.standard_normal((n_users, dim), dtype=np.float32),
-                                rng.standard_normal((n_items, dim), dtype=np.float32), library)
+    model = (DotProductMF if library == "numpy" else MatrixFactorization)(
+        rng.standard_normal((n_users, dim), dtype=np.float32), rng.standard_normal((n_items, dim), dtype=np.float32),
+        library)
     return model, history, test
 
 
@@ -206,7 +212,7 @@ def run(args: argparse.Namespace) -> None:
     libraries = reference_libraries(probe)
     print_machine(f"settings: {args.threads} threads for numpy's BLAS (threadpool_limits), torch "
                   f"(set_num_threads) and torch.topk; float32; d={args.dim}, k={args.k}, best of {args.repeats}",
-                  f"path under test: {path_under_test(args.precision)}, top-k with {recstack_topk()}; "
+                  f"path under test: {path_under_test(probe, args.precision)}, top-k with {recstack_topk()}; "
                   f"reference: {libraries['gemm']} matmul + {libraries['topk']} top-k")
     rows, gemm_rows = [], []
     for n_items, n_users in args.shapes:

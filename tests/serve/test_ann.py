@@ -154,8 +154,9 @@ def test_als_is_searched_with_its_fold_in_vector():
     history = clustered_interactions(n_users=120, n_items=300, per_user=15, seed=1)
     model = build("als", {"embedding_size": 16, "epochs": 5}).fit(history)
     view = ann.DotProduct(model)
-    assert view.kind == "fold_in" and ann.agrees_with_model(view, history)
     users = np.arange(20, dtype=np.int32)
+    np.testing.assert_allclose(view.queries(users, history), model.fold_in(users, history))
+    assert ann.agrees_with_model(view, history)
     found, _ = ann.AnnIndex.build(view).top_k(users, history, 10, mask_history=True, allowed=None)
     exact, _ = rank(model, users, history, 10)
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)]) >= 0.95

@@ -11,9 +11,9 @@ so the products have the same shapes whatever the thread count (the same floats 
 AVX-512 BF16 where the CPU has them). The bf16 scores only choose `k + BF16_MARGIN` candidates per
 user; those are scored again exactly (`recstack._compiled.rescore_top_k`) and ranked (score, then
 the lower index). A list then differs from the float32 one only where a true top-k item's bf16
-score falls below the (k + margin)-th. On the AMX CPU of BENCHMARKS.md the bf16 product is 2.4x the
-float32 one, but the heap pass, not the product, bounds the ranking: bf16 evaluates 0.67x-1.15x as
-fast as float32 there (an option to measure, and for GPUs; not a default).
+score falls below the (k + margin)-th. On the AMX CPU of BENCHMARKS.md bf16 evaluates about 2x as
+fast as float32 with d=256 and 50k+ items, but slower with d=64 or 1.7k items, where the heap pass,
+not the product, bounds the ranking: an option, not the default.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ the same efSearch in tests/serve/test_ann.py's catalogue). Why HNSW rather than 
 
 The search over-fetches k + the user's blocked items (history, excluded, filtered out), drops
 those, and re-scores the survivors exactly; it answers None, and the caller ranks exactly, when
-too much is blocked or the index returns too few. Models are read through their fitted attributes
-only (`user_factors_`, `item_factors_`, `item_bias_`, ALS's `fold_in`), and checked against their
+too much is blocked or the index returns too few. Models are read
+through their `DotProductScorer` ability (`user_queries`, `item_vectors`), and checked against their
 own `score` before an index is trusted.
 """
 
@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from recstack.abilities import DotProductScorer, implements
 from recstack.data.interactions import Interactions
 
 log = logging.getLogger("recstack.serve")
@@ -37,24 +38,6 @@ ANN_MIN_ITEMS = 50_000  # below this an exact matmul + argpartition costs ~1 ms 
 ANN_FOLDER = "ann"  # run_dir/ann/<label>.faiss and <label>.json: beside models/, never inside a model's
 # folder, whose files make the served model version (state.model_version)
 MAX_DEPTH = 2048  # more blocked items than this and the over-fetch costs more than the exact ranking
-
-# registered models whose score is a dot product of a user vector and an item vector (+ item bias),
-# and where the user vector comes from: the fitted `user_factors_`, or ALS's least-squares fold-in
-DOT_PRODUCT_MODELS = {
-    "recstack.models.factorization.bpr:BPR": "factors",
-    "recstack.models.factorization.relmf:RelMF": "factors",
-    "recstack.models.factorization.relmf:NaiveMF": "factors",
-    "recstack.models.factorization.nbpo:NBPO": "factors",
-    "recstack.models.factorization.dsl:DSL": "factors",
-    "recstack.models.factorization.dnis:DNIS": "factors",
-    "recstack.models.graph.lightgcn:LightGCN": "factors",
-    "recstack.models.graph.ngcf:NGCF": "factors",
-    "recstack.models.graph.simgcl:SimGCL": "factors",
-    "recstack.models.graph.dccf:DCCF": "factors",
-    "recstack.models.content.alpharec:AlphaRec": "factors",
-    "recstack.models.factorization.als:ALS": "fold_in",
-}
-
 
 @dataclass(frozen=True)
 class HnswParams:
@@ -75,15 +58,13 @@ def ef_search_for(n_items: int) -> int:
 
 
 class DotProduct:
-    """A model's scores as <query, item vector>: item vectors [q_i, b_i] (views of the model's arrays
-    when it has no bias) and user queries [p_u, 1]."""
+    """A model's scores as <query, item vector>, read through its `DotProductScorer` ability: item
+    vectors [q_i, b_i] (views of the model's arrays when it has no bias) and user queries [p_u, 1]."""
 
     def __init__(self, model: Any) -> None:
-        self.kind = DOT_PRODUCT_MODELS[class_path(model)]
         self.model = model
-        factors = np.asarray(model.item_factors_, dtype=np.float32)
-        # the bias is read as the model reads it: BPR/RelMF only when their config has one
-        bias = getattr(model, "item_bias_", None) if getattr(model.config, "item_bias", True) else None
+        factors, bias = model.item_vectors()  # the bias as the model adds it (BPR/RelMF: when configured)
+        factors = np.asarray(factors, dtype=np.float32)
         self.items = factors if bias is None else np.hstack([factors, np.asarray(bias, np.float32)[:, None]])
         self.has_bias = bias is not None
 
@@ -92,14 +73,7 @@ class DotProduct:
         return self.items.shape[0]
 
     def queries(self, users: np.ndarray, history: Interactions) -> np.ndarray:
-        users = np.asarray(users, dtype=np.int64)
-        if self.kind == "fold_in":
-            p = np.asarray(self.model.fold_in(users, history), dtype=np.float32)
-        else:
-            factors = self.model.user_factors_
-            p = np.zeros((len(users), factors.shape[1]), dtype=np.float32)
-            known = users < len(factors)  # users beyond the fitted ones have zero factors, as dot_scores says
-            p[known] = factors[users[known]]
+        p = np.asarray(self.model.user_queries(np.asarray(users, dtype=np.int64), history), dtype=np.float32)
         return np.hstack([p, np.ones((len(p), 1), np.float32)]) if self.has_bias else p
 
     def scores(self, queries: np.ndarray, items: np.ndarray | None = None) -> np.ndarray:
@@ -107,13 +81,10 @@ class DotProduct:
         return (queries @ vectors.T).astype(np.float32, copy=False)
 
 
-def class_path(model: Any) -> str:
-    return f"{type(model).__module__}:{type(model).__qualname__}"
-
-
 def supports(model: Any) -> bool:
-    """Whether `model` is one of the dot-product models and fitted (exact type: a subclass may score otherwise)."""
-    return class_path(model) in DOT_PRODUCT_MODELS and getattr(model, "item_factors_", None) is not None
+    """Whether `model` is a fitted dot-product model (the `DotProductScorer` ability; the index is
+    checked against the model's own `score` before it is trusted)."""
+    return implements(model, DotProductScorer) and getattr(model, "item_factors_", None) is not None
 
 
 def hnsw_index(items: np.ndarray, params: HnswParams = HnswParams()) -> Any:
