@@ -216,6 +216,26 @@ def test_lora_tunes_a_copy_whose_answers_are_cached_apart(lm):
     assert tuned.fingerprint() != lm.fingerprint() and tuned.tuning.startswith("lora:")
 
 
+def test_stored_adapters_are_loaded_instead_of_retrained_and_give_the_same_model(lm, tmp_path, monkeypatch):
+    from recstack.llm import lora
+
+    prompt = lm.render([{"role": "user", "content": "Is Fargo (1996) a movie?"}])
+    settings = lora.LoRASettings(epochs=2, batch_size=2, learning_rate=5e-3, seed=0)
+    first, record = lora.finetune_lora(lm, [prompt] * 2, ["No."] * 2, settings, store=tmp_path)
+    assert not record.reused and (tmp_path / record.key / lora.ADAPTERS).exists()
+    monkeypatch.setattr(lora, "_train", lambda *a, **k: pytest.fail("stored adapters were trained again"))
+    second, again = lora.finetune_lora(lm, [prompt] * 2, ["No."] * 2, settings, store=tmp_path)
+    assert again.reused and again.key == record.key and again.loss_per_epoch == record.loss_per_epoch
+    # the same merged weights, bit for bit: the same fingerprint, so the answer cache serves the re-run
+    assert second.fingerprint() == first.fingerprint()
+    assert np.array_equal(second.option_logprobs(prompt, ["Yes", "No"]), first.option_logprobs(prompt, ["Yes", "No"]))
+    # other examples or settings are another key
+    assert lora.tuning_key(lm, [prompt], ["Yes."], settings) != record.key
+    (tmp_path / record.key / lora.ADAPTERS).write_bytes(b"")  # a broken store entry is one clear error
+    with pytest.raises(LLMError, match="cannot be read .*delete that folder"):
+        lora.finetune_lora(lm, [prompt] * 2, ["No."] * 2, settings, store=tmp_path)
+
+
 def test_tallrec_tunes_on_the_training_ratings_and_predicts_a_probability(lm):
     from recstack.models.llm.tallrec import TALLRec
 

@@ -65,9 +65,13 @@ def test_a_small_llm_run_writes_its_tables_costs_and_samples(tmp_path):
     samples = [json.loads(line) for line in (result.run_dir / "samples.jsonl").read_text().splitlines()]
     assert {s["section"] for s in samples} == {"rating", "rerank"}
     assert "Rating prediction" in (result.run_dir / "report.md").read_text()
-    # a second run (TALLRec left out: it would train again) is answered by the cache: identical
-    # figures, no model call, and the weights are never loaded
-    config.pop("tallrec")
+    # the run keeps the adapters it trained, beside the answer cache and in its own folder
+    key = tallrec["4"]["lora"]["key"]
+    assert not tallrec["4"]["lora"]["reused"] and (result.run_dir / "lora" / key / "adapters.npz").exists()
+    assert (tmp_path / "lora" / key / "adapters.npz").exists()
+    # a second run (TALLRec left out: it needs the weights to merge its adapters) is answered by the
+    # cache: identical figures, no model call, and the weights are never loaded
+    tallrec_config = config.pop("tallrec")
     again = run_experiment(config, run_dir=tmp_path / "run2", progress=False)
     second = json.loads((again.run_dir / "manifest.json").read_text())["llm"]["usage"]
     assert second["calls"] == 0 and second["cached_calls"] > 0
@@ -82,3 +86,10 @@ def test_a_small_llm_run_writes_its_tables_costs_and_samples(tmp_path):
         for metric in ("RMSE", "MAE"):
             assert json.loads((again.run_dir / "metrics.json").read_text())["rating"]["rows"][label][metric] \
                 == rows[label][metric]
+    # TALLRec again: the stored adapters are loaded, not trained, and the tuned model's answers are cached
+    only_tallrec = {**{k: v for k, v in config.items() if k not in ("rating", "rerank")}, "tallrec": tallrec_config}
+    third = run_experiment(only_tallrec, run_dir=tmp_path / "run3", progress=False)
+    rows3 = json.loads((third.run_dir / "metrics.json").read_text())["tallrec"]["rows"]
+    assert rows3["4"]["lora"]["reused"] and rows3["4"]["lora"]["key"] == key
+    assert rows3["4"]["AUC"] == tallrec["4"]["AUC"] and rows3["4"]["loss_per_epoch"] == tallrec["4"]["loss_per_epoch"]
+    assert json.loads((third.run_dir / "manifest.json").read_text())["llm"]["usage"]["calls"] == 0

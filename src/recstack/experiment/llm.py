@@ -26,7 +26,10 @@ of test users (seeded) is drawn once; every method is measured on the same users
   item among `candidates` - 1 sampled unseen items, HitRatio@1 and NDCG@5 of the retriever, the LLM
   and chance.
 Every LLM answer goes through the answer cache (`<cache>/llm/answers.sqlite`; `llm.cache: false`
-to skip), so a re-run is free and identical, and an interrupted run resumes. `manifest.json` holds the
+to skip), so a re-run is free and identical, and an interrupted run resumes. LoRA adapters trained
+by a run are kept beside it (`<cache>/llm/lora/<key>/`, `lora_store`) and loaded by a re-run with the
+same base model, settings and examples instead of being trained again; each run directory also gets
+a copy of the adapters it used (`lora/<key>/`). `manifest.json` holds the
 LLM's calls, tokens and seconds (and those the cache answered); `samples.jsonl` the prompts and
 answers of a few users. See docs/llm.md.
 """
@@ -36,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -298,10 +302,12 @@ def _run_rating(config, section: RatingSection, lm, titles, split, history, test
             from recstack.llm.lora import LoRASettings
 
             model.lm = getattr(lm, "backend", lm)
-            model.fit_lora(split.train, method.lora_examples, LoRASettings(epochs=method.lora_epochs, seed=config.seed))
+            model.fit_lora(split.train, method.lora_examples, LoRASettings(epochs=method.lora_epochs, seed=config.seed),
+                           store=lora_store(config))
             tuning = model.tuning_
             model.lm = _cached_like(lm, model.lm)
-            say(f"    {method.label}: LoRA on {tuning.n_examples} ratings, {tuning.seconds:.0f} s, loss "
+            how = f"loaded (trained before in {tuning.seconds:.0f} s)" if tuning.reused else f"{tuning.seconds:.0f} s"
+            say(f"    {method.label}: LoRA on {tuning.n_examples} ratings, {how}, loss "
                 + " -> ".join(f"{v:.3f}" for v in tuning.loss_per_epoch))
         before = model.lm.usage.as_dict()
         clock = time.perf_counter()
@@ -313,9 +319,7 @@ def _run_rating(config, section: RatingSection, lm, titles, split, history, test
         for suffix, row in (("expected", expected), ("parsed", parsed)):
             row.update({"kind": "llm", "shots": method.shots, "wall_seconds": round(seconds, 3), **cost})
             if tuning is not None:
-                row["lora"] = {"examples": tuning.n_examples, "epochs": tuning.settings.epochs,
-                               "seconds": round(tuning.seconds, 1), "loss_per_epoch": tuning.loss_per_epoch,
-                               "trainable_parameters": tuning.trainable_parameters}
+                row["lora"] = _tuning_fields(tuning)
             out["rows"][f"{method.label} ({suffix})"] = row
         parsed["n_unparsed"] = predictions.n_unparsed
         say(f"    {method.label}: expected RMSE {expected['RMSE']:.4f}, parsed RMSE {parsed['RMSE']:.4f} "
@@ -332,6 +336,37 @@ def _run_rating(config, section: RatingSection, lm, titles, split, history, test
             if row["kind"] == "llm":
                 row["time_ratio_to_" + section.baselines[0].label] = round(row["seconds_per_user"] / reference, 1)
     return out
+
+
+def lora_store(config) -> Path | None:
+    """Where trained LoRA adapters are kept (`recstack.llm.lora`): beside the answer cache, so a re-run
+    loads them instead of training again; None when the cache is off (`llm.cache: false`)."""
+    cache = config.llm.cache
+    if cache is False:
+        return None
+    if isinstance(cache, str):
+        return Path(cache).expanduser().parent / "lora"
+    from recstack.data.datasets import data_home
+
+    return data_home(config.cache_dir) / "llm" / "lora"
+
+
+def _tuning_fields(tuning) -> dict[str, Any]:
+    """A tuning's figures for metrics.json; `reused`: loaded from the store, the seconds are the original's."""
+    return {"examples": tuning.n_examples, "epochs": tuning.settings.epochs, "seconds": round(tuning.seconds, 1),
+            "loss_per_epoch": tuning.loss_per_epoch, "trainable_parameters": tuning.trainable_parameters,
+            "key": tuning.key, "reused": tuning.reused}
+
+
+def _keep_adapters(metrics: dict[str, Any], store: Path | None, folder: Path) -> None:
+    """Copy every LoRA tuning the run used from the store into the run directory (`lora/<key>/`), so the
+    run carries its tuned weights (`recstack.llm.lora.finetune_lora(..., store=<run>/lora)` loads them)."""
+    if store is None:
+        return
+    keys = {row["lora"]["key"] for section in ("rating", "tallrec") for row in metrics.get(section, {}).get("rows", {}).values()
+            if isinstance(row, dict) and row.get("lora")}
+    for key in sorted(keys):
+        shutil.copytree(store / key, folder / key)
 
 
 def _cached_like(lm, tuned):
@@ -351,8 +386,9 @@ def _run_tallrec(config, section: TALLRecSection, lm, titles, split, history, us
     out: dict[str, Any] = {"n_pairs": int(len(rows)), "positive_rate": float(labels.mean()), "rows": {}}
     base = getattr(lm, "backend", lm)
     for n in section.examples:
+        store = lora_store(config)
         model = TALLRec(base, titles, n_examples=n, epochs=section.epochs, max_history=section.max_history,
-                        seed=config.seed).fit(split.train)
+                        seed=config.seed, lora_store=None if store is None else str(store)).fit(split.train)
         model.lm_ = _cached_like(lm, model.lm_)
         before = model.lm_.usage.as_dict()
         clock = time.perf_counter()
@@ -361,10 +397,12 @@ def _run_tallrec(config, section: TALLRecSection, lm, titles, split, history, us
                **_usage_since(model.lm_, before, len(users))}
         if model.tuning_ is not None:
             row.update({"train_seconds": round(model.tuning_.seconds, 1), "loss_per_epoch": model.tuning_.loss_per_epoch,
-                        "trainable_parameters": model.tuning_.trainable_parameters})
+                        "trainable_parameters": model.tuning_.trainable_parameters, "lora": _tuning_fields(model.tuning_)})
         out["rows"][str(n)] = row
         auc = "-" if row["AUC"] is None else f"{row['AUC']:.4f}"
-        say(f"    {n} examples: AUC {auc}" + (f" (LoRA {row['train_seconds']} s)" if n else " (untuned)"))
+        tuned = "" if not n else (f" (LoRA loaded, trained before in {row['train_seconds']} s)"
+                                  if model.tuning_.reused else f" (LoRA {row['train_seconds']} s)")
+        say(f"    {n} examples: AUC {auc}" + (tuned if n else " (untuned)"))
     return out
 
 
@@ -500,7 +538,8 @@ def _report(config: LLMExperimentConfig, metrics: dict[str, Any], manifest: dict
         for n, row in tallrec["rows"].items():
             auc = "-" if row["AUC"] is None else f"{row['AUC']:.4f}"
             loss = f"{row['loss_per_epoch'][-1]:.4f}" if "loss_per_epoch" in row else "-"
-            lines.append(f"| {n} | {auc} | {row.get('train_seconds', '-')} | {loss} |")
+            reused = " (loaded; trained in an earlier run)" if row.get("lora", {}).get("reused") else ""
+            lines.append(f"| {n} | {auc} | {row.get('train_seconds', '-')}{reused} | {loss} |")
         lines.append("")
     if "rerank" in metrics:
         rerank = metrics["rerank"]
@@ -588,6 +627,7 @@ def run_llm_experiment(config: LLMExperimentConfig | dict[str, Any], *, run_dir:
                             "usage": lm.usage.as_dict(),
                             "cache": str(getattr(lm, "path", "")) or None},
                     "versions": _versions()}
+        _keep_adapters(metrics, lora_store(config), tmp / "lora")
         rundir.write_yaml(tmp / rundir.CONFIG, config.to_dict())
         rundir.write_json(tmp / rundir.MANIFEST, manifest)
         rundir.write_json(tmp / rundir.METRICS, metrics)

@@ -72,10 +72,11 @@ class LLMRating:
         keep = slice(max(0, len(items) - cfg.max_history), len(items)) if cfg.max_history else slice(0, 0)
         return rating_messages([self.title(int(i)) for i in items[keep]], ratings[keep], self.title(int(item)), demos)
 
-    def fit_lora(self, train: Interactions, n_examples: int, settings=None) -> "LLMRating":
+    def fit_lora(self, train: Interactions, n_examples: int, settings=None, *, store=None) -> "LLMRating":
         """Kang et al.'s fine-tuned variant: LoRA on `n_examples` of the training part's own ratings (each
         asked with the ratings before it as the prompt, its stars as the answer). The model's `lm` becomes
-        the tuned copy (`tuning_` records the training); `lm` must be a `recstack.llm.LocalLM`."""
+        the tuned copy (`tuning_` records the training); `lm` must be a `recstack.llm.LocalLM`. With
+        `store` (a folder) trained adapters are kept and the same tuning is loaded instead of retrained."""
         from recstack.llm.lora import LoRASettings, draw_examples, finetune_lora
 
         if train.value is None:
@@ -89,7 +90,7 @@ class LLMRating:
                                           int(train.item[start + position]))
             prompts.append(self.lm.render(messages))
             answers.append(str(int(round(float(train.value[start + position])))))
-        self.lm, self.tuning_ = finetune_lora(self.lm, prompts, answers, settings)
+        self.lm, self.tuning_ = finetune_lora(self.lm, prompts, answers, settings, store=store)
         return self
 
     def predict(self, users: np.ndarray, items: np.ndarray, history: Interactions) -> RatingPredictions:

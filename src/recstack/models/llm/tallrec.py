@@ -42,6 +42,7 @@ class TALLRecConfig(ModelConfig):
     learning_rate: float = Field(3e-4, gt=0)
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(8, ge=1)
+    lora_store: str | None = None  # a folder keeping trained adapters: the same tuning is loaded, not retrained
 
 
 class TALLRec:
@@ -84,7 +85,7 @@ class TALLRec:
             answers.append("Yes." if train.value[start + position] >= cfg.like_threshold else "No.")
         settings = LoRASettings(rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, learning_rate=cfg.learning_rate,
                                 epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed)
-        self.lm_, self.tuning_ = finetune_lora(self.base, prompts, answers, settings)
+        self.lm_, self.tuning_ = finetune_lora(self.base, prompts, answers, settings, store=cfg.lora_store)
         return self
 
     def predict_proba(self, users: np.ndarray, items: np.ndarray, history: Interactions) -> np.ndarray:
