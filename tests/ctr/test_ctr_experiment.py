@@ -72,6 +72,7 @@ def test_a_ctr_run_writes_its_leaderboard(planted_atomic, planted_features, tmp_
     assert len(compared) == 1 and 0 <= compared[0]["test_vs_best"]["p"] <= 1
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
     assert manifest["task"] == "ctr" and manifest["split"]["test"]["rows"] == 600
+    assert manifest["split_fingerprint"] == result.split.fingerprint() and len(manifest["split_fingerprint"]) == 16
     assert "| fm |" in (result.run_dir / "report.md").read_text()
     assert (result.run_dir / "models" / "fm" / "model.json").is_file()
     rerank = json.loads((result.run_dir / "rerank.json").read_text())

@@ -107,3 +107,17 @@ def test_split_counts_oov_rows_of_the_planted_data(planted):
     assert summary["train"]["rows"] == 4800 and summary["test"]["rows"] == 600
     assert set(summary["test"]["oov_rows"]) == {"user_id", "group", "item_id"}
     assert 0.4 < split.train.positive_rate < 0.6
+
+
+def test_the_split_fingerprint_changes_with_the_rows_the_labels_and_the_features(planted):
+    fields = [FieldSpec("user_id"), FieldSpec("item_id"), FieldSpec("group")]
+    first = make_ctr_split(planted, fields, seed=0).fingerprint()
+    assert make_ctr_split(planted, fields, seed=0).fingerprint() == first
+    assert make_ctr_split(planted, fields, seed=1).fingerprint() != first  # other rows
+    assert make_ctr_split(planted, fields, seed=0, threshold=3).fingerprint() == first  # ratings are 1 or 5
+    flipped = Dataset(Interactions(planted.interactions.user, planted.interactions.item, planted.interactions.users,
+                                   planted.interactions.items, value=6.0 - planted.interactions.value,
+                                   timestamp=planted.interactions.timestamp),
+                      item_table=planted.item_table, user_table=planted.user_table)
+    assert make_ctr_split(flipped, fields, seed=0).fingerprint() != first  # the labels flipped
+    assert make_ctr_split(planted, fields[:2], seed=0).fingerprint() != first  # other features

@@ -304,7 +304,7 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
         finished = datetime.now(timezone.utc)
         manifest = {"run_name": writer.path.name, "task": "ctr", "started": started.isoformat(),
                     "finished": finished.isoformat(), "data_seconds": round(data_seconds, 3),
-                    "dataset": dataset.name, "split": summary,
+                    "dataset": dataset.name, "split": summary, "split_fingerprint": split.fingerprint(),
                     "features": {"fields": split.features.fields, "n_ids": split.features.n_ids,
                                  "info": split.features.info},
                     "versions": _versions()}
