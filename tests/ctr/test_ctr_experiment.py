@@ -70,6 +70,11 @@ def test_a_ctr_run_writes_its_leaderboard(planted_atomic, planted_features, tmp_
     assert low < metrics["fm"]["test"]["gAUC"] < high
     compared = [m for m in metrics.values() if "test_vs_best" in m]  # the other model against the best one
     assert len(compared) == 1 and 0 <= compared[0]["test_vs_best"]["p"] <= 1
+    low, high = metrics["fm"]["test_AUC_ci"]  # DeLong's interval, and its paired test against the best AUC
+    assert low < metrics["fm"]["test"]["AUC"] < high
+    compared = [m for m in metrics.values() if "test_AUC_vs_best" in m]
+    assert len(compared) == 1 and compared[0]["test_AUC_vs_best"]["test"] == "DeLong's paired test on AUC"
+    assert 0 <= compared[0]["test_AUC_vs_best"]["p"] <= 1
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
     assert manifest["task"] == "ctr" and manifest["split"]["test"]["rows"] == 600
     assert manifest["split_fingerprint"] == result.split.fingerprint() and len(manifest["split_fingerprint"]) == 16

@@ -7,8 +7,8 @@ import pytest
 from sklearn.metrics import log_loss as sk_log_loss
 from sklearn.metrics import roc_auc_score
 
-from recstack.evaluate.ctr import (auc, calibration, ctr_metrics, gauc, gauc_interval, log_loss, per_user_auc,
-                                  reliability)
+from recstack.evaluate.ctr import (auc, auc_interval, calibration, ctr_metrics, delong, delong_test, gauc,
+                                  gauc_interval, log_loss, per_user_auc, reliability)
 
 
 def test_auc_by_hand_with_a_tie():
@@ -80,3 +80,55 @@ def test_gauc_interval_brackets_the_estimate_and_ignores_row_order():
     assert low < gauc(labels, scores, users) < high and high - low < 0.1
     order = rng.permutation(3000)
     assert gauc_interval(per_user_auc(labels[order], scores[order], users[order])) == (low, high)
+
+
+# ---- DeLong: AUC's variance, interval and paired test --------------------------------------------
+
+def test_delong_by_hand():
+    # positives 0.8, 0.4; negatives 0.6, 0.2, 0.1. V10 = (3/3, 2/3), V01 = (1/2, 1, 1): AUC 5/6,
+    # var = var(V10) / 2 + var(V01) / 3 = (1/18) / 2 + (1/6) / 3 = 1/18
+    labels = [1, 1, 0, 0, 0]
+    scores = [0.8, 0.4, 0.6, 0.2, 0.1]
+    aucs, covariance = delong(labels, scores)
+    assert aucs[0] == pytest.approx(5 / 6) and covariance[0, 0] == pytest.approx(1 / 18)
+    low, high = auc_interval(labels, scores)
+    half = 1.959963984540054 * np.sqrt(1 / 18)
+    assert (low, high) == (pytest.approx(5 / 6 - half), 1.0)  # clipped at 1
+    # a tie counts one half: positives 0.5, 0.9 against negatives 0.5, 0.1 -> V10 = (0.75, 1)
+    assert delong([1, 1, 0, 0], [0.5, 0.9, 0.5, 0.1])[0][0] == pytest.approx(0.875)
+
+
+def _naive_components(labels, score):
+    """V10 and V01 by comparing every positive with every negative (ties one half)."""
+    labels, score = np.asarray(labels), np.asarray(score)
+    x, y = score[labels == 1], score[labels == 0]
+    psi = (x[:, None] > y[None, :]) + 0.5 * (x[:, None] == y[None, :])
+    return psi.mean(axis=1), psi.mean(axis=0)
+
+
+def test_delong_matches_the_pairwise_definition_on_random_scores_with_ties():
+    rng = np.random.default_rng(0)
+    labels = (rng.random(300) < 0.3).astype(int)
+    a = np.round(rng.normal(labels, 1.0), 1)  # rounded: many ties
+    b = np.round(rng.normal(labels * 0.5, 1.0), 1)
+    aucs, covariance = delong(labels, a, b)
+    components = [_naive_components(labels, s) for s in (a, b)]
+    m, n = int(labels.sum()), int((1 - labels).sum())
+    expected = np.cov([c[0] for c in components]) / m + np.cov([c[1] for c in components]) / n
+    np.testing.assert_allclose(aucs, [c[0].mean() for c in components], rtol=1e-12)
+    np.testing.assert_allclose(aucs, [auc(labels, a), auc(labels, b)], rtol=1e-12)
+    np.testing.assert_allclose(covariance, expected, rtol=1e-10)
+
+
+def test_delong_paired_test():
+    rng = np.random.default_rng(1)
+    labels = (rng.random(400) < 0.5).astype(int)
+    good = rng.normal(labels, 1.0)
+    assert delong_test(labels, good, good) == 1.0
+    assert delong_test(labels, good, 2 * good + 1) == 1.0  # the same ranking
+    assert delong_test(labels, good, rng.normal(size=400)) < 1e-6  # informative against noise
+    # two equally informative, independent models: no difference is found
+    assert delong_test(labels, rng.normal(labels, 1.0), rng.normal(labels, 1.0)) > 0.05
+    with pytest.raises(ValueError, match="at least two rows of each class"):
+        delong([1, 0, 0], [0.2, 0.1, 0.3])
+    assert np.isnan(auc_interval([1, 0, 0], [0.2, 0.1, 0.3])).all()

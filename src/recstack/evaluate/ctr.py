@@ -14,6 +14,13 @@ Pinned definitions (each has a hand-worked test and a scikit-learn cross-check):
 The per-user AUCs (`per_user_auc`) feed the same paired tests the ranking metrics use
 (`recstack.evaluate.stats.paired_test`); `gauc_interval` is the users-resampled bootstrap interval of
 gAUC, with the settings of `stats.bootstrap_ci` (95%, 2,000 resamples, seed 0).
+
+AUC itself gets DeLong's variance (DeLong, DeLong and Clarke-Pearson, Biometrics 1988), computed from
+mid-ranks as in Sun and Xu (IEEE SPL 2014), O(n log n): `auc_interval` is the normal interval
+AUC +- z * se, and `delong_test` the paired test of two models' AUCs on the same rows (their
+covariance enters the variance of the difference). AUC is a statistic of pairs, not of rows, so
+DeLong's U-statistic variance is its standard interval; a row bootstrap would re-sort the rows
+thousands of times for the same answer.
 """
 
 from __future__ import annotations
@@ -125,6 +132,67 @@ def gauc_interval(per_user: PerUserAUC, *, confidence: float = 0.95, n_resamples
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def _midranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of `x` with ties given their average rank."""
+    order = np.argsort(x, kind="mergesort")
+    sorted_x = x[order]
+    new_run = np.ones(len(x), dtype=bool)
+    new_run[1:] = sorted_x[1:] != sorted_x[:-1]
+    run = np.cumsum(new_run) - 1
+    positions = np.arange(1, len(x) + 1, dtype=np.float64)
+    mean = np.bincount(run, weights=positions) / np.bincount(run)
+    ranks = np.empty(len(x))
+    ranks[order] = mean[run]
+    return ranks
+
+
+def delong(labels, *scores) -> tuple[np.ndarray, np.ndarray]:
+    """The AUCs of each score vector on the same rows and DeLong's covariance matrix of them.
+
+    With m positives X and n negatives Y, the structural components are V10_i = (R(X_i) - R_X(X_i)) / n
+    and V01_j = 1 - (R(Y_j) - R_Y(Y_j)) / m (R: mid-rank among all rows, R_X / R_Y: among the
+    positives / negatives alone); AUC = mean V10 and cov = cov(V10) / m + cov(V01) / n."""
+    labels = np.asarray(labels, dtype=np.float64).ravel()
+    columns = [_check(labels, score)[1] for score in scores]
+    positive = labels == 1
+    m, n = int(positive.sum()), int((~positive).sum())
+    if m < 2 or n < 2:
+        raise ValueError(f"DeLong's variance needs at least two rows of each class; got {m} positives, {n} negatives")
+    v10, v01 = np.empty((len(columns), m)), np.empty((len(columns), n))
+    for k, score in enumerate(columns):
+        everything = _midranks(score)
+        v10[k] = (everything[positive] - _midranks(score[positive])) / n
+        v01[k] = 1.0 - (everything[~positive] - _midranks(score[~positive])) / m
+    aucs = v10.mean(axis=1)
+    covariance = np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
+    return aucs, covariance
+
+
+def auc_interval(labels, scores, *, confidence: float = 0.95) -> tuple[float, float]:
+    """DeLong's normal interval of AUC, clipped to [0, 1]; NaNs with fewer than two rows of a class."""
+    from scipy.stats import norm
+
+    try:
+        aucs, covariance = delong(labels, scores)
+    except ValueError:
+        return float("nan"), float("nan")
+    half = norm.ppf((1 + confidence) / 2) * np.sqrt(max(covariance[0, 0], 0.0))
+    return float(max(0.0, aucs[0] - half)), float(min(1.0, aucs[0] + half))
+
+
+def delong_test(labels, scores_a, scores_b) -> float:
+    """Two-sided p-value of DeLong's paired test that two models' AUCs on the same rows are equal
+    (1.0 when their difference has no variance: the two rankings agree on every pair)."""
+    from scipy.stats import norm
+
+    aucs, covariance = delong(labels, scores_a, scores_b)
+    variance = covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1]
+    if variance <= 1e-15:
+        return 1.0 if abs(aucs[0] - aucs[1]) < 1e-12 else 0.0
+    z = (aucs[0] - aucs[1]) / np.sqrt(variance)
+    return float(2 * norm.sf(abs(z)))
 
 
 def calibration(labels, probabilities) -> float:

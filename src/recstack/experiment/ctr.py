@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from recstack.errors import RecstackError
@@ -215,16 +216,22 @@ def _fmt(value: Any) -> str:
 
 
 def leaderboard_markdown(metrics: dict[str, dict[str, Any]]) -> str:
-    lines = ["| model | " + " | ".join(LEADERBOARD) + " | gAUC 95% CI | p vs best | fit s | best epoch |",
-             "|---|" + "---|" * (len(LEADERBOARD) + 4)]
+    lines = ["| model | " + " | ".join(LEADERBOARD) + " | AUC 95% CI | AUC p vs best | gAUC 95% CI | gAUC p vs best "
+             "| fit s | best epoch |", "|---|" + "---|" * (len(LEADERBOARD) + 6)]
+
+    def interval(ci: Any) -> str:
+        return f"{_fmt(ci[0])}-{_fmt(ci[1])}" if ci else "-"
+
+    def p_value(test: dict[str, Any] | None) -> str:
+        p = (test or {}).get("p")
+        return "-" if p is None else f"{p:.2g}"
+
     for label, record in metrics.items():
         test = record["test"]
-        ci = record.get("test_gAUC_ci")
-        interval = f"{_fmt(ci[0])}-{_fmt(ci[1])}" if ci else "-"
-        p = record.get("test_vs_best", {}).get("p")
         lines.append(f"| {label} | " + " | ".join(_fmt(test.get(m)) for m in LEADERBOARD)
-                     + f" | {interval} | {'-' if p is None else f'{p:.2g}'} | {record['fit_seconds']:.1f} | "
-                     f"{record.get('best_epoch', '-')} |")
+                     + f" | {interval(record.get('test_AUC_ci'))} | {p_value(record.get('test_AUC_vs_best'))} "
+                     f"| {interval(record.get('test_gAUC_ci'))} | {p_value(record.get('test_vs_best'))} "
+                     f"| {record['fit_seconds']:.1f} | {record.get('best_epoch', '-')} |")
     return "\n".join(lines)
 
 
@@ -243,7 +250,7 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
                        progress: bool = True, console: Any = None) -> CTRRunResult:
     """Label, split, fit features, fit and evaluate every CTR model, write the run directory."""
     from recstack.data.ctr import make_ctr_split
-    from recstack.evaluate.ctr import ctr_metrics, gauc_interval, per_user_auc
+    from recstack.evaluate.ctr import auc_interval, ctr_metrics, gauc_interval, per_user_auc
     from recstack.experiment import rundir
     from recstack.experiment.run import _check_destination, _claim_run_dir, _versions, load_data, progress_printer
     from recstack.models.ctr import CTR_MODELS
@@ -269,6 +276,7 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
     metrics: dict[str, dict[str, Any]] = {}
     curves: dict[str, Any] = {}
     per_user: dict[str, Any] = {}
+    test_predictions: dict[str, np.ndarray] = {}
     writer = _claim_run_dir(config, dataset, started, fingerprint, run_dir)
     with writer as tmp:
         for position, entry in enumerate(config.models, start=1):
@@ -290,6 +298,8 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
                 if part == "test" and len(data):
                     per_user[label] = per_user_auc(data.label, p, data.user)
                     record["test_gAUC_ci"] = list(gauc_interval(per_user[label]))
+                    record["test_AUC_ci"] = list(auc_interval(data.label, p))
+                    test_predictions[label] = p
             metrics[label] = record
             curves[label] = model.history_
             models[label] = model
@@ -297,7 +307,7 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
             say(f"      fit {fit_seconds:.1f} s (best epoch {model.best_epoch_}); valid AUC "
                 f"{_fmt(record['valid'].get('AUC'))}, test AUC {_fmt(record['test'].get('AUC'))}, test LogLoss "
                 f"{_fmt(record['test'].get('LogLoss'))}")
-        _paired_tests(metrics, per_user)
+        _paired_tests(metrics, per_user, split.test.label, test_predictions)
         rerank = _run_rerank(config, dataset, split, models, say, progress) if config.rerank is not None else None
         if rerank is not None:
             rundir.write_json(tmp / RERANK, rerank)
@@ -338,17 +348,25 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
     return CTRRunResult(writer.path, metrics, split, dataset, models, config, rerank or {})
 
 
-def _paired_tests(metrics: dict[str, dict[str, Any]], per_user: dict[str, Any]) -> None:
-    """Each model's per-user test AUC against the best gAUC model's: paired t-test p (the same users)."""
+def _paired_tests(metrics: dict[str, dict[str, Any]], per_user: dict[str, Any], labels: np.ndarray,
+                  predictions: dict[str, np.ndarray]) -> None:
+    """Each model against the best: its per-user test AUC against the best gAUC model's (paired t-test
+    p, the same users), and its test AUC against the best AUC model's (DeLong's paired test, the same rows)."""
+    from recstack.evaluate.ctr import delong_test
     from recstack.evaluate.stats import paired_test
 
-    if len(per_user) < 2:
-        return
-    best = max(per_user, key=lambda label: metrics[label]["test"].get("gAUC", float("-inf")))
-    for label, values in per_user.items():
-        if label != best:
-            metrics[label]["test_vs_best"] = {"best": best, "test": "paired t-test on per-user AUC",
-                                              "p": paired_test(values.auc, per_user[best].auc, "t")}
+    if len(per_user) >= 2:
+        best = max(per_user, key=lambda label: metrics[label]["test"].get("gAUC", float("-inf")))
+        for label, values in per_user.items():
+            if label != best:
+                metrics[label]["test_vs_best"] = {"best": best, "test": "paired t-test on per-user AUC",
+                                                  "p": paired_test(values.auc, per_user[best].auc, "t")}
+    if len(predictions) >= 2 and 0 < labels.sum() < len(labels) - 1:
+        best = max(predictions, key=lambda label: metrics[label]["test"].get("AUC", float("-inf")))
+        for label, p in predictions.items():
+            if label != best:
+                metrics[label]["test_AUC_vs_best"] = {"best": best, "test": "DeLong's paired test on AUC",
+                                                      "p": delong_test(labels, p, predictions[best])}
 
 
 # ---- retrieve then rank ---------------------------------------------------------------------------
