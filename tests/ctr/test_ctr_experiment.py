@@ -39,6 +39,10 @@ def _raw(**changes):
     ({"rerank": {"retrievers": [{"name": "eas"}]}}, r"rerank.retrievers\[0\] \(eas\)"),
     ({"rerank": {"retrievers": [{"name": "ease"}], "rankers": ["deepfm"]}}, "'deepfm' is not the label of a CTR"),
     ({"rerank": {"retrievers": [{"name": "ease"}], "metrics": ["NDGC"]}}, "rerank.metrics"),
+    ({"seeds": []}, "give at least one seed"),
+    ({"seeds": [1, 1]}, "seed 1 is listed more than once"),
+    ({"split_per_seed": True}, "give seeds"),
+    ({"seeds": [1, 2], "models": [{"name": "fm", "params": {"seed": 3}}]}, "params.seed is fixed"),
 ])
 def test_bad_ctr_sections_are_named(changes, message):
     with pytest.raises(ExperimentConfigError, match=message):
@@ -112,3 +116,32 @@ def test_the_command_line_names_the_field_and_exits_2(planted_atomic, tmp_path):
     result = CliRunner().invoke(app, ["run", str(tmp_path / "bad.yaml")])
     assert result.exit_code == 2
     assert "feature 'kind' is declared numeric but holds text" in " ".join(result.output.split())
+
+
+def test_a_multi_seed_ctr_run_reports_the_spread_and_the_test_over_seeds(planted_atomic, planted_features, tmp_path):
+    raw = {"task": "ctr", "data": {"path": str(planted_atomic), "format": "atomic"},
+           "output_dir": str(tmp_path / "runs"), "seeds": [3, 4, 5],
+           "ctr": {"features": [{"name": "user_id"}, {"name": "item_id"}, *planted_features]},
+           "models": [{"name": "fm", "params": {"epochs": 2, "batch_size": 512}},
+                      {"name": "fm", "label": "fm_tiny", "params": {"epochs": 1, "batch_size": 512,
+                                                                     "embedding_size": 2}}]}
+    result = run_experiment(raw, progress=False)
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    fm = metrics["fm"]
+    assert fm["seeds"] == [3, 4, 5] and set(fm["per_seed"]) == {"3", "4", "5"}
+    per_seed = [fm["per_seed"][s]["test"]["AUC"] for s in ("3", "4", "5")]
+    assert fm["test"]["AUC"] == pytest.approx(sum(per_seed) / 3)
+    assert fm["across_seeds"]["test"]["AUC"]["n"] == 3 and fm["across_seeds"]["test"]["AUC"]["sd"] > 0
+    # the seed is the model's: one split (split_per_seed off), three trainings
+    assert fm["per_seed"]["3"]["test"]["AUC"] != fm["per_seed"]["4"]["test"]["AUC"]
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["seeds"]["seeds"] == [3, 4, 5] and len(set(manifest["seeds"]["split_fingerprints"].values())) == 1
+    over = [m["test_AUC_vs_best_across_seeds"] for m in metrics.values() if "test_AUC_vs_best_across_seeds" in m]
+    assert len(over) == 1 and over[0]["n_seeds"] == 3 and over[0]["better_on"] + over[0]["worse_on"] <= 3
+    report = (result.run_dir / "report.md").read_text()
+    assert "## Over seeds (3 seeds, one row split)" in report and " ± " in report
+    assert "only 3 seeds" in report  # the power note
+    again = run_experiment({**raw, "seeds": [3, 4], "split_per_seed": True, "models": raw["models"][:1]},
+                           progress=False)
+    fingerprints = json.loads((again.run_dir / "manifest.json").read_text())["seeds"]["split_fingerprints"]
+    assert len(set(fingerprints.values())) == 2

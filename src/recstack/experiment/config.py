@@ -308,6 +308,24 @@ class RayConfig(_Strict):
     workers: int = Field(2, ge=1)
 
 
+def check_seed_list(seeds: list[int] | None) -> list[int] | None:
+    """A multi-seed run's `seeds`: at least one, each a valid seed, none twice (None: a single-seed run)."""
+    if seeds is None:
+        return None
+    if not seeds:
+        raise ValueError("give at least one seed (e.g. seeds: [2020, 2021, 2022, 2023, 2024]), or remove 'seeds' "
+                         "for a single-seed run")
+    for seed in seeds:
+        try:
+            _check_seed(seed)
+        except ValueError as exc:
+            raise ValueError(f"every seed {exc}") from None
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        raise ValueError(f"seed {repeated[0]} is listed more than once; each repetition needs its own seed")
+    return seeds
+
+
 class ExperimentConfig(_Strict):
     """Everything a run needs; see the module docstring and `default.yaml` for an example."""
 
@@ -360,20 +378,7 @@ class ExperimentConfig(_Strict):
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
-        if seeds is None:
-            return None
-        if not seeds:
-            raise ValueError("give at least one seed (e.g. seeds: [2020, 2021, 2022, 2023, 2024]), or remove 'seeds' "
-                             "for a single-seed run")
-        for seed in seeds:
-            try:
-                _check_seed(seed)
-            except ValueError as exc:
-                raise ValueError(f"every seed {exc}") from None
-        repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
-        if repeated:
-            raise ValueError(f"seed {repeated[0]} is listed more than once; each repetition needs its own seed")
-        return seeds
+        return check_seed_list(seeds)
 
     @field_validator("ks")
     @classmethod

@@ -25,7 +25,8 @@ rows and writes `config.yaml`, `manifest.json` (split summary with OOV counts, t
 `models/<label>/` and `report.md` (the leaderboard). With a `rerank` section, each retriever (a
 ranking model fitted on every training row) is evaluated alone and with each CTR model reordering
 its top `n`, by full ranking against the test rows labelled 1 (`rerank.json`, and a table in the
-report). See docs/ctr.md.
+report). With `seeds: [...]` every model is trained once per seed (on one split, or one per seed with
+`split_per_seed`) and metrics.json and the leaderboard hold the spread over seeds. See docs/ctr.md.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ import numpy as np
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from recstack.errors import RecstackError
-from recstack.experiment.config import ExperimentConfigError, ModelEntry, TaskConfig, _Strict, distinct_labels
+from recstack.experiment.config import (ExperimentConfigError, ModelEntry, TaskConfig, _Strict, check_seed_list,
+                                        distinct_labels)
 
 LEADERBOARD = ("AUC", "LogLoss", "gAUC", "Calibration")
 RERANK = "rerank.json"  # retrieve-then-rank: each retriever alone and chained with each ranker
@@ -123,12 +125,28 @@ class CTRExperimentConfig(TaskConfig):
     ctr: CTRSection
     models: list[ModelEntry] = Field(min_length=1)
     rerank: RerankSection | None = None
+    # multi-seed: every model trained once per seed on the same split, unless `split_per_seed` draws the
+    # row split with each seed too; the leaderboard shows mean ± sd over seeds (docs/ctr.md)
+    seeds: list[int] | None = None
+    split_per_seed: bool = False
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        return check_seed_list(seeds)
 
     @model_validator(mode="after")
     def _check(self) -> "CTRExperimentConfig":
         if self.data.files is not None:
             raise ValueError("a CTR experiment splits its rows itself (random 8:1:1 by 'ctr.ratios'); give the data "
                              "as 'dataset' or 'path', not pre-split 'files'")
+        if self.seeds is None and self.split_per_seed:
+            raise ValueError("split_per_seed re-draws the split with each of 'seeds'; give seeds: [...] too")
+        if self.seeds is not None:
+            for position, entry in enumerate(self.models):
+                if "seed" in entry.params:
+                    raise ValueError(f"models[{position}] ({entry.display}): params.seed is fixed, but 'seeds' gives "
+                                     "every model each of its seeds in turn; remove params.seed (or 'seeds')")
         seen = distinct_labels(self.models)
         for position, entry in enumerate(self.models):
             try:
@@ -157,12 +175,23 @@ class CTRExperimentConfig(TaskConfig):
                 raise ValueError(f"rerank.rankers: {ranker!r} is not the label of a CTR model entry "
                                  f"(labels: {', '.join(sorted(labels))})")
 
-    def model_config_for(self, entry: ModelEntry):
+    def model_config_for(self, entry: ModelEntry, seed: int | None = None):
+        """The validated model config of `entry`; `seed` (default: the experiment's) is the model seed."""
         from recstack.models.ctr import CTR_MODELS
         from recstack.models.protocol import make_config
 
         cls = CTR_MODELS.resolve(entry.name)
-        return make_config(cls.Config, {"valid_metric": self.ctr.valid_metric, "seed": self.seed, **entry.params})
+        return make_config(cls.Config, {"valid_metric": self.ctr.valid_metric, "seed": self.seed if seed is None else seed,
+                                        **entry.params})
+
+    @property
+    def run_seeds(self) -> list[int]:
+        """The model seeds of the run: `seeds`, else [`seed`]."""
+        return list(self.seeds) if self.seeds is not None else [self.seed]
+
+    def split_seed(self, seed: int) -> int:
+        """The seed the row split of repetition `seed` is drawn with."""
+        return seed if self.split_per_seed else self.seed
 
     def check_devices(self, source: str | None = None) -> None:
         from recstack.train.trainer import resolve_device
@@ -215,6 +244,33 @@ def _fmt(value: Any) -> str:
     return "-" if value is None or value != value else f"{value:.4f}"
 
 
+def _metric_cell(record: dict[str, Any], metric: str) -> str:
+    """A test figure as the leaderboard shows it: mean ± sd over seeds in a multi-seed run."""
+    from recstack.experiment.seeds import spread_of
+
+    cell = spread_of(record, "test", metric)
+    return _fmt(record["test"].get(metric)) if cell is None or cell.sd is None else cell.shown()
+
+
+def seeds_markdown(metrics: dict[str, dict[str, Any]]) -> str:
+    """A multi-seed run's test AUC per seed and the test over seeds against the best model."""
+    from recstack.experiment import seeds
+
+    first = next(iter(metrics.values()))
+    run_seeds = [int(seed) for seed in first.get("per_seed", {})]
+    lines = ["| model | " + " | ".join(f"seed {seed}" for seed in run_seeds) + " | vs best over seeds |",
+             "|---|" + "---|" * (len(run_seeds) + 1)]
+    for label, record in metrics.items():
+        values = dict(seeds.per_seed_values(record, "test", "AUC"))
+        test = record.get("test_AUC_vs_best_across_seeds")
+        versus = "best" if test is None else (
+            f"p {'-' if test['p'] is None else format(test['p'], '.2g')} (better on {test['better_on']}, worse on "
+            f"{test['worse_on']} of {test['n_seeds']} seeds)")
+        lines.append(f"| {label} | " + " | ".join(_fmt(values.get(seed)) for seed in run_seeds) + f" | {versus} |")
+    note = seeds.power_note(len(run_seeds))
+    return "\n".join(lines + ([f"\n{note}."] if note else []))
+
+
 def leaderboard_markdown(metrics: dict[str, dict[str, Any]]) -> str:
     lines = ["| model | " + " | ".join(LEADERBOARD) + " | AUC 95% CI | AUC p vs best | gAUC 95% CI | gAUC p vs best "
              "| fit s | best epoch |", "|---|" + "---|" * (len(LEADERBOARD) + 6)]
@@ -227,8 +283,7 @@ def leaderboard_markdown(metrics: dict[str, dict[str, Any]]) -> str:
         return "-" if p is None else f"{p:.2g}"
 
     for label, record in metrics.items():
-        test = record["test"]
-        lines.append(f"| {label} | " + " | ".join(_fmt(test.get(m)) for m in LEADERBOARD)
+        lines.append(f"| {label} | " + " | ".join(_metric_cell(record, m) for m in LEADERBOARD)
                      + f" | {interval(record.get('test_AUC_ci'))} | {p_value(record.get('test_AUC_vs_best'))} "
                      f"| {interval(record.get('test_gAUC_ci'))} | {p_value(record.get('test_vs_best'))} "
                      f"| {record['fit_seconds']:.1f} | {record.get('best_epoch', '-')} |")
@@ -242,7 +297,7 @@ def leaderboard_table(metrics: dict[str, dict[str, Any]]):
     for column in ("model", *LEADERBOARD, "fit s"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for label, record in metrics.items():
-        table.add_row(label, *(_fmt(record["test"].get(m)) for m in LEADERBOARD), f"{record['fit_seconds']:.1f}")
+        table.add_row(label, *(_metric_cell(record, m) for m in LEADERBOARD), f"{record['fit_seconds']:.1f}")
     return table
 
 
@@ -264,8 +319,18 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
     clock = time.perf_counter()
     say(f"[bold]recstack[/bold] CTR: loading data ({config.data.label}) ...")
     dataset = load_data(config)
-    split = make_ctr_split(dataset, [f.spec() for f in config.ctr.features], threshold=config.ctr.threshold,
-                           ratios=config.ctr.ratios, seed=config.seed)
+    run_seeds = config.run_seeds
+    splits: dict[int, Any] = {}
+
+    def split_for(seed: int):
+        """The row split of repetition `seed` (one split for all seeds unless split_per_seed)."""
+        key = config.split_seed(seed)
+        if key not in splits:
+            splits[key] = make_ctr_split(dataset, [f.spec() for f in config.ctr.features],
+                                         threshold=config.ctr.threshold, ratios=config.ctr.ratios, seed=key)
+        return splits[key]
+
+    split = split_for(run_seeds[0])  # the analysis split: its models are saved, tested and reranked
     data_seconds = time.perf_counter() - clock
     summary = split.summary()
     say(f"  {len(dataset.interactions):,} rows -> train {len(split.train):,} / valid {len(split.valid):,} / test "
@@ -281,33 +346,44 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
     with writer as tmp:
         for position, entry in enumerate(config.models, start=1):
             label = entry.display
-            say(f"[{position}/{len(config.models)}] [bold]{label}[/bold] fitting ...")
-            model = CTR_MODELS.resolve(entry.name)(config.model_config_for(entry))
-            clock = time.perf_counter()
-            model.fit(split.train, split.valid,
-                      options=FitOptions(log_path=rundir.log_path(tmp, label), progress=progress, label=label))
-            fit_seconds = time.perf_counter() - clock
-            record: dict[str, Any] = {"model": entry.name, "fit_seconds": round(fit_seconds, 3),
-                                      "best_epoch": model.best_epoch_, "epochs_run": len(model.history_)}
-            for part in ("valid", "test"):
-                data = getattr(split, part)
+            records: dict[int, dict[str, Any]] = {}
+            for seed in run_seeds:
+                first = seed == run_seeds[0]
+                data_split = split_for(seed)
+                of_seed = f" (seed {seed})" if config.seeds is not None else ""
+                say(f"[{position}/{len(config.models)}] [bold]{label}[/bold]{of_seed} fitting ...")
+                model = CTR_MODELS.resolve(entry.name)(config.model_config_for(entry, seed))
                 clock = time.perf_counter()
-                p = model.predict(data)
-                record[f"{part}_predict_seconds"] = round(time.perf_counter() - clock, 3)
-                record[part] = ctr_metrics(data.label, p, data.user) if len(data) else {}
-                if part == "test" and len(data):
-                    per_user[label] = per_user_auc(data.label, p, data.user)
-                    record["test_gAUC_ci"] = list(gauc_interval(per_user[label]))
-                    record["test_AUC_ci"] = list(auc_interval(data.label, p))
-                    test_predictions[label] = p
-            metrics[label] = record
-            curves[label] = model.history_
-            models[label] = model
-            model.save(rundir.model_dir(tmp, label))
-            say(f"      fit {fit_seconds:.1f} s (best epoch {model.best_epoch_}); valid AUC "
-                f"{_fmt(record['valid'].get('AUC'))}, test AUC {_fmt(record['test'].get('AUC'))}, test LogLoss "
-                f"{_fmt(record['test'].get('LogLoss'))}")
+                log = rundir.log_path(tmp, label if first else f"{label}@seed{seed}")
+                model.fit(data_split.train, data_split.valid,
+                          options=FitOptions(log_path=log, progress=progress, label=label))
+                fit_seconds = time.perf_counter() - clock
+                record: dict[str, Any] = {"model": entry.name, "fit_seconds": round(fit_seconds, 3),
+                                          "best_epoch": model.best_epoch_, "epochs_run": len(model.history_)}
+                for part in ("valid", "test"):
+                    data = getattr(data_split, part)
+                    clock = time.perf_counter()
+                    p = model.predict(data)
+                    record[f"{part}_predict_seconds"] = round(time.perf_counter() - clock, 3)
+                    record[part] = ctr_metrics(data.label, p, data.user) if len(data) else {}
+                    if part == "test" and len(data):
+                        users_auc = per_user_auc(data.label, p, data.user)
+                        record["test_gAUC_ci"] = list(gauc_interval(users_auc))
+                        record["test_AUC_ci"] = list(auc_interval(data.label, p))
+                        if first:
+                            per_user[label], test_predictions[label] = users_auc, p
+                records[seed] = record
+                if first:
+                    curves[label] = model.history_
+                    models[label] = model
+                    model.save(rundir.model_dir(tmp, label))
+                say(f"      fit {fit_seconds:.1f} s (best epoch {model.best_epoch_}); valid AUC "
+                    f"{_fmt(record['valid'].get('AUC'))}, test AUC {_fmt(record['test'].get('AUC'))}, test LogLoss "
+                    f"{_fmt(record['test'].get('LogLoss'))}")
+            metrics[label] = records[run_seeds[0]] if config.seeds is None else _across_seeds(records)
         _paired_tests(metrics, per_user, split.test.label, test_predictions)
+        if config.seeds is not None:
+            _seed_tests(metrics)
         rerank = _run_rerank(config, dataset, split, models, say, progress) if config.rerank is not None else None
         if rerank is not None:
             rundir.write_json(tmp / RERANK, rerank)
@@ -315,6 +391,9 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
         manifest = {"run_name": writer.path.name, "task": "ctr", "started": started.isoformat(),
                     "finished": finished.isoformat(), "data_seconds": round(data_seconds, 3),
                     "dataset": dataset.name, "split": summary, "split_fingerprint": split.fingerprint(),
+                    **({} if config.seeds is None else {"seeds": {
+                        "seeds": run_seeds, "split_per_seed": config.split_per_seed, "analysis_seed": run_seeds[0],
+                        "split_fingerprints": {str(seed): split_for(seed).fingerprint() for seed in run_seeds}}}),
                     "features": {"fields": split.features.fields, "n_ids": split.features.n_ids,
                                  "info": split.features.info},
                     "versions": _versions()}
@@ -324,13 +403,19 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
         rundir.write_json(tmp / rundir.CURVES, curves)
         report = [f"# CTR run {writer.path.name}", "",
                   f"Data {dataset.name}: {summary['train']['rows']:,} / {summary['valid']['rows']:,} / "
-                  f"{summary['test']['rows']:,} rows (random {config.ctr.ratios}, seed {config.seed}), label "
+                  f"{summary['test']['rows']:,} rows (random {config.ctr.ratios}, seed {config.split_seed(run_seeds[0])}), label "
                   f"rating >= {config.ctr.threshold:g}, test positive rate {summary['test']['positive_rate']:.4f}.",
                   f"Fields: {', '.join(split.features.fields)}. Test rows with an unseen (OOV) value: "
                   + ", ".join(f"{k} {v}" for k, v in summary["test"].get("oov_rows", {}).items()) + ".", "",
                   "Test rows; gAUC weighted by each user's rows; Calibration = mean prediction / positive rate; "
                   f"early stopping on validation {config.ctr.valid_metric}.", "",
                   leaderboard_markdown(metrics), ""]
+        if config.seeds is not None:
+            report += [f"## Over seeds ({len(run_seeds)} seeds"
+                       + (", the row split drawn with each" if config.split_per_seed else ", one row split") + ")", "",
+                       f"The leaderboard shows mean ± sd over seeds; its intervals and per-row tests are the first "
+                       f"seed's ({run_seeds[0]}), whose models are saved. Test AUC per seed, and the paired t-test "
+                       "over seeds against the model with the best mean:", "", seeds_markdown(metrics), ""]
         if rerank is not None:
             report += [f"## Retrieve then rank (top {config.rerank.n} reordered)", "",
                        "Full ranking over the catalogue; relevant: the test rows labelled 1; masked: the training "
@@ -346,6 +431,38 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
             console.print(rerank_markdown(rerank, config.rerank.labels()), markup=False)
         say(f"run directory: [bold]{writer.path}[/bold]")
     return CTRRunResult(writer.path, metrics, split, dataset, models, config, rerank or {})
+
+
+def _across_seeds(records: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One model's metrics.json record over seeds (`recstack.experiment.seeds.aggregate`: the means as
+    `valid`/`test`, `across_seeds` with sd and interval, `per_seed`), plus the analysis seed's intervals."""
+    from recstack.experiment import seeds
+
+    record = seeds.aggregate(records)
+    first = records[next(iter(records))]
+    for key in ("epochs_run", "test_gAUC_ci", "test_AUC_ci"):
+        if key in first:
+            record[key] = first[key]  # of the analysis seed, the first: its model is saved and tested
+    return record
+
+
+def _seed_tests(metrics: dict[str, dict[str, Any]]) -> None:
+    """Each model's per-seed test AUC against the model with the best mean test AUC: the paired t-test
+    over seeds (`recstack.experiment.seeds.seed_test`); an order between models is claimed only from it."""
+    from recstack.experiment import seeds
+
+    best = max(metrics, key=lambda label: metrics[label]["test"].get("AUC") or float("-inf"))
+    best_values = dict(seeds.per_seed_values(metrics[best], "test", "AUC"))
+    for label, record in metrics.items():
+        if label == best:
+            continue
+        values = dict(seeds.per_seed_values(record, "test", "AUC"))
+        common = [s for s in values if values[s] is not None and best_values.get(s) is not None]
+        test = seeds.seed_test(label, best, common, [values[s] for s in common], [best_values[s] for s in common])
+        higher, lower, _ = test.signs
+        record["test_AUC_vs_best_across_seeds"] = {
+            "best": best, "test": "paired t-test over seeds on test AUC", "p": test.p if test.p == test.p else None,
+            "n_seeds": test.n, "better_on": higher, "worse_on": lower}
 
 
 def _paired_tests(metrics: dict[str, dict[str, Any]], per_user: dict[str, Any], labels: np.ndarray,
