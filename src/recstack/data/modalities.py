@@ -18,6 +18,9 @@ Built-in modalities, all offline:
   directory (e.g. all-mpnet-base-v2 unpacked from its index parts).
 - `structure`: genre multi-hot (the "A|B" cells of a `genres` column) and the year scaled to
   [0, 1] over the catalogue (unknown years take the mean).
+- `knowledge`: the linked entity's TransE embedding learnt from the dataset's knowledge graph
+  (`recstack.data.kg_embedding`; cached by the graph's and the settings' fingerprint beside the text
+  embeddings); items without a link get a zero row (no knowledge), counted in the provenance.
 - `image`: a slot only: no item images exist here. MMRec's `image_feat.npy` fills it.
 
 MMRec's own data (`read_mmrec`): a folder with `<name>.inter` (tab-separated userID, itemID,
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -43,7 +46,7 @@ from recstack.data.dataset import Dataset
 from recstack.data.interactions import Interactions, Vocab
 from recstack.errors import RecstackError
 
-BUILT_IN = ("text", "structure", "image")
+BUILT_IN = ("text", "structure", "knowledge", "image")
 MMREC_FILES = {"image": "image_feat.npy", "text": "text_feat.npy"}
 
 
@@ -182,6 +185,42 @@ def structure_modality(dataset: Dataset, *, genres: str = "genres", year: str = 
                          "fingerprint": fingerprint, "columns": columns})
 
 
+def knowledge_modality(dataset: Dataset, settings: Any = None, *, cache: bool = True,
+                       cache_dir: Any = None) -> ItemModality:
+    """Each item's linked entity embedding, learnt by TransE from `dataset.kg` (zeros where unlinked)."""
+    from recstack.data.features import _read_cache, _write_cache, embeddings_home
+    from recstack.data.kg_embedding import TransESettings, kg_fingerprint, settings_key, transe
+
+    kg = dataset.kg
+    if kg is None:
+        raise ModalityError(f"the knowledge modality learns entity embeddings from a knowledge graph, and dataset "
+                            f"{dataset.name!r} has none; load one (data: {{kg: recbole}} for MovieLens, or "
+                            "recstack.data.kg.read_kg_table for your own triples)")
+    settings = settings or TransESettings()
+    key = settings_key(kg, settings)
+    path = embeddings_home(cache_dir) / f"transe-{key}.npz"
+    entity = _read_cache(path, len(kg.entities)) if cache and path.is_file() else None
+    losses: list[float] | None = None
+    if entity is None:
+        entity, _, losses = transe(kg, settings)
+        if cache:
+            _write_cache(path, entity, {"encoder": "TransE", "settings": asdict(settings), "kg": kg_fingerprint(kg),
+                                        "loss_per_epoch": losses})
+    links = np.asarray(kg.item_entity, dtype=np.int64)
+    if len(links) != dataset.interactions.n_items:
+        raise ModalityError(f"the knowledge graph of {dataset.name!r} links {len(links)} items but the dataset has "
+                            f"{dataset.interactions.n_items}; rebuild it with the dataset's item vocabulary")
+    matrix = np.zeros((len(links), settings.dim), dtype=np.float32)
+    linked = links >= 0
+    matrix[linked] = entity[links[linked]]
+    provenance = {"source": f"knowledge graph of {dataset.name} ({len(kg):,} triples)", "encoder": "TransE",
+                  "version": "1", "fingerprint": key, "settings": asdict(settings),
+                  "linked_items": int(linked.sum()), "unlinked_items (zero rows)": int((~linked).sum())}
+    if losses is not None:
+        provenance["final_loss"] = losses[-1]
+    return ItemModality("knowledge", dataset.interactions.items.ids, matrix, provenance)
+
+
 def read_feature_file(path: str | Path, name: str, n_items: int | None = None,
                       item_ids: np.ndarray | None = None) -> ItemModality:
     """A `.npy` matrix whose row r describes item id r (MMRec's layout), or `item_ids[r]` when given.
@@ -272,7 +311,8 @@ def read_mmrec(folder: str | Path, inter_file: str | None = None, *, drop_cold_u
 def dataset_modalities(dataset: Dataset, names: Sequence[str], *, text_encoder: str = "tfidf",
                        tfidf_dim: int = 128, cache: bool = True, seed: int = 0) -> dict[str, ItemModality]:
     """The named modalities of `dataset`: a feature file named in its provenance (MMRec) wins, then
-    the built-in "text" and "structure"; "image" exists only as a file."""
+    the built-in "text", "structure" and "knowledge" (TransE over its KG, seeded by `seed`); "image"
+    exists only as a file."""
     files: Mapping[str, str] = dataset.provenance.get("modality_files", {}) or {}
     out: dict[str, ItemModality] = {}
     for name in names:
@@ -284,6 +324,10 @@ def dataset_modalities(dataset: Dataset, names: Sequence[str], *, text_encoder: 
             out[name] = text_modality(dataset, text_encoder, dim=tfidf_dim, cache=cache, seed=seed)
         elif name == "structure":
             out[name] = structure_modality(dataset)
+        elif name == "knowledge":
+            from recstack.data.kg_embedding import TransESettings
+
+            out[name] = knowledge_modality(dataset, TransESettings(seed=seed), cache=cache)
         elif name == "image":
             raise ModalityError(f"dataset {dataset.name!r} has no item images: the image slot reads MMRec's "
                                 "image_feat.npy (recstack.data.modalities.read_mmrec) or a matrix you give "
@@ -294,5 +338,5 @@ def dataset_modalities(dataset: Dataset, names: Sequence[str], *, text_encoder: 
     return out
 
 
-__all__ = ["BUILT_IN", "ItemModality", "MMRecData", "ModalityError", "dataset_modalities", "read_feature_file",
-           "read_mmrec", "structure_modality", "text_modality"]
+__all__ = ["BUILT_IN", "ItemModality", "MMRecData", "ModalityError", "dataset_modalities", "knowledge_modality",
+           "read_feature_file", "read_mmrec", "structure_modality", "text_modality"]

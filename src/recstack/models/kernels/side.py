@@ -66,7 +66,7 @@ class ItemModalityInput:
         if not wanted:
             if required is not None:
                 raise RecstackError(f"{name} {required}, and `modalities` is empty: name at least one, e.g. "
-                                    "modalities: [text] (text, structure, or MMRec's image/text files)")
+                                    "modalities: [text] (text, structure, knowledge, or MMRec's image/text files)")
             return {}
         given = self._modalities or {}
         missing = [m for m in wanted if m not in given]
