@@ -122,6 +122,17 @@ def built_with_items(name: str, data, **params):
     return (*built_module(name, {**MODALITY_FAST, **params}, dataset, split), split)
 
 
+def genre_kg_planted():
+    """(Dataset, split) of the KG models' unit tests (KGAT, DiffKG): 150 users, 600 items in 6 clusters,
+    10 events a user (95% in their cluster), and a genres column naming each item's cluster, which
+    `item_kg_columns: ["genres"]` turns into the knowledge graph."""
+    from recstack.data.dataset import Dataset
+    from recstack.testing import clustered_item_table
+
+    data = clustered_interactions(n_users=150, n_items=600, n_clusters=6, per_user=10, in_cluster=0.95, seed=1)
+    return Dataset(data, item_table=clustered_item_table(data.items.ids, n_clusters=6)), shuffled_split(data)
+
+
 @pytest.fixture(scope="session")
 def clustered_split(clustered) -> Split:
     return simple_split(clustered)

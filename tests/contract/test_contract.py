@@ -42,6 +42,8 @@ FAST_PARAMS: dict[str, dict] = {
     # the fixture's dataset has no KG: its genres become (item, genres, value) triples
     "kgat": {"epochs": 3, "learning_rate": 0.01, "batch_size": 512, "embedding_size": 16, "kg_embedding_size": 16,
              "layer_sizes": [16, 8], "item_kg_columns": ["genres"], "verbose": False},
+    "diffkg": {"epochs": 3, "learning_rate": 0.01, "batch_size": 512, "embedding_size": 16, "denoiser_dims": [32],
+               "item_kg_columns": ["genres"], "verbose": False},
     "alpharec": {"encoder": "tfidf", "tfidf_dim": 32, "cache_embeddings": False, "epochs": 5, "learning_rate": 3e-3,
                  "batch_size": 512, "n_negatives": 16, "mlp_hidden": 64, "embedding_size": 32, "verbose": False},
     # llm "none": the item texts are the profiles (no LLM in the contract)
@@ -54,6 +56,9 @@ FAST_PARAMS: dict[str, dict] = {
                 "learning_rate": 1e-2, "batch_size": 512, "embedding_size": 16, "verbose": False},
     "mmhcl": {"modalities": ["text", "structure"], "tfidf_dim": 32, "cache_embeddings": False, "epochs": 3,
               "learning_rate": 1e-2, "batch_size": 512, "embedding_size": 16, "verbose": False},
+    "dgvae": {"modalities": ["text", "structure"], "tfidf_dim": 32, "cache_embeddings": False, "epochs": 5,
+              "learning_rate": 1e-2, "batch_size": 64, "anneal_steps": 100, "text_anneal_steps": 100,
+              "verbose": False},
     "sasrec": {"epochs": 5, "embedding_size": 16, "max_seq_len": 20, "learning_rate": 5e-3, "verbose": False},
     "gru4rec": {"epochs": 5, "embedding_size": 16, "max_seq_len": 20, "learning_rate": 5e-3, "verbose": False},
     "bert4rec": {"epochs": 5, "embedding_size": 16, "max_seq_len": 20, "learning_rate": 5e-3, "verbose": False},

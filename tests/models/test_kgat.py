@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import genre_kg_planted
 from recstack.data.dataset import Dataset, KnowledgeGraph
 from recstack.errors import RecstackError
 from recstack.evaluate import evaluate
 from recstack.models import build
 from recstack.models.graph.kgat import KGAT, KGATConfig, _Net, collaborative_kg, edge_softmax
-from recstack.testing import clustered_dataset, clustered_interactions, clustered_item_table, shuffled_split
+from recstack.testing import clustered_dataset, shuffled_split
 
 SMALL = dict(embedding_size=16, kg_embedding_size=8, layer_sizes=(16, 8), verbose=False, seed=0)
 
@@ -71,13 +72,8 @@ def test_collaborative_kg_adds_inverse_relations_and_maps_items_to_their_entitie
     assert graph["tail_is_user"][graph["relation"] == 1].all() and not graph["tail_is_user"][kg_edges].any()
 
 
-def planted_split():
-    data = clustered_interactions(n_users=150, n_items=600, n_clusters=6, per_user=10, in_cluster=0.95, seed=1)
-    return Dataset(data, item_table=clustered_item_table(data.items.ids, n_clusters=6)), shuffled_split(data)
-
-
 def test_the_kg_loss_lowers_on_a_planted_kg():
-    dataset, split = planted_split()
+    dataset, split = genre_kg_planted()
     model = KGAT(KGATConfig(item_kg_columns=("genres",), kg_batch_size=512, **SMALL)).use_dataset(dataset)
     torch.manual_seed(0)
     module = model.build_module(split.train, np.random.default_rng(0))
@@ -120,7 +116,7 @@ def fit_ndcg(dataset, split, columns) -> float:
 
 def test_the_kg_lifts_ndcg_where_it_carries_the_signal():
     # sparse clusters (3 training events an item): the genre triples name each item's cluster
-    dataset, split = planted_split()
+    dataset, split = genre_kg_planted()
     with_kg, without = fit_ndcg(dataset, split, ("genres",)), fit_ndcg(dataset, split, ())
     random = build("random", {"seed": 0}).fit(split.train)
     random_ndcg = evaluate(random, split.history("test"), split.test).metrics["NDCG@10"]

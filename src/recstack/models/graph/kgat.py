@@ -22,17 +22,17 @@ users without training events score zeros (never trained). Notes: docs/models/kg
 from __future__ import annotations
 
 import warnings
-from typing import Literal, Self
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, field_validator
 
-from recstack.data.dataset import Dataset, KnowledgeGraph
+from recstack.data.dataset import KnowledgeGraph
 from recstack.data.interactions import Interactions
-from recstack.errors import RecstackError
-from recstack.models.kernels.graph import PropagatedFactors, graph_bpr_loss
+from recstack.models.kernels.graph import PropagatedFactors, edge_softmax, graph_bpr_loss
+from recstack.models.kernels.side import KnowledgeGraphInput
 from recstack.models.neural import TorchRecommender, TrainingFields
 from recstack.models.protocol import ModelConfig
 from recstack.train.indexing import gather_rows
@@ -59,15 +59,6 @@ class KGATConfig(ModelConfig, TrainingFields):
         if value >= 1:
             raise ValueError("dropout must be below 1")
         return value
-
-
-def edge_softmax(scores: torch.Tensor, head: torch.Tensor, n_nodes: int) -> torch.Tensor:
-    """Softmax of edge `scores` over the edges sharing a head (each head's neighbours sum to 1)."""
-    top = torch.full((n_nodes,), -torch.inf, dtype=scores.dtype, device=scores.device)
-    top = top.scatter_reduce(0, head, scores, reduce="amax", include_self=True)
-    weights = torch.exp(scores - top[head])
-    total = torch.zeros(n_nodes, dtype=scores.dtype, device=scores.device).index_add_(0, head, weights)
-    return weights / total[head]
 
 
 class _Propagate(torch.autograd.Function):
@@ -238,49 +229,14 @@ def collaborative_kg(matrix, item_entity: np.ndarray | None, kg: KnowledgeGraph 
             "n_nodes": n_nodes, "n_relations": n_relations}
 
 
-class KGAT(PropagatedFactors, TorchRecommender):
+class KGAT(KnowledgeGraphInput, PropagatedFactors, TorchRecommender):
     """Attentive propagation over the collaborative knowledge graph, TransR-regularised."""
 
     Config = KGATConfig
 
-    def __init__(self, config: KGATConfig | None = None) -> None:
-        super().__init__(config)
-        self._dataset: Dataset | None = None
-
-    def use_dataset(self, dataset: Dataset) -> Self:
-        """Keep the dataset whose KG (and item table, for `item_kg_columns`) the fit reads."""
-        self._dataset = dataset
-        return self
-
-    def _knowledge(self, train: Interactions) -> tuple[np.ndarray | None, KnowledgeGraph | None]:
-        """The KG linked to `train`'s items (by item id), with the configured item-table triples."""
-        c, dataset = self.config, self._dataset
-        if dataset is None:
-            if c.item_kg_columns:
-                raise RecstackError("KGAT item_kg_columns need the item table: call model.use_dataset(dataset) "
-                                    "before fit (recstack run does)")
-            return None, None
-        kg = dataset.kg
-        if c.item_kg_columns:
-            from recstack.data.kg import item_attribute_kg
-
-            kg = item_attribute_kg(dataset.item_table, c.item_kg_columns, dataset.interactions.n_items, base=kg)
-        if kg is None:
-            return None, None
-        ids = np.asarray(dataset.interactions.items.ids)
-        if len(ids) == train.n_items and np.array_equal(ids, np.asarray(train.items.ids)):
-            return kg.item_entity, kg
-        lookup = {key: row for row, key in enumerate(ids.tolist())}
-        rows = np.array([lookup.get(key, -1) for key in train.items.ids.tolist()], dtype=np.int64)
-        if (rows < 0).all():
-            raise RecstackError("KGAT: none of the training items is in the dataset given to use_dataset; "
-                                "give it the dataset the split came from")
-        item_entity = np.where(rows >= 0, kg.item_entity[np.maximum(rows, 0)], -1).astype(np.int64)
-        return item_entity, kg
-
     def build_module(self, train: Interactions, rng: np.random.Generator) -> _Net:
         matrix = self.sample_pairs(train, rng)
-        item_entity, kg = self._knowledge(train)
+        item_entity, kg = self.knowledge(train)
         if kg is None or not len(kg):
             warnings.warn("KGAT has no knowledge graph (dataset.kg is empty and item_kg_columns is unset): "
                           "it trains on the user-item graph alone", stacklevel=3)

@@ -224,3 +224,12 @@ class PropagatedFactors(DotProductScores, ScoresTrainedUsers):
     def score(self, users: np.ndarray, history: Interactions, items: np.ndarray | None = None) -> np.ndarray:
         check_fitted(self, "user_factors_", "item_factors_")
         return dot_scores(users, items, self.user_factors_, self.item_factors_)
+
+
+def edge_softmax(scores: torch.Tensor, head: torch.Tensor, n_nodes: int) -> torch.Tensor:
+    """Softmax of edge `scores` over the edges sharing a head (each head's neighbours sum to 1)."""
+    top = torch.full((n_nodes,), -torch.inf, dtype=scores.dtype, device=scores.device)
+    top = top.scatter_reduce(0, head, scores, reduce="amax", include_self=True)
+    weights = torch.exp(scores - top[head])
+    total = torch.zeros(n_nodes, dtype=scores.dtype, device=scores.device).index_add_(0, head, weights)
+    return weights / total[head]

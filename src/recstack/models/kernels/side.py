@@ -75,3 +75,42 @@ class ItemModalityInput:
                                 "model.use_dataset(dataset) (`recstack run` does) or model.set_modalities({...})"
                                 + hint)
         return {m: given[m].aligned(train.items) for m in wanted}
+
+
+class KnowledgeGraphInput:
+    """A dataset's knowledge graph as side input (KGAT, DiffKG): `use_dataset` keeps the dataset, and
+    `knowledge(train)` links its graph to the training items by item id, with the item-table columns
+    named in the config's `item_kg_columns` added as (item, column, value) triples."""
+
+    _dataset: Any = None
+
+    def use_dataset(self, dataset: Any) -> Self:
+        """Keep the dataset whose KG (and item table, for `item_kg_columns`) the fit reads."""
+        self._dataset = dataset
+        return self
+
+    def knowledge(self, train: Interactions) -> tuple[np.ndarray | None, Any]:
+        """(item -> entity index per training item, -1 where unlinked; the `KnowledgeGraph`), or
+        (None, None) without a graph."""
+        name, columns, dataset = type(self).__name__, self.config.item_kg_columns, self._dataset  # type: ignore[attr-defined]
+        if dataset is None:
+            if columns:
+                raise RecstackError(f"{name} item_kg_columns need the item table: call model.use_dataset(dataset) "
+                                    "before fit (recstack run does)")
+            return None, None
+        kg = dataset.kg
+        if columns:
+            from recstack.data.kg import item_attribute_kg
+
+            kg = item_attribute_kg(dataset.item_table, columns, dataset.interactions.n_items, base=kg)
+        if kg is None:
+            return None, None
+        ids = np.asarray(dataset.interactions.items.ids)
+        if len(ids) == train.n_items and np.array_equal(ids, np.asarray(train.items.ids)):
+            return kg.item_entity, kg
+        lookup = {key: row for row, key in enumerate(ids.tolist())}
+        rows = np.array([lookup.get(key, -1) for key in train.items.ids.tolist()], dtype=np.int64)
+        if (rows < 0).all():
+            raise RecstackError(f"{name}: none of the training items is in the dataset given to use_dataset; "
+                                "give it the dataset the split came from")
+        return np.where(rows >= 0, kg.item_entity[np.maximum(rows, 0)], -1).astype(np.int64), kg
