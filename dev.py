@@ -2,7 +2,8 @@
 """Set up recstack in ./.venv (idempotent) and run the default benchmark or the test suite.
 
     python3 dev.py benchmark   # set up, then `recstack run` (ml-100k default benchmark)
-    python3 dev.py test        # set up, then the whole suite, then the contract tests as other CPUs
+    python3 dev.py test        # set up, then the whole suite (one pytest-xdist worker per core), then
+                               # the contract tests as other CPUs
     python3 dev.py test --cpu avx2 [PYTEST ARGS]   # the whole suite as an AVX2-only CPU would run it
 
 Needs nothing but Python >= 3.11. The environment is rebuilt only when pyproject.toml changes.
@@ -36,6 +37,8 @@ TORCH = "torch==2.13.0"
 PORTABLE_CHECKS = ("not fit_returns_self and not refit_replaces_state and not config_is_frozen "
                    "and not same_seed_same_scores and not training_history and not build_from_module_path "
                    "and not score_before_fit")
+# the files whose tests carry the `contract` marker (tests/test_testing.py checks this list)
+CONTRACT_FILES = ("tests/contract/test_contract.py", "tests/models/test_multvae.py")
 CPU_PROFILES: dict[str, dict[str, str]] = {
     # NUMBA_CPU_NAME: numba's kernels (top-k, LearnBPR) compiled for that CPU too
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "OPENBLAS_CORETYPE": "Haswell",
@@ -106,6 +109,18 @@ def _cpu_has(flag: str) -> bool:
         return True
 
 
+def parallel(env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """pytest-xdist arguments and environment for the suite's own runs: one worker per core (at most
+    4), whole files per worker (a file's tests share fixtures and fitted models), and one BLAS/torch
+    thread per worker so that workers do not oversubscribe the cores (OpenMP threads that spin while
+    another process holds their core slow a run several-fold). The suite is mostly one thread of
+    Python, so two workers on two cores take about two thirds of the time of one process."""
+    workers = min(4, os.cpu_count() or 1)
+    if workers < 2:
+        return [], env
+    return ["-n", str(workers), "--dist", "loadfile"], {"OMP_NUM_THREADS": "1", **env}
+
+
 def pytest(args: list[str], env: dict[str, str], label: str = "") -> int:
     if label:
         shown = " ".join(f"{k}={v}" for k, v in env.items() if k in CPU_PROFILES["avx2"])
@@ -124,16 +139,19 @@ def test(rest: list[str], env: dict[str, str]) -> int:
         if forced is None:
             sys.exit(f"this CPU has no {profile.upper()}, so it cannot run as an {profile} machine")
         return pytest(rest, forced, f"whole suite as a {profile} CPU")
-    status = pytest(rest, env)
     if rest:
-        return status
+        return pytest(rest, env)
+    workers, env = parallel(env)
+    status = pytest(workers, env)
     for profile in CPU_PROFILES:
         forced = cpu_environment(profile, env)
         if forced is None:
             print(f"\n== contract tests as a {profile} CPU: skipped, this CPU has no {profile.upper()}", flush=True)
             continue
-        status = pytest(["-m", "contract", "-k", PORTABLE_CHECKS, "-p", "no:cacheprovider"], forced,
-                        f"contract tests as a {profile} CPU") or status
+        # only the files that hold contract tests are collected: collecting the whole suite costs more
+        # than the checks it would deselect
+        status = pytest([*workers, "-m", "contract", "-k", PORTABLE_CHECKS, "-p", "no:cacheprovider",
+                         *CONTRACT_FILES], forced, f"contract tests as a {profile} CPU") or status
     return status
 
 

@@ -1,4 +1,5 @@
-"""FM, DeepFM, AutoInt, AutoInt+ and OptInter each learn the planted group x kind interaction (see conftest)."""
+"""FM, DeepFM, AutoInt, AutoInt+, OptInter and DNIS-FM each learn the planted group x kind interaction
+(see conftest)."""
 
 import numpy as np
 import pytest
@@ -18,10 +19,11 @@ PARAMS = {
     "autoint": {"n_layers": 2, "attention_size": 8},
     "autoint+": {"n_layers": 2, "attention_size": 8, "hidden_units": [32]},
     "optinter": {"hidden_units": [32, 32], "dropout": 0.0, "search_epochs": 4, "hash_size": 4096, "min_count": 2},
+    "dnis-fm": {},
 }
 # test AUC of each model on the planted split (seed 0, the settings above); the 10% label flip caps it
 # near 0.92; without the group and kind fields the same data gives 0.5 (test below)
-PINNED = {"fm": 0.919, "deepfm": 0.919, "autoint": 0.911, "autoint+": 0.913, "optinter": 0.923}
+PINNED = {"fm": 0.919, "deepfm": 0.919, "autoint": 0.911, "autoint+": 0.913, "optinter": 0.923, "dnis-fm": 0.920}
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,8 @@ from recstack.data import Interactions
 from recstack.errors import RecstackError
 from recstack.evaluate import evaluate
 from recstack.models import build
-from recstack.models.factorization.dnis import (
-    DNIS, DNISConfig, _holdout_pairs, _prune, block_occurrences, frequency_blocks,
-)
+from recstack.models.factorization.dnis import DNIS, DNISConfig, _holdout_pairs, block_occurrences
+from recstack.models.kernels.dimension_search import frequency_blocks, prune_cells
 from recstack.train.sampling import positive_keys
 
 FAST = dict(search_epochs=12, epochs=6, batch_size=512, learning_rate=0.01, retrain_learning_rate=0.002,
@@ -75,11 +74,11 @@ def test_block_occurrences_count_users_positives_and_negatives():
 def test_prune_by_threshold_and_by_parameter_budget():
     alpha = np.array([[[1.0, 0.2, 0.7]], [[1.0, 0.05, 1.0]]])  # 2 fields, 1 block each, 3 dimensions
     sizes = np.array([[10], [30]])
-    np.testing.assert_array_equal(_prune(alpha, sizes, 0.5, None), [[[1, 0, 1]], [[1, 0, 1]]])
+    np.testing.assert_array_equal(prune_cells(alpha, sizes, 0.5, None), [[[1, 0, 1]], [[1, 0, 1]]])
     # budget 40% of 120 = 48, greedily in order of |alpha| (ties to the larger column scale):
     # item dim 2 (30, used 30), item dim 0 (60: skipped), user dim 0 (40), user dim 2 (50: skipped), ...
     scale = np.array([[[0.0, 0.0, 0.0]], [[1.0, 0.0, 2.0]]])
-    keep = _prune(alpha, sizes, 0.5, 0.4, scale)
+    keep = prune_cells(alpha, sizes, 0.5, 0.4, scale)
     np.testing.assert_array_equal(keep, [[[1, 0, 0]], [[0, 0, 1]]])
     assert (keep * sizes[..., None]).sum() <= 0.4 * 3 * 40
 

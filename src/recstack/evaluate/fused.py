@@ -19,6 +19,7 @@ not the product, bounds the ranking: an option, not the default.
 from __future__ import annotations
 
 import importlib.util
+from contextlib import nullcontext
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
@@ -147,7 +148,7 @@ class _Fp32Product:
         return out
 
     def single_threaded(self):
-        return _Nothing()
+        return nullcontext()  # numpy's BLAS is held to one thread by threadpool_limits already
 
 
 class _Bf16Product:
@@ -176,14 +177,6 @@ class _Bf16Product:
 
     def single_threaded(self):
         return _TorchThreads(self.torch, 1)
-
-
-class _Nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 class _TorchThreads:

@@ -18,6 +18,7 @@ CTR_MODELS = Registry("CTR model", {
     "autoint": "recstack.models.ctr.autoint:AutoInt",
     "autoint+": "recstack.models.ctr.autoint:AutoIntPlus",
     "optinter": "recstack.models.ctr.optinter:OptInter",
+    "dnis-fm": "recstack.models.ctr.dnis_fm:DNISFM",
 }, error=ConfigError)
 
 

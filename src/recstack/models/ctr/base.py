@@ -149,7 +149,8 @@ class CTRModel(ScoresEveryUser, TorchRecommender):
         validating = valid is not None and len(valid) > 0
         trainer = _RowsTrainer(config, options, valid if validating else None, self._predict_rows)
         history = trainer.fit(module, self.batch_loss, batches, scorer=lambda: None,
-                              train=train if validating else None, valid=valid if validating else None)
+                              train=train if validating else None, valid=valid if validating else None,
+                              after_step=self.after_step)  # None unless a model hooks in (DNIS-FM's alpha step)
         best_epoch = trainer.best_epoch if trainer.best_epoch is not None else len(history)
         with torch.no_grad():
             fitted = {"weights_": {k: v.detach().cpu().float().numpy().copy()

@@ -30,6 +30,7 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
+from recstack.models.kernels.dimension_search import block_column_scale, frequency_blocks, prune_cells
 from recstack.models.kernels.scoring import DotProductScores, dot_scores
 from recstack.models.neural import TorchRecommender, TrainingFields
 from recstack.models.protocol import ModelConfig, ScoresTrainedUsers, check_fitted
@@ -108,16 +109,6 @@ def _triple_loss(module: _Net, users, pos, neg, reg: float, detach_embeddings: b
     return loss
 
 
-def frequency_blocks(counts: np.ndarray, n_blocks: int) -> np.ndarray:
-    """Block of each id: ids sorted by descending frequency (ties to the lower index), cut into
-    `n_blocks` blocks of (nearly) equal numbers of ids; block 0 holds the most frequent."""
-    order = np.lexsort((np.arange(len(counts)), -np.asarray(counts)))
-    block = np.empty(len(counts), dtype=np.int64)
-    for k, members in enumerate(np.array_split(order, n_blocks)):
-        block[members] = k
-    return block
-
-
 def block_occurrences(user_block: np.ndarray, item_block: np.ndarray, users: np.ndarray, pos: np.ndarray,
                       neg: np.ndarray, n_blocks: int) -> np.ndarray:
     """(2, n_blocks) embedding look-ups per block in a batch of triples: users once per triple, items
@@ -140,37 +131,6 @@ def _holdout_pairs(matrix: sp.csr_matrix, fraction: float, rng: np.random.Genera
     n_out = np.minimum(np.floor(n * fraction + 0.5).astype(np.int64), np.maximum(n - 1, 0))
     held = rank < n_out[users]
     return keys[~held], keys[held]
-
-
-def _prune(alpha: np.ndarray, block_sizes: np.ndarray, threshold: float, target: float | None,
-           column_scale: np.ndarray | None = None) -> np.ndarray:
-    """Boolean mask (2, K, d) of the (field, block, dimension) cells kept.
-
-    With a parameter budget (`target`, a share of all embedding parameters) cells are taken greedily
-    in order of |alpha|, each one kept if the rows it costs still fit the budget; many weights end at
-    the upper bound 1, so ties go to the larger `column_scale` (the block's embedding column norm),
-    then to the lower index.
-    """
-    magnitude = np.abs(alpha)
-    if target is None:
-        return magnitude >= threshold
-    cost = np.broadcast_to(block_sizes[..., None], alpha.shape).ravel().astype(np.int64)
-    scale = np.zeros(magnitude.size) if column_scale is None else -np.asarray(column_scale, dtype=np.float64).ravel()
-    order = np.lexsort((np.arange(magnitude.size), scale, -magnitude.ravel()))
-    budget, used = target * cost.sum(), 0
-    keep = np.zeros(magnitude.size, dtype=bool)
-    for cell in order:  # 2 * n_blocks * embedding_size cells, once per fit
-        if used + cost[cell] <= budget + 1e-9:
-            keep[cell] = True
-            used += cost[cell]
-    return keep.reshape(alpha.shape)
-
-
-def _column_scale(embedding: np.ndarray, block: np.ndarray, n_blocks: int) -> np.ndarray:
-    """(K, d) root-mean-square of each embedding column within each block."""
-    one_hot = sp.csr_matrix((np.ones(len(block)), (block, np.arange(len(block)))), shape=(n_blocks, len(block)))
-    sizes = np.maximum(np.bincount(block, minlength=n_blocks), 1)[:, None]
-    return np.sqrt(np.asarray(one_hot @ (embedding.astype(np.float64) ** 2)) / sizes)
 
 
 class DNIS(DotProductScores, ScoresTrainedUsers, TorchRecommender):
@@ -235,9 +195,9 @@ class DNIS(DotProductScores, ScoresTrainedUsers, TorchRecommender):
         searched_alpha = net.alpha.detach().cpu().numpy().copy()
 
         # ---- prune, then retrain on all training pairs with the selection frozen
-        scale = np.stack([_column_scale(net.user_embedding.weight.detach().cpu().numpy(), user_block, c.n_blocks),
-                          _column_scale(net.item_embedding.weight.detach().cpu().numpy(), item_block, c.n_blocks)])
-        keep = _prune(searched_alpha, block_sizes, c.prune_threshold, c.target_parameters, scale)
+        scale = np.stack([block_column_scale(net.user_embedding.weight.detach().cpu().numpy(), user_block, c.n_blocks),
+                          block_column_scale(net.item_embedding.weight.detach().cpu().numpy(), item_block, c.n_blocks)])
+        keep = prune_cells(searched_alpha, block_sizes, c.prune_threshold, c.target_parameters, scale)
         if c.retrain == "finetune":
             final_alpha = np.where(keep, searched_alpha, 0.0).astype(np.float32)
         else:
