@@ -25,6 +25,17 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"torchinductor_{_OWNER}_{_KERNEL_LEVEL}"))
 
 
+# files that take longest (a slow test, a Ray cluster, a real LLM) go first: pytest-xdist hands out
+# whole files in collection order, and a long file picked up last keeps one worker busy alone at the end
+_LONG_FIRST = ("tests/cluster/", "tests/llm/", "tests/contract/")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    slow_files = {item.path for item in items
+                  if item.get_closest_marker("slow") or any(part in item.path.as_posix() for part in _LONG_FIRST)}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: each file keeps its own order
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """Which kernels this run used, so a log shows the CPU kind it tested (see dev.py --cpu); a
     summary line, unlike the header, is printed under -q too."""

@@ -90,6 +90,30 @@ def test_search_space_errors_are_caught_before_any_data_is_read(parts, tmp_path)
         tune_config(parts, tmp_path, params={"reg": 5.0})
 
 
+def test_the_parameter_type_decides_integer_sampling_also_on_a_log_scale(parts, tmp_path):
+    import optuna
+
+    from recstack.experiment.tune import _suggest
+
+    # itemknn's n_neighbors is an int: a log-scaled range samples integers (it used to sample floats such as 37.4)
+    config = parse_config({"data": {"files": parts}, "ks": [10], "output_dir": str(tmp_path), "tune": {
+        "model": "itemknn", "space": {"n_neighbors": {"low": 5, "high": 400, "log": True},
+                                      "shrink": {"low": 0, "high": 100}}}})
+    k, shrink = config.tune.space["n_neighbors"], config.tune.space["shrink"]
+    assert k.is_int and k.log and not shrink.is_int  # shrink is a float: integral bounds sample floats
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        value = _suggest(trial, "n_neighbors", k)
+        assert isinstance(value, int) and 5 <= value <= 400
+        assert isinstance(_suggest(trial, "shrink", shrink), float)
+    space = study_definition(config, *prepare_data(config))["space"]
+    assert space["n_neighbors"] == {"kind": "int", "low": 5, "high": 400, "log": True}
+    assert space["shrink"] == {"kind": "float", "low": 0.0, "high": 100.0, "log": False}
+    with pytest.raises(ExperimentConfigError, match="tune.space.n_neighbors: .n_neighbors. is sampled as integers; give integer low"):
+        parse_config({"data": {"files": parts}, "tune": {"model": "itemknn", "space": {"n_neighbors": {"low": 5.5, "high": 40}}}})
+
+
 # ---- a study is its definition: never another study's results ------------------------------------
 
 def test_a_changed_metric_and_space_start_a_new_study_that_reports_its_own_best(parts, tmp_path):
@@ -115,7 +139,7 @@ def test_a_changed_metric_and_space_start_a_new_study_that_reports_its_own_best(
 
 def test_changing_a_range_kind_starts_a_new_study_instead_of_crashing(parts, tmp_path):
     first = tune(tune_config(parts, tmp_path, n_trials=2), final_run=False, progress=False)
-    second = tune(tune_config(parts, tmp_path, n_trials=2, space={"reg": {"low": 1, "high": 1000}}),
+    second = tune(tune_config(parts, tmp_path, n_trials=2, space={"reg": {"low": 1, "high": 1000, "integer": True}}),
                   final_run=False, progress=False)
     assert second.tune_dir != first.tune_dir and second.n_resumed == 0
     trials = json.loads((second.tune_dir / "trials.json").read_text())
@@ -151,7 +175,7 @@ def test_a_named_study_resumes_only_with_its_own_definition(parts, tmp_path):
         tune(changed, study="mine", final_run=False, progress=False)
     message = str(caught.value)
     assert "\n" not in message and "study 'mine'" in message
-    for change in ("metric was NDCG@10, now Precision@10", "space.reg was log-float [1.0, 1000.0], now int [1, 50]",
+    for change in ("metric was NDCG@10, now Precision@10", "space.reg was log-float [1.0, 1000.0], now float [1.0, 50.0]",
                    "params.seed was 2020, now 7"):
         assert change in message, message
     same = tune(tune_config(parts, tmp_path, n_trials=2), study="mine", final_run=False, progress=False)

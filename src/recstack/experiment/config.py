@@ -15,6 +15,7 @@ import inspect
 import os
 import re
 import tomllib
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Self, Sequence
@@ -213,14 +214,27 @@ class ModelEntry(_Strict):
         return self.label or self.name.rpartition(":")[2].rpartition(".")[2]
 
 
+def _numeric_kind(annotation: Any) -> str | None:
+    """"int" for an int parameter (`PositiveInt`, `int | None`), "float" for a float one (`float | None`;
+    an `int | float` one too), None when the annotation does not say (`Any`, a user's own type)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    args = [typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a for a in args]
+    if not all(isinstance(a, type) and a in (int, float) for a in args):
+        return None
+    return "int" if set(args) == {int} else "float"
+
+
 class SearchDimension(_Strict):
-    """One hyper-parameter's range: `low`/`high` (ints give an integer range; `log` for scales),
-    or `choices` (a categorical list)."""
+    """One hyper-parameter's range: `low`/`high` (`log` for scales), or `choices` (a categorical list).
+    `integer` says whether the range is sampled as integers; when not given, the searched model's
+    parameter type decides (an `int` field samples integers, log-scaled too; a `float` field floats),
+    and where the type does not say, integral bounds without `log` do."""
 
     low: float | None = None
     high: float | None = None
     log: bool = False
     choices: list[Any] | None = None
+    integer: bool | None = None
 
     @model_validator(mode="after")
     def _range_or_choices(self) -> "SearchDimension":
@@ -234,8 +248,11 @@ class SearchDimension(_Strict):
 
     @property
     def is_int(self) -> bool:
-        return self.choices is None and float(self.low).is_integer() and float(self.high).is_integer() \
-            and not self.log
+        if self.choices is not None:
+            return False
+        if self.integer is not None:
+            return self.integer
+        return float(self.low).is_integer() and float(self.high).is_integer() and not self.log
 
 
 class TuneConfig(_Strict):
@@ -438,12 +455,25 @@ class ExperimentConfig(_Strict):
     def _check_search_space(self) -> None:
         from recstack.models import resolve
 
-        fields = set(resolve(self.tune.model).Config.model_fields)
-        for name in self.tune.space:
+        model_fields = resolve(self.tune.model).Config.model_fields
+        fields = set(model_fields)
+        for name, dimension in list(self.tune.space.items()):
             if name not in fields:
                 raise ValueError("tune.space: " + _unknown_key_message(name, fields, f" for model {self.tune.model!r}"))
             if name in self.tune.params:
                 raise ValueError(f"tune: {name!r} is both fixed in 'params' and searched in 'space'; keep one")
+            if dimension.choices is not None:
+                continue
+            if dimension.integer is None:
+                # the parameter's type decides: `embedding_size: {low: 16, high: 256, log: true}` must
+                # sample integers, `reg: {low: 10, high: 3000, log: true}` floats (the space is a dict
+                # of a frozen model: its entries are replaced, not mutated)
+                kind = _numeric_kind(model_fields[name].annotation)
+                dimension = dimension.model_copy(update={"integer": dimension.is_int if kind is None else kind == "int"})
+                self.tune.space[name] = dimension
+            if dimension.integer and not (float(dimension.low).is_integer() and float(dimension.high).is_integer()):
+                raise ValueError(f"tune.space.{name}: {name!r} is sampled as integers; give integer low and high "
+                                 f"(got {dimension.low:g} and {dimension.high:g})")
 
     def check_devices(self, source: str | None = None) -> None:
         """Every model's `device` exists on this machine. Not part of validation, so that a finished run

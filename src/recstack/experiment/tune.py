@@ -85,7 +85,7 @@ def _suggest(trial, name: str, dimension: SearchDimension) -> Any:
     if dimension.choices is not None:
         return trial.suggest_categorical(name, dimension.choices)
     if dimension.is_int:
-        return trial.suggest_int(name, int(dimension.low), int(dimension.high))
+        return trial.suggest_int(name, int(dimension.low), int(dimension.high), log=dimension.log)
     return trial.suggest_float(name, dimension.low, dimension.high, log=dimension.log)
 
 
@@ -95,8 +95,8 @@ def _dimension_definition(dimension: SearchDimension) -> dict[str, Any]:
     """The range as Optuna will sample it (the kind decides the distribution, as `_suggest` does)."""
     if dimension.choices is not None:
         return {"kind": "categorical", "choices": list(dimension.choices)}
-    if dimension.is_int:
-        return {"kind": "int", "low": int(dimension.low), "high": int(dimension.high)}
+    if dimension.is_int:  # "log" only when set, so that the studies of linear integer ranges keep their identity
+        return {"kind": "int", "low": int(dimension.low), "high": int(dimension.high)} | ({"log": True} if dimension.log else {})
     return {"kind": "float", "low": float(dimension.low), "high": float(dimension.high), "log": bool(dimension.log)}
 
 
