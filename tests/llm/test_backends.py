@@ -43,6 +43,32 @@ def test_shared_prefix_scores_equal_whole_prompt_scores(lm):
     assert len(set(np.round(shared, 3))) == 5
 
 
+def test_a_gguf_model_is_converted_once_and_then_loads_the_same_without_parsing_it(lm, tmp_path, monkeypatch):
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    from recstack.llm import LocalLM
+
+    gguf = lm.source.folder / lm.source.gguf_file  # by path: a fresh converted cache in tmp_path
+    first = LocalLM(gguf, cache_dir=tmp_path)
+    prompt = first.render(PREFIX_MESSAGES)
+    expected = first.option_logprobs(prompt, RATING_OPTIONS)
+    converted = sorted(p.name for p in (tmp_path / "llm" / "converted").glob("*/*"))
+    assert converted == ["model-float32", "tokenizer"], converted
+
+    def parse(*args, **kwargs):
+        raise AssertionError("the GGUF file was parsed again")
+
+    monkeypatch.setattr(gguf_utils, "load_gguf_checkpoint", parse)
+    again = LocalLM(gguf, cache_dir=tmp_path)
+    assert again.render(PREFIX_MESSAGES) == prompt and again.count_tokens(prompt) == first.count_tokens(prompt)
+    np.testing.assert_array_equal(again.option_logprobs(prompt, RATING_OPTIONS), expected)
+    assert again.generate([prompt], 6)[0].text == first.generate([prompt], 6)[0].text
+    assert again.fingerprint() == first.fingerprint()  # the answer cache keys on the source, not on its form
+    # the session's model (named, from the shared cache) is the same network
+    np.testing.assert_allclose(lm.option_logprobs(lm.render(PREFIX_MESSAGES), RATING_OPTIONS), expected,
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_prompt_token_logprobs_agree_with_continuation_scores(lm):
     prefix = lm.render(PREFIX_MESSAGES)
     answer = lm.token_logprobs(prefix + TITLES[0], top=3)

