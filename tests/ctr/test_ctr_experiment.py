@@ -145,3 +145,25 @@ def test_a_multi_seed_ctr_run_reports_the_spread_and_the_test_over_seeds(planted
                            progress=False)
     fingerprints = json.loads((again.run_dir / "manifest.json").read_text())["seeds"]["split_fingerprints"]
     assert len(set(fingerprints.values())) == 2
+
+
+def _record(aucs: list[float] | None, auc: float, low: float | None = None, high: float | None = None):
+    record = {"test": {"AUC": auc, "LogLoss": 0.5}, "fit_seconds": 1.0}
+    if aucs is not None:
+        record["seeds"] = [1, 2, 3]
+        record["across_seeds"] = {"test": {"AUC": {"mean": auc, "sd": 0.01, "n": 3, "low": low, "high": high}}}
+    return record
+
+
+def test_the_leaderboard_ranks_by_mean_auc_and_marks_overlapping_intervals():
+    from recstack.experiment.ctr import leaderboard_markdown, leaderboard_title, ranked
+
+    single = {"fm": _record(None, 0.70), "deepfm": _record(None, 0.75), "nan": _record(None, float("nan"))}
+    assert ranked(single) == (["deepfm", "fm", "nan"], None) and leaderboard_title(single) == "sorted by test AUC"
+    # by hand: b [0.78, 0.82] overlaps a [0.75, 0.79]; a does not reach c [0.60, 0.70]; the last row has no next
+    several = {"c": _record([], 0.65, 0.60, 0.70), "a": _record([], 0.77, 0.75, 0.79), "b": _record([], 0.80, 0.78, 0.82)}
+    assert ranked(several) == (["b", "a", "c"], {"b": True, "a": False, "c": False})
+    assert "mean test AUC over 3 seeds" in leaderboard_title(several)
+    rows = [line for line in leaderboard_markdown(several).splitlines()[2:]]
+    assert [row.split(" | ")[0] for row in rows] == ["| b", "| a", "| c"]
+    assert " | ≈ | " in rows[0] and " | ≈ | " not in rows[1] + rows[2]

@@ -8,25 +8,37 @@ the `user_id` / `item_id` fields themselves:
 - `categorical`: one id per distinct value;
 - `numeric`: `transform="normalise"` (one embedding scaled by the standardised value, as the CTR
   papers embed numeric fields) or `"bucketise"` (train quantile buckets, then categorical);
-- `multi`: a multi-valued field (genres, `sep`-separated), mean-pooled over its values.
+- `multi`: a multi-valued field (genres, `sep`-separated), mean-pooled over its values;
+- `categorical` with `hash_buckets=N`: the value (the external id for `user_id`/`item_id`) goes
+  through a stable 64-bit hash into one of N buckets: no vocabulary and no OOV, unseen values get a
+  bucket too, and unrelated values collide (the random-hashing baseline of industrial rankers);
+- `semantic_id`: an item's semantic ID (L codes from a residual quantiser over its content, handed
+  in as an integer array by the caller: `codes={name: (n_items, L)}`, or an item-table column of
+  code sequences) turned into tokens, `unigram`, `bigram`, `prefix` or `spm` pieces
+  (`recstack.data.semantic_tokens`, Singh et al., RecSys 2024), a multi-valued field of them,
+  summed (the paper's pooling) or averaged.
 
-Vocabularies, normalisation statistics and bucket edges are built from the users and items that
-appear in the *training* rows only; a value not seen there maps to its field's OOV id, and
+Vocabularies, normalisation statistics, bucket edges and SPM pieces are built from the users and
+items that appear in the *training* rows only; a value not seen there maps to its field's OOV id, and
 `CTRFeatures.oov_counts` counts the rows that hit one. Features of a row depend on its user and
 item only (MovieLens has no context columns), so they are encoded once per user and per item and
 gathered per batch: `rows(users, items)` -> `index (N, F, L)` int64 ids into one shared id space
 (0 = padding) and `weight (N, F, L)` float32; a field's vector is `sum_l weight * E[index]`.
+
+`make_ctr_split(..., cold_items=s)` holds a share s of the items out of training entirely (their rows
+go to validation and test), the cold-start setting in which semantic IDs are meant to help.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
 from recstack.data.dataset import Dataset
+from recstack.data.semantic_tokens import TOKEN_SCHEMES, hash_buckets, parse_codes, semantic_tokens
 from recstack.errors import RecstackError
 
 ID_FIELDS = ("user_id", "item_id")
@@ -38,14 +50,25 @@ class FeatureError(RecstackError, ValueError):
 
 @dataclass(frozen=True)
 class FieldSpec:
-    """One feature field. `table` None: looked up in the user table, then the item table."""
+    """One feature field. `table` None: looked up in the user table, then the item table; `column`
+    None: the column (or id) named `name` (set it to use one column twice, e.g. item_id hashed)."""
 
     name: str
-    kind: Literal["categorical", "numeric", "multi"] = "categorical"
+    kind: Literal["categorical", "numeric", "multi", "semantic_id"] = "categorical"
     table: Literal["user", "item"] | None = None
     transform: Literal["normalise", "bucketise"] = "normalise"  # numeric fields only
     n_buckets: int = 10
     sep: str = "|"  # multi-valued fields only
+    column: str | None = None
+    hash_buckets: int | None = None  # categorical only: hash into this many buckets instead of a vocabulary
+    hash_seed: int = 0
+    tokens: Literal["unigram", "bigram", "prefix", "spm"] = "prefix"  # semantic_id only
+    spm_vocab: int = 1000  # semantic_id with tokens="spm": pieces, alphabet included
+    pooling: Literal["sum", "mean"] = "sum"  # semantic_id only
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
 
 
 def labels_from_ratings(values: np.ndarray | None, threshold: float, name: str = "rating") -> np.ndarray:
@@ -76,6 +99,32 @@ def random_row_split(n: int, ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: in
     bounds[-1] = n
     train, valid, test = np.split(order, bounds[:2])
     return np.sort(train), np.sort(valid), np.sort(test)
+
+
+def item_cold_split(items: np.ndarray, ratios: Sequence[float] = (0.8, 0.1, 0.1), cold_share: float = 0.1,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of train / valid / test with a share of the items held out of training entirely.
+
+    `round(cold_share * items with rows)` items are drawn at random (seeded, uniformly: not by
+    popularity); every row of theirs goes to validation or test, split between the two by
+    `ratios[1]:ratios[2]`; the other items' rows are split by `ratios` as `random_row_split` does. The
+    held-out items are new at test time, as fresh uploads are in the paper's setting: only their
+    content (a semantic ID, a hashed bucket) can say anything about them."""
+    ratios = np.asarray(ratios, dtype=np.float64)
+    if not 0.0 <= cold_share < 1.0:
+        raise FeatureError(f"cold_items must be a share in [0, 1), got {cold_share}")
+    if len(ratios) != 3 or (ratios < 0).any() or ratios[1] + ratios[2] <= 0:
+        raise FeatureError(f"cold_items needs validation or test rows to put the held-out items' rows in; "
+                           f"ratios are {list(ratios)}")
+    items = np.asarray(items)
+    present = np.unique(items)
+    cold = np.random.default_rng([seed, 7]).choice(present, int(round(cold_share * len(present))), replace=False)
+    is_cold = np.isin(items, cold)
+    warm_rows, cold_rows = np.flatnonzero(~is_cold), np.flatnonzero(is_cold)
+    train, valid, test = random_row_split(len(warm_rows), ratios, seed)
+    _, cold_valid, cold_test = random_row_split(len(cold_rows), (0.0, ratios[1], ratios[2]), seed + 1)
+    return (np.sort(warm_rows[train]), np.sort(np.concatenate([warm_rows[valid], cold_rows[cold_valid]])),
+            np.sort(np.concatenate([warm_rows[test], cold_rows[cold_test]])))
 
 
 # ---- one fitted field -----------------------------------------------------------------------------
@@ -117,10 +166,69 @@ def _tokens(spec: FieldSpec, column: np.ndarray) -> list[list[str]]:
     return [["" if _is_missing(v) else str(v)] for v in column]
 
 
-def _fit_encode(spec: FieldSpec, column: np.ndarray, seen: np.ndarray, offset: int) -> tuple[_Encoded, int, dict]:
-    """Encode `column` (one value per entity) with ids from `offset`; statistics from `seen` entities only.
-    Returns the encoding, the number of ids used and the field's description."""
+def _encode_tokens(tokens: list[list[str]], seen: np.ndarray, offset: int, pooling: str = "mean"
+                   ) -> tuple[_Encoded, int, int]:
+    """Token lists -> ids from `offset` (the field's OOV id) + 1 over the tokens of `seen` entities.
+    Returns the encoding, the ids used and the vocabulary size."""
+    n = len(tokens)
+    vocab = sorted({t for row, keep in zip(tokens, seen) if keep for t in row})
+    lookup = {t: offset + 1 + i for i, t in enumerate(vocab)}  # offset itself is the field's OOV id
+    width = max(1, max((len(row) for row in tokens), default=1))
+    index = np.zeros((n, width), dtype=np.int64)
+    weight = np.zeros((n, width), dtype=np.float32)
+    oov = np.zeros(n, dtype=bool)
+    for row, values in enumerate(tokens):
+        ids = [lookup.get(t, offset) for t in values] or [offset]  # no value at all: OOV as well
+        oov[row] = offset in ids
+        index[row, :len(ids)] = ids
+        # mean pooling (a categorical field: weight 1); sum pooling keeps each token's full weight
+        weight[row, :len(ids)] = 1.0 if pooling == "sum" else 1.0 / len(ids)
+    return _Encoded(index, weight, oov), len(vocab) + 1, len(vocab)
+
+
+def _hashed(spec: FieldSpec, column: np.ndarray, seen: np.ndarray, offset: int) -> tuple[_Encoded, int, dict]:
+    """`hash_buckets` ids from `offset`: no vocabulary, so nothing is OOV and nothing is fitted."""
+    values = ["" if _is_missing(v) else str(v) for v in column]
+    bucket = hash_buckets(values, spec.hash_buckets, spec.hash_seed)
+    index = (offset + bucket)[:, None]
+    train_values = {v for v, keep in zip(values, seen) if keep}
+    distinct = sorted(set(values))
+    of_distinct = hash_buckets(distinct, spec.hash_buckets, spec.hash_seed)
+    # distinct values that share their bucket with another value: what random hashing costs
+    shared = np.bincount(of_distinct, minlength=spec.hash_buckets)[of_distinct] > 1
+    described = {"kind": "categorical", "hash_buckets": spec.hash_buckets, "hash_seed": spec.hash_seed,
+                 "values": len(distinct), "training_values": len(train_values),
+                 "training_buckets": int(len(np.unique(bucket[seen]))), "values_in_shared_buckets": int(shared.sum())}
+    return _Encoded(index, np.ones((len(values), 1), np.float32), np.zeros(len(values), bool)), \
+        spec.hash_buckets, described
+
+
+def _semantic(spec: FieldSpec, codes: list[list[int]], counts: np.ndarray, offset: int) -> tuple[_Encoded, int, dict]:
+    """Semantic-ID tokens of every item; vocabulary (and SPM pieces) from the items of training rows."""
+    tokens, described = semantic_tokens(codes, spec.tokens, train_weight=counts, spm_vocab=spec.spm_vocab)
+    seen = counts > 0
+    encoded, used, vocabulary = _encode_tokens(tokens, seen, offset, spec.pooling)
+    lengths = [len(c) for c in codes]
+    unseen = ~seen
+    # an unseen item usually shares its coarse tokens with training items and misses its finest one
+    return encoded, used, {"kind": "semantic_id", "tokens": spec.tokens, "pooling": spec.pooling,
+                           "vocabulary": vocabulary, "levels": max(lengths, default=0),
+                           "distinct_ids": len({tuple(c) for c in codes}),
+                           "unseen_items": int(unseen.sum()),
+                           "unseen_items_with_an_oov_token": int((encoded.oov & unseen).sum()),
+                           **({"spm_vocab": spec.spm_vocab, **described} if spec.tokens == "spm" else {})}
+
+
+def _fit_encode(spec: FieldSpec, column, seen: np.ndarray, offset: int,
+                counts: np.ndarray | None = None) -> tuple[_Encoded, int, dict]:
+    """Encode `column` (one value per entity) with ids from `offset`; statistics from `seen` entities only
+    (`counts`: the entities' training rows, which weigh SPM pieces). Returns the encoding, the number of
+    ids used and the field's description."""
     n = len(column)
+    if spec.kind == "semantic_id":
+        return _semantic(spec, column, seen.astype(np.int64) if counts is None else counts, offset)
+    if spec.hash_buckets is not None:
+        return _hashed(spec, column, seen, offset)
     if spec.kind == "numeric":
         x = _numeric(spec, column)
         train_values = x[seen & np.isfinite(x)]
@@ -139,19 +247,8 @@ def _fit_encode(spec: FieldSpec, column: np.ndarray, seen: np.ndarray, offset: i
         index = np.where(finite, offset + 1 + bucket, offset)[:, None].astype(np.int64)
         return _Encoded(index, np.ones((n, 1), np.float32), ~finite), len(edges) + 2, {
             "kind": "numeric", "transform": "bucketise", "edges": edges.tolist()}
-    tokens = _tokens(spec, column)
-    vocab = sorted({t for row, keep in zip(tokens, seen) if keep for t in row})
-    lookup = {t: offset + 1 + i for i, t in enumerate(vocab)}  # offset itself is the field's OOV id
-    width = max(1, max((len(row) for row in tokens), default=1))
-    index = np.zeros((n, width), dtype=np.int64)
-    weight = np.zeros((n, width), dtype=np.float32)
-    oov = np.zeros(n, dtype=bool)
-    for row, values in enumerate(tokens):
-        ids = [lookup.get(t, offset) for t in values] or [offset]  # no value at all: OOV as well
-        oov[row] = offset in ids
-        index[row, :len(ids)] = ids
-        weight[row, :len(ids)] = 1.0 / len(ids)  # mean pooling (a categorical field: weight 1)
-    return _Encoded(index, weight, oov), len(vocab) + 1, {"kind": spec.kind, "vocabulary": len(vocab)}
+    encoded, used, vocabulary = _encode_tokens(_tokens(spec, column), seen, offset)
+    return encoded, used, {"kind": spec.kind, "vocabulary": vocabulary}
 
 
 def _stack(parts: list[_Encoded], n: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -195,24 +292,67 @@ class CTRFeatures:
         return {name: int(count) for name, count in zip(self.fields, flags.sum(axis=0))}
 
 
-def _resolve(spec: FieldSpec, dataset: Dataset) -> tuple[str, np.ndarray]:
+def _check_spec(spec: FieldSpec) -> None:
+    """Options that do not fit the field's kind, named (the experiment config checks them too)."""
+    if spec.hash_buckets is not None:
+        if spec.kind != "categorical":
+            raise FeatureError(f"feature {spec.name!r}: hash_buckets applies to kind: categorical only")
+        if spec.hash_buckets < 1:
+            raise FeatureError(f"feature {spec.name!r}: hash_buckets must be >= 1, got {spec.hash_buckets}")
+    if spec.kind == "semantic_id":
+        if spec.table == "user":
+            raise FeatureError(f"feature {spec.name!r}: a semantic_id describes items; it cannot come from the "
+                               "user table")
+        if spec.tokens not in TOKEN_SCHEMES:
+            raise FeatureError(f"feature {spec.name!r}: tokens must be one of {', '.join(TOKEN_SCHEMES)}, "
+                               f"got {spec.tokens!r}")
+        if spec.pooling not in ("sum", "mean"):
+            raise FeatureError(f"feature {spec.name!r}: pooling must be sum or mean, got {spec.pooling!r}")
+        if spec.spm_vocab < 1:
+            raise FeatureError(f"feature {spec.name!r}: spm_vocab must be >= 1, got {spec.spm_vocab}")
+
+
+def _resolve(spec: FieldSpec, dataset: Dataset, codes: Mapping[str, np.ndarray] | None = None):
+    """(table, one value per entity). A hashed id yields the external ids (stable across vocabularies);
+    a semantic_id field yields the items' code lists, from `codes[name]` or an item-table column."""
+    _check_spec(spec)
     n_users, n_items = dataset.interactions.n_users, dataset.interactions.n_items
-    if spec.name == "user_id" and spec.table in (None, "user"):
-        return "user", np.arange(n_users)
-    if spec.name == "item_id" and spec.table in (None, "item"):
-        return "item", np.arange(n_items)
+    column = spec.source
+    if spec.kind == "semantic_id":
+        if codes is not None and spec.name in codes:
+            given = codes[spec.name]
+            if len(given) != n_items:
+                raise FeatureError(f"feature {spec.name!r}: {len(given)} semantic IDs given for {n_items} items; "
+                                   "give one row per item index")
+            return "item", [[int(c) for c in row if int(c) >= 0] for row in np.asarray(given)]
+        if column in dataset.item_table:
+            try:
+                return "item", parse_codes(dataset.item_table[column], f"feature {spec.name!r}")
+            except ValueError as exc:
+                raise FeatureError(str(exc)) from None
+        raise FeatureError(f"feature {spec.name!r} is a semantic_id, but no codes were given for it and the item "
+                           f"table of {dataset.name!r} has no column {column!r} of code sequences; compute them "
+                           "from item content (the experiment runner does: docs/ctr.md) or add the column")
+    hashed = spec.hash_buckets is not None
+    if column == "user_id" and spec.table in (None, "user"):
+        return "user", dataset.interactions.users.ids if hashed else np.arange(n_users)
+    if column == "item_id" and spec.table in (None, "item"):
+        return "item", dataset.interactions.items.ids if hashed else np.arange(n_items)
     for table, columns in (("user", dataset.user_table), ("item", dataset.item_table)):
-        if spec.table in (None, table) and spec.name in columns:
-            return table, np.asarray(columns[spec.name])
+        if spec.table in (None, table) and column in columns:
+            return table, np.asarray(columns[column])
     available = sorted({*ID_FIELDS, *dataset.user_table, *dataset.item_table})
     where = f" in the {spec.table} table" if spec.table else ""
-    raise FeatureError(f"feature {spec.name!r} is not in the data{where} of {dataset.name!r}; available: "
+    named = f"feature {spec.name!r}" + (f" (column {column!r})" if column != spec.name else "")
+    raise FeatureError(f"{named} is not in the data{where} of {dataset.name!r}; available: "
                        f"{', '.join(available)}")
 
 
 def fit_features(dataset: Dataset, specs: Sequence[FieldSpec], train_users: np.ndarray,
-                 train_items: np.ndarray) -> CTRFeatures:
-    """Encode every field of `specs`; vocabularies and statistics from the entities of the training rows."""
+                 train_items: np.ndarray, codes: Mapping[str, np.ndarray] | None = None) -> CTRFeatures:
+    """Encode every field of `specs`; vocabularies and statistics from the entities of the training rows
+    (`train_users`/`train_items`: one entry per training row). `codes`: semantic IDs by field name,
+    `(n_items, L)` int arrays (negative = padding)."""
     if not specs:
         raise FeatureError("features: give at least one field (e.g. user_id and item_id)")
     names = [s.name for s in specs]
@@ -220,17 +360,17 @@ def fit_features(dataset: Dataset, specs: Sequence[FieldSpec], train_users: np.n
     if repeated:
         raise FeatureError(f"feature {repeated[0]!r} is listed twice")
     n_users, n_items = dataset.interactions.n_users, dataset.interactions.n_items
-    seen = {"user": np.zeros(n_users, bool), "item": np.zeros(n_items, bool)}
-    seen["user"][np.asarray(train_users)] = True
-    seen["item"][np.asarray(train_items)] = True
+    counts = {"user": np.bincount(np.asarray(train_users, dtype=np.int64), minlength=n_users),
+              "item": np.bincount(np.asarray(train_items, dtype=np.int64), minlength=n_items)}
+    seen = {side: count > 0 for side, count in counts.items()}
     sides: dict[str, list[tuple[str, _Encoded]]] = {"user": [], "item": []}
     info: dict[str, dict] = {}
     offset = 1  # id 0 is padding
     for spec in specs:
-        if spec.kind == "numeric" and spec.name in ID_FIELDS:
+        if spec.kind == "numeric" and spec.source in ID_FIELDS:
             raise FeatureError(f"feature {spec.name!r} is an id; declare it kind: categorical")
-        table, column = _resolve(spec, dataset)
-        encoded, used, described = _fit_encode(spec, column, seen[table], offset)
+        table, column = _resolve(spec, dataset, codes)
+        encoded, used, described = _fit_encode(spec, column, seen[table], offset, counts[table])
         sides[table].append((spec.name, encoded))
         info[spec.name] = {"table": table, "offset": offset, **described}
         offset += used
@@ -301,17 +441,23 @@ class CTRSplit:
 
 
 def make_ctr_split(dataset: Dataset, specs: Sequence[FieldSpec], *, threshold: float = 4.0,
-                   ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> CTRSplit:
-    """Labels by `threshold`, a random `ratios` row split, features fitted on the training rows."""
+                   ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
+                   codes: Mapping[str, np.ndarray] | None = None, cold_items: float = 0.0) -> CTRSplit:
+    """Labels by `threshold`, a random `ratios` row split (with `cold_items` > 0: that share of the
+    items held out of training, `item_cold_split`), features fitted on the training rows. `codes`:
+    the semantic IDs of the `semantic_id` fields, by field name."""
     inter = dataset.interactions
     for spec in specs:  # name the missing feature before anything is computed
-        _resolve(spec, dataset)
+        _resolve(spec, dataset, codes)
     label = labels_from_ratings(inter.value, threshold)
-    train, valid, test = random_row_split(len(inter), ratios, seed)
+    users, items = np.asarray(inter.user, dtype=np.int64), np.asarray(inter.item, dtype=np.int64)
+    if cold_items > 0:
+        train, valid, test = item_cold_split(items, ratios, cold_items, seed)
+    else:
+        train, valid, test = random_row_split(len(inter), ratios, seed)
     if len(train) == 0:
         raise FeatureError("the training rows are empty; check the split ratios")
-    users, items = np.asarray(inter.user, dtype=np.int64), np.asarray(inter.item, dtype=np.int64)
-    features = fit_features(dataset, specs, users[train], items[train])
+    features = fit_features(dataset, specs, users[train], items[train], codes)
     part = lambda rows: CTRData(features, users[rows], items[rows], label[rows])  # noqa: E731
     return CTRSplit(part(train), part(valid), part(test))
 

@@ -26,13 +26,21 @@ rows and writes `config.yaml`, `manifest.json` (split summary with OOV counts, t
 ranking model fitted on every training row) is evaluated alone and with each CTR model reordering
 its top `n`, by full ranking against the test rows labelled 1 (`rerank.json`, and a table in the
 report). With `seeds: [...]` every model is trained once per seed (on one split, or one per seed with
-`split_per_seed`) and metrics.json and the leaderboard hold the spread over seeds. See docs/ctr.md.
+`split_per_seed`) and metrics.json and the leaderboard hold the spread over seeds.
+
+Semantic-ID features (issue 16, Singh et al., RecSys 2024): a field `{name: ..., kind: semantic_id,
+tokens: prefix}` is computed here (`recstack.experiment.semantic_ids`: the items' content through an
+RQ-VAE, cached) and handed to the data layer as codes; `hash_buckets: N` hashes a categorical field;
+a model entry's `features: [...]` picks the fields it uses; `ctr.cold_items` holds a share of the
+items out of training; `ctr.rare_item_rows` adds test metrics on rare- and unseen-item rows. See
+docs/ctr.md.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -51,29 +59,108 @@ LEADERBOARD = ("AUC", "LogLoss", "gAUC", "Calibration")
 RERANK = "rerank.json"  # retrieve-then-rank: each retriever alone and chained with each ranker
 
 
+_SEMANTIC_OPTIONS = ("source", "text_encoder", "quantiser", "levels", "codebook_size", "quantiser_params", "tokens",
+                     "spm_vocab", "pooling")
+
+
 class FeatureEntry(_Strict):
-    """One feature field (see `recstack.data.ctr.FieldSpec`)."""
+    """One feature field (see `recstack.data.ctr.FieldSpec`).
+
+    `hash_buckets: N` (categorical): the value is hashed into N buckets (the random-hashing baseline).
+    `kind: semantic_id`: the item's semantic ID as tokens (Singh et al., RecSys 2024): codes of
+    `levels` x `codebook_size` from `quantiser` over the items' `source` content
+    (`recstack.experiment.semantic_ids`), or, with `source: column`, read from the item-table
+    column `column` (default: the field's name); `tokens` unigram | bigram | prefix | spm."""
 
     name: str
-    kind: Literal["categorical", "numeric", "multi"] = "categorical"
+    kind: Literal["categorical", "numeric", "multi", "semantic_id"] = "categorical"
     table: Literal["user", "item"] | None = None
+    column: str | None = None
     transform: Literal["normalise", "bucketise"] = "normalise"
     n_buckets: PositiveInt = 10
     sep: str = "|"
+    hash_buckets: int | None = None
+    # semantic_id only (plain str / int, checked below, so that a bad value's message names the field)
+    source: str = "text"
+    text_encoder: str = "minilm"
+    quantiser: str = "rqvae"
+    levels: int = 3
+    codebook_size: int = 64
+    quantiser_params: dict[str, Any] = Field(default_factory=dict)
+    tokens: str = "prefix"
+    spm_vocab: int = 1000
+    pooling: str = "sum"
 
     @model_validator(mode="after")
     def _options_of_its_kind(self) -> "FeatureEntry":
+        from recstack.data.semantic_tokens import TOKEN_SCHEMES
+
         given = self.model_fields_set
+        where = f"feature {self.name!r}"
         if self.kind != "numeric" and {"transform", "n_buckets"} & given:
-            raise ValueError(f"feature {self.name!r}: transform/n_buckets apply to kind: numeric only")
+            raise ValueError(f"{where}: transform/n_buckets apply to kind: numeric only")
         if self.kind != "multi" and "sep" in given:
-            raise ValueError(f"feature {self.name!r}: sep applies to kind: multi only")
+            raise ValueError(f"{where}: sep applies to kind: multi only")
+        if self.kind != "categorical" and "hash_buckets" in given:
+            raise ValueError(f"{where}: hash_buckets applies to kind: categorical only")
+        for key in ("hash_buckets", "levels", "codebook_size", "spm_vocab"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"{where}: {key} must be a positive integer, got {value}")
+        if self.kind != "semantic_id":
+            extra = [key for key in _SEMANTIC_OPTIONS if key in given]
+            if extra:
+                raise ValueError(f"{where}: {', '.join(extra)} apply to kind: semantic_id only")
+            return self
+        if self.table == "user":
+            raise ValueError(f"{where}: a semantic_id describes items; table: user is not possible")
+        if self.tokens not in TOKEN_SCHEMES:
+            raise ValueError(f"{where}: tokens must be one of {', '.join(TOKEN_SCHEMES)}, got {self.tokens!r}")
+        if self.tokens != "spm" and "spm_vocab" in given:
+            raise ValueError(f"{where}: spm_vocab applies to tokens: spm only")
+        if self.pooling not in ("sum", "mean"):
+            raise ValueError(f"{where}: pooling must be sum or mean, got {self.pooling!r}")
+        if self.source == "column":
+            computed = [key for key in ("text_encoder", "quantiser", "levels", "codebook_size", "quantiser_params")
+                        if key in given]
+            if computed:
+                raise ValueError(f"{where}: source: column reads precomputed codes; {', '.join(computed)} apply to "
+                                 "codes computed from content (source: text or structure)")
+            return self
+        if "column" in given:
+            raise ValueError(f"{where}: column applies to source: column (codes in the item table) only")
+        if self.source != "text" and "text_encoder" in given:
+            raise ValueError(f"{where}: text_encoder applies to source: text only")
+        from recstack.experiment.semantic_ids import check_settings
+
+        try:
+            check_settings(self.semantic_settings())
+        except (RecstackError, ValueError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
         return self
+
+    def semantic_settings(self):
+        """How the codes are computed (None: read from the item table, or not a semantic_id field)."""
+        if self.kind != "semantic_id" or self.source == "column":
+            return None
+        from recstack.experiment.semantic_ids import SemanticIDSettings
+
+        return SemanticIDSettings(self.source, self.text_encoder, self.quantiser, self.levels, self.codebook_size,
+                                  dict(self.quantiser_params))
 
     def spec(self):
         from recstack.data.ctr import FieldSpec
 
-        return FieldSpec(self.name, self.kind, self.table, self.transform, self.n_buckets, self.sep)
+        return FieldSpec(self.name, self.kind, self.table, self.transform, self.n_buckets, self.sep,
+                         column=self.column, hash_buckets=self.hash_buckets, tokens=self.tokens,
+                         spm_vocab=self.spm_vocab, pooling=self.pooling)
+
+
+class CTRModelEntry(ModelEntry):
+    """A CTR model entry; `features` names the `ctr.features` fields it uses (default: all of them),
+    so that one config compares feature sets (e.g. item_id against its semantic ID) on one split."""
+
+    features: list[str] | None = Field(default=None, min_length=1)
 
 
 class CTRSection(_Strict):
@@ -81,6 +168,12 @@ class CTRSection(_Strict):
     ratios: list[float] = Field(default_factory=lambda: [0.8, 0.1, 0.1], min_length=3, max_length=3)
     valid_metric: Literal["AUC", "LogLoss"] = "AUC"
     features: list[FeatureEntry] = Field(min_length=1)
+    # a share of the items held out of training entirely, their rows in validation and test
+    # (recstack.data.ctr.item_cold_split): the new-item setting; 0 = the plain random row split
+    cold_items: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # report test AUC/LogLoss on the rows whose item has fewer training rows than this (and on the
+    # rows whose item has none) beside the overall figures; None: not reported
+    rare_item_rows: PositiveInt | None = None
 
     @field_validator("ratios")
     @classmethod
@@ -88,6 +181,13 @@ class CTRSection(_Strict):
         if any(r < 0 for r in ratios) or ratios[0] <= 0:
             raise ValueError(f"ratios must be non-negative with a positive training share, got {ratios}")
         return ratios
+
+    @model_validator(mode="after")
+    def _cold_items_need_a_place(self) -> "CTRSection":
+        if self.cold_items > 0 and self.ratios[1] + self.ratios[2] <= 0:
+            raise ValueError("cold_items puts the held-out items' rows in validation and test; give ratios with a "
+                             "validation or test share")
+        return self
 
     @field_validator("features")
     @classmethod
@@ -123,7 +223,7 @@ class CTRExperimentConfig(TaskConfig):
 
     task: Literal["ctr"]
     ctr: CTRSection
-    models: list[ModelEntry] = Field(min_length=1)
+    models: list[CTRModelEntry] = Field(min_length=1)
     rerank: RerankSection | None = None
     # multi-seed: every model trained once per seed on the same split, unless `split_per_seed` draws the
     # row split with each seed too; the leaderboard shows mean ± sd over seeds (docs/ctr.md)
@@ -148,11 +248,19 @@ class CTRExperimentConfig(TaskConfig):
                     raise ValueError(f"models[{position}] ({entry.display}): params.seed is fixed, but 'seeds' gives "
                                      "every model each of its seeds in turn; remove params.seed (or 'seeds')")
         seen = distinct_labels(self.models)
+        fields = [f.name for f in self.ctr.features]
         for position, entry in enumerate(self.models):
             try:
                 self.model_config_for(entry)
             except RecstackError as exc:
                 raise ValueError(f"models[{position}] ({entry.display}): {exc}") from None
+            unknown = [name for name in entry.features or [] if name not in fields]
+            if unknown:
+                raise ValueError(f"models[{position}] ({entry.display}): feature {unknown[0]!r} is not a field of "
+                                 f"ctr.features ({', '.join(fields)})")
+            repeated = sorted({name for name in entry.features or [] if entry.features.count(name) > 1})
+            if repeated:
+                raise ValueError(f"models[{position}] ({entry.display}): feature {repeated[0]!r} is listed twice")
         if self.rerank is not None:
             self._check_rerank(seen)
         return self
@@ -174,6 +282,11 @@ class CTRExperimentConfig(TaskConfig):
             if ranker not in labels:
                 raise ValueError(f"rerank.rankers: {ranker!r} is not the label of a CTR model entry "
                                  f"(labels: {', '.join(sorted(labels))})")
+
+    def features_of(self, entry: CTRModelEntry | None = None) -> tuple[str, ...]:
+        """The field names `entry` uses, in `ctr.features` order (None or no `features`: every field)."""
+        chosen = None if entry is None or entry.features is None else set(entry.features)
+        return tuple(f.name for f in self.ctr.features if chosen is None or f.name in chosen)
 
     def model_config_for(self, entry: ModelEntry, seed: int | None = None):
         """The validated model config of `entry`; `seed` (default: the experiment's) is the model seed."""
@@ -271,9 +384,111 @@ def seeds_markdown(metrics: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines + ([f"\n{note}."] if note else []))
 
 
+def ranked(metrics: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, bool] | None]:
+    """Labels by test AUC, best first (a multi-seed run: by the mean over seeds), and for a multi-seed
+    run whether each row's interval over seeds overlaps the next row's (None for one seed)."""
+    from recstack.experiment import seeds
+
+    def auc_of(label: str) -> float:
+        value = metrics[label]["test"].get("AUC")
+        return value if isinstance(value, (int, float)) and math.isfinite(value) else float("-inf")
+
+    order = sorted(metrics, key=lambda label: -auc_of(label))  # stable: ties keep the config's order
+    if not any("across_seeds" in record for record in metrics.values()):
+        return order, None
+    spreads = [seeds.spread_of(metrics[label], "test", "AUC") for label in order]
+    marks = seeds.overlaps_next([(c.low, c.high) if c else (None, None) for c in spreads])
+    return order, dict(zip(order, marks))
+
+
+def leaderboard_title(metrics: dict[str, dict[str, Any]]) -> str:
+    _, marks = ranked(metrics)
+    if marks is None:
+        return "sorted by test AUC"
+    n = len(next(iter(metrics.values())).get("seeds", []))
+    return f"sorted by the mean test AUC over {n} seeds; ≈: its interval over seeds overlaps the next row's"
+
+
+def item_slice_masks(split: Any, rare_below: int) -> dict[str, np.ndarray]:
+    """Test-row masks: the item has fewer than `rare_below` training rows ("rare"), or none ("unseen")."""
+    counts = np.bincount(split.train.item, minlength=split.features.item_index.shape[0])[split.test.item]
+    return {"rare": counts < rare_below, "unseen": counts == 0}
+
+
+def item_slices(split: Any, p: np.ndarray, rare_below: int) -> dict[str, Any]:
+    """Test metrics on the rows whose item is rare in training (< `rare_below` training rows) and on
+    the rows whose item has no training row at all: where an item-id embedding has learnt little or
+    nothing and only shared features (a semantic ID's coarse tokens) can carry over (Singh et al.)."""
+    from recstack.evaluate.ctr import auc, auc_interval, log_loss
+
+    test = split.test
+    out: dict[str, Any] = {"rare_below": int(rare_below)}
+    for name, mask in item_slice_masks(split, rare_below).items():
+        label = test.label[mask]
+        entry: dict[str, Any] = {"rows": int(mask.sum()), "items": int(len(np.unique(test.item[mask]))),
+                                 "positive_rate": round(float(label.mean()), 6) if len(label) else None}
+        if 0 < label.sum() < len(label):  # both classes: AUC is defined
+            entry.update(AUC=auc(label, p[mask]), LogLoss=log_loss(label, p[mask]),
+                         AUC_ci=list(auc_interval(label, p[mask])))
+        out[name] = entry
+    return out
+
+
+def _slice_tests(metrics: dict[str, dict[str, Any]], predictions: dict[str, np.ndarray], split: Any,
+                 rare_below: int) -> None:
+    """On each item slice, each model against the model with the best AUC there: DeLong's paired test
+    on the slice's rows (the same rows for every model: the rows depend on the seed, not the fields)."""
+    from recstack.evaluate.ctr import delong_test
+
+    for name, mask in item_slice_masks(split, rare_below).items():
+        truth = split.test.label[mask]
+        if len(predictions) < 2 or not 0 < truth.sum() < len(truth) - 1:
+            continue
+        best = max(predictions, key=lambda model: metrics[model]["test_items"][name].get("AUC", float("-inf")))
+        for model, p in predictions.items():
+            if model != best:
+                metrics[model]["test_items"][name]["AUC_vs_best"] = {
+                    "best": best, "test": "DeLong's paired test on AUC",
+                    "p": delong_test(truth, p[mask], predictions[best][mask])}
+
+
+def items_markdown(metrics: dict[str, dict[str, Any]]) -> str:
+    """Overall test AUC beside the rare-item and unseen-item slices', one row per model."""
+    first = next((r["test_items"] for r in metrics.values() if "test_items" in r), None)
+    if first is None:
+        return "(no slice: rare_item_rows is not set)"
+
+    def cell(entry: dict[str, Any], metric: str) -> str:
+        value = entry.get(metric)
+        if value is None:
+            return "-"
+        ci = entry.get("AUC_ci") if metric == "AUC" else None
+        return f"{value:.4f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+
+    def versus(entry: dict[str, Any]) -> str:
+        test = entry.get("AUC_vs_best")
+        if test is None:
+            return "best" if "AUC" in entry else "-"
+        return "-" if test.get("p") is None else f"{test['p']:.2g}"
+
+    rare, unseen = first["rare"], first["unseen"]
+    lines = [f"| model | AUC | LogLoss | rare AUC ({rare['rows']:,} rows, {rare['items']:,} items) | rare LogLoss "
+             f"| rare AUC p vs best | unseen AUC ({unseen['rows']:,} rows, {unseen['items']:,} items) "
+             "| unseen LogLoss | unseen AUC p vs best |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, record in metrics.items():
+        items = record.get("test_items", {})
+        rare, unseen = items.get("rare", {}), items.get("unseen", {})
+        lines.append(f"| {label} | {_metric_cell(record, 'AUC')} | {_metric_cell(record, 'LogLoss')} | "
+                     f"{cell(rare, 'AUC')} | {cell(rare, 'LogLoss')} | {versus(rare)} | "
+                     f"{cell(unseen, 'AUC')} | {cell(unseen, 'LogLoss')} | {versus(unseen)} |")
+    return "\n".join(lines)
+
+
 def leaderboard_markdown(metrics: dict[str, dict[str, Any]]) -> str:
-    lines = ["| model | " + " | ".join(LEADERBOARD) + " | AUC 95% CI | AUC p vs best | gAUC 95% CI | gAUC p vs best "
-             "| fit s | best epoch |", "|---|" + "---|" * (len(LEADERBOARD) + 6)]
+    order, marks = ranked(metrics)
+    overlap = [] if marks is None else ["≈"]
+    lines = ["| model | " + " | ".join([*LEADERBOARD, *overlap]) + " | AUC 95% CI | AUC p vs best | gAUC 95% CI "
+             "| gAUC p vs best | fit s | best epoch |", "|---|" + "---|" * (len(LEADERBOARD) + len(overlap) + 6)]
 
     def interval(ci: Any) -> str:
         return f"{_fmt(ci[0])}-{_fmt(ci[1])}" if ci else "-"
@@ -282,8 +497,10 @@ def leaderboard_markdown(metrics: dict[str, dict[str, Any]]) -> str:
         p = (test or {}).get("p")
         return "-" if p is None else f"{p:.2g}"
 
-    for label, record in metrics.items():
-        lines.append(f"| {label} | " + " | ".join(_metric_cell(record, m) for m in LEADERBOARD)
+    for label in order:
+        record = metrics[label]
+        mark = [] if marks is None else ["≈" if marks[label] else ""]
+        lines.append(f"| {label} | " + " | ".join([*(_metric_cell(record, m) for m in LEADERBOARD), *mark])
                      + f" | {interval(record.get('test_AUC_ci'))} | {p_value(record.get('test_AUC_vs_best'))} "
                      f"| {interval(record.get('test_gAUC_ci'))} | {p_value(record.get('test_vs_best'))} "
                      f"| {record['fit_seconds']:.1f} | {record.get('best_epoch', '-')} |")
@@ -293,11 +510,14 @@ def leaderboard_markdown(metrics: dict[str, dict[str, Any]]) -> str:
 def leaderboard_table(metrics: dict[str, dict[str, Any]]):
     from rich.table import Table
 
-    table = Table(title="CTR leaderboard (test rows)")
-    for column in ("model", *LEADERBOARD, "fit s"):
+    order, marks = ranked(metrics)
+    table = Table(title=f"CTR leaderboard (test rows; {leaderboard_title(metrics)})")
+    for column in ("model", *LEADERBOARD, *([] if marks is None else ["≈"]), "fit s"):
         table.add_column(column, justify="left" if column == "model" else "right")
-    for label, record in metrics.items():
-        table.add_row(label, *(_metric_cell(record, m) for m in LEADERBOARD), f"{record['fit_seconds']:.1f}")
+    for label in order:
+        record = metrics[label]
+        mark = [] if marks is None else ["≈" if marks[label] else ""]
+        table.add_row(label, *(_metric_cell(record, m) for m in LEADERBOARD), *mark, f"{record['fit_seconds']:.1f}")
     return table
 
 
@@ -320,14 +540,37 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
     say(f"[bold]recstack[/bold] CTR: loading data ({config.data.label}) ...")
     dataset = load_data(config)
     run_seeds = config.run_seeds
-    splits: dict[int, Any] = {}
+    splits: dict[tuple[int, tuple[str, ...]], Any] = {}
+    codes: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}  # semantic IDs by their settings, computed once
+    semantic_info: dict[str, dict[str, Any]] = {}  # by field: the codes' provenance, for the manifest
 
-    def split_for(seed: int):
-        """The row split of repetition `seed` (one split for all seeds unless split_per_seed)."""
-        key = config.split_seed(seed)
+    def codes_for(names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """The semantic IDs of the semantic_id fields among `names` (recstack.experiment.semantic_ids)."""
+        from recstack.experiment.semantic_ids import semantic_id_codes
+
+        out = {}
+        for entry in config.ctr.features:
+            settings = entry.semantic_settings() if entry.name in names else None
+            if settings is None:
+                continue
+            key = json.dumps(settings.key(), sort_keys=True)
+            if key not in codes:
+                say(f"  semantic IDs for {entry.name}: {settings.quantiser} {settings.levels} x "
+                    f"{settings.codebook_size} over the items' {settings.source} ...")
+                codes[key] = semantic_id_codes(dataset, settings, cache_dir=config.cache_dir)
+            out[entry.name], semantic_info[entry.name] = codes[key]
+        return out
+
+    def split_for(seed: int, names: tuple[str, ...] | None = None):
+        """The row split of repetition `seed` (one split for all seeds unless split_per_seed) with the
+        fields `names` (default: every field). The rows depend on the seed only, so every feature set
+        of one seed is scored on the same test rows."""
+        names = config.features_of() if names is None else names
+        key = (config.split_seed(seed), names)
         if key not in splits:
-            splits[key] = make_ctr_split(dataset, [f.spec() for f in config.ctr.features],
-                                         threshold=config.ctr.threshold, ratios=config.ctr.ratios, seed=key)
+            splits[key] = make_ctr_split(dataset, [f.spec() for f in config.ctr.features if f.name in names],
+                                         threshold=config.ctr.threshold, ratios=config.ctr.ratios, seed=key[0],
+                                         codes=codes_for(names), cold_items=config.ctr.cold_items)
         return splits[key]
 
     split = split_for(run_seeds[0])  # the analysis split: its models are saved, tested and reranked
@@ -349,7 +592,7 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
             records: dict[int, dict[str, Any]] = {}
             for seed in run_seeds:
                 first = seed == run_seeds[0]
-                data_split = split_for(seed)
+                data_split = split_for(seed, config.features_of(entry))
                 of_seed = f" (seed {seed})" if config.seeds is not None else ""
                 say(f"[{position}/{len(config.models)}] [bold]{label}[/bold]{of_seed} fitting ...")
                 model = CTR_MODELS.resolve(entry.name)(config.model_config_for(entry, seed))
@@ -370,6 +613,8 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
                         users_auc = per_user_auc(data.label, p, data.user)
                         record["test_gAUC_ci"] = list(gauc_interval(users_auc))
                         record["test_AUC_ci"] = list(auc_interval(data.label, p))
+                        if config.ctr.rare_item_rows is not None:
+                            record["test_items"] = item_slices(data_split, p, config.ctr.rare_item_rows)
                         if first:
                             per_user[label], test_predictions[label] = users_auc, p
                 records[seed] = record
@@ -382,9 +627,13 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
                     f"{_fmt(record['test'].get('LogLoss'))}")
             metrics[label] = records[run_seeds[0]] if config.seeds is None else _across_seeds(records)
         _paired_tests(metrics, per_user, split.test.label, test_predictions)
+        if config.ctr.rare_item_rows is not None:
+            _slice_tests(metrics, test_predictions, split, config.ctr.rare_item_rows)
         if config.seeds is not None:
             _seed_tests(metrics)
-        rerank = _run_rerank(config, dataset, split, models, say, progress) if config.rerank is not None else None
+        rerank = (_run_rerank(config, dataset, split, models, say, progress,
+                              lambda entry: split_for(run_seeds[0], config.features_of(entry)))
+                  if config.rerank is not None else None)
         if rerank is not None:
             rundir.write_json(tmp / RERANK, rerank)
         finished = datetime.now(timezone.utc)
@@ -396,6 +645,15 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
                         "split_fingerprints": {str(seed): split_for(seed).fingerprint() for seed in run_seeds}}}),
                     "features": {"fields": split.features.fields, "n_ids": split.features.n_ids,
                                  "info": split.features.info},
+                    **({"model_features": {
+                        entry.display: {"fields": list(config.features_of(entry)),
+                                        "n_ids": split_for(run_seeds[0], config.features_of(entry)).features.n_ids,
+                                        "split_fingerprint": split_for(run_seeds[0],
+                                                                       config.features_of(entry)).fingerprint()}
+                        for entry in config.models if entry.features is not None}}
+                       if any(entry.features is not None for entry in config.models) else {}),
+                    **({"semantic_ids": semantic_info} if semantic_info else {}),
+                    **({"cold_items": config.ctr.cold_items} if config.ctr.cold_items else {}),
                     "versions": _versions()}
         rundir.write_yaml(tmp / rundir.CONFIG, config.to_dict())
         rundir.write_json(tmp / rundir.MANIFEST, manifest)
@@ -408,8 +666,14 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
                   f"Fields: {', '.join(split.features.fields)}. Test rows with an unseen (OOV) value: "
                   + ", ".join(f"{k} {v}" for k, v in summary["test"].get("oov_rows", {}).items()) + ".", "",
                   "Test rows; gAUC weighted by each user's rows; Calibration = mean prediction / positive rate; "
-                  f"early stopping on validation {config.ctr.valid_metric}.", "",
+                  f"early stopping on validation {config.ctr.valid_metric}; {leaderboard_title(metrics)}.", "",
                   leaderboard_markdown(metrics), ""]
+        if config.ctr.rare_item_rows is not None:
+            report += [f"## Rare and unseen items (test rows whose item has fewer than {config.ctr.rare_item_rows} "
+                       "training rows, and none)", "",
+                       "The same models on the test rows of their items' slice; AUC with DeLong's 95% interval, "
+                       "and DeLong's paired test against the model with the best AUC on that slice.",
+                       "", items_markdown(metrics), ""]
         if config.seeds is not None:
             report += [f"## Over seeds ({len(run_seeds)} seeds"
                        + (", the row split drawn with each" if config.split_per_seed else ", one row split") + ")", "",
@@ -440,7 +704,7 @@ def _across_seeds(records: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
     record = seeds.aggregate(records)
     first = records[next(iter(records))]
-    for key in ("epochs_run", "test_gAUC_ci", "test_AUC_ci"):
+    for key in ("epochs_run", "test_gAUC_ci", "test_AUC_ci", "test_items"):
         if key in first:
             record[key] = first[key]  # of the analysis seed, the first: its model is saved and tested
     return record
@@ -497,7 +761,7 @@ def rerank_markdown(rerank: dict[str, dict[str, Any]], labels: list[str]) -> str
 
 
 def _run_rerank(config: CTRExperimentConfig, dataset: Any, split: Any, rankers: dict[str, Any], say: Any,
-                progress: bool) -> dict[str, dict[str, Any]]:
+                progress: bool, split_of: Any = None) -> dict[str, dict[str, Any]]:
     """Each retriever alone, then chained with each ranker, on the test rows labelled 1."""
     from recstack.data.interactions import Interactions
     from recstack.evaluate.evaluator import evaluate
@@ -516,7 +780,7 @@ def _run_rerank(config: CTRExperimentConfig, dataset: Any, split: Any, rankers: 
     history, valid, test = train.concat(part(split.valid)), part(split.valid, True), part(split.test, True)
     names = rerank.rankers or list(rankers)
     if rerank.ranker_rows == "observed":
-        rankers = _observed_rankers(config, split, names, vocab.n_users, vocab.n_items, say, progress)
+        rankers = _observed_rankers(config, split, names, vocab.n_users, vocab.n_items, say, progress, split_of)
     out: dict[str, dict[str, Any]] = {}
     for entry in rerank.retrievers:
         label = entry.display
@@ -537,12 +801,12 @@ def _run_rerank(config: CTRExperimentConfig, dataset: Any, split: Any, rankers: 
 
 
 def _observed_rankers(config: CTRExperimentConfig, split: Any, names: list[str], n_users: int, n_items: int,
-                      say: Any, progress: bool) -> dict[str, Any]:
+                      say: Any, progress: bool, split_of: Any = None) -> dict[str, Any]:
     """Each named CTR entry refitted on observed-vs-unrated rows (training negatives avoid training pairs,
     validation negatives avoid training and validation pairs; test rows are never read)."""
     import numpy as np
 
-    from recstack.data.ctr import observed_rows
+    from recstack.data.ctr import CTRData, observed_rows
     from recstack.models.ctr import CTR_MODELS
     from recstack.train.options import FitOptions
 
@@ -558,5 +822,8 @@ def _observed_rankers(config: CTRExperimentConfig, split: Any, names: list[str],
         entry = entries[name]
         say(f"[rerank] [bold]{name}[/bold] refitting on observed rows ({len(train):,}) ...")
         model = CTR_MODELS.resolve(entry.name)(config.model_config_for(entry))
-        out[name] = model.fit(train, valid, options=FitOptions(progress=progress, label=f"{name}-observed"))
+        # the same rows for every ranker, encoded with the entry's own fields (its `features`)
+        features = split.features if split_of is None else split_of(entry).features
+        mine = [CTRData(features, data.user, data.item, data.label) for data in (train, valid)]
+        out[name] = model.fit(*mine, options=FitOptions(progress=progress, label=f"{name}-observed"))
     return out
