@@ -27,10 +27,8 @@ PINNED = {"fm": 0.919, "deepfm": 0.919, "autoint": 0.911, "autoint+": 0.913, "op
 
 
 @pytest.fixture(scope="module")
-def split(planted):
-    specs = [FieldSpec("user_id"), FieldSpec("item_id"), FieldSpec("group"), FieldSpec("kind"),
-             FieldSpec("age", kind="numeric"), FieldSpec("genres", kind="multi")]
-    return make_ctr_split(planted, specs, seed=0)
+def split(planted_split):
+    return planted_split
 
 
 @pytest.fixture(scope="module")

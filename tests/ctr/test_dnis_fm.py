@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from recstack.data.ctr import FieldSpec, make_ctr_split
 from recstack.errors import RecstackError
 from recstack.evaluate.ctr import auc
 from recstack.models.ctr import build_ctr
@@ -21,10 +20,8 @@ D = FAST["embedding_size"]
 
 
 @pytest.fixture(scope="module")
-def split(planted):
-    specs = [FieldSpec("user_id"), FieldSpec("item_id"), FieldSpec("group"), FieldSpec("kind"),
-             FieldSpec("age", kind="numeric"), FieldSpec("genres", kind="multi")]
-    return make_ctr_split(planted, specs, seed=0)
+def split(planted_split):
+    return planted_split
 
 
 @pytest.fixture(scope="module")
