@@ -51,6 +51,7 @@ MODELS = Registry("model", {
     "lirdrec": "recstack.models.content.lirdrec:LIRDRec",
     "mmhcl": "recstack.models.content.mmhcl:MMHCL",
     "dgvae": "recstack.models.content.dgvae:DGVAE",
+    "ssl-two-tower": "recstack.models.content.ssl_two_tower:SSLTwoTower",
     "sasrec": "recstack.models.sequential.sasrec:SASRec",
     "gru4rec": "recstack.models.sequential.gru4rec:GRU4Rec",
     "bert4rec": "recstack.models.sequential.bert4rec:BERT4Rec",
