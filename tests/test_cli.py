@@ -525,7 +525,7 @@ def test_tune_bad_inputs_fail_with_one_line(parts, tmp_path):
     changed = _tune_config(tmp_path / "b.yaml", parts, "Precision@10", {"reg": {"low": 1, "high": 50}})
     result = runner.invoke(app, ["tune", str(changed), "-o", str(out), "--study", "mine"])
     assert_user_error(result, "study 'mine'", "metric was NDCG@10, now Precision@10",
-                      "space.reg was log-float [1.0, 1000.0], now int [1, 50]")
+                      "space.reg was log-float [1.0, 1000.0], now float [1.0, 50.0]")
     assert len(json.loads((out / "tune-mine" / "trials.json").read_text())) == 1
     assert_user_error(runner.invoke(app, ["tune", str(changed), "-o", str(out), "--n-trials", "0"]),
                       "--n-trials must be at least 1")
