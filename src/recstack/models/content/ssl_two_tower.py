@@ -24,7 +24,6 @@ Choices and deviations: docs/models/ssl_two_tower.md.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator
 
 from recstack.data.interactions import Interactions
+from recstack.data.semantic_tokens import hash_buckets  # the CTR features' stable hash
 from recstack.errors import RecstackError
 from recstack.models.kernels.scoring import dot_scores, user_vectors
 from recstack.models.kernels.side import ItemModalityInput, ModalityFields
@@ -100,12 +100,6 @@ class ItemFeatures:
     names: list[str] = field(default_factory=list)
     columns: dict[str, slice] = field(default_factory=dict)
     codes: np.ndarray | None = None  # (n_items, len(names)) int64
-
-
-def hashed_rows(item_ids: np.ndarray, buckets: int) -> np.ndarray:
-    """A stable bucket per external item id (blake2b of its text, not Python's salted hash)."""
-    return np.array([int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little") % buckets
-                     for i in np.asarray(item_ids).tolist()], dtype=np.int64)
 
 
 def text_codes(vectors: np.ndarray, fit_rows: np.ndarray, bits: int = TEXT_CODE_BITS) -> np.ndarray:
@@ -248,7 +242,8 @@ class SSLTwoTower(ItemModalityInput, ScoresTrainedUsers, TorchRecommender):
             start = len(out.names)
             if name == "id":
                 if c.item_id == "hash":
-                    out.id_rows, out.n_id_rows = hashed_rows(train.items.ids, c.hash_buckets), c.hash_buckets
+                    external = map(str, np.asarray(train.items.ids).tolist())
+                    out.id_rows, out.n_id_rows = hash_buckets(external, c.hash_buckets), c.hash_buckets
                 else:
                     out.id_rows = np.where(trained, np.arange(train.n_items), -1).astype(np.int64)
                     out.n_id_rows = max(train.n_items, 1)
