@@ -25,6 +25,16 @@ item only (MovieLens has no context columns), so they are encoded once per user 
 gathered per batch: `rows(users, items)` -> `index (N, F, L)` int64 ids into one shared id space
 (0 = padding) and `weight (N, F, L)` float32; a field's vector is `sum_l weight * E[index]`.
 
+Sequence fields (`kind: sequence`, for behaviour models such as DIN or DiffuMIN): the user's recent items.
+For a row (user u, item i, time t) the field holds the items of u's *training* rows strictly before
+it in (time, original row order), the latest `max_len` of them (only those labelled 1 with
+`positive_only`), as ids of the `item_id` field's vocabulary, so that a model shares the item
+embedding between the target and the behaviours. Only training rows are read, so no validation or
+test row's item or label reaches any row's features. Each user's training timeline is stored once
+(`SequenceField`) and a batch's sequences are cut from it with `searchsorted`; a row without a
+position (`rank` None, e.g. a (user, candidate) pair of a full ranking) sees the user's latest
+`max_len` training items. `max_len` is capped at `MAX_SEQUENCE_LEN`.
+
 `make_ctr_split(..., cold_items=s)` holds a share s of the items out of training entirely (their rows
 go to validation and test), the cold-start setting in which semantic IDs are meant to help.
 """
@@ -42,6 +52,9 @@ from recstack.data.semantic_tokens import TOKEN_SCHEMES, hash_buckets, parse_cod
 from recstack.errors import RecstackError
 
 ID_FIELDS = ("user_id", "item_id")
+# the longest sequence field: a (rows, max_len) int64 block per batch must stay small (2,048 rows x 1,000
+# ids is 16 MB, its embeddings 128 MB at size 16); behaviour models beyond that search the history first
+MAX_SEQUENCE_LEN = 1000
 
 
 class FeatureError(RecstackError, ValueError):
@@ -54,7 +67,7 @@ class FieldSpec:
     None: the column (or id) named `name` (set it to use one column twice, e.g. item_id hashed)."""
 
     name: str
-    kind: Literal["categorical", "numeric", "multi", "semantic_id"] = "categorical"
+    kind: Literal["categorical", "numeric", "multi", "semantic_id", "sequence"] = "categorical"
     table: Literal["user", "item"] | None = None
     transform: Literal["normalise", "bucketise"] = "normalise"  # numeric fields only
     n_buckets: int = 10
@@ -65,6 +78,8 @@ class FieldSpec:
     tokens: Literal["unigram", "bigram", "prefix", "spm"] = "prefix"  # semantic_id only
     spm_vocab: int = 1000  # semantic_id with tokens="spm": pieces, alphabet included
     pooling: Literal["sum", "mean"] = "sum"  # semantic_id only
+    max_len: int = 50  # sequence only: the latest max_len training items before the row
+    positive_only: bool = False  # sequence only: only the training rows labelled 1
 
     @property
     def source(self) -> str:
@@ -262,6 +277,56 @@ def _stack(parts: list[_Encoded], n: int, width: int) -> tuple[np.ndarray, np.nd
 
 
 @dataclass
+class SequenceField:
+    """One sequence field: the kept training rows of every user in (user, time, row order) order.
+
+    `rank` (sorted) is each kept training row's position in that order over *all* rows, `ids` its item's
+    id in the item_id field's vocabulary, `start`/`end` each user's slice of the two. A row at
+    position r sees the kept rows of its user before r: `searchsorted(rank, r)` is where they end."""
+
+    name: str
+    max_len: int
+    positive_only: bool
+    item_field: str  # the field whose ids the sequence holds
+    rank: np.ndarray  # (n_kept,) int64, sorted
+    ids: np.ndarray  # (n_kept,) int64
+    start: np.ndarray  # (n_users,) int64
+    end: np.ndarray  # (n_users,) int64
+
+    def gather(self, users: np.ndarray, rank: np.ndarray | None = None) -> np.ndarray:
+        """(N, max_len) ids, oldest first and the latest last, left-padded with 0: the user's kept
+        training rows before `rank` (None: all of them, the time after training)."""
+        users = np.asarray(users, dtype=np.int64)
+        start, end = self.start[users], self.end[users]
+        if rank is not None:
+            # rows of a user sit inside its slice of the order, so this only ever shortens it
+            end = np.clip(np.searchsorted(self.rank, np.asarray(rank, dtype=np.int64), side="left"), start, end)
+        position = end[:, None] - self.max_len + np.arange(self.max_len)
+        valid = position >= start[:, None]
+        if len(self.ids) == 0:
+            return np.zeros((len(users), self.max_len), dtype=np.int64)
+        return np.where(valid, self.ids[np.clip(position, 0, len(self.ids) - 1)], 0)
+
+    def describe(self) -> dict:
+        lengths = np.minimum(self.end - self.start, self.max_len)
+        return {"kind": "sequence", "max_len": self.max_len, "positive_only": self.positive_only,
+                "item_field": self.item_field, "training_rows": int(len(self.rank)),
+                "mean_length_after_training": round(float(lengths.mean()), 3) if len(lengths) else 0.0}
+
+
+def row_ranks(dataset: Dataset) -> np.ndarray | None:
+    """Each interaction's position in (user, timestamp, row order); None without timestamps."""
+    inter = dataset.interactions
+    if inter.timestamp is None:
+        return None
+    n = len(inter)
+    order = np.lexsort((np.arange(n), np.asarray(inter.timestamp), np.asarray(inter.user)))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    return rank
+
+
+@dataclass
 class CTRFeatures:
     """Fitted feature encoding: per-user and per-item id/weight blocks over one shared id space."""
 
@@ -274,10 +339,15 @@ class CTRFeatures:
     user_oov: np.ndarray  # (n_users, F_user) bool
     item_oov: np.ndarray  # (n_items, F_item) bool
     info: dict[str, dict] = field(default_factory=dict)
+    sequences: list[SequenceField] = field(default_factory=list)  # not on the F axis: see `sequence_rows`
 
     @property
     def n_fields(self) -> int:
         return len(self.fields)
+
+    def sequence_rows(self, users: np.ndarray, rank: np.ndarray | None = None) -> list[np.ndarray]:
+        """One (N, max_len) id block per sequence field (`SequenceField.gather`)."""
+        return [s.gather(users, rank) for s in self.sequences]
 
     def rows(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`index (N, F, L)` and `weight (N, F, L)` of the (user, item) pairs."""
@@ -294,6 +364,13 @@ class CTRFeatures:
 
 def _check_spec(spec: FieldSpec) -> None:
     """Options that do not fit the field's kind, named (the experiment config checks them too)."""
+    if spec.kind == "sequence":
+        if not 1 <= spec.max_len <= MAX_SEQUENCE_LEN:
+            raise FeatureError(f"feature {spec.name!r}: max_len {spec.max_len} is outside 1..{MAX_SEQUENCE_LEN} "
+                               f"(the limit on a sequence field); give max_len: {MAX_SEQUENCE_LEN} or less")
+        if spec.hash_buckets is not None or spec.table is not None or spec.column is not None:
+            raise FeatureError(f"feature {spec.name!r}: a sequence field is the user's training items; "
+                               "hash_buckets, table and column do not apply to it")
     if spec.hash_buckets is not None:
         if spec.kind != "categorical":
             raise FeatureError(f"feature {spec.name!r}: hash_buckets applies to kind: categorical only")
@@ -318,6 +395,11 @@ def _resolve(spec: FieldSpec, dataset: Dataset, codes: Mapping[str, np.ndarray] 
     _check_spec(spec)
     n_users, n_items = dataset.interactions.n_users, dataset.interactions.n_items
     column = spec.source
+    if spec.kind == "sequence":
+        if dataset.interactions.timestamp is None:
+            raise FeatureError(f"feature {spec.name!r} is a sequence field, but {dataset.name!r} has no timestamps "
+                               "to order a user's items by; use data with a timestamp column or drop the field")
+        return "sequence", None
     if spec.kind == "semantic_id":
         if codes is not None and spec.name in codes:
             given = codes[spec.name]
@@ -348,11 +430,27 @@ def _resolve(spec: FieldSpec, dataset: Dataset, codes: Mapping[str, np.ndarray] 
                        f"{', '.join(available)}")
 
 
+def _is_item_id(spec: FieldSpec) -> bool:
+    return spec.kind == "categorical" and spec.source == "item_id" and spec.table in (None, "item")
+
+
+def check_sequence_specs(specs: Sequence[FieldSpec]) -> None:
+    """A sequence field holds item ids: it needs an item_id field among `specs` to take them from."""
+    sequences = [s for s in specs if s.kind == "sequence"]
+    for spec in sequences:
+        _check_spec(spec)
+    if sequences and not any(_is_item_id(s) for s in specs):
+        raise FeatureError(f"feature {sequences[0].name!r} is a sequence of item ids, but item_id is not a feature "
+                           "(its ids and embeddings are the ones the sequence shares); add {name: item_id}")
+
+
 def fit_features(dataset: Dataset, specs: Sequence[FieldSpec], train_users: np.ndarray,
-                 train_items: np.ndarray, codes: Mapping[str, np.ndarray] | None = None) -> CTRFeatures:
+                 train_items: np.ndarray, codes: Mapping[str, np.ndarray] | None = None, *,
+                 train_rank: np.ndarray | None = None, train_labels: np.ndarray | None = None) -> CTRFeatures:
     """Encode every field of `specs`; vocabularies and statistics from the entities of the training rows
     (`train_users`/`train_items`: one entry per training row). `codes`: semantic IDs by field name,
-    `(n_items, L)` int arrays (negative = padding)."""
+    `(n_items, L)` int arrays (negative = padding). Sequence fields read `train_rank` (each training
+    row's position in (user, time, row order), `row_ranks`) and `train_labels` (for `positive_only`)."""
     if not specs:
         raise FeatureError("features: give at least one field (e.g. user_id and item_id)")
     names = [s.name for s in specs]
@@ -366,9 +464,13 @@ def fit_features(dataset: Dataset, specs: Sequence[FieldSpec], train_users: np.n
     sides: dict[str, list[tuple[str, _Encoded]]] = {"user": [], "item": []}
     info: dict[str, dict] = {}
     offset = 1  # id 0 is padding
+    check_sequence_specs(specs)
     for spec in specs:
         if spec.kind == "numeric" and spec.source in ID_FIELDS:
             raise FeatureError(f"feature {spec.name!r} is an id; declare it kind: categorical")
+        if spec.kind == "sequence":
+            _resolve(spec, dataset, codes)  # names a dataset without timestamps
+            continue
         table, column = _resolve(spec, dataset, codes)
         encoded, used, described = _fit_encode(spec, column, seen[table], offset, counts[table])
         sides[table].append((spec.name, encoded))
@@ -377,8 +479,34 @@ def fit_features(dataset: Dataset, specs: Sequence[FieldSpec], train_users: np.n
     width = max([e.index.shape[1] for side in sides.values() for _, e in side] or [1])
     user_index, user_weight, user_oov = _stack([e for _, e in sides["user"]], n_users, width)
     item_index, item_weight, item_oov = _stack([e for _, e in sides["item"]], n_items, width)
-    return CTRFeatures([n for n, _ in sides["user"]] + [n for n, _ in sides["item"]], user_index, user_weight,
-                       item_index, item_weight, offset, user_oov, item_oov, info)
+    item_names = [n for n, _ in sides["item"]]
+    sequences = []
+    for spec in (s for s in specs if s.kind == "sequence"):
+        if train_rank is None or train_labels is None:
+            raise FeatureError(f"feature {spec.name!r} is a sequence field: give the training rows' train_rank "
+                               "(row_ranks) and train_labels (make_ctr_split does)")
+        item_field = next(s.name for s in specs if _is_item_id(s))
+        # the item_id field's own id of each item (OOV for an item outside its vocabulary)
+        item_ids = item_index[:, item_names.index(item_field), 0]
+        sequence = _sequence_field(spec, item_field, item_ids, np.asarray(train_users, dtype=np.int64),
+                                   np.asarray(train_items, dtype=np.int64), np.asarray(train_rank, dtype=np.int64),
+                                   np.asarray(train_labels), n_users)
+        sequences.append(sequence)
+        info[spec.name] = sequence.describe()
+    return CTRFeatures([n for n, _ in sides["user"]] + item_names, user_index, user_weight,
+                       item_index, item_weight, offset, user_oov, item_oov, info, sequences)
+
+
+def _sequence_field(spec: FieldSpec, item_field: str, item_ids: np.ndarray, users: np.ndarray, items: np.ndarray,
+                    rank: np.ndarray, labels: np.ndarray, n_users: int) -> SequenceField:
+    keep = labels > 0 if spec.positive_only else np.ones(len(rank), dtype=bool)
+    order = np.argsort(rank[keep], kind="stable")
+    kept_rank, kept_users = rank[keep][order], users[keep][order]
+    ids = item_ids[items[keep][order]].astype(np.int64)
+    # ranks group the rows by user first, so each user's kept rows are one contiguous slice
+    counts = np.bincount(kept_users, minlength=n_users)
+    end = np.cumsum(counts).astype(np.int64)
+    return SequenceField(spec.name, spec.max_len, spec.positive_only, item_field, kept_rank, ids, end - counts, end)
 
 
 @dataclass(frozen=True)
@@ -389,16 +517,25 @@ class CTRData:
     user: np.ndarray
     item: np.ndarray
     label: np.ndarray
+    # each row's position in (user, time, row order) over all rows (`row_ranks`): where its sequence
+    # fields stop; None: after training (every training row of the user is before it)
+    rank: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.label)
 
     def take(self, rows: np.ndarray) -> "CTRData":
-        return CTRData(self.features, self.user[rows], self.item[rows], self.label[rows])
+        return CTRData(self.features, self.user[rows], self.item[rows], self.label[rows],
+                       None if self.rank is None else self.rank[rows])
 
     def encode(self, rows: np.ndarray | slice | None = None) -> tuple[np.ndarray, np.ndarray]:
         rows = slice(None) if rows is None else rows
         return self.features.rows(self.user[rows], self.item[rows])
+
+    def sequences(self, rows: np.ndarray | slice | None = None) -> list[np.ndarray]:
+        """The rows' sequence fields, one (N, max_len) id block each (none without sequence fields)."""
+        rows = slice(None) if rows is None else rows
+        return self.features.sequence_rows(self.user[rows], None if self.rank is None else self.rank[rows])
 
     def oov_counts(self) -> dict[str, int]:
         return self.features.oov_counts(self.user, self.item)
@@ -432,6 +569,13 @@ class CTRSplit:
         for array in (f.user_index, f.user_weight, f.item_index, f.item_weight):
             h.update(np.ascontiguousarray(array).tobytes())
         h.update("\x1f".join(f.fields).encode())
+        if f.sequences:  # only then, so that the fingerprints of splits without one stay as they were
+            for s in f.sequences:
+                h.update(f"{s.name}:{s.max_len}:{s.positive_only}:{s.item_field}".encode())
+                for array in (s.rank, s.ids, s.start, s.end):
+                    h.update(np.ascontiguousarray(array).tobytes())
+            for data in (self.train, self.valid, self.test):
+                h.update(b"-" if data.rank is None else np.ascontiguousarray(data.rank).tobytes())
         return h.hexdigest()[:16]
 
     def summary(self) -> dict[str, object]:
@@ -449,6 +593,7 @@ def make_ctr_split(dataset: Dataset, specs: Sequence[FieldSpec], *, threshold: f
     inter = dataset.interactions
     for spec in specs:  # name the missing feature before anything is computed
         _resolve(spec, dataset, codes)
+    check_sequence_specs(specs)
     label = labels_from_ratings(inter.value, threshold)
     users, items = np.asarray(inter.user, dtype=np.int64), np.asarray(inter.item, dtype=np.int64)
     if cold_items > 0:
@@ -457,8 +602,12 @@ def make_ctr_split(dataset: Dataset, specs: Sequence[FieldSpec], *, threshold: f
         train, valid, test = random_row_split(len(inter), ratios, seed)
     if len(train) == 0:
         raise FeatureError("the training rows are empty; check the split ratios")
-    features = fit_features(dataset, specs, users[train], items[train], codes)
-    part = lambda rows: CTRData(features, users[rows], items[rows], label[rows])  # noqa: E731
+    sequential = any(spec.kind == "sequence" for spec in specs)
+    rank = row_ranks(dataset) if sequential else None
+    features = fit_features(dataset, specs, users[train], items[train], codes,
+                            train_rank=None if rank is None else rank[train], train_labels=label[train])
+    part = lambda rows: CTRData(features, users[rows], items[rows], label[rows],  # noqa: E731
+                                None if rank is None else rank[rows])
     return CTRSplit(part(train), part(valid), part(test))
 
 
@@ -477,4 +626,6 @@ def observed_rows(data: CTRData, n_items: int, n_negatives: int, exclude: np.nda
             break
         items[bad] = rng.integers(0, n_items, int(bad.sum()))
     label = np.concatenate([np.ones(len(data), np.float32), np.zeros(len(users), np.float32)])
-    return CTRData(data.features, np.concatenate([data.user, users]), np.concatenate([data.item, items]), label)
+    # a negative stands where its observed row stands in time: it sees the same sequence
+    rank = None if data.rank is None else np.concatenate([data.rank, np.repeat(data.rank, n_negatives)])
+    return CTRData(data.features, np.concatenate([data.user, users]), np.concatenate([data.item, items]), label, rank)

@@ -34,6 +34,11 @@ RQ-VAE, cached) and handed to the data layer as codes; `hash_buckets: N` hashes 
 a model entry's `features: [...]` picks the fields it uses; `ctr.cold_items` holds a share of the
 items out of training; `ctr.rare_item_rows` adds test metrics on rare- and unseen-item rows. See
 docs/ctr.md.
+
+Sequence fields (behaviour models, DiffuMIN): `{name: history, kind: sequence, max_len: 50,
+positive_only: false}` is the user's latest training items before each row (`recstack.data.ctr`); it
+needs timestamps and an item_id field, and only a model that reads sequences may be given it (the
+others' entries leave it out with `features: [...]`); every such mistake is named before any fit.
 """
 
 from __future__ import annotations
@@ -73,7 +78,7 @@ class FeatureEntry(_Strict):
     column `column` (default: the field's name); `tokens` unigram | bigram | prefix | spm."""
 
     name: str
-    kind: Literal["categorical", "numeric", "multi", "semantic_id"] = "categorical"
+    kind: Literal["categorical", "numeric", "multi", "semantic_id", "sequence"] = "categorical"
     table: Literal["user", "item"] | None = None
     column: str | None = None
     transform: Literal["normalise", "bucketise"] = "normalise"
@@ -90,13 +95,28 @@ class FeatureEntry(_Strict):
     tokens: str = "prefix"
     spm_vocab: int = 1000
     pooling: str = "sum"
+    # sequence only: the latest max_len training items before the row, only the positives if positive_only
+    max_len: int = 50
+    positive_only: bool = False
 
     @model_validator(mode="after")
     def _options_of_its_kind(self) -> "FeatureEntry":
+        from recstack.data.ctr import MAX_SEQUENCE_LEN
         from recstack.data.semantic_tokens import TOKEN_SCHEMES
 
         given = self.model_fields_set
         where = f"feature {self.name!r}"
+        if self.kind != "sequence" and {"max_len", "positive_only"} & given:
+            raise ValueError(f"{where}: max_len/positive_only apply to kind: sequence only")
+        if self.kind == "sequence":
+            if not 1 <= self.max_len <= MAX_SEQUENCE_LEN:
+                raise ValueError(f"{where}: max_len {self.max_len} is outside 1..{MAX_SEQUENCE_LEN} (the limit on a "
+                                 f"sequence field); give max_len: {MAX_SEQUENCE_LEN} or less")
+            extra = [key for key in ("table", "column", "hash_buckets", *_SEMANTIC_OPTIONS) if key in given]
+            if extra:
+                raise ValueError(f"{where}: {', '.join(extra)} do not apply to kind: sequence (the user's training "
+                                 "items)")
+            return self
         if self.kind != "numeric" and {"transform", "n_buckets"} & given:
             raise ValueError(f"{where}: transform/n_buckets apply to kind: numeric only")
         if self.kind != "multi" and "sep" in given:
@@ -153,7 +173,8 @@ class FeatureEntry(_Strict):
 
         return FieldSpec(self.name, self.kind, self.table, self.transform, self.n_buckets, self.sep,
                          column=self.column, hash_buckets=self.hash_buckets, tokens=self.tokens,
-                         spm_vocab=self.spm_vocab, pooling=self.pooling)
+                         spm_vocab=self.spm_vocab, pooling=self.pooling, max_len=self.max_len,
+                         positive_only=self.positive_only)
 
 
 class CTRModelEntry(ModelEntry):
@@ -261,9 +282,32 @@ class CTRExperimentConfig(TaskConfig):
             repeated = sorted({name for name in entry.features or [] if entry.features.count(name) > 1})
             if repeated:
                 raise ValueError(f"models[{position}] ({entry.display}): feature {repeated[0]!r} is listed twice")
+            self._check_sequences(position, entry)
         if self.rerank is not None:
             self._check_rerank(seen)
         return self
+
+    def _check_sequences(self, position: int, entry: CTRModelEntry) -> None:
+        """Sequence fields only for the models that read them, and with an item_id field to share ids with."""
+        from recstack.data.ctr import FeatureError, check_sequence_specs
+        from recstack.models.ctr import CTR_MODELS
+
+        where = f"models[{position}] ({entry.display})"
+        names = set(self.features_of(entry))
+        chosen = [f for f in self.ctr.features if f.name in names]
+        sequences = [f.name for f in chosen if f.kind == "sequence"]
+        reads = getattr(CTR_MODELS.resolve(entry.name), "reads_sequences", False)
+        if sequences and not reads:
+            raise ValueError(f"{where}: feature {sequences[0]!r} is a sequence field, which {entry.name} does not "
+                             "read; give this entry features: [...] without it (or use a behaviour model: diffumin)")
+        if reads and len(sequences) != 1:
+            raise ValueError(f"{where}: {entry.name} reads exactly one sequence field, got "
+                             f"{', '.join(sequences) or 'none'}; add e.g. {{name: history, kind: sequence, max_len: 50}}"
+                             " to ctr.features (or pick one with this entry's features)")
+        try:
+            check_sequence_specs([f.spec() for f in chosen])
+        except FeatureError as exc:
+            raise ValueError(f"{where}: {exc}") from None
 
     def _check_rerank(self, labels: set[str]) -> None:
         from recstack.models import build
@@ -824,6 +868,6 @@ def _observed_rankers(config: CTRExperimentConfig, split: Any, names: list[str],
         model = CTR_MODELS.resolve(entry.name)(config.model_config_for(entry))
         # the same rows for every ranker, encoded with the entry's own fields (its `features`)
         features = split.features if split_of is None else split_of(entry).features
-        mine = [CTRData(features, data.user, data.item, data.label) for data in (train, valid)]
+        mine = [CTRData(features, data.user, data.item, data.label, data.rank) for data in (train, valid)]
         out[name] = model.fit(*mine, options=FitOptions(progress=progress, label=f"{name}-observed"))
     return out

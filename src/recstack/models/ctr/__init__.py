@@ -19,6 +19,7 @@ CTR_MODELS = Registry("CTR model", {
     "autoint+": "recstack.models.ctr.autoint:AutoIntPlus",
     "optinter": "recstack.models.ctr.optinter:OptInter",
     "dnis-fm": "recstack.models.ctr.dnis_fm:DNISFM",
+    "diffumin": "recstack.models.ctr.diffumin:DiffuMIN",
 }, error=ConfigError)
 
 

@@ -11,9 +11,16 @@ training data as fitted arrays, so that after `fit` it answers both
   depend on the pair only; `history` is not used).
 
 A model file supplies `build_net(n_ids, n_fields, width) -> torch.nn.Module` whose forward maps
-`(index (B, F, L), weight (B, F, L))` to logits (B,). `FieldEmbedding` is the shared input layer:
-each field's vector is `sum_l weight * E[index]` (a categorical value, a numeric value's scaled
-embedding, or the mean of a multi-valued field's embeddings) and its first-order weight likewise.
+`(index (B, F, L), weight (B, F, L))` to logits (B,). A behaviour model (`reads_sequences = True`,
+e.g. DiffuMIN) also gets the rows' sequence fields, one `(B, max_len)` id block each after `weight`
+(ids of the item_id field, 0 = padding, the latest last); `score` gives a (user, candidate) pair the
+user's latest training items. The other models refuse a sequence field with one error naming it:
+pooling a 50-to-1,000-long field into every field-interaction model would multiply their memory by
+the sequence length, and a model entry's `features` can leave the field out.
+
+`FieldEmbedding` is the shared input layer: each field's vector is `sum_l weight * E[index]` (a
+categorical value, a numeric value's scaled embedding, or the mean of a multi-valued field's
+embeddings) and its first-order weight likewise.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import numpy as np
 import torch
 from pydantic import NonNegativeFloat, PositiveInt, field_validator
 
-from recstack.data.ctr import CTRData
+from recstack.data.ctr import CTRData, CTRFeatures, FeatureError
 from recstack.evaluate.ctr import auc, log_loss
 from recstack.models.neural import TorchRecommender, TrainingFields
 from recstack.models.protocol import ModelConfig, ScoresEveryUser, check_fitted
@@ -121,6 +128,21 @@ class CTRModel(ScoresEveryUser, TorchRecommender):
     Config: Any
 
     predict_batch_size = 65536
+    reads_sequences = False  # True: forward takes the sequence fields' id blocks after `weight`
+
+    def check_sequences(self, features: CTRFeatures) -> None:
+        """Refuse sequence fields a model cannot read (a behaviour model checks how many it reads)."""
+        if features.sequences and not self.reads_sequences:
+            name = features.sequences[0].name
+            raise FeatureError(f"feature {name!r} is a sequence field, which {type(self).__name__} does not read; "
+                               f"leave it out of this model's features (a model entry's features: [...]) or use a "
+                               "behaviour model (diffumin)")
+
+    def _inputs(self, data: CTRData, rows) -> tuple[np.ndarray, ...]:
+        """The network's inputs for `rows` of `data`: (index, weight) plus, for a behaviour model, its
+        sequence blocks."""
+        index, weight = data.encode(rows)
+        return (index, weight, *data.sequences(rows)) if self.reads_sequences else (index, weight)
 
     def build_net(self, n_ids: int, n_fields: int, width: int) -> torch.nn.Module:
         raise NotImplementedError(f"{type(self).__name__} must define build_net(n_ids, n_fields, width)")
@@ -133,7 +155,9 @@ class CTRModel(ScoresEveryUser, TorchRecommender):
                             "(make_ctr_split), not on interactions")
         rng = self.start_fit(train)  # refuses empty rows, seeds everything
         features = train.features
+        self.check_sequences(features)
         width = features.user_index.shape[2]
+        self._layout = self.sequence_layout(features) if self.reads_sequences else {}
         module = self.build_net(features.n_ids, features.n_fields, width)
         order_rng = rng
         size = self.config.batch_size
@@ -142,8 +166,7 @@ class CTRModel(ScoresEveryUser, TorchRecommender):
             order = order_rng.permutation(len(train))
             for start in range(0, len(order), size):
                 rows = order[start:start + size]
-                index, weight = train.encode(rows)
-                yield index, weight, train.label[rows]
+                yield (*self._inputs(train, rows), train.label[rows])
 
         config = _CTRTrainerConfig.from_fields(self.config, self.config.seed, **self.trainer_settings())
         validating = valid is not None and len(valid) > 0
@@ -159,13 +182,41 @@ class CTRModel(ScoresEveryUser, TorchRecommender):
             **fitted, "history_": history, "best_epoch_": best_epoch, "n_ids_": int(features.n_ids),
             "user_index_": features.user_index, "user_weight_": features.user_weight,
             "item_index_": features.item_index, "item_weight_": features.item_weight,
-            "fields_": list(features.fields)})
+            "fields_": list(features.fields), **self._sequence_state(features)})
+        self.__dict__.pop("_layout", None)
         self._cached_net = None
         return self
 
+    def sequence_layout(self, features: CTRFeatures) -> dict[str, Any]:
+        """What a behaviour model's network is built from: the item_id field's position on the F axis
+        (`item_field`) and each sequence field's `max_len` (`lengths`)."""
+        first = features.sequences[0] if features.sequences else None
+        return {"item_field": features.fields.index(first.item_field) if first else -1,
+                "lengths": [s.max_len for s in features.sequences]}
+
+    def layout(self) -> dict[str, Any]:
+        """`sequence_layout` of the fit under way, else of the fitted model."""
+        layout = getattr(self, "_layout", None)
+        if layout is not None:
+            return layout
+        check_fitted(self, "sequence_latest_")
+        return {"item_field": int(self.item_field_), "lengths": [int(n) for n in self.sequence_lengths_]}
+
+    def _sequence_state(self, features: CTRFeatures) -> dict[str, Any]:
+        """A behaviour model keeps each user's latest training items per sequence field: what a
+        (user, candidate) pair of `score` sees, the time after training."""
+        if not self.reads_sequences:
+            return {}
+        users = np.arange(features.user_index.shape[0])
+        layout = self.sequence_layout(features)
+        return {"item_field_": layout["item_field"], "sequence_lengths_": np.asarray(layout["lengths"], np.int64),
+                "sequence_fields_": [s.name for s in features.sequences],
+                "sequence_latest_": {s.name: s.gather(users) for s in features.sequences}}
+
     def batch_loss(self, module: torch.nn.Module, batch) -> torch.Tensor:
-        index, weight, label = batch
-        logits = module(index, weight)
+        *inputs, label = batch
+        index, weight = inputs[0], inputs[1]
+        logits = module(*inputs)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, label)
         if self.config.reg > 0:
             vectors = module.fields.embedding(index) * (weight > 0).unsqueeze(-1)
@@ -179,8 +230,8 @@ class CTRModel(ScoresEveryUser, TorchRecommender):
         out = np.empty(len(data), dtype=np.float32)
         for start in range(0, len(data), self.predict_batch_size):
             rows = slice(start, start + self.predict_batch_size)
-            index, weight = data.encode(rows)
-            logits = module(torch.from_numpy(index).to(device), torch.from_numpy(weight).to(device))
+            inputs = self._inputs(data, rows)
+            logits = module(*(torch.from_numpy(x).to(device) for x in inputs))
             out[rows] = torch.sigmoid(logits).float().cpu().numpy()
         return out
 
@@ -189,6 +240,7 @@ class CTRModel(ScoresEveryUser, TorchRecommender):
         cached = getattr(self, "_cached_net", None)
         if cached is not None and cached[0] is self.weights_:
             return cached[1]
+        self.__dict__.pop("_layout", None)  # a fitted model builds from its fitted layout
         net = self.build_net(int(self.n_ids_), len(self.fields_), self.user_index_.shape[2])
         net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in self.weights_.items()})
         net.eval()
@@ -211,7 +263,9 @@ class CTRModel(ScoresEveryUser, TorchRecommender):
                 u, i = users[start:start + self.predict_batch_size], items[start:start + self.predict_batch_size]
                 index = np.concatenate([self.user_index_[u], self.item_index_[i]], axis=1)
                 weight = np.concatenate([self.user_weight_[u], self.item_weight_[i]], axis=1)
-                out[start:start + len(u)] = net(torch.from_numpy(index), torch.from_numpy(weight)).numpy()
+                sequences = ([self.sequence_latest_[name][u] for name in self.sequence_fields_]
+                             if self.reads_sequences else [])
+                out[start:start + len(u)] = net(*(torch.from_numpy(x) for x in (index, weight, *sequences))).numpy()
         return out
 
     def score(self, users: np.ndarray, history: Any = None, items: np.ndarray | None = None) -> np.ndarray:
