@@ -16,7 +16,7 @@ def test_an_llm_config_parses_with_defaults_and_names_its_mistakes():
     assert isinstance(config, LLMExperimentConfig)
     assert config.split.method == "leave_last" and config.preprocessing.threshold is None
     assert [m.label for m in config.rating.methods] == ["zero-shot", "few-shot-3"]
-    with pytest.raises(ExperimentConfigError, match="needs a 'rating', 'rerank' or 'tallrec' section"):
+    with pytest.raises(ExperimentConfigError, match="needs a 'rating', 'rerank', 'tallrec' or 'allmrec' section"):
         parse_config({"task": "llm", "data": "ml-100k"})
     with pytest.raises(ExperimentConfigError, match="needs llm.url"):
         parse_config({"task": "llm", "data": "ml-100k", "rating": {}, "llm": {"backend": "openai"}})

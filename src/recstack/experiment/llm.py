@@ -25,6 +25,9 @@ of test users (seeded) is drawn once; every method is measured on the same users
   test users seen through train + valid); and the candidate protocol of the LLM papers: the held-out
   item among `candidates` - 1 sampled unseen items, HitRatio@1 and NDCG@5 of the retriever, the LLM
   and chance.
+- `allmrec`: A-LLMRec (Kim et al., KDD 2024; `recstack.models.llm.allmrec`) beside its own frozen SASRec
+  on the same candidate protocol, for users whose held-out item is warm and for those whose held-out
+  item was made cold (removed from all training data; it enters the prompt through the text encoder).
 Every LLM answer goes through the answer cache (`<cache>/llm/answers.sqlite`; `llm.cache: false`
 to skip), so a re-run is free and identical, and an interrupted run resumes. LoRA adapters trained
 by a run are kept beside it (`<cache>/llm/lora/<key>/`, `lora_store`) and loaded by a re-run with the
@@ -137,6 +140,37 @@ class LLMRerankSection(_Strict):
     listwise: ListwiseSection | None = None
 
 
+class ALLMRecSection(_Strict):
+    """A-LLMRec (recstack.models.llm.allmrec): a frozen SASRec's embeddings as soft prompts of the frozen LLM;
+    the held-out item among `candidates`, for warm users and for users whose held-out item is cold."""
+
+    users: PositiveInt = 100  # test users, the first of the shared sample
+    sasrec: dict[str, Any] = Field(default_factory=lambda: {"epochs": 20})  # recstack SASRec's settings
+    stage1_epochs: PositiveInt = 10
+    stage2_steps: PositiveInt = 50
+    train_users: PositiveInt = 200  # users whose last history item is a stage-2 training target
+    candidates: int = 20  # the held-out item + candidates - 1 sampled unseen items (training prompts too)
+    max_history: PositiveInt = 10
+    # the held-out items of this many of the section's users become cold: their events leave the training
+    # data of SASRec and both stages, and they enter the prompt through the text encoder (0: none)
+    cold_users: int = Field(30, ge=0)
+    generate: bool = True  # also the paper's figure: the greedy answer matched against the candidate titles
+    params: dict[str, Any] = Field(default_factory=dict)  # any other ALLMRecConfig field
+
+    @field_validator("candidates")
+    @classmethod
+    def _two_or_more(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError(f"allmrec.candidates must be at least 2 (the held-out item and one other), got {value}; "
+                             "the paper's protocol uses 20")
+        return value
+
+    def model_params(self, seed: int) -> dict[str, Any]:
+        return {"seed": seed, "sasrec": self.sasrec, "stage1_epochs": self.stage1_epochs,
+                "stage2_steps": self.stage2_steps, "train_users": self.train_users, "candidates": self.candidates,
+                "max_history": self.max_history, **self.params}
+
+
 class LLMExperimentConfig(TaskConfig):
     """A `task: llm` experiment; see the module docstring."""
 
@@ -147,11 +181,23 @@ class LLMExperimentConfig(TaskConfig):
     rating: RatingSection | None = None
     rerank: LLMRerankSection | None = None
     tallrec: TALLRecSection | None = None
+    allmrec: ALLMRecSection | None = None
 
     @model_validator(mode="after")
     def _something_to_do(self) -> "LLMExperimentConfig":
-        if self.rating is None and self.rerank is None and self.tallrec is None:
-            raise ValueError("an LLM experiment needs a 'rating', 'rerank' or 'tallrec' section")
+        if self.rating is None and self.rerank is None and self.tallrec is None and self.allmrec is None:
+            raise ValueError("an LLM experiment needs a 'rating', 'rerank', 'tallrec' or 'allmrec' section")
+        if self.allmrec is not None:
+            if self.llm.backend != "local":
+                raise ValueError("allmrec needs llm.backend local: its soft prompts go into the model's weights "
+                                 "on this machine, which a server cannot take")
+            from recstack.models.llm.allmrec import ALLMRecConfig
+            from recstack.models.protocol import make_config
+
+            try:
+                make_config(ALLMRecConfig, self.allmrec.model_params(self.seed))
+            except RecstackError as exc:
+                raise ValueError(f"allmrec: {exc}") from None
         tuned = (self.tallrec is not None and any(self.tallrec.examples)) or \
             (self.rating is not None and any(m.lora_examples for m in self.rating.methods))
         if tuned and self.llm.backend != "local":
@@ -501,6 +547,109 @@ def _run_rerank(config, section: LLMRerankSection, lm, titles, split, history, u
     return out
 
 
+def _without_items(log, items: np.ndarray):
+    return log.take(~np.isin(log.item, items))
+
+
+def _target_rank(scores: np.ndarray) -> int:
+    """The target's (position 0) rank, ties counted against it (a constant scorer is not rewarded)."""
+    return int((scores[1:] >= scores[0]).sum())
+
+
+def allmrec_candidates(model, users: np.ndarray, targets: np.ndarray, history, cold: np.ndarray, n_candidates: int,
+                       rng: np.random.Generator, *, generate: bool = False,
+                       samples: list | None = None) -> dict[str, dict[str, list[float]]]:
+    """Per group ("warm", "cold") and scorer, the per-user HR@1 and NDCG@5 of the held-out item `targets[user]`
+    among `n_candidates` - 1 unseen items of the same kind (trained items for a warm target, `cold` for a
+    cold one), scored by the frozen SASRec and by A-LLMRec on the same candidates."""
+    from recstack.models.protocol import history_rows
+
+    seen = history_rows(history, users).tolil().rows
+    trained = np.flatnonzero(history.item_counts() > 0)
+    cold_set = set(int(i) for i in cold)
+    groups: dict[str, dict[str, list[float]]] = {}
+    for position, user in enumerate(users):
+        target = int(targets[user])
+        kind = "cold" if target in cold_set else "warm"
+        pool = np.setdiff1d(np.asarray(cold, dtype=np.int64) if kind == "cold" else trained,
+                            np.array(list(seen[position]) + [target], dtype=np.int64))
+        negatives = rng.choice(pool, size=min(n_candidates - 1, len(pool)), replace=False)
+        candidates = np.concatenate([[target], negatives]).astype(np.int64)
+        shown = rng.permutation(len(candidates))  # the order the prompt lists them in
+        scored = {"sasrec": model.sasrec_.score(np.array([user]), history, candidates)[0].astype(np.float64)}
+        llm = np.empty(len(candidates))
+        llm[shown] = model.candidate_scores(int(user), candidates[shown], history)
+        scored["a-llmrec"] = llm
+        group = groups.setdefault(kind, {})
+        for name, scores in scored.items():
+            rank = _target_rank(scores)
+            group.setdefault(f"{name} HR@1", []).append(float(rank == 0))
+            group.setdefault(f"{name} NDCG@5", []).append(1.0 / np.log2(rank + 2) if rank < 5 else 0.0)
+        if generate:
+            answer, chosen = model.generated_choice(int(user), candidates[shown], history)
+            group.setdefault("a-llmrec generated HR@1", []).append(float(chosen == target))
+            group.setdefault("answered a candidate", []).append(float(chosen >= 0))
+            if samples is not None and position < N_SAMPLE_USERS:
+                samples.append({"section": "allmrec", "user": int(user), "target": target, "kind": kind,
+                                "answer": answer, "chosen": chosen})
+        group.setdefault("random HR@1", []).append(1.0 / len(candidates))
+        group.setdefault("candidates", []).append(float(len(candidates)))
+    return groups
+
+
+def _run_allmrec(config, section: ALLMRecSection, lm, dataset, split, drawn, say, samples) -> dict[str, Any]:
+    """A-LLMRec and its frozen SASRec on the held-out item among `candidates`, warm and cold.
+
+    The held-out items of the first `cold_users` of `drawn` (the section's users in the shared sample's
+    random order) are made cold: their events leave train and valid, so neither SASRec nor the
+    alignment ever sees them. A user whose held-out item is warm gets warm negatives (items with
+    training events), one whose held-out item is cold gets cold negatives, so neither scorer can tell
+    the target by its kind. The prompt lists the candidates in a seeded random order.
+    """
+    from recstack.models.llm.allmrec import ALLMRec, item_text_vectors
+
+    test = split.test
+    # each user's first held-out item (the one of leave-last); read only for users with test events
+    first_target = test.item[np.minimum(test.indptr[:-1], max(len(test) - 1, 0))]
+    cold = np.unique(first_target[drawn[:section.cold_users]]).astype(np.int64)
+    train, valid = _without_items(split.train, cold), _without_items(split.valid, cold)
+    history = train.concat(valid)
+    clock = time.perf_counter()
+    vectors = item_text_vectors(dataset, cache_dir=config.cache_dir)
+    model = ALLMRec(lm, dataset.item_titles(), vectors, section.model_params(config.seed))
+    model.fit(train, valid)
+    fit_seconds = time.perf_counter() - clock
+    say(f"  {len(cold)} cold items; SASRec, stage 1 ({section.stage1_epochs} epochs, loss "
+        f"{model.stage1_loss_[0]:.3f} -> {model.stage1_loss_[-1]:.3f}) and stage 2 ({section.stage2_steps} steps, "
+        f"loss {np.mean(model.stage2_loss_[:5]):.3f} -> {np.mean(model.stage2_loss_[-5:]):.3f}) in {fit_seconds:.0f} s")
+    users = np.sort(drawn[history.user_counts()[drawn] > 0])
+    before = model.lm.usage.as_dict()  # the local model itself: soft prompts bypass the answer cache
+    clock = time.perf_counter()
+    groups = allmrec_candidates(model, users, first_target, history, cold, section.candidates,
+                                np.random.default_rng(config.seed + 3), generate=section.generate, samples=samples)
+    seconds = time.perf_counter() - clock
+    out: dict[str, Any] = {"n_users": int(len(users)), "n_cold_items": int(len(cold)),
+                           "n_candidates": int(section.candidates), "fit_seconds": round(fit_seconds, 1),
+                           "sasrec_best_epoch": getattr(model.sasrec_, "best_epoch_", None),
+                           "stage1_loss_per_epoch": [round(v, 5) for v in model.stage1_loss_],
+                           "stage1_terms_first_last": {name: [round(v[0], 5), round(v[-1], 5)]
+                                                       for name, v in model.stage1_terms_.items()},
+                           "stage2_loss_first_last": [round(float(np.mean(model.stage2_loss_[:5])), 4),
+                                                      round(float(np.mean(model.stage2_loss_[-5:])), 4)],
+                           "groups": {}, **_usage_since(model.lm, before, len(users))}
+    for kind in ("warm", "cold"):
+        if kind in groups:
+            values = groups[kind]
+            row = {name: float(np.mean(v)) for name, v in values.items()}
+            row["n"] = len(values["candidates"])
+            out["groups"][kind] = row
+            say(f"    {kind} ({row['n']} users): SASRec HR@1 {row['sasrec HR@1']:.3f}, A-LLMRec HR@1 "
+                f"{row['a-llmrec HR@1']:.3f}" + (f", generated {row['a-llmrec generated HR@1']:.3f}"
+                                                 if section.generate else ""))
+    out["seconds_per_user"] = round(seconds / max(len(users), 1), 3)
+    return out
+
+
 def _ranking_table(rows: dict[str, dict[str, Any]], keys: list[str], extra: dict[str, Any]) -> list[str]:
     """A markdown table of ranking rows: the metrics, seconds per user, then `extra` columns (title -> cell)."""
     header = ["model", *keys, "s / user", *extra]
@@ -563,6 +712,25 @@ def _report(config: LLMExperimentConfig, metrics: dict[str, Any], manifest: dict
             ndcg = cand[name].get("NDCG@5")
             lines.append(f"| {name} | {cand[name]['HR@1']:.4f} | {'-' if ndcg is None else f'{ndcg:.4f}'} |")
         lines.append("")
+    if "allmrec" in metrics:
+        allm = metrics["allmrec"]
+        lines += [f"## A-LLMRec: the held-out item among {allm['n_candidates']} ({allm['n_users']} test users; "
+                  f"{allm['n_cold_items']} held-out items made cold)", "",
+                  "| held-out item | users | candidates | SASRec HR@1 | A-LLMRec HR@1 | A-LLMRec generated HR@1 | "
+                  "SASRec NDCG@5 | A-LLMRec NDCG@5 | random HR@1 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for kind, row in allm["groups"].items():
+            generated = row.get("a-llmrec generated HR@1")
+            lines.append(f"| {kind} | {row['n']} | {row['candidates']:.1f} | {row['sasrec HR@1']:.4f} | "
+                         f"{row['a-llmrec HR@1']:.4f} | "
+                         f"{'-' if generated is None else f'{generated:.4f}'} | {row['sasrec NDCG@5']:.4f} | "
+                         f"{row['a-llmrec NDCG@5']:.4f} | {row['random HR@1']:.4f} |")
+        lines += ["", f"Fit (SASRec, stage 1, stage 2) {allm['fit_seconds']} s; scoring {allm['seconds_per_user']} s "
+                      "per user. A-LLMRec HR@1 scores each candidate title by its log-likelihood after the soft "
+                      "prompt; 'generated' is the paper's: the greedy answer contains the held-out title. "
+                      "A cold held-out item is among cold candidates only (fewer when fewer items are cold). "
+                      f"Soft-prompt calls go to the local model, not through the answer cache (so not in the line "
+                      f"below): {allm['calls']} calls, {allm['seconds']:.1f} s, {allm['tokens_in_per_user']:.0f} "
+                      "tokens in per user.", ""]
     usage = manifest["llm"]["usage"]
     lines += [f"LLM calls: {usage['calls']} run ({usage['seconds']:.1f} s, {usage['tokens_in']:,} tokens in, "
               f"{usage['tokens_out']:,} out), {usage['cached_calls']} answered by the cache (they cost "
@@ -593,7 +761,7 @@ def run_llm_experiment(config: LLMExperimentConfig | dict[str, Any], *, run_dir:
     data_seconds = time.perf_counter() - clock
     rng = np.random.default_rng(config.seed)
     eligible = np.flatnonzero((split.test.user_counts() > 0) & (history.user_counts() > 0))
-    wanted = max(s.users for s in (config.rating, config.rerank, config.tallrec) if s is not None)
+    wanted = max(s.users for s in (config.rating, config.rerank, config.tallrec, config.allmrec) if s is not None)
     # drawn once in random order; each section takes the first `users` of them (a random subset), sorted
     drawn = rng.choice(eligible, size=min(wanted, len(eligible)), replace=False).astype(np.int64)
     users = np.sort(drawn)
@@ -617,6 +785,10 @@ def run_llm_experiment(config: LLMExperimentConfig | dict[str, Any], *, run_dir:
             say("[bold]reranking[/bold]")
             metrics["rerank"] = _run_rerank(config, config.rerank, lm, titles, split, history,
                                             np.sort(drawn[:config.rerank.users]), say, samples)
+        if config.allmrec is not None:
+            say("[bold]A-LLMRec[/bold]")
+            metrics["allmrec"] = _run_allmrec(config, config.allmrec, lm, dataset, split,
+                                              drawn[:config.allmrec.users], say, samples)
         manifest = {"run_name": writer.path.name, "task": "llm", "started": started.isoformat(),
                     "finished": datetime.now(timezone.utc).isoformat(), "data_seconds": round(data_seconds, 3),
                     "dataset": dataset.name, "split_fingerprint": split.train.fingerprint(),

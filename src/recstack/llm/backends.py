@@ -12,7 +12,8 @@ messages (`render`):
 
 `LocalLM` runs a causal LM with transformers on CPU or GPU and encodes a shared prefix once: the
 continuations of one prefix run as a batch over a copy of the prefix's key/value cache, so scoring 20
-candidates for a user costs one history encoding plus 20 short continuations. `OpenAICompatibleLM`
+candidates for a user costs one history encoding plus 20 short continuations; for soft prompts (vectors
+among the prompt's tokens, e.g. A-LLMRec) it also scores and generates from input embeddings. `OpenAICompatibleLM`
 speaks the `/v1/completions` API (vLLM, llama.cpp's server, `recstack llm-serve`), scoring through
 `echo` + `logprobs` as vLLM and llama.cpp support. Both count calls, tokens and seconds in `usage`.
 """
@@ -371,17 +372,88 @@ class LocalLM:
         self.usage.add(len(ids), 0, time.perf_counter() - began)
         return answer
 
+    # -- soft prompts: input embeddings instead of token ids -----------------------------------------------
+    # For methods that place vectors of their own among the prompt's tokens (soft prompts, projected
+    # item or user embeddings). The weights stay frozen: gradients reach the inputs only, so a
+    # caller trains what produced them. Nothing here goes through the answer cache; `usage` counts the calls.
+    def token_ids(self, text: str) -> list[int]:
+        """The token ids of `text` (no special tokens added)."""
+        return self._encode(text)
+
+    def input_embeddings(self):
+        """The model's token-embedding layer (a torch module: ids -> vectors of the hidden size)."""
+        return self._frozen().get_input_embeddings()
+
+    def _frozen(self):
+        model, _ = self._load()
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        return model
+
+    def forward_embeds(self, inputs_embeds, attention_mask=None):
+        """Logits (B, T, vocab) for input vectors (B, T, hidden); differentiable in `inputs_embeds`."""
+        model = self._frozen()
+        began = time.perf_counter()
+        with self._lock:
+            logits = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask).logits
+        self.usage.add(int(inputs_embeds.shape[0] * inputs_embeds.shape[1]), 0, time.perf_counter() - began)
+        return logits
+
+    def continuation_logprobs_embeds(self, prefix_embeds, continuations: Sequence[str]) -> np.ndarray:
+        """log P(c | prefix) for each text c, summed over its tokens, the prefix given as vectors (T, hidden):
+        as `continuation_logprobs`, the prefix encoded once and the continuations run on its cache."""
+        import torch
+
+        model = self._frozen()
+        options = [self._encode(c) for c in continuations]
+        empty = [i for i, ids in enumerate(options) if not ids]
+        if empty:
+            raise LLMError(f"continuation {continuations[empty[0]]!r} is empty; every candidate needs a text")
+        length = int(prefix_embeds.shape[0])
+        self._check_length(length + max(map(len, options), default=0), "a prompt and its longest candidate")
+        began = time.perf_counter()
+        with self._lock, torch.no_grad():
+            scores = self._scored_on_cache(model, None, options, prefix_embeds=prefix_embeds)
+        self.usage.add(length + sum(map(len, options)), 0, time.perf_counter() - began)
+        return scores
+
+    def generate_embeds(self, prefix_embeds, max_new_tokens: int = 16) -> Generation:
+        """The greedy continuation of a prefix given as vectors (T, hidden)."""
+        import torch
+
+        model = self._frozen()
+        tokenizer = self._tokenizer
+        length = int(prefix_embeds.shape[0])
+        self._check_length(length + max_new_tokens, "a prompt and its answer")
+        began = time.perf_counter()
+        with self._lock, torch.no_grad():
+            embeds = prefix_embeds[None].to(self._device)
+            produced = model.generate(inputs_embeds=embeds, attention_mask=torch.ones(1, length, dtype=torch.long,
+                                                                                      device=self._device),
+                                      max_new_tokens=max_new_tokens, do_sample=False,
+                                      pad_token_id=tokenizer.pad_token_id)
+        new = produced[0].tolist()  # given only embeddings, generate returns the new tokens alone
+        if tokenizer.eos_token_id in new:
+            new = new[:new.index(tokenizer.eos_token_id)]
+        self.usage.add(length, len(new), time.perf_counter() - began)
+        return Generation(tokenizer.decode(new, skip_special_tokens=True), length, len(new))
+
     def _forward(self, model, input_ids, mask, cache=None):
         kwargs = {"input_ids": input_ids, "attention_mask": mask, "use_cache": cache is not None or None}
         if cache is not None:
             kwargs[self._cache_arg] = cache
         return model(**kwargs)
 
-    def _scored_on_cache(self, model, prefix_ids: list[int], options: list[list[int]]) -> np.ndarray:
+    def _scored_on_cache(self, model, prefix_ids: list[int] | None, options: list[list[int]],
+                         prefix_embeds=None) -> np.ndarray:
         import torch
 
-        ids = torch.tensor([prefix_ids], device=self._device)
-        first = model(input_ids=ids, use_cache=True, logits_to_keep=1)  # only the last position's logits are read
+        if prefix_embeds is None:
+            ids = torch.tensor([prefix_ids], device=self._device)
+            first = model(input_ids=ids, use_cache=True, logits_to_keep=1)  # only the last position's logits are read
+        else:
+            first = model(inputs_embeds=prefix_embeds[None].to(self._device), use_cache=True, logits_to_keep=1)
+            prefix_ids = [0] * int(prefix_embeds.shape[0])  # only its length is read below
         cache = getattr(first, "cache", None) or first.past_key_values
         first_logprobs = torch.log_softmax(first.logits[0, -1].float(), dim=-1)
         # a candidate's first token is read off the prefix's last position; only the tokens before its

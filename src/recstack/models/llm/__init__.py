@@ -2,8 +2,8 @@
 (LLM-written profiles aligned with a LightGCN backbone).
 
 Each takes a language model (`recstack.llm.LocalLM`, `OpenAICompatibleLM`, usually wrapped in
-`CachedLM`) and the items' titles; see docs/llm.md. RLMRec imports torch, so it loads on first use
-and the others work without torch installed.
+`CachedLM`) and the items' titles; see docs/llm.md. RLMRec and ALLMRec import torch, so they load on
+first use and the others work without torch installed.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from recstack.models.llm.rerank import LLMRerank
 def __getattr__(name: str) -> Any:
     if name == "RLMRec":
         return importlib.import_module("recstack.models.llm.rlmrec").RLMRec
+    if name == "ALLMRec":
+        return importlib.import_module("recstack.models.llm.allmrec").ALLMRec
     raise AttributeError(f"module 'recstack.models.llm' has no attribute {name!r}")
 
 
-__all__ = ["LLMListwiseRerank", "LLMRating", "LLMRerank", "RLMRec", "RatingPredictions"]
+__all__ = ["ALLMRec", "LLMListwiseRerank", "LLMRating", "LLMRerank", "RLMRec", "RatingPredictions"]
