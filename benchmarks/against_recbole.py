@@ -6,6 +6,8 @@ RecBole environment's Python, RECSTACK_PEER_PYTHON; see the peers README there) 
 
     .venv/bin/python benchmarks/against_recbole.py --split-dir SPLIT_DIR --recbole-results RESULTS [--own-protocol]
     .venv/bin/python benchmarks/against_recbole.py --dataset ml-1m --split-dir SPLIT_DIR --recbole-results RESULTS
+    .venv/bin/python benchmarks/against_recbole.py --split-dir SPLIT_DIR --recbole-results RESULTS \
+        --models kgat kgat-recbole --kg ml-100k.kg ml-100k.link      # RecBole's KGAT: run_recbole_dgl.py
 
 recstack reads the exported train/valid/test TSV files as a pre-split experiment (the `files:`
 data source), trains its models with their defaults and scores them under RecBole's protocol A:
@@ -34,11 +36,18 @@ from recstack.experiment.run import run_experiment
 from recstack.experiment.steps import scoring
 
 PAIRS = {"pop": "Pop", "itemknn": "ItemKNN", "itemknn-k100": "ItemKNN", "ease": "EASE", "ease-reg250": "EASE",
-         "bpr": "BPR", "als": None, "rp3beta": None, "userknn": None, "lightgcn": "LightGCN"}
-DEFAULT_MODELS = [label for label in PAIRS if label != "lightgcn"]  # LightGCN: minutes; ask with --models
+         "bpr": "BPR", "als": None, "rp3beta": None, "userknn": None, "lightgcn": "LightGCN", "kgat": "KGAT",
+         "kgat-recbole": "KGAT"}
+SLOW = ("lightgcn", "kgat", "kgat-recbole")  # minutes each: ask for them with --models
+DEFAULT_MODELS = [label for label in PAIRS if label not in SLOW]
 # label -> (model, parameters): recstack's model with the RecBole model's default settings
 SETTINGS = {"ease-reg250": ("ease", {"reg": 250.0}),
-            "itemknn-k100": ("itemknn", {"n_neighbors": 100, "shrink": 0.0, "feature_weighting": "none"})}
+            "itemknn-k100": ("itemknn", {"n_neighbors": 100, "shrink": 0.0, "feature_weighting": "none"}),
+            # RecBole's KGAT.yaml and its trainer: one 64-unit layer, batches of 2048 for both losses,
+            # TransR on the KG's own triples (the authors' code also samples interactions and inverses)
+            "kgat-recbole": ("kgat", {"layer_sizes": [64], "batch_size": 2048, "kg_batch_size": 2048,
+                                      "kg_loss_triples": "kg"})}
+KG_MODELS = ("kgat", "kgat-recbole")
 METRICS = ("NDCG@10", "Recall@10", "MRR@10", "Hit@10", "Precision@10")
 
 
@@ -51,13 +60,22 @@ def main() -> None:
     parser.add_argument("--dataset", default="ml-100k", choices=("ml-100k", "ml-1m"),
                         help="the dataset RecBole ran on (run_recbole.py --dataset): its result files are "
                              "A_<Model>.json for ml-100k and ml-1m_A_<Model>.json for ml-1m")
+    parser.add_argument("--kg", nargs=2, type=Path, metavar=("TRIPLES", "LINKS"),
+                        help="the knowledge graph RecBole's KG models read (<dataset>.kg and <dataset>.link "
+                             "from the recbole wheel); needed for kgat")
     parser.add_argument("--own-protocol", action="store_true",
                         help="add rows scored under recstack's default protocol (never compared with RecBole)")
     args = parser.parse_args()
     print_machine("settings: recstack's fit seconds on this machine with its default threads; RecBole's fit_s are "
                   "read from its result files (measured by run_recbole.py with its own --threads)")
+    data = {"files": {part: str(args.split_dir / f"{part}.tsv") for part in ("train", "valid", "test")}}
+    if any(name in KG_MODELS for name in args.models):
+        if args.kg is None:
+            parser.error("kgat reads a knowledge graph: pass --kg TRIPLES LINKS (e.g. the recbole wheel's "
+                         "ml-100k.kg and ml-100k.link, as RecBole's KGAT read them)")
+        data.update(kg_triples=str(args.kg[0]), kg_links=str(args.kg[1]))
     config = {
-        "data": {"files": {part: str(args.split_dir / f"{part}.tsv") for part in ("train", "valid", "test")}},
+        "data": data,
         "models": [{"name": SETTINGS[label][0], "params": SETTINGS[label][1], "label": label} if label in SETTINGS
                    else {"name": label} for label in args.models],
         "ks": [10],

@@ -171,3 +171,31 @@ def test_data_info_reports_the_kg(monkeypatch, tmp_path):
     assert info["kg"]["n_triples"] == 3 and info["kg"]["n_relations"] == 2
     assert info["kg"]["triples_per_relation"] == {"film.director": 2, "film.genre": 1}
     assert 0 < info["kg"]["linked_share"] <= 1
+
+
+def test_an_experiment_config_attaches_your_own_triples_to_pre_split_files(tmp_path):
+    from recstack.experiment.config import parse_config
+    from recstack.experiment.run import prepare_data
+
+    rows = {"train": "1\t10\t5\t1\n1\t20\t4\t2\n2\t20\t3\t3\n2\t30\t4\t4\n3\t10\t5\t5\n3\t40\t2\t6\n",
+            "valid": "1\t30\t4\t7\n2\t10\t5\t8\n", "test": "1\t40\t3\t9\n3\t20\t4\t10\n"}
+    files = {part: str(write(tmp_path / f"{part}.tsv", "user_id\titem_id\trating\ttimestamp\n" + text))
+             for part, text in rows.items()}
+    triples = write(tmp_path / "g.kg", "head_id:token\trelation_id:token\ttail_id:token\nm.a\tgenre\tg.x\n"
+                                       "m.b\tgenre\tg.x\nm.c\tstar\tp.1\n")
+    links = write(tmp_path / "g.link", "item_id:token\tentity_id:token\n10\tm.a\n30\tm.b\n40\tm.c\n99\tm.z\n")
+    config = parse_config({"data": {"files": files, "kg_triples": str(triples), "kg_links": str(links)},
+                           "models": [{"name": "pop"}], "ks": [2], "valid_metric": "NDCG@2"})
+    dataset, split = prepare_data(config)
+    kg, items = dataset.kg, dataset.interactions.items
+    assert kg is not None and len(kg) == 3
+    linked = {str(items.ids[i]): kg.entities[e] for i, e in enumerate(kg.item_entity) if e >= 0}
+    assert linked == {"10": "m.a", "30": "m.b", "40": "m.c"}  # item 20 has no link; 99 is not in the data
+    assert dataset.provenance["kg"]["unknown_items"] == 1 and dataset.provenance["kg"]["linked_items"] == 3
+    assert split.train.n_items == dataset.interactions.n_items  # the graph follows the split's item vocabulary
+
+    with pytest.raises(ValueError, match="kg_triples needs kg_links"):
+        parse_config({"data": {"files": files, "kg_triples": str(triples)}, "models": [{"name": "pop"}]})
+    with pytest.raises(ValueError, match="apply to 'files' and 'path' sources"):
+        parse_config({"data": {"dataset": "ml-100k", "kg_triples": str(triples), "kg_links": str(links)},
+                      "models": [{"name": "pop"}]})

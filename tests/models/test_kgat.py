@@ -171,3 +171,28 @@ def test_the_datasets_kg_follows_preprocessing_and_is_matched_by_item_id():
     module = KGAT(KGATConfig(epochs=1, **SMALL)).use_dataset(dataset).build_module(split.train,
                                                                                    np.random.default_rng(0))
     assert module.n_nodes == split.train.n_users + split.train.n_items + n_other
+
+
+def test_kg_loss_triples_kg_samples_the_graphs_own_triples_once_each():
+    dataset, split = genre_kg_planted()
+    counts = {}
+    for choice in ("ckg", "kg"):
+        model = KGAT(KGATConfig(item_kg_columns=("genres",), kg_batch_size=512, kg_loss_triples=choice, **SMALL))
+        model.use_dataset(dataset)
+        module = model.build_module(split.train, np.random.default_rng(0))
+        kg_batches = [batch for batch in model.batches() if batch[0] == "kg"]
+        relation = np.concatenate([np.asarray(batch[2]) for batch in kg_batches])
+        head = np.concatenate([np.asarray(batch[1]) for batch in kg_batches])
+        tail = np.concatenate([np.asarray(batch[3]) for batch in kg_batches])
+        counts[choice] = len(relation)
+        graph = model._graph
+        if choice == "kg":  # the given direction of each KG triple (relation 2 + 2r), each exactly once
+            forward = (graph["relation"] >= 2) & (graph["relation"] % 2 == 0)
+            assert np.all((relation >= 2) & (relation % 2 == 0))
+            expected = sorted(zip(graph["head"][forward], graph["relation"][forward], graph["tail"][forward]))
+            assert sorted(zip(head, relation, tail)) == expected
+        assert module.n_users == split.train.n_users
+    assert counts["ckg"] == len(model._graph["head"])  # interactions, KG triples and every inverse
+    assert 0 < counts["kg"] < counts["ckg"] / 2
+    with pytest.raises(ValueError):
+        KGATConfig(kg_loss_triples="all")

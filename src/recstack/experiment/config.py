@@ -84,6 +84,10 @@ class DataConfig(_Strict):
     # a named dataset's knowledge graph: the source's own ("source"), the recbole wheel's files
     # whatever source the interactions came from ("recbole"), or none (recstack.data.datasets.KG_SOURCES)
     kg: Literal["source", "recbole", "none"] = "source"
+    # your own knowledge graph for 'files' and 'path' sources: a triples file (head, relation, tail)
+    # and a link file (item, entity), CSV or TSV with a header (recstack.data.kg.read_kg_table)
+    kg_triples: str | None = None
+    kg_links: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
@@ -95,6 +99,13 @@ class DataConfig(_Strict):
             )
         if self.kg != "source" and self.dataset is None:
             raise ValueError(f"kg: {self.kg!r} applies to a named dataset only; leave 'kg' out for 'files' and 'path'")
+        if (self.kg_triples is None) != (self.kg_links is None):
+            given, missing = ("kg_triples", "kg_links") if self.kg_links is None else ("kg_links", "kg_triples")
+            raise ValueError(f"{given} needs {missing}: a knowledge graph is a triples file (head, relation, tail) "
+                             "and a link file (item, entity); give both")
+        if self.kg_triples is not None and self.dataset is not None:
+            raise ValueError("kg_triples/kg_links apply to 'files' and 'path' sources; a named dataset's graph "
+                             "is chosen with kg: source|recbole|none")
         if self.dataset is not None:
             from recstack.data.datasets import DATASETS
 

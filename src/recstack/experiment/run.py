@@ -26,7 +26,7 @@ import resource
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -82,6 +82,11 @@ def load_data(config: ExperimentConfig) -> Dataset:
         return load_dataset(source.dataset, cache_dir=config.cache_dir, kg=source.kg)
     if source.files is not None:
         return _files_dataset(config, _split_from_files(config))
+    return _with_own_kg(config, _path_dataset(config))
+
+
+def _path_dataset(config: ExperimentConfig) -> Dataset:
+    source = config.data
     from recstack.data import load
 
     path = Path(source.path)  # type: ignore[arg-type]
@@ -111,7 +116,22 @@ def _files_dataset(config: ExperimentConfig, split: Split) -> Dataset:
     everything = split.train.concat(split.valid).concat(split.test)
     files = config.data.files
     source = {part: getattr(files, part) for part in ("train", "valid", "test")}
-    return Dataset(everything, provenance={"name": config.data.label, "format": "files", "source": source})
+    return _with_own_kg(config, Dataset(everything, provenance={"name": config.data.label, "format": "files",
+                                                                "source": source}))
+
+
+def _with_own_kg(config: ExperimentConfig, dataset: Dataset) -> Dataset:
+    """`dataset` with the graph of `data.kg_triples`/`kg_links` when given (its read report in the
+    provenance, as `kg`), else unchanged."""
+    source = config.data
+    if source.kg_triples is None:
+        return dataset
+    from recstack.data.kg import read_kg_table, with_kg
+
+    kg, report = read_kg_table(source.kg_triples, source.kg_links, dataset.interactions.items)
+    dataset = with_kg(dataset, kg)
+    return replace(dataset, provenance={**dataset.provenance, "kg": {"triples": source.kg_triples,
+                                                                       "links": source.kg_links, **report}})
 
 
 def prepare_data(config: ExperimentConfig) -> tuple[Dataset, Split]:
