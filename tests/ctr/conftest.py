@@ -75,11 +75,27 @@ def planted_features() -> list[dict]:
     return [dict(f) for f in PLANTED_FEATURES]
 
 
-@pytest.fixture(scope="session")
-def planted_split(planted):
-    """The planted rows split 8:1:1 (seed 0) with every planted field: what the model tests fit on."""
-    from recstack.data.ctr import FieldSpec, make_ctr_split
+def planted_specs(sequence: bool = False) -> list:
+    """The `FieldSpec`s of every planted field; `sequence`: plus the users' latest 20 training items
+    (`history`), the field a behaviour model (`reads_sequences`, DiffuMIN) reads."""
+    from recstack.data.ctr import FieldSpec
 
     specs = [FieldSpec("user_id"), FieldSpec("item_id"), FieldSpec("group"), FieldSpec("kind"),
              FieldSpec("age", kind="numeric"), FieldSpec("genres", kind="multi")]
-    return make_ctr_split(planted, specs, seed=0)
+    return [*specs, FieldSpec("history", kind="sequence", max_len=20)] if sequence else specs
+
+
+@pytest.fixture(scope="session")
+def planted_split(planted):
+    """The planted rows split 8:1:1 (seed 0) with every planted field: what the model tests fit on."""
+    from recstack.data.ctr import make_ctr_split
+
+    return make_ctr_split(planted, planted_specs(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def planted_sequence_split(planted):
+    """The same rows and split with the `history` sequence field as well: what behaviour models fit on."""
+    from recstack.data.ctr import make_ctr_split
+
+    return make_ctr_split(planted, planted_specs(sequence=True), seed=0)

@@ -13,7 +13,7 @@ from recstack.experiment.run import run_experiment
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-@pytest.mark.parametrize("name, extra", [("ctr_ml100k.yaml", ["optinter", "dnis-fm"]), ("ctr_ml1m.yaml", ["optinter"])])
+@pytest.mark.parametrize("name, extra", [("ctr_ml100k.yaml", ["optinter", "dnis-fm"]), ("ctr_ml1m.yaml", ["optinter", "dnis-fm"])])
 def test_example_configs_parse(name, extra):
     config = load_config(EXAMPLES / name, trust=False)
     assert isinstance(config, CTRExperimentConfig)

@@ -121,3 +121,30 @@ def test_the_split_fingerprint_changes_with_the_rows_the_labels_and_the_features
                       item_table=planted.item_table, user_table=planted.user_table)
     assert make_ctr_split(flipped, fields, seed=0).fingerprint() != first  # the labels flipped
     assert make_ctr_split(planted, fields[:2], seed=0).fingerprint() != first  # other features
+
+
+def test_given_parts_are_the_rows_of_each_part_and_vocabularies_follow_them():
+    # a peer's exported split, as row indices into the stored interactions: 0, 1, 2 train, 3 valid, 4 test
+    data = tiny()
+    inter = data.interactions
+    split = make_ctr_split(data, [FieldSpec("user_id"), FieldSpec("item_id")], parts=([2, 0, 1], [3], [4]))
+    for part, rows in ((split.train, [0, 1, 2]), (split.valid, [3]), (split.test, [4])):
+        np.testing.assert_array_equal(part.user, np.asarray(inter.user)[rows])
+        np.testing.assert_array_equal(part.item, np.asarray(inter.item)[rows])
+        np.testing.assert_array_equal(part.label, (np.asarray(inter.value)[rows] >= 4).astype(np.float32))
+    seen_users = set(np.asarray(inter.user)[[0, 1, 2]].tolist())
+    assert split.features.info["user_id"]["vocabulary"] == len(seen_users)
+    assert split.valid.oov_counts()["user_id"] == int(np.asarray(inter.user)[3] not in seen_users)
+    other = make_ctr_split(data, [FieldSpec("user_id"), FieldSpec("item_id")], parts=([0, 1, 3], [2], [4]))
+    assert other.fingerprint() != split.fingerprint()
+
+
+@pytest.mark.parametrize("parts, message", [
+    (([0, 1], [1], [4]), "a row is in two parts"),
+    (([0, 1], [2], [5]), r"the test rows index outside the 5 interactions \(0..4\)"),
+    (([0, 1], [2]), "three row-index arrays"),
+    (([0.0, 1.0], [2], [3]), "the train rows must be a 1-d array of integer row indices"),
+])
+def test_given_parts_that_are_not_a_split_are_refused(parts, message):
+    with pytest.raises(FeatureError, match=message):
+        make_ctr_split(tiny(), [FieldSpec("user_id")], parts=parts)

@@ -1,5 +1,6 @@
 """FM, DeepFM, AutoInt, AutoInt+, OptInter and DNIS-FM each learn the planted group x kind interaction
-(see conftest)."""
+(see conftest), to a pinned AUC. What every CTR model passes (score = logit of predict, save/load, seeds,
+refits, errors, unseen ids) is in test_ctr_contract.py."""
 
 import numpy as np
 import pytest
@@ -53,22 +54,6 @@ def test_without_the_interaction_fields_nothing_is_learned(planted):
     assert abs(auc(split.test.label, model.predict(split.test)) - 0.5) < 0.08
 
 
-def test_score_is_the_logit_of_predict(fitted, split):
-    model = fitted["deepfm"]
-    rows = split.test.take(np.arange(5))
-    logits = np.diagonal(model.score(rows.user, None, rows.item[None, :].repeat(5, 0)))
-    np.testing.assert_allclose(1 / (1 + np.exp(-logits)), model.predict(rows), rtol=1e-5, atol=1e-6)
-    full = model.score(np.array([0, 1]), None)
-    assert full.shape == (2, split.train.features.item_index.shape[0])
-
-
-def test_save_and_load_give_the_same_predictions(fitted, split, tmp_path):
-    model = fitted["autoint+"]
-    model.save(tmp_path / "m")
-    again = type(model).load(tmp_path / "m")
-    np.testing.assert_allclose(again.predict(split.test), model.predict(split.test), rtol=1e-5, atol=1e-6)
-
-
 def test_fm_interaction_is_the_pairwise_sum():
     e = torch.randn(3, 4, 5)
     explicit = sum((e[:, i] * e[:, j]).sum(-1) for i in range(4) for j in range(i + 1, 4))
@@ -82,23 +67,32 @@ def test_logloss_early_stopping_and_no_validation(split):
     assert plain.best_epoch_ == 2 and plain.history_[0]["AUC"] is None
 
 
-def test_config_and_data_errors(split, planted):
+def test_config_errors():
     with pytest.raises(ConfigError, match="not a CTR metric"):
         build_ctr("fm", {"valid_metric": "NDCG@10"})
     with pytest.raises(ConfigError, match="unknown CTR model|Did you mean"):
         build_ctr("deepfn")
-    with pytest.raises(TypeError, match="CTR model: fit it on recstack.data.ctr.CTRData"):
-        build_ctr("fm", FAST).fit(planted.interactions)
 
 
-def test_a_seed_repeats_a_fit_and_a_refit_replaces_it(split):
-    params = {**FAST, "epochs": 2, "early_stopping_patience": None}
-    first = build_ctr("deepfm", {**params, **PARAMS["deepfm"]}).fit(split.train, split.valid)
-    again = build_ctr("deepfm", {**params, **PARAMS["deepfm"]}).fit(split.train, split.valid)
-    np.testing.assert_allclose(first.predict(split.test), again.predict(split.test), rtol=1e-4, atol=1e-5)
-    other = build_ctr("deepfm", {**params, **PARAMS["deepfm"], "seed": 1}).fit(split.train, split.valid)
-    assert not np.allclose(first.predict(split.test), other.predict(split.test), atol=1e-4)
-    before = first.predict(split.test)
-    first.fit(split.train.take(np.arange(500)), None)  # refit on other rows: the new state only
-    assert len(first.history_) == 2 and first.history_[0]["AUC"] is None
-    assert not np.allclose(before, first.predict(split.test), atol=1e-4)
+def test_dropout_goes_after_each_activation_or_before_each_linear():
+    from recstack.models.ctr.base import mlp
+
+    after = [type(m).__name__ for m in mlp([6, 4, 3], 0.2)]
+    assert after == ["Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    before = [type(m).__name__ for m in mlp([6, 4, 3], 0.2, "before_linear")]  # RecBole's MLPLayers
+    assert before == ["Dropout", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Linear"]
+    assert [type(m).__name__ for m in mlp([6, 4], 0.0, "before_linear")] == ["Linear", "ReLU", "Linear"]
+
+
+@pytest.mark.parametrize("name", ["deepfm", "autoint+"])
+def test_dropout_before_linear_is_a_setting_that_saves(split, name, tmp_path):
+    model = build_ctr(name, {**FAST, **PARAMS[name], "dropout": 0.2, "dropout_position": "before_linear"})
+    model.fit(split.train, split.valid)
+    assert isinstance(model._net().dnn[0], torch.nn.Dropout)  # the embeddings entering the DNN are dropped
+    assert auc(split.test.label, model.predict(split.test)) > 0.85
+    model.save(tmp_path / "m")
+    again = type(model).load(tmp_path / "m")
+    assert again.config.dropout_position == "before_linear"
+    np.testing.assert_allclose(again.predict(split.test), model.predict(split.test), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="dropout_position"):
+        build_ctr(name, {"dropout_position": "middle"})

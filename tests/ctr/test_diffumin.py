@@ -1,6 +1,6 @@
 """DiffuMIN: its pieces by hand (orthonormal channels, routed interests, InfoNCE, the DDPM closed forms,
-the total loss), the checks every CTR model passes (probabilities, score = logit of predict, save/load,
-seeds, refit, bad settings), and a pinned AUC on the planted data with a behaviour sequence."""
+the total loss), bad settings, a CTR run, and a pinned AUC on the planted data with a behaviour sequence.
+What every CTR model passes (score = logit of predict, save/load, seeds, refits) is in test_ctr_contract.py."""
 
 import json
 import math
@@ -10,7 +10,6 @@ import pytest
 import torch
 import yaml
 
-from recstack.data.ctr import CTRData, FieldSpec, make_ctr_split
 from recstack.evaluate.ctr import auc
 from recstack.experiment.run import run_experiment
 from recstack.models.ctr import build_ctr
@@ -26,11 +25,8 @@ PINNED = 0.928
 
 
 @pytest.fixture(scope="module")
-def split(planted):
-    specs = [FieldSpec("user_id"), FieldSpec("item_id"), FieldSpec("group"), FieldSpec("kind"),
-             FieldSpec("age", kind="numeric"), FieldSpec("genres", kind="multi"),
-             FieldSpec("history", kind="sequence", max_len=20)]
-    return make_ctr_split(planted, specs, seed=0)
+def split(planted_sequence_split):
+    return planted_sequence_split  # the planted fields and `history`, the latest 20 training items
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +120,7 @@ def test_a_training_forward_records_both_losses(fitted, split):
     assert 0 <= diffusion < 4 and 0 < contrastive < 2 * math.log(64) / 0.05
 
 
-# ---- what every CTR model passes --------------------------------------------------------------------
+# ---- the pinned AUC, bad settings, a run ----------------------------------------------------------
 
 def test_learns_the_planted_interaction_with_a_sequence(fitted, split):
     p = fitted.predict(split.test)
@@ -133,37 +129,6 @@ def test_learns_the_planted_interaction_with_a_sequence(fitted, split):
     assert value == pytest.approx(PINNED, abs=0.03) and value > 0.88
     assert fitted.best_epoch_ >= 1 and "AUC" in fitted.history_[0]
     np.testing.assert_array_equal(fitted.predict(split.test), p)  # evaluation is deterministic
-
-
-def test_score_is_the_logit_of_a_row_after_training(fitted, split):
-    users, items = split.test.user[:5], split.test.item[:5]
-    logits = np.diagonal(fitted.score(users, None, np.tile(items, (5, 1))))
-    # score's pairs see the user's latest training items: the rows without a position in time
-    after = CTRData(split.features, users, items, np.zeros(5, np.float32))
-    np.testing.assert_allclose(1 / (1 + np.exp(-logits)), fitted.predict(after), rtol=1e-4, atol=1e-5)
-    assert fitted.score(np.array([0, 1]), None).shape == (2, split.features.item_index.shape[0])
-
-
-def test_save_and_load_give_the_same_predictions(fitted, split, tmp_path):
-    fitted.save(tmp_path / "m")
-    again = DiffuMIN.load(tmp_path / "m")
-    np.testing.assert_allclose(again.predict(split.test), fitted.predict(split.test), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(again.score(np.array([3]), None), fitted.score(np.array([3]), None), rtol=1e-5,
-                               atol=1e-5)
-
-
-def test_a_seed_repeats_a_fit_and_a_refit_replaces_it(split):
-    params = {**FAST, "epochs": 1, "early_stopping_patience": None}
-    rows = split.train.take(np.arange(800))
-    first = build_ctr("diffumin", params).fit(rows, None)
-    again = build_ctr("diffumin", params).fit(rows, None)
-    some = split.test.take(np.arange(200))
-    np.testing.assert_allclose(first.predict(some), again.predict(some), rtol=1e-4, atol=1e-5)
-    other = build_ctr("diffumin", {**params, "seed": 1}).fit(rows, None)
-    assert not np.allclose(first.predict(some), other.predict(some), atol=1e-4)
-    before = first.predict(some)
-    first.fit(split.train.take(np.arange(800, 1600)), None)
-    assert len(first.history_) == 1 and not np.allclose(before, first.predict(some), atol=1e-4)
 
 
 @pytest.mark.parametrize("params, message", [

@@ -586,17 +586,22 @@ class CTRSplit:
 
 def make_ctr_split(dataset: Dataset, specs: Sequence[FieldSpec], *, threshold: float = 4.0,
                    ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
-                   codes: Mapping[str, np.ndarray] | None = None, cold_items: float = 0.0) -> CTRSplit:
+                   codes: Mapping[str, np.ndarray] | None = None, cold_items: float = 0.0,
+                   parts: Sequence[np.ndarray] | None = None) -> CTRSplit:
     """Labels by `threshold`, a random `ratios` row split (with `cold_items` > 0: that share of the
     items held out of training, `item_cold_split`), features fitted on the training rows. `codes`:
-    the semantic IDs of the `semantic_id` fields, by field name."""
+    the semantic IDs of the `semantic_id` fields, by field name. `parts`: the (train, valid, test)
+    row indices into `dataset.interactions` to use instead of drawing a split, e.g. a peer library's
+    exported split, so that both libraries train and test on the same rows."""
     inter = dataset.interactions
     for spec in specs:  # name the missing feature before anything is computed
         _resolve(spec, dataset, codes)
     check_sequence_specs(specs)
     label = labels_from_ratings(inter.value, threshold)
     users, items = np.asarray(inter.user, dtype=np.int64), np.asarray(inter.item, dtype=np.int64)
-    if cold_items > 0:
+    if parts is not None:
+        train, valid, test = _given_parts(parts, len(inter), cold_items)
+    elif cold_items > 0:
         train, valid, test = item_cold_split(items, ratios, cold_items, seed)
     else:
         train, valid, test = random_row_split(len(inter), ratios, seed)
@@ -609,6 +614,27 @@ def make_ctr_split(dataset: Dataset, specs: Sequence[FieldSpec], *, threshold: f
     part = lambda rows: CTRData(features, users[rows], items[rows], label[rows],  # noqa: E731
                                 None if rank is None else rank[rows])
     return CTRSplit(part(train), part(valid), part(test))
+
+
+def _given_parts(parts: Sequence[np.ndarray], n: int, cold_items: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Check caller-given (train, valid, test) row indices: three integer arrays, within the rows, disjoint."""
+    if cold_items > 0:
+        raise FeatureError("parts and cold_items both choose the split; pass one of them")
+    if len(parts) != 3:
+        raise FeatureError(f"parts must be three row-index arrays (train, valid, test), got {len(parts)}")
+    out = []
+    for name, rows in zip(("train", "valid", "test"), parts):
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or (len(rows) and not np.issubdtype(rows.dtype, np.integer)):
+            raise FeatureError(f"parts: the {name} rows must be a 1-d array of integer row indices")
+        rows = rows.astype(np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= n):
+            raise FeatureError(f"parts: the {name} rows index outside the {n:,} interactions (0..{n - 1})")
+        out.append(np.sort(rows))
+    together = np.concatenate(out)
+    if len(np.unique(together)) != len(together):
+        raise FeatureError("parts: a row is in two parts (or twice in one); the parts must be disjoint")
+    return out[0], out[1], out[2]
 
 
 def observed_rows(data: CTRData, n_items: int, n_negatives: int, exclude: np.ndarray,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field, PositiveInt
 
-from recstack.models.ctr.base import CTRFields, CTRModel, FieldEmbedding, ModelConfig, mlp
+from recstack.models.ctr.base import CTRFields, CTRModel, DropoutPosition, FieldEmbedding, ModelConfig, mlp
 
 
 class AutoIntConfig(ModelConfig, CTRFields):
@@ -22,6 +22,7 @@ class AutoIntConfig(ModelConfig, CTRFields):
     attention_size: PositiveInt = 32  # d' per head
     residual: bool = True
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the DNN of AutoInt+
+    dropout_position: DropoutPosition = "after_activation"  # or before_linear, as RecBole (base.mlp)
     hidden_units: list[int] = Field(default_factory=list)  # empty: AutoInt; AutoInt+ defaults to [200, 200]
 
 
@@ -60,7 +61,8 @@ class _AutoInt(torch.nn.Module):
             _Interacting(c.embedding_size if i == 0 else width, c.n_heads, c.attention_size, c.residual)
             for i in range(c.n_layers))
         self.output = torch.nn.Linear(n_fields * width, 1)
-        self.dnn = mlp([n_fields * c.embedding_size, *c.hidden_units], c.dropout) if c.hidden_units else None
+        self.dnn = (mlp([n_fields * c.embedding_size, *c.hidden_units], c.dropout, c.dropout_position)
+                    if c.hidden_units else None)
 
     def forward(self, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         e = self.fields(index, weight)

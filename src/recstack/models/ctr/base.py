@@ -25,7 +25,7 @@ embeddings) and its first-order weight likewise.
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import numpy as np
 import torch
@@ -111,12 +111,20 @@ class FieldEmbedding(torch.nn.Module):
         return (self.linear(index).squeeze(-1) * weight).sum((1, 2)) + self.bias
 
 
-def mlp(sizes: list[int], dropout: float) -> torch.nn.Sequential:
-    """sizes[0] -> ... -> sizes[-1] with ReLU and dropout after each hidden layer, then a linear to 1."""
+DropoutPosition = Literal["after_activation", "before_linear"]
+
+
+def mlp(sizes: list[int], dropout: float, position: DropoutPosition = "after_activation") -> torch.nn.Sequential:
+    """sizes[0] -> ... -> sizes[-1] with ReLU, then a linear to 1. Dropout goes after each hidden layer's
+    ReLU (`after_activation`: the papers' code, FuxiCTR, DeepCTR) or before each hidden linear layer
+    (`before_linear`: RecBole's MLPLayers), which also drops the field embeddings entering the network
+    and leaves the last hidden layer's output whole; the second regularises the embeddings more."""
     layers: list[torch.nn.Module] = []
     for a, b in zip(sizes[:-1], sizes[1:]):
+        if dropout > 0 and position == "before_linear":
+            layers.append(torch.nn.Dropout(dropout))
         layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
-        if dropout > 0:
+        if dropout > 0 and position == "after_activation":
             layers.append(torch.nn.Dropout(dropout))
     layers.append(torch.nn.Linear(sizes[-1], 1))
     return torch.nn.Sequential(*layers)

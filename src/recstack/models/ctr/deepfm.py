@@ -10,20 +10,22 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from recstack.models.ctr.base import CTRFields, CTRModel, FieldEmbedding, ModelConfig, mlp
+from recstack.models.ctr.base import CTRFields, CTRModel, DropoutPosition, FieldEmbedding, ModelConfig, mlp
 from recstack.models.ctr.fm import fm_interaction
 
 
 class DeepFMConfig(ModelConfig, CTRFields):
     hidden_units: list[int] = Field(default_factory=lambda: [400, 400, 400], min_length=1)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    dropout_position: DropoutPosition = "after_activation"  # or before_linear, as RecBole (base.mlp)
 
 
 class _DeepFM(torch.nn.Module):
-    def __init__(self, n_ids: int, n_fields: int, size: int, hidden: list[int], dropout: float) -> None:
+    def __init__(self, n_ids: int, n_fields: int, size: int, hidden: list[int], dropout: float,
+                 dropout_position: DropoutPosition = "after_activation") -> None:
         super().__init__()
         self.fields = FieldEmbedding(n_ids, size)  # shared by the FM and the DNN part
-        self.dnn = mlp([n_fields * size, *hidden], dropout)
+        self.dnn = mlp([n_fields * size, *hidden], dropout, dropout_position)
 
     def forward(self, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         e = self.fields(index, weight)
@@ -38,4 +40,4 @@ class DeepFM(CTRModel):
 
     def build_net(self, n_ids: int, n_fields: int, width: int) -> torch.nn.Module:
         c = self.config
-        return _DeepFM(n_ids, n_fields, c.embedding_size, list(c.hidden_units), c.dropout)
+        return _DeepFM(n_ids, n_fields, c.embedding_size, list(c.hidden_units), c.dropout, c.dropout_position)
