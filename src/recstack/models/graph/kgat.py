@@ -10,7 +10,9 @@ e^(l+1) = LeakyReLU(W1 (e + e_N)) + LeakyReLU(W2 (e * e_N)) (or "gcn": LeakyReLU
 "graphsage": LeakyReLU(W [e || e_N])); e* = [e^(0) || norm(e^(1)) || ... || norm(e^(L))];
 score(u, i) = <e*_u, e*_i>; L_CF = BPR on e* + reg * ||batch e*||^2. Each epoch runs the CF batches,
 then the KG batches (one Adam optimiser), and recomputes the attention from the current embeddings
-without gradient, as the paper's alternating optimisation does.
+without gradient, as the paper's alternating optimisation does. Before any attention, the first epoch
+propagates with sum_r D_r^-1 A_r (each relation's neighbours averaged), and users and entities are
+Xavier-initialised as two tables, as in the authors' code and RecBole's.
 
 The KG comes from `use_dataset(dataset)` (`dataset.kg`, linked to items by `item_entity`), plus,
 with `item_kg_columns`, item-table columns as (item, column, value) triples. Without either KGAT
@@ -117,7 +119,9 @@ class _Net(torch.nn.Module):
         self.node = torch.nn.Embedding(n_nodes, c.embedding_size)
         self.relation = torch.nn.Embedding(n_relations, c.kg_embedding_size)
         self.transfer = torch.nn.Parameter(torch.empty(n_relations, c.embedding_size, c.kg_embedding_size))
-        for weight in (self.node.weight, self.relation.weight, self.transfer):
+        # users and entities are two tables in the authors' code and RecBole's, each Xavier-initialised by
+        # its own shape: users start ~6x larger than one Xavier draw over the whole node table gives
+        for weight in (self.node.weight[:n_users], self.node.weight[n_users:], self.relation.weight, self.transfer):
             torch.nn.init.xavier_uniform_(weight)
         sizes = (c.embedding_size, *c.layer_sizes)
         self.layers = torch.nn.ModuleList(_Aggregator(c.aggregator, a, b) for a, b in zip(sizes[:-1], sizes[1:]))
@@ -131,6 +135,11 @@ class _Net(torch.nn.Module):
         u_head, u_tail = head[starts].astype(np.int64), tail[starts].astype(np.int64)
         t_order = np.lexsort((u_head, u_tail))  # the transpose: entries sorted by (tail, head)
         as_long = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))  # noqa: E731
+        # the first epoch's A: sum_r D_r^-1 A_r, each head's neighbours under one relation averaged
+        _, by_relation, counts = np.unique(head.astype(np.int64) * n_relations + relation, return_inverse=True,
+                                           return_counts=True)
+        relation_means = np.bincount(group, weights=1.0 / counts[by_relation], minlength=int(starts.sum()))
+        self.register_buffer("relation_means", torch.from_numpy(relation_means.astype(np.float32)), persistent=False)
         for name, values in (("edge_head", head), ("edge_relation", relation), ("edge_tail", tail),
                              ("edge_group", group), ("t_order", t_order),
                              ("indptr", np.r_[0, np.cumsum(np.bincount(u_head, minlength=n_nodes))]),
@@ -142,6 +151,9 @@ class _Net(torch.nn.Module):
         self.matrix: torch.Tensor | None = None
         self.transposed: torch.Tensor | None = None
         self.stale = True  # the attention predates the last optimiser step
+        # 1 once training has begun: the first epoch propagates with `relation_means`, every later one with
+        # the attention (kept in the state dict, so a resumed fit does not start over with the means)
+        self.register_buffer("started", torch.zeros(()))
 
     def transr(self, head: torch.Tensor, relation: torch.Tensor, tail: torch.Tensor):
         """W_r e_h, e_r, W_r e_t for index tensors of one shape (B,): one matmul per relation present
@@ -184,6 +196,18 @@ class _Net(torch.nn.Module):
         weights = self.attention()
         values = torch.zeros(self.n_pairs, dtype=weights.dtype, device=weights.device)
         values.index_add_(0, self.edge_group, weights)
+        self.set_matrix(values)
+
+    @torch.no_grad()
+    def start(self) -> None:
+        """The first epoch's A, before any attention: sum_r D_r^-1 A_r (each relation's neighbours of a
+        head averaged, the averages summed over relations), the authors' initial `A_in` and RecBole's,
+        rather than the softmax of untrained scores (about 1 / degree). docs/models/kgat.md says why."""
+        self.set_matrix(self.relation_means)
+        self.started.fill_(1.0)
+
+    def set_matrix(self, values: torch.Tensor) -> None:
+        """A (and its transpose) from one value per (head, tail) pair."""
         self.matrix = _csr(self.indptr, self.indices, values, self.n_nodes)
         self.transposed = _csr(self.t_indptr, self.t_indices, values[self.t_order], self.n_nodes)
         self.stale = False
@@ -273,8 +297,11 @@ class KGAT(KnowledgeGraphInput, PropagatedFactors, TorchRecommender):
 
     def batches(self):
         """One epoch: the CF batches, then the KG batches, then (in `factors` or at the next epoch's
-        start) the attention from the updated embeddings."""
-        if self._module.stale:  # else `factors` refreshed it after the last epoch's steps
+        start) the attention from the updated embeddings. The first epoch propagates with each
+        relation's neighbours averaged (`_Net.start`)."""
+        if not self._module.started.item():
+            self._module.start()
+        elif self._module.stale:  # else `factors` refreshed it after the last epoch's steps
             self._module.update_attention()
         for users, pos, neg in self._pairs():
             yield "cf", users, pos, neg
