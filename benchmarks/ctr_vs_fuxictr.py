@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import print_machine
 
 PEER_VARIABLE = "RECSTACK_FUXICTR_PYTHON"
 ZOO_VARIABLE = "RECSTACK_FUXICTR_ZOO"
@@ -116,6 +117,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("ctr_vs_fuxictr"))
     parser.add_argument("--out", type=Path, default=None, help="write both sides' figures as JSON here")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print_machine(f"settings: {args.threads} torch thread(s) on both sides (FuxiCTR under --peer-python, OMP_NUM_THREADS too)")
     if not args.peer_python or not Path(args.peer_python).is_file():
         parser.error(f"--peer-python / ${PEER_VARIABLE}: a Python with fuxictr installed is needed "
                      f"(got {args.peer_python!r})")

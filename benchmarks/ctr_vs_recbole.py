@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import print_machine
 
 PEER_VARIABLE = "RECSTACK_RECBOLE_PYTHON"
 # recstack model -> (RecBole model, recstack parameters equal to RecBole 1.2.1's defaults for it)
@@ -153,6 +154,10 @@ def main() -> None:
                              "script prints seconds per epoch; run it on a quiet machine")
     parser.add_argument("--out", type=Path, default=None, help="write every figure as JSON here")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print_machine(f"settings: {args.threads} torch thread(s) on both sides (RecBole under --peer-python, OMP_NUM_THREADS too)")
     if not args.peer_python or not Path(args.peer_python).is_file():
         parser.error(f"--peer-python / ${PEER_VARIABLE}: a Python with recbole==1.2.1 is needed (got {args.peer_python!r})")
     if not (args.peers_dir / "run_recbole.py").is_file():

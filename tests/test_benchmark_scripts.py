@@ -15,7 +15,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # the scripts that print a speed figure, hence the machine description
 SPEED_SCRIPTS = ["eval_throughput", "als_vs_implicit", "lightgcn_vs_recbole", "against_recbole", "sasrec_vs_recbole",
                  "fit_times", "bpr_throughput", "refactor_speed", "generative_cost", "semantic_ids", "dnis_tradeoff",
-                 "dsl_density", "peak_memory", "train_windows", "ray_scale", "scale_run"]
+                 "dsl_density", "peak_memory", "train_windows", "ray_scale", "scale_run", "ctr_vs_fuxictr",
+                 "ctr_vs_recbole"]
 
 
 @pytest.fixture
