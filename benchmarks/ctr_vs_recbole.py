@@ -87,6 +87,11 @@ def run_recbole(model: str, args, split_dir: Path, epochs: int | None = None) ->
     return json.loads(result.read_text())
 
 
+def recstack_params(name: str, dropout_position: str) -> dict:
+    """recstack's settings for `name`: RecBole's defaults, and the DNN's dropout at `dropout_position`."""
+    return {**MODELS[name][1], **({"dropout_position": dropout_position} if name in DNN_MODELS else {})}
+
+
 def fit_recstack(name: str, params: dict, split, threads: int, seed: int, epochs: int | None = None) -> dict:
     import torch
 
@@ -120,7 +125,8 @@ def timing(args, peers: dict, split) -> None:
     table = {}
     for name in args.models:
         print(f"recstack {name} ...", file=sys.stderr, flush=True)
-        ours = fit_recstack(name, MODELS[name][1], split, args.threads, args.seed, args.timing_epochs)
+        ours = fit_recstack(name, recstack_params(name, args.dropout_position), split, args.threads, args.seed,
+                            args.timing_epochs)
         theirs = peers[name]["fit_s"] / peers[name]["epochs_trained"]
         mine = ours["fit_s"] / ours["epochs"]
         table[name] = {"recbole_s_per_epoch": theirs, "recstack_s_per_epoch": mine}
@@ -167,8 +173,6 @@ def main() -> None:
         parser.error(f"--data: no {args.dataset}/{args.dataset}.inter under {args.data}")
     args.work.mkdir(parents=True, exist_ok=True)
     args.data, args.work = args.data.resolve(), args.work.resolve()
-    for name in DNN_MODELS:
-        MODELS[name][1]["dropout_position"] = args.dropout_position
 
     peers = {}
     split_dir = args.work / "split"
@@ -211,7 +215,8 @@ def main() -> None:
     for name in args.models:
         for label, split in splits.items():
             print(f"recstack {name} ({label}) ...", flush=True)
-            ours[(name, label)] = fit_recstack(name, MODELS[name][1], split, args.threads, args.seed)
+            ours[(name, label)] = fit_recstack(name, recstack_params(name, args.dropout_position), split, args.threads,
+                                               args.seed)
 
     print(f"\nprotocol (both sides): RecBole 1.2.1 protocol C on {args.dataset}, its exported rows (train "
           f"{counts['train']:,} / valid {counts['valid']:,} / test {counts['test']:,}), label rating >= 4; Adam 1e-3, batch "
