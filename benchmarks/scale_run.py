@@ -3,6 +3,7 @@ and ItemKNN, evaluate a sample of users with full ranking; wall seconds and peak
 
     .venv/bin/python benchmarks/scale_run.py --nnz 1000000 10000000 50000000 [--data-dir DIR]
                                              [--stages load split als bpr itemknn evaluate] [--limit-s 1800]
+                                             [--without-timestamps]
 
 For each size the power-law generator (`recstack.data.synthetic`, n_users = nnz / 100, n_items =
 nnz / 500) writes the log as 8 Parquet parts (cached in --data-dir; not timed). A fresh process
@@ -10,7 +11,8 @@ then runs the stages in order, each one measured on its own: wall seconds and th
 set size during the stage (the kernel's high-water mark, reset before each stage through
 /proc/self/clear_refs). Stages:
 
-- load: `load_table(folder)`: the parts read batch by batch into preallocated columns -> `Interactions`;
+- load: `load_table(folder)`: the parts read batch by batch into preallocated columns -> `Interactions`
+  (user, item and timestamp; user and item only with --without-timestamps);
 - split: random 8:1:1 (seed 2020), then the train CSR built; "CSR bytes" is that matrix's
   indptr + indices + data;
 - als: implicit's ALS, 64 factors, 15 iterations, one thread (recstack's defaults);
@@ -18,6 +20,10 @@ set size during the stage (the kernel's high-water mark, reset before each stage
 - itemknn: cosine, 50 neighbours per item, blockwise with top-n sparsification;
 - evaluate: `evaluate(als, train, test, users=...)` over a seeded sample of `--eval-users` test
   users, full ranking of every item, history masked.
+
+Before the first stage the process imports what the stages use (torch, implicit, numba's LearnBPR
+kernel) and reports its resident size, the baseline that does not grow with the data; the table
+gives the highest peak both whole and above that baseline, each as a multiple of the train CSR.
 
 A stage that outlasts --limit-s stops the process: its time is then a lower bound, marked.
 The exponent of each stage is the slope of log(seconds) on log(nnz) over the sizes that finished.
@@ -56,13 +62,20 @@ def _reset_peak() -> None:
         pass
 
 
-def child(folder: Path, stages: list[str], eval_users: int) -> None:
+def child(folder: Path, stages: list[str], eval_users: int, timestamps: bool = True) -> None:
     """Run the stages in this process; one JSON line per finished stage on stdout."""
     from recstack.data.load import load_table
     from recstack.evaluate import evaluate
     from recstack.models import build
     from recstack.split import make_split
 
+    # the libraries every stage loads, imported up front: the process's resident size after them is the
+    # baseline that does not grow with the data, reported so the data's own peak can be read off
+    import importlib
+
+    for module in ("implicit.cpu.als", "torch", "recstack.models.kernels.learnbpr"):
+        importlib.import_module(module)
+    print(json.dumps({"stage": "baseline", "rss_mb": _rss_mb("VmRSS")}), flush=True)
     state: dict = {}
 
     def emit(stage: str, seconds: float, **extra) -> None:
@@ -74,7 +87,8 @@ def child(folder: Path, stages: list[str], eval_users: int) -> None:
         tick = time.perf_counter()
         extra: dict = {}
         if stage == "load":
-            state["log"] = load_table(folder).interactions
+            # a random split needs no time: without timestamps the log is 8 bytes an event, not 16
+            state["log"] = load_table(folder, columns=None if timestamps else {"timestamp": None}).interactions
             extra = {"n_events": len(state["log"]), "n_users": state["log"].n_users, "n_items": state["log"].n_items}
         elif stage == "split":
             state["split"] = make_split(state.pop("log"), "random", seed=2020, ratios=(0.8, 0.1, 0.1))
@@ -97,9 +111,11 @@ def child(folder: Path, stages: list[str], eval_users: int) -> None:
           flush=True)
 
 
-def measure(folder: Path, stages: list[str], eval_users: int, limit_s: float) -> list[dict]:
+def measure(folder: Path, stages: list[str], eval_users: int, limit_s: float, timestamps: bool = True) -> list[dict]:
     """The stages in a fresh process, stopped when one outlasts `limit_s`."""
     command = [sys.executable, __file__, "--child", str(folder), "--stages", *stages, "--eval-users", str(eval_users)]
+    if not timestamps:
+        command.append("--without-timestamps")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ})
     rows: list[dict] = []
     started = time.perf_counter()
@@ -134,10 +150,12 @@ def main() -> None:
                         help="where the generated Parquet folders are cached (default: recstack-scale in the temp folder)")
     parser.add_argument("--eval-users", type=int, default=10_000)
     parser.add_argument("--limit-s", type=float, default=1800.0)
+    parser.add_argument("--without-timestamps", action="store_true",
+                        help="load user and item ids only (the random split needs no time)")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        child(args.child, args.stages, args.eval_users)
+        child(args.child, args.stages, args.eval_users, timestamps=not args.without_timestamps)
         return
     print_machine("settings: one thread everywhere (OMP_NUM_THREADS=1 expected); each size in a fresh process")
     from recstack.data.synthetic import write_power_law_parquet
@@ -150,7 +168,7 @@ def main() -> None:
             tick = time.perf_counter()
             write_power_law_parquet(folder, nnz, parts=8, seed=0)
             print(f"wrote {folder} in {time.perf_counter() - tick:.0f} s", flush=True)
-        rows = measure(folder, args.stages, args.eval_users, args.limit_s)
+        rows = measure(folder, args.stages, args.eval_users, args.limit_s, timestamps=not args.without_timestamps)
         results[nnz] = rows
         print(f"nnz {nnz:,}: " + json.dumps(rows), flush=True)
     print()
@@ -158,12 +176,18 @@ def main() -> None:
     print("|---:|---|---:|---:|---:|---|")
     for nnz, rows in results.items():
         csr = next((row["csr_mb"] for row in rows if "csr_mb" in row), None)
+        baseline = next((row["rss_mb"] for row in rows if row["stage"] == "baseline"), 0.0)
         for row in rows:
+            if row["stage"] == "baseline":
+                print(f"| {nnz:,} | baseline: Python and the libraries imported, no data | | | {baseline:.0f} | |")
+                continue
             if row["stage"] == "end":
-                # the stages' peaks, not getrusage's: resetting the high-water mark (clear_refs) resets
-                # the figure getrusage reports too
-                peak = max([r["peak_mb"] for r in rows if "peak_mb" in r] + [row["max_rss_mb"]])
-                ratio = f"{peak / csr:.1f}x the train CSR ({csr:.0f} MiB)" if csr else ""
+                # the stages' peaks only: getrusage's maximum also holds the parent's resident size at
+                # the fork (the kernel folds the old image's high-water mark in at exec), gigabytes
+                # when this process has just generated the log
+                peak = max(r["peak_mb"] for r in rows if "peak_mb" in r)
+                ratio = (f"{peak / csr:.1f}x the train CSR ({csr:.0f} MiB); above the baseline "
+                         f"{(peak - baseline) / csr:.1f}x" if csr else "")
                 print(f"| {nnz:,} | whole process (highest stage peak) | | {peak:.0f} | | {ratio} |")
                 continue
             notes = "stopped at the limit (lower bound)" if row.get("stopped") else ", ".join(

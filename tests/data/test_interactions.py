@@ -14,6 +14,34 @@ def test_vocab_first_appearance_and_round_trip():
     assert vocab.id_of(np.array([2, 1])).tolist() == [20, 10]
 
 
+def _sorted_first_appearance(values):
+    """The sort-based reference: np.unique, then the uniques reordered by first position."""
+    uniques, first, codes = np.unique(values, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return uniques[order], rank[codes.ravel()]
+
+
+@pytest.mark.parametrize("values", [
+    np.random.default_rng(0).integers(-50, 5000, 20_000),  # int64, negatives included
+    np.random.default_rng(1).integers(0, 40, 500).astype(np.int32),
+    np.array([2**63 + 5, 7, 2**63 + 5], dtype=np.uint64),
+    np.array(["b", "a", "b", "é", "a"], dtype=object),
+    np.array(["b", "a", "b"]),  # fixed-width unicode
+    np.array([1.5, 2.5, 1.5]),  # floats take the sort-based path
+    np.array([], dtype=np.int64),
+])
+def test_vocab_from_values_matches_the_sort_based_reference(values):
+    # the hash-based encoding (Arrow) must give the ids and codes the sort-based definition gives
+    vocab, codes = Vocab.from_values(values)
+    uniques, expected = _sorted_first_appearance(values)
+    assert vocab.ids.tolist() == uniques.tolist()
+    assert codes.dtype == np.int32 and codes.tolist() == expected.tolist()
+    if values.dtype.kind in "iu":
+        assert vocab.ids.dtype == values.dtype  # integer ids keep their type
+
+
 def test_vocab_unknown_id_is_a_user_error_with_suggestion():
     vocab = Vocab(np.array(["alice", "bob"], dtype=object), name="user")
     with pytest.raises(UnknownIdError, match="unknown user 'alise'.*alice") as info:
@@ -124,3 +152,19 @@ def test_one_user_log_equals_the_general_constructor(order):
     assert empty.matrix().nnz == 0 and empty.user_counts().tolist() == [0] * 6
     with pytest.raises(ValueError, match="out of range"):
         Interactions.of_one_user(6, item, users, items)
+
+
+@pytest.mark.parametrize("presorted_input", [True, False])
+def test_rows_end_sorted_by_user_then_time_with_ties_in_given_order(presorted_input):
+    # the linear in-order check must agree with the stable lexsort it short-cuts
+    rng = np.random.default_rng(3)
+    user, item, stamp = rng.integers(0, 30, 2_000), np.arange(2_000) % 97, rng.integers(0, 20, 2_000)
+    if presorted_input:
+        rows = np.lexsort((stamp, user))
+        user, item, stamp = user[rows], item[rows], stamp[rows]
+    log = Interactions(user, item, Vocab(np.arange(30)), Vocab(np.arange(97)), timestamp=stamp)
+    expected = np.lexsort((stamp, user))
+    assert log.user.tolist() == user[expected].tolist()
+    assert log.timestamp.tolist() == stamp[expected].tolist()
+    assert log.item.tolist() == item[expected].tolist()  # ties keep the given order
+

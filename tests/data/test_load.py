@@ -332,6 +332,29 @@ def test_a_folder_of_parquet_parts_reads_as_one_table(tmp_path):
     assert (len(data), data.n_users, data.n_items) == (5, 3, 3)
 
 
+def test_a_parquet_folder_loads_as_the_same_file_would_with_ids_held_in_32_bits(tmp_path):
+    # 64-bit ids are read in 32 bits where they fit; a part whose ids do not fit (item 2**40 here) and
+    # a part of text ids must still give the vocabularies and codes one file gives, types included
+    folder, whole = tmp_path / "log", tmp_path / "whole.parquet"
+    folder.mkdir()
+    parts = [{"user_id": [7, 7, 3], "item_id": [10, 11, 10], "timestamp": [1, 2, 1]},
+             {"user_id": [3, 9], "item_id": [2**40, 11], "timestamp": [5, 1]}]
+    for i, part in enumerate(parts):
+        pq.write_table(pa.table(part), folder / f"part-{i}.parquet")
+    pq.write_table(pa.table({key: parts[0][key] + parts[1][key] for key in parts[0]}), whole)
+    by_folder, by_file = load_table(folder).interactions, load_table(whole).interactions
+    for a, b in ((by_folder.users, by_file.users), (by_folder.items, by_file.items)):
+        assert a.ids.dtype == b.ids.dtype == np.int64 and a.ids.tolist() == b.ids.tolist()
+    assert by_folder.fingerprint() == by_file.fingerprint()
+    assert by_folder.items.ids.tolist() == [10, 11, 2**40]
+    text = tmp_path / "text"
+    text.mkdir()
+    pq.write_table(pa.table({"user_id": [1, 2], "item_id": [5, 6]}), text / "part-0.parquet")
+    pq.write_table(pa.table({"user_id": ["u3"], "item_id": [5]}), text / "part-1.parquet")
+    mixed = load_table(text).interactions  # int ids in one part, text in another: all text, as in one file
+    assert mixed.users.ids.tolist() == ["1", "2", "u3"] and mixed.items.ids.tolist() == [5, 6]
+
+
 def test_a_parquet_folder_names_the_part_and_row_of_a_bad_cell(tmp_path):
     folder = tmp_path / "log"
     folder.mkdir()

@@ -118,3 +118,39 @@ def test_positive_keys_membership_is_exact(n_keys):
     keys = np.unique(rng.integers(0, 2**40, n_keys))
     queries = np.concatenate([rng.integers(0, 2**40, 20_000), keys, keys[:3] + 1]).reshape(-1, 1)
     np.testing.assert_array_equal(PositiveKeys(keys).contains(queries), np.isin(queries, keys))
+
+
+def test_blockwise_sampling_draws_what_one_block_draws(clustered, monkeypatch):
+    # the large-data path (keys formed, checked and gathered a block at a time) must not change a
+    # single draw: the same seed gives the same negatives, memberships and epoch order
+    import recstack.train.sampling as sampling
+
+    matrix = clustered.matrix()
+    users = np.repeat(np.arange(matrix.shape[0]), 7)
+
+    def draw():
+        sampler = UniformNegativeSampler(matrix, rng=11)
+        negatives = sampler.sample(users, n_negatives=3)
+        member = sampler.is_positive(users[:, None], np.arange(matrix.shape[1])[None, :])
+        pairs = EpochPairs.from_matrix(matrix, batch_size=64, rng=5)
+        order = pairs.order()
+        return negatives, member, order, sampling.gathered(pairs.items, order), pairs.items[order]
+
+    whole = draw()
+    monkeypatch.setattr(sampling, "_BLOCK", 97)
+    blocks = draw()
+    assert len(users) > 10 * 97  # the blocked path really ran in blocks
+    for a, b in zip(whole, blocks):
+        assert a.shape == b.shape and np.array_equal(a, b)
+    np.testing.assert_array_equal(whole[1], matrix.toarray()[users] > 0)
+    # the epoch order is numpy's permutation of the same generator, held in 32 bits
+    assert whole[2].dtype == np.int32
+    assert np.array_equal(whole[2], np.random.default_rng(5).permutation(matrix.nnz))
+    assert whole[3].dtype == np.int32 and np.array_equal(whole[3], whole[4])
+
+
+def test_epoch_pairs_hold_int32_and_hand_out_int64(clustered):
+    pairs = EpochPairs.from_matrix(clustered.matrix(), batch_size=50, rng=0)
+    assert pairs.users.dtype == pairs.items.dtype == np.int32
+    index, users, items = next(pairs.indexed())
+    assert index.dtype == users.dtype == items.dtype == np.int64

@@ -36,6 +36,41 @@ def is_integer_text(text: str) -> bool:
     return digits.isascii() and digits.isdigit()
 
 
+def _dictionary_encoded(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ids in order of first appearance, int32 codes) by Arrow's hash-based dictionary encoding, or
+    None for arrays it does not take (floats, mixed objects). One pass and int32 codes, where
+    `np.unique` sorts and holds several 64-bit arrays of the log's length (issue 18: loading 50M
+    events peaked at 3.8 GiB)."""
+    if values.ndim != 1 or values.dtype.kind not in "iuOU":
+        return None
+    import pyarrow as pa
+
+    try:
+        array = pa.array(values, type=pa.string() if values.dtype.kind in "OU" else None)
+    except (pa.ArrowException, TypeError, ValueError):  # an object array that is not all str
+        return None
+    encoded = array.dictionary_encode()
+    # the codes copied into numpy's memory and Arrow's buffers released now: Arrow's allocator keeps
+    # freed memory for reuse, which at 50M events held hundreds of MB after the log was gone
+    codes = np.array(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int32)
+    ids = encoded.dictionary.to_numpy(zero_copy_only=False)
+    del array, encoded
+    if len(codes) >= 1 << 20:
+        pa.default_memory_pool().release_unused()
+    return ids, codes
+
+
+def _in_order(user: np.ndarray, timestamp: np.ndarray | None) -> bool:
+    """Whether rows are already sorted by (user, timestamp): one linear pass instead of a sort, since
+    logs partitioned by user (Spark, Parquet folders) usually arrive sorted."""
+    if len(user) < 2:
+        return True
+    step = np.diff(user)
+    if (step < 0).any():
+        return False
+    return timestamp is None or bool(np.all((step > 0) | (timestamp[1:] >= timestamp[:-1])))
+
+
 class Vocab:
     """Bijection between external ids (as loaded) and dense int32 indices 0..n-1."""
 
@@ -54,6 +89,9 @@ class Vocab:
     def from_values(cls, values: np.ndarray, name: str = "id") -> tuple["Vocab", np.ndarray]:
         """Build a vocabulary from raw id values in order of first appearance; return it and the codes."""
         values = np.asarray(values)
+        encoded = _dictionary_encoded(values)
+        if encoded is not None:
+            return cls(encoded[0], name=name), encoded[1]
         uniques, first, codes = np.unique(values, return_index=True, return_inverse=True)
         order = np.argsort(first, kind="stable")  # first-appearance order keeps indices readable
         rank = np.empty_like(order)
@@ -146,14 +184,13 @@ class Interactions:
                 raise ValueError(f"item index out of range for a vocabulary of {len(items)} items")
         value = None if value is None else np.asarray(value, dtype=np.float32)
         timestamp = None if timestamp is None else np.asarray(timestamp, dtype=np.int64)
-        if not presorted:
+        time_key = None if order == "file" else timestamp
+        if not presorted and not _in_order(user, time_key):
             # lexsort is stable: equal (user, time) keep their original order, which breaks ties.
-            keys = (user,) if timestamp is None or order == "file" else (timestamp, user)
-            rows = np.lexsort(keys)
-            if not np.array_equal(rows, np.arange(len(rows))):
-                user, item = user[rows], item[rows]
-                value = None if value is None else value[rows]
-                timestamp = None if timestamp is None else timestamp[rows]
+            rows = np.lexsort((user,) if time_key is None else (time_key, user))
+            user, item = user[rows], item[rows]
+            value = None if value is None else value[rows]
+            timestamp = None if timestamp is None else timestamp[rows]
         for array in (user, item, value, timestamp):
             if array is not None:
                 array.flags.writeable = False
@@ -246,9 +283,8 @@ class Interactions:
     def take(self, rows: np.ndarray) -> "Interactions":
         """Subset by a boolean mask or sorted row indices; keeps vocabularies and sort order."""
         rows = np.asarray(rows)
-        if rows.dtype == bool:
-            rows = np.flatnonzero(rows)
-        elif len(rows) > 1 and np.any(np.diff(rows) < 0):
+        # a mask indexes as it is: no 64-bit row list (320 MB for 40M rows)
+        if rows.dtype != bool and len(rows) > 1 and np.any(np.diff(rows) < 0):
             rows = np.sort(rows)
         return Interactions(
             self.user[rows], self.item[rows], self.users, self.items,

@@ -52,11 +52,17 @@ def round_half_up(x: np.ndarray) -> np.ndarray:
 
 def shuffled_rank(data: Interactions, rng: np.random.Generator) -> np.ndarray:
     """Per row, its 0-based position among its user's events after a seeded per-user shuffle."""
-    keys = rng.permutation(len(data))  # distinct keys: no ties, so the order is fully random
+    n = len(data)
+    index = np.int32 if n < 2**31 else np.int64  # 32-bit where it fits: 50M events are 200 MB a column
+    keys = np.arange(n, dtype=index)
+    rng.shuffle(keys)  # rng.permutation(n)'s draws, in place: distinct keys, so the order is fully random
     order = np.lexsort((keys, data.user))
-    rank = np.empty(len(data), dtype=np.int64)
+    del keys
     # rows are grouped by user, so the user at sorted position p is data.user[p]
-    rank[order] = np.arange(len(data), dtype=np.int64) - data.indptr[data.user]
+    position = np.arange(n, dtype=index)
+    position -= data.indptr[:-1].astype(index)[data.user]
+    rank = np.empty(n, dtype=index)
+    rank[order] = position
     return rank
 
 
@@ -78,12 +84,15 @@ def random_split(data: Interactions, rng: np.random.Generator,
     values = check_ratios(ratios)
     rank = shuffled_rank(data, rng)
     n_train, n_valid, _ = ratio_counts(data.user_counts(), values)
-    train_end = n_train[data.user]
-    valid_end = train_end + n_valid[data.user]
+    # each row's part (0 train, 1 valid, 2 test) from its rank and its user's train and train + valid
+    # counts, one per-row temporary at a time (a 50M-event log is split within a few bytes an event)
+    part = (rank >= n_train.astype(rank.dtype)[data.user]).view(np.int8)
+    part += rank >= (n_train + n_valid).astype(rank.dtype)[data.user]
+    del rank
     return Split(
-        data.take(rank < train_end),
-        data.take((rank >= train_end) & (rank < valid_end)),
-        data.take(rank >= valid_end),
+        data.take(part == 0),
+        data.take(part == 1),
+        data.take(part == 2),
         method="random",
         params={"ratios": values.tolist()},
     )

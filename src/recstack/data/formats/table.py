@@ -15,7 +15,7 @@ from recstack.data.dataset import Dataset
 from recstack.data.formats.cells import (ROLES, DataFormatError, _cell_error, _column_to_numpy, _line_label,
                                          _row_label)
 from recstack.data.formats.delimited import _header, _sniff_separator, read_delimited
-from recstack.data.interactions import Interactions
+from recstack.data.interactions import Interactions, Vocab
 from recstack.errors import RecstackError
 
 DEFAULT_COLUMNS = {"user": "user_id", "item": "item_id", "value": "rating", "timestamp": "timestamp"}
@@ -48,11 +48,17 @@ def load_table(
     source: Any, columns: Mapping[str, str] | None = None, sep: str | None = None, name: str | None = None
 ) -> Dataset:
     """`read_table` turned into a `Dataset` (vocabularies in order of first appearance)."""
-    raw, mapping, fmt, where = _read_table(source, columns, sep)
+    id_types: dict[str, np.dtype] = {}
+    raw, mapping, fmt, where = _read_table(source, columns, sep, id_types=id_types)
     if len(raw["user"]) == 0:
         raise DataFormatError(f"{where} has no interaction rows")
-    interactions = Interactions.from_ids(raw["user"], raw["item"], value=raw.get("value"),
-                                         timestamp=raw.get("timestamp"))
+    # each raw id column is encoded and released before the next: at 50M events the raw 64-bit ids
+    # are 400 MB a column (issue 18)
+    users, user = _vocabulary(raw.pop("user"), "user", id_types)
+    items, item = _vocabulary(raw.pop("item"), "item", id_types)
+    interactions = Interactions(user, item, users, items, value=raw.pop("value", None),
+                                timestamp=raw.pop("timestamp", None))
+    pa.default_memory_pool().release_unused()  # the read buffers Arrow's allocator would keep
     default_name = Path(source).stem if isinstance(source, (str, Path)) else "dataframe"
     provenance = {"name": name or default_name, "format": fmt,
                   "source": str(source) if isinstance(source, (str, Path)) else type(source).__name__,
@@ -60,7 +66,15 @@ def load_table(
     return Dataset(interactions, provenance=provenance)
 
 
-def _read_table(source, columns, sep):
+def _vocabulary(ids: np.ndarray, role: str, id_types: dict[str, np.dtype]) -> tuple[Vocab, np.ndarray]:
+    """(vocabulary, codes) of a raw id column; ids read in 32 bits get their source type back."""
+    vocab, codes = Vocab.from_values(ids, name=role)
+    if role in id_types and vocab.ids.dtype == np.int32:
+        vocab = Vocab(vocab.ids.astype(id_types[role]), name=role)
+    return vocab, codes
+
+
+def _read_table(source, columns, sep, id_types: dict | None = None):
     explicit = dict(columns or {})
     unknown = sorted(set(explicit) - set(ROLES))
     if unknown:
@@ -74,7 +88,7 @@ def _read_table(source, columns, sep):
     else:
         path = Path(source)
         if path.is_dir():
-            return _read_parquet_folder(path, explicit)
+            return _read_parquet_folder(path, explicit, id_types)
         if not path.is_file():
             raise DataFormatError(f"{path}: no such file")
         where = str(path)
@@ -105,11 +119,14 @@ def _read_table(source, columns, sep):
     return arrays, mapping, fmt, where
 
 
-def _read_parquet_folder(folder: Path, explicit: dict[str, str]):
+def _read_parquet_folder(folder: Path, explicit: dict[str, str], id_types: dict | None = None):
     """A folder of Parquet parts (plain or Hive-partitioned, as Spark, Ray Data, DuckDB and
     `recstack.data.synthetic.write_power_law_parquet` write them), read one record batch at a time
     into preallocated columns: no Python object per row for numeric ids, no second copy of the log.
-    Every cell gets the checks a single file gets, with the part and row named."""
+    Every cell gets the checks a single file gets, with the part and row named.
+
+    With `id_types` (a dict to fill), 64-bit integer ids that fit are held in 32 bits, half the
+    memory of the raw log, and `id_types[role]` records the type they were read as."""
     import pyarrow.dataset as ds
 
     parts = sorted(p for p in folder.rglob("*.parquet") if not any(x.startswith(".") for x in p.parts[len(folder.parts):]))
@@ -128,6 +145,8 @@ def _read_parquet_folder(folder: Path, explicit: dict[str, str]):
                 line = (lambda start: (lambda i: _row_label(start + i)))(offset)
                 for role, name in mapping.items():
                     values = _column_to_numpy(pa.chunked_array([batch.column(name)]), role, name, fragment.path, line)
+                    if id_types is not None and role in ("user", "item"):
+                        values = _compact_ids(values, role, id_types)
                     if role not in columns:  # numeric columns go straight into one array of the full length
                         columns[role] = (np.empty(total, dtype=values.dtype) if values.dtype != object else [])
                     target = columns[role]
@@ -141,11 +160,30 @@ def _read_parquet_folder(folder: Path, explicit: dict[str, str]):
                 filled += batch.num_rows
     except (pa.ArrowException, OSError) as exc:
         raise DataFormatError(f"{folder}: not a readable folder of Parquet parts ({exc})") from None
-    arrays = {role: (np.concatenate(values) if isinstance(values, list) else values[:filled])
+    arrays = {role: (_joined(values) if isinstance(values, list) else values[:filled])
               for role, values in columns.items()}
     if not arrays:
         arrays = {role: np.empty(0) for role in mapping}
     return arrays, mapping, "parquet", str(folder)
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """One column from parts read with different types: integer ids beside text ids become text, as
+    in one file, where an id column is integer only if every id is."""
+    if any(part.dtype == object for part in parts) and any(part.dtype.kind in "iu" for part in parts):
+        parts = [part.astype(str).astype(object) if part.dtype.kind in "iu" else part for part in parts]
+    return np.concatenate(parts)
+
+
+def _compact_ids(values: np.ndarray, role: str, id_types: dict) -> np.ndarray:
+    """A batch of integer ids as int32 when they fit (a batch that does not fit stays 64-bit, and the
+    column is then joined in 64 bits)."""
+    if values.dtype != np.int64:
+        return values
+    id_types.setdefault(role, values.dtype)
+    if len(values) and (values.min() < -2**31 or values.max() >= 2**31):
+        return values
+    return values.astype(np.int32)
 
 
 def _is_frame(source: Any) -> bool:

@@ -45,9 +45,9 @@ class ALSConfig(ModelConfig):
 
 def _confidence(matrix: sp.csr_matrix, alpha: float) -> sp.csr_matrix:
     """Binary user x item rows -> CSR of c_ui = 1 + alpha r_ui on the observed entries."""
-    out = matrix.astype(np.float32, copy=True)
-    out.data = 1.0 + alpha * out.data
-    return out
+    # new values on the input's index arrays (shared, not copied: 160 MB at 40M events, issue 18)
+    values = 1.0 + alpha * matrix.data.astype(np.float32, copy=False)
+    return sp.csr_matrix((values, matrix.indices, matrix.indptr), shape=matrix.shape, copy=False)
 
 
 class ALS(ScoresFromHistory, SaveLoad):

@@ -39,6 +39,7 @@ from recstack.models.neural import TorchRecommender, TrainingFields
 from recstack.models.protocol import ModelConfig, ScoresTrainedUsers
 from recstack.train.indexing import gather_rows
 from recstack.train.losses import bpr_loss, l2_penalty
+from recstack.train.sampling import gathered
 from recstack.train.trainer import resolve_device
 
 
@@ -291,8 +292,11 @@ class BPR(FactorScores, ScoresTrainedUsers, TorchRecommender):
         """One epoch of learnbpr triples: the negatives, then the order, gathered into training order."""
         pairs = self._pairs
         negatives = self._sampler.sample(pairs.users, self.config.n_negatives)
-        order = pairs.rng.permutation(pairs.n_pairs)
-        return pairs.users[order], pairs.items[order], negatives[order]
+        order = pairs.order()  # as rng.permutation(n_pairs), in int32
+        # 32-bit triples gathered in blocks: at 40M pairs, 64-bit gathers peaked at 4.7 GiB (issue 18);
+        # the 64-bit negatives go first, so they are released before the other two are gathered
+        negatives = gathered(negatives, order)
+        return gathered(pairs.users, order), gathered(pairs.items, order), negatives
 
     def batch_loss(self, module: FactorNet, batch) -> torch.Tensor:
         c = self.config

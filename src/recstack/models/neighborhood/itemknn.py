@@ -32,9 +32,9 @@ from recstack.models.kernels.topn import top_n_per_row
 from recstack.models.protocol import ModelConfig, SaveLoad, ScoresFromHistory, check_fitted, gather_items
 from recstack.train.options import FitOptions
 
-# float64 cells per similarity block (128 MB; a few such temporaries live at once): bounds fit
-# memory independently of the catalogue
-_BLOCK_CELLS = 2**24
+# float64 cells per similarity block (32 MB; a few such temporaries live at once): bounds fit
+# memory independently of the catalogue; the work per item does not depend on the block (issue 18)
+_BLOCK_CELLS = 2**22
 
 
 class ItemKNNConfig(ModelConfig):
@@ -45,7 +45,8 @@ class ItemKNNConfig(ModelConfig):
 
 def weight_features(matrix: sp.csr_matrix, scheme: str) -> sp.csr_matrix:
     """Re-weight a binary user x item matrix with items as documents and users as terms."""
-    matrix = matrix.astype(np.float64, copy=True)
+    # new float64 values on the input's index arrays (shared: at 40M events a copy of them is 160 MB)
+    matrix = sp.csr_matrix((matrix.data.astype(np.float64), matrix.indices, matrix.indptr), shape=matrix.shape)
     if scheme == "none":
         return matrix
     n_items = matrix.shape[1]
@@ -80,9 +81,12 @@ class ItemKNN(ScoresFromHistory, SaveLoad):
         rows, cols, values = [], [], []
         for start in range(0, n_items, block):
             stop = min(start + block, n_items)
-            dots = (by_item[start:stop] @ features).toarray()
-            denominator = norms[start:stop, None] * norms[None, :] + cfg.shrink
-            sim = np.divide(dots, denominator, out=np.zeros_like(dots), where=denominator > 0)
+            sim = (by_item[start:stop] @ features).toarray()  # the dot products, divided in place below
+            denominator = np.multiply.outer(norms[start:stop], norms)
+            denominator += cfg.shrink
+            # where the denominator is 0 an item has no users, so its dot products are 0 already
+            np.divide(sim, denominator, out=sim, where=denominator > 0)
+            del denominator
             sim[np.arange(stop - start), np.arange(start, stop)] = 0.0  # an item is not its own neighbour
             r, c = top_n_per_row(sim, cfg.n_neighbors)
             rows.append(r + start)
