@@ -49,6 +49,9 @@ FAST_PARAMS: dict[str, dict] = {
     # llm "none": the item texts are the profiles (no LLM in the contract)
     "rlmrec": {"llm": "none", "encoder": "tfidf", "tfidf_dim": 32, "cache_embeddings": False, "epochs": 5,
                "learning_rate": 0.01, "batch_size": 512, "verbose": False},
+    # llm "none": text stand-ins for the LLM's answers, candidates picked by text similarity
+    "llmrec": {"llm": "none", "encoder": "tfidf", "tfidf_dim": 32, "cache_embeddings": False, "epochs": 5,
+               "learning_rate": 0.01, "batch_size": 512, "verbose": False},
     "freedom": {"modalities": ["text", "structure"], "tfidf_dim": 32, "cache_embeddings": False, "epochs": 5,
                 "learning_rate": 1e-2, "batch_size": 512, "embedding_size": 32, "edge_prune_ratio": 0.5,
                 "verbose": False},

@@ -41,6 +41,7 @@ MODELS = Registry("model", {
     "dsl": "recstack.models.factorization.dsl:DSL",
     "lightgcn": "recstack.models.graph.lightgcn:LightGCN",
     "rlmrec": "recstack.models.llm.rlmrec:RLMRec",
+    "llmrec": "recstack.models.llm.llmrec:LLMRec",
     "ngcf": "recstack.models.graph.ngcf:NGCF",
     "simgcl": "recstack.models.graph.simgcl:SimGCL",
     "dccf": "recstack.models.graph.dccf:DCCF",

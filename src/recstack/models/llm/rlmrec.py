@@ -21,19 +21,18 @@ authors' code (no edge dropout, layer mean, per-batch L2, in-batch negatives for
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal, Self, Sequence
+from typing import Literal, Self
 
 import numpy as np
 import torch
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
-from recstack.data.dataset import Dataset
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
 from recstack.models.kernels.graph import (LightGCNFields, LightGCNNet, PropagatedFactors, graph_bpr_loss, layer_mean,
                                            normalized_adjacency, sparse_tensor)
 from recstack.models.kernels.side import rows_for_items
+from recstack.models.llm.item_texts import ItemTextsAndLLM
 from recstack.models.neural import TorchRecommender
 from recstack.models.protocol import ModelConfig, check_trainable
 from recstack.train.indexing import gather_rows
@@ -109,57 +108,16 @@ def generative_alignment(final: torch.Tensor, profiles: torch.Tensor, mlp: torch
     return info_nce_loss(mlp(gather_rows(final, masked)), gather_rows(profiles, masked), temperature)
 
 
-class RLMRec(PropagatedFactors, TorchRecommender):
+class RLMRec(ItemTextsAndLLM, PropagatedFactors, TorchRecommender):
     """LightGCN whose embeddings are aligned with encoded LLM profiles of users and items."""
 
     Config = RLMRecConfig
 
     def __init__(self, config: RLMRecConfig | None = None) -> None:
         super().__init__(config)
-        # side data, given before fit: fit keeps it; never saved
-        self._item_ids: np.ndarray | None = None
-        self._item_texts: np.ndarray | None = None
-        self.lm = None  # the language model, built at the first fit that needs it and kept (weights load once)
+        self._init_item_texts()
 
     # ---- side information ---------------------------------------------------------------------
-    def set_item_texts(self, item_ids: Sequence | np.ndarray, texts: Sequence[str] | np.ndarray) -> Self:
-        """Item texts ("Title (year). Genres: ..."), entry r for the external item id `item_ids[r]`."""
-        ids, texts = np.asarray(item_ids), np.asarray([str(t) for t in texts], dtype=object)
-        if ids.ndim != 1 or len(ids) != len(texts):
-            raise RecstackError(f"RLMRec item texts need one text per item id; got {len(ids)} ids and {len(texts)} texts")
-        self._item_ids, self._item_texts = ids, texts
-        return self
-
-    def use_dataset(self, dataset: Dataset) -> Self:
-        """The dataset's item texts (`recstack.data.features.item_texts`); `recstack run` calls this."""
-        from recstack.data.features import item_texts
-
-        if not dataset.item_table:
-            raise RecstackError(
-                f"RLMRec needs item texts for its profiles, but dataset {dataset.name!r} has no item side table "
-                "(titles etc.); load data with item metadata (e.g. ml-100k), or give texts with "
-                "model.set_item_texts(item_ids, texts)")
-        return self.set_item_texts(dataset.interactions.items.ids, item_texts(dataset))
-
-    def use_language_model(self, lm) -> Self:
-        """Write profiles with `lm` (any `recstack.llm` backend, e.g. an experiment's `CachedLM`) instead of
-        building one from `llm`; `llm: "none"` still means no LLM."""
-        self.lm = lm
-        return self
-
-    def language_model(self):
-        """The LLM that writes the profiles, behind the answer cache; None for `llm: "none"`."""
-        c = self.config
-        if c.llm == "none":
-            return None
-        if self.lm is None:
-            from recstack.data.datasets import data_home
-            from recstack.llm import CachedLM, LocalLM
-
-            path = Path(c.llm_cache).expanduser() if c.llm_cache else data_home() / "llm" / "answers.sqlite"
-            self.lm = CachedLM(LocalLM(c.llm), path)
-        return self.lm
-
     def profiles(self, train: Interactions) -> tuple[list[str], list[str]]:
         """(user profiles, item profiles), row = dense index of `train`; users from `train`'s events only."""
         from recstack.llm import profiles
