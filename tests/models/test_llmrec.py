@@ -192,11 +192,6 @@ def test_fit_without_item_texts_names_the_fix(clustered_split):
         build("llmrec", FAST).fit(clustered_split.train)
 
 
-def test_dataset_without_item_table_is_rejected(clustered):
-    with pytest.raises(RecstackError, match="item side table"):
-        build("llmrec", FAST).use_dataset(Dataset(clustered))
-
-
 # ---- the real LLM -------------------------------------------------------------------------------
 def test_smollm2_picks_liked_and_disliked_once(tmp_path, smollm2):
     """SmolLM2 scores each user's candidates in one call: i+ is the candidate with the highest mean log-prob

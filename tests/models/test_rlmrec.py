@@ -158,9 +158,10 @@ def test_fit_without_item_texts_names_the_fix(clustered_split):
         build("rlmrec", FAST).fit(clustered_split.train)
 
 
-def test_dataset_without_item_table_is_rejected(clustered):
+@pytest.mark.parametrize("model", ["rlmrec", "llmrec"])  # both take their texts from models/llm/item_texts.py
+def test_dataset_without_item_table_is_rejected(clustered, model):
     with pytest.raises(RecstackError, match="item side table"):
-        build("rlmrec", FAST).use_dataset(Dataset(clustered))
+        build(model, FAST).use_dataset(Dataset(clustered))
 
 
 def test_item_without_text_is_named(dataset, clustered_split):
