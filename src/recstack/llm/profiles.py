@@ -60,7 +60,8 @@ def sample_user_items(train: Interactions, n_items: int, seed: int) -> list[np.n
     return out
 
 
-def _generate(lm, messages: list[list[dict[str, str]]], max_new_tokens: int) -> list[str]:
+def generate_texts(lm, messages: list[list[dict[str, str]]], max_new_tokens: int) -> list[str]:
+    """Greedy answers, in blocks so that an interrupted run keeps the cached answers of finished blocks."""
     prompts = [lm.render(m) for m in messages]
     texts: list[str] = []
     for start in range(0, len(prompts), BLOCK):
@@ -73,7 +74,7 @@ def item_profiles(lm, texts: Sequence[str], max_new_tokens: int) -> list[str]:
     texts = [str(t) for t in texts]
     if lm is None:
         return texts
-    return _generate(lm, [item_profile_messages(t) for t in texts], max_new_tokens)
+    return generate_texts(lm, [item_profile_messages(t) for t in texts], max_new_tokens)
 
 
 def user_profiles(lm, samples: Sequence[np.ndarray], item_texts: Sequence[str], item_profile_texts: Sequence[str],
@@ -86,6 +87,6 @@ def user_profiles(lm, samples: Sequence[np.ndarray], item_texts: Sequence[str], 
     messages = [user_profile_messages([item_texts[i] for i in samples[u]], [item_profile_texts[i] for i in samples[u]])
                 for u in asked]
     out = [""] * len(samples)
-    for user, text in zip(asked, _generate(lm, messages, max_new_tokens)):
+    for user, text in zip(asked, generate_texts(lm, messages, max_new_tokens)):
         out[user] = text
     return out

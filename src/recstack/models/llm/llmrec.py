@@ -36,6 +36,7 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from recstack.data.interactions import Interactions
 from recstack.errors import RecstackError
+from recstack.llm.profiles import generate_texts, sample_user_items
 from recstack.models.kernels.graph import (LightGCNFields, LightGCNNet, PropagatedFactors, graph_bpr_loss, layer_mean,
                                            normalized_adjacency, sparse_tensor, symmetric_matmul, triple_scores)
 from recstack.models.kernels.side import rows_for_items
@@ -47,7 +48,6 @@ from recstack.train.indexing import gather_rows
 # the paper's attributes (MovieLens / Netflix): what the LLM is asked to add to an item and to infer of a user
 ITEM_ATTRIBUTES = ["director", "country", "language"]
 USER_ATTRIBUTES = ["age", "gender", "liked genres", "disliked genres", "liked directors", "country", "language"]
-BLOCK = 64  # prompts per generation call: what an interrupted run can lose (the answers of one block)
 
 
 class LLMRecConfig(ModelConfig, LightGCNFields):  # the backbone: LightGCN's fields and defaults
@@ -106,24 +106,7 @@ def pick_messages(history_texts: Sequence[str], candidate_texts: Sequence[str]) 
                                         "Which candidate will this user enjoy most? Answer with the candidate only."}]
 
 
-def generate_texts(lm, messages: list[list[dict[str, str]]], max_new_tokens: int) -> list[str]:
-    """Greedy answers, in blocks so that an interrupted run keeps the cached answers of finished blocks."""
-    prompts = [lm.render(m) for m in messages]
-    out: list[str] = []
-    for start in range(0, len(prompts), BLOCK):
-        out += [g.text.strip() for g in lm.generate(prompts[start:start + BLOCK], max_new_tokens)]
-    return out
-
-
 # ---- the augmentations ---------------------------------------------------------------------------
-def sample_user_items(train: Interactions, n_items: int, seed: int) -> list[np.ndarray]:
-    """Per user, at most `n_items` distinct TRAINING items (a seeded uniform sample, log order): the history
-    every user prompt shows. Only `train` is read."""
-    from recstack.llm.profiles import sample_user_items as sample
-
-    return sample(train, n_items, seed)
-
-
 def retrieve_candidates(scores_of, train: Interactions, n_candidates: int, block: int | None = None) -> np.ndarray:
     """(n_users, n_candidates) int64: each user's best-scored items outside the user's training items, best
     first, -1 where fewer remain. `scores_of(users)` -> (B, n_items) scores (a fitted model's `score`)."""
