@@ -17,10 +17,9 @@ from recstack.data.dataset import Dataset
 from recstack.data.features import item_texts
 from recstack.data.interactions import Interactions, Vocab
 from recstack.errors import RecstackError
-from recstack.evaluate.evaluator import evaluate
 from recstack.models import build
 from recstack.models.llm.llmrec import likelihood_picks, noise_pruned, pick_messages, retrieve_candidates, sce_loss
-from recstack.testing import clustered_dataset
+from recstack.testing import clustered_dataset, held_out_ndcg
 
 FAST = {"llm": "none", "encoder": "tfidf", "tfidf_dim": 32, "cache_embeddings": False, "epochs": 8,
         "batch_size": 512, "learning_rate": 0.01, "embedding_size": 32, "verbose": False}
@@ -36,10 +35,6 @@ def dataset(clustered):
     return clustered_dataset(clustered)
 
 
-def ndcg(model, split) -> float:
-    return evaluate(model, split.history("test"), split.test, metrics=["NDCG@10"])["NDCG@10"]
-
-
 def training_items(train: Interactions, user: int) -> set[int]:
     return set(train.item[train.indptr[user]:train.indptr[user + 1]].tolist())
 
@@ -47,8 +42,8 @@ def training_items(train: Interactions, user: int) -> set[int]:
 # ---- quality ------------------------------------------------------------------------------------
 def test_pinned_ndcg_on_clustered_data(dataset, clustered_split):
     model = build("llmrec", FAST).use_dataset(dataset).fit(clustered_split.train, clustered_split.valid)
-    value = ndcg(model, clustered_split)
-    assert value > ndcg(build("pop").fit(clustered_split.train), clustered_split) + 0.03
+    value = held_out_ndcg(model, clustered_split)
+    assert value > held_out_ndcg(build("pop").fit(clustered_split.train), clustered_split) + 0.03
     assert value == pytest.approx(PINNED_NDCG, abs=0.03)
 
 

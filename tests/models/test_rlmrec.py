@@ -16,11 +16,10 @@ from recstack.data.dataset import Dataset
 from recstack.data.features import TfidfSVDEncoder, encode_texts, item_texts
 from recstack.data.interactions import Interactions, Vocab
 from recstack.errors import RecstackError
-from recstack.evaluate.evaluator import evaluate
 from recstack.llm.profiles import sample_user_items, user_profile_messages
 from recstack.models import build
 from recstack.models.llm.rlmrec import contrastive_alignment, generative_alignment
-from recstack.testing import clustered_dataset
+from recstack.testing import clustered_dataset, held_out_ndcg
 
 FAST = {"llm": "none", "encoder": "tfidf", "tfidf_dim": 32, "cache_embeddings": False, "epochs": 8,
         "batch_size": 512, "learning_rate": 0.01, "embedding_size": 32, "verbose": False}
@@ -36,16 +35,12 @@ def dataset(clustered):
     return clustered_dataset(clustered)
 
 
-def ndcg(model, split) -> float:
-    return evaluate(model, split.history("test"), split.test, metrics=["NDCG@10"])["NDCG@10"]
-
-
 # ---- quality ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("alignment", ["contrastive", "generative"])
 def test_pinned_ndcg_on_clustered_data(alignment, dataset, clustered_split):
     model = build("rlmrec", {**FAST, "alignment": alignment}).use_dataset(dataset)
-    value = ndcg(model.fit(clustered_split.train, clustered_split.valid), clustered_split)
-    assert value > ndcg(build("pop").fit(clustered_split.train), clustered_split) + 0.03
+    value = held_out_ndcg(model.fit(clustered_split.train, clustered_split.valid), clustered_split)
+    assert value > held_out_ndcg(build("pop").fit(clustered_split.train), clustered_split) + 0.03
     assert value == pytest.approx(PINNED_NDCG[alignment], abs=0.03)
 
 
