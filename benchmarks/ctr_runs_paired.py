@@ -6,6 +6,8 @@ stopped) has one model per run directory. This script rebuilds the config's spli
 every run's `split_fingerprint` is that split's, loads each run's saved models, predicts the test
 rows and prints the leaderboard with both tests against the best model (Holm-adjusted across the
 comparisons). Configs with semantic-ID fields are refused (their codes are computed inside a run).
+Runs written since CTR runs keep their test predictions compare with `recstack compare RUN...` (the
+same tests, nothing re-predicted); this script is for the runs written before.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ctr_runs_paired.py runs/ml-1m-*/
 """

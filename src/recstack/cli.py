@@ -389,7 +389,8 @@ def llm_serve(
 def compare(
     run_dirs: List[Path] = typer.Argument(..., help="One or more run directories with the same split."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Per-user metric (default: the run's "
-                                                                "valid_metric, e.g. NDCG@10)."),
+                                                                "valid_metric, e.g. NDCG@10); CTR runs: AUC "
+                                                                "(default, DeLong), gAUC or LogLoss."),
     test: str = typer.Option("t", "--test", help="Paired test: t, wilcoxon or permutation."),
     correction: str = typer.Option("holm", "--correction", help="Across comparisons: holm, bh or none."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Compare against this model (default: "
@@ -402,7 +403,8 @@ def compare(
     debug: bool = typer.Option(False, "--debug", help=_DEBUG_HELP),
 ) -> None:
     """Paired significance tests between the models of one or more runs (per-user values); multi-seed
-    runs (same seeds) get a test over seeds next to the per-user tests of each seed."""
+    runs (same seeds) get a test over seeds next to the per-user tests of each seed. CTR runs pair their
+    test predictions row by row."""
     from recstack.experiment.compare import compare_runs
 
     with _user_errors(debug):

@@ -76,13 +76,17 @@ def auc(labels, scores) -> float:
     return float(_grouped_auc(labels, scores, np.zeros(len(labels), dtype=np.int64))[0][0])
 
 
+def row_log_loss(labels, probabilities) -> np.ndarray:
+    """Binary cross-entropy of each row's probability (clipped to [EPS, 1 - EPS])."""
+    labels, p = _check(labels, probabilities)
+    p = np.clip(p, EPS, 1 - EPS)
+    return -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+
+
 def log_loss(labels, probabilities) -> float:
     """Mean binary cross-entropy of probabilities (clipped to [EPS, 1 - EPS])."""
-    labels, p = _check(labels, probabilities)
-    if len(labels) == 0:
-        return float("nan")
-    p = np.clip(p, EPS, 1 - EPS)
-    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    losses = row_log_loss(labels, probabilities)
+    return float(losses.mean()) if len(losses) else float("nan")
 
 
 @dataclass(frozen=True)

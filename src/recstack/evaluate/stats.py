@@ -303,6 +303,7 @@ class Comparison:
     n_resamples: int = 10_000
     n_bootstrap: int = 2_000
     seed: int = 0
+    unit: str = "user"  # what each paired value belongs to (a CTR comparison of log losses: "row")
 
     def row(self, model: str) -> ComparisonRow:
         for row in self.rows:
@@ -319,7 +320,7 @@ class Comparison:
         """One sentence saying what was tested and how."""
         correction = CORRECTION_NAMES[self.correction]
         extra = f", {self.n_resamples:,} sign flips" if self.test == "permutation" else ""
-        return (f"{TEST_NAMES[self.test]}{extra} of each model against {self.baseline!r} on per-user "
+        return (f"{TEST_NAMES[self.test]}{extra} of each model against {self.baseline!r} on per-{self.unit} "
                 f"{self.metric}; correction across {max(len(self.rows) - 1, 0)} comparisons: {correction}; "
                 f"alpha {self.alpha:g}; effect size {self.effect_name}; "
                 f"{self.confidence:.0%} percentile bootstrap intervals ({self.n_bootstrap:,} resamples)")

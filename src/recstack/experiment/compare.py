@@ -6,7 +6,8 @@ pair up only when the runs evaluated the same users on the same held-out items, 
 split fingerprints (or evaluation protocols: `Protocol`) differ are refused with the reason.
 `Protocol` is also what the peer benchmarks check before they print a ratio against another
 library. A model name that appears in more than one run is prefixed with its run name
-(`<run>/<model>`).
+(`<run>/<model>`). CTR runs are compared on the test predictions they keep (DeLong on AUC, paired
+tests of per-user AUC or per-row LogLoss: `recstack.experiment.compare_ctr`), when their rows match.
 The result renders as a rich table or as markdown, both with the same legend.
 """
 
@@ -114,6 +115,9 @@ class RunComparison:
     runs: list[RunInfo]
     part: str
     labels: dict[str, tuple[str, str]]  # shown label -> (run name, model label in that run)
+    unit: str = "users"  # what the paired values are of: users (CTR runs: rows for AUC and LogLoss)
+    fingerprint_kind: str = "split"  # CTR runs pair on their rows fingerprint
+    note: str | None = None  # a line for the legend: what the metric means here when a run's table differs
 
     @property
     def fingerprint(self) -> str:
@@ -128,16 +132,18 @@ class RunComparison:
         return [
             f"* = {adjusted} < {c.alpha:g} against the baseline (B); {n} comparison{'s' * (n != 1)}",
             c.description,
-            f"diff = mean over paired users of (model - baseline); part {self.part!r}; "
-            f"{'higher' if c.higher_is_better else 'lower'} is better",
-            f"runs: {runs}; split fingerprint {self.fingerprint}",
+            ("diff = AUC(model) - AUC(baseline)" if c.test == "delong" else
+             f"diff = mean over paired {self.unit} of (model - baseline)")
+            + f"; part {self.part!r}; {'higher' if c.higher_is_better else 'lower'} is better",
+            f"runs: {runs}; {self.fingerprint_kind} fingerprint {self.fingerprint}",
+            *([self.note] if self.note else []),
         ]
 
     def _cells(self) -> tuple[list[str], list[list[str]]]:
         c = self.comparison
         pct = f"{c.confidence:.0%}"
         adjusted = f"p ({c.correction})" if c.correction else "p (uncorrected)"
-        headers = ["model", "users", c.metric, f"{pct} CI", "diff", f"diff {pct} CI", c.effect_name, "p",
+        headers = ["model", self.unit, c.metric, f"{pct} CI", "diff", f"diff {pct} CI", c.effect_name, "p",
                    adjusted, "sig"]
         rows = []
         for row in c.rows:
@@ -203,9 +209,14 @@ def _p(value: float | None) -> str:
     return f"{value:.4f}" if value >= 1e-3 else f"{value:.1e}"
 
 
-def _read_run(run_dir: Path) -> tuple[dict[str, Any], Path]:
+def _read_manifest(run_dir: Path) -> dict[str, Any]:
+    rundir.require(run_dir, (rundir.MANIFEST,), "give folders that `recstack run` wrote")
+    return rundir.read_manifest(run_dir)
+
+
+def _read_run(run_dir: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any], Path]:
     rundir.require(run_dir, (rundir.MANIFEST, rundir.PER_USER), "give folders that `recstack run` wrote")
-    manifest, values_path = rundir.read_manifest(run_dir), run_dir / rundir.PER_USER
+    values_path = run_dir / rundir.PER_USER
     if not manifest.get("split", {}).get("fingerprint"):
         raise RecstackError(f"run {run_dir.name!r} records no split fingerprint in manifest.json, so it cannot "
                             "be paired with other runs; rerun it with this version of recstack")
@@ -280,12 +291,22 @@ def compare_runs(
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    read = [_read_manifest(path) for path in paths]
+    is_ctr = [manifest.get("task") == "ctr" for manifest in read]
+    if any(is_ctr):
+        if not all(is_ctr):
+            ctr_run, other = paths[is_ctr.index(True)], paths[is_ctr.index(False)]
+            raise RecstackError(f"cannot compare CTR run {ctr_run.name!r} with ranking run {other.name!r}: one "
+                                "predicts labelled rows, the other ranks the catalogue; compare runs of one task")
+        return _compare_ctr_runs(paths, read, metric, baseline=baseline, test=test, correction=correction,
+                                 alpha=alpha, part=part, confidence=confidence, n_resamples=n_resamples,
+                                 n_bootstrap=n_bootstrap, seed=seed)
     runs: list[RunInfo] = []
     protocols: list[dict[str, Any]] = []
     manifests: list[dict[str, Any]] = []
     tables = []
-    for path in paths:
-        manifest, values_path = _read_run(path)
+    for path, manifest in zip(paths, read):
+        manifest, values_path = _read_run(path, manifest)
         name = manifest.get("run_name") or path.name
         if metric is None:
             metric = manifest.get("protocol", {}).get("valid_metric") or "NDCG@10"
@@ -317,6 +338,50 @@ def compare_runs(
                                   **options)  # type: ignore[arg-type]
     comparison = compare_models(merged, metric, baseline, part=None, **options)  # type: ignore[arg-type]
     return RunComparison(comparison, runs, part, labels)
+
+
+def _compare_ctr_runs(paths: list[Path], manifests: list[dict[str, Any]], metric: str | None, *,
+                      baseline: str | None, test: str, correction: str | None, alpha: float, part: str,
+                      confidence: float, n_resamples: int, n_bootstrap: int, seed: int) -> RunComparison:
+    """CTR runs: DeLong on AUC, or the paired test of per-user AUC (gAUC) or per-row LogLoss, over the
+    test predictions the runs kept (`recstack.experiment.compare_ctr`)."""
+    from recstack.experiment import compare_ctr as C
+
+    metric = metric or "AUC"
+    if metric not in C.CTR_METRICS:
+        raise RecstackError(f"CTR runs are compared on {', '.join(C.CTR_METRICS)}, not {metric!r}")
+    if part != "test":
+        raise RecstackError("CTR runs keep their test predictions only: compare them with --part test")
+    runs = [C.read_predictions(path, manifest, manifest.get("run_name") or path.name)
+            for path, manifest in zip(paths, manifests)]
+    if len({run.name for run in runs}) < len(runs):
+        for run in runs:
+            run.name = str(run.run_dir)
+    C.check_same_rows(runs)
+    predictions, labels = C.merged(runs)
+    if len(predictions) < 2:
+        raise RecstackError(f"comparing needs at least two models; the runs hold {', '.join(predictions)}")
+    if baseline is not None and baseline not in predictions:
+        doubled = [f"{run.name}/{baseline}" for run in runs if baseline in run.p]
+        hint = (f"it is in more than one run; name one of {', '.join(doubled)}" if len(doubled) > 1
+                else f"the models are {', '.join(predictions)}")
+        raise RecstackError(f"baseline {baseline!r} is not a model of these runs: {hint}")
+    infos = [RunInfo(run.name, run.run_dir, run.rows_fingerprint, list(run.p)) for run in runs]
+    first = runs[0]
+    if metric == "AUC":
+        comparison = C.delong_comparison(first.label, predictions, baseline, correction=correction, alpha=alpha,
+                                         confidence=confidence)
+        return RunComparison(comparison, infos, part, labels, unit="rows", fingerprint_kind="rows")
+    values = C.paired_values(metric, first.label, first.user, predictions)
+    comparison = compare_models(values, metric, baseline, part=None, test=test, correction=correction,  # type: ignore[arg-type]
+                                alpha=alpha, confidence=confidence, n_resamples=n_resamples,
+                                n_bootstrap=n_bootstrap, seed=seed)
+    if metric == "LogLoss":
+        comparison.unit = "row"
+    note = ("gAUC here: the mean of the per-user AUCs, each user once, over users with rows of both labels "
+            "(the run's leaderboard weighs each user by their rows)" if metric == "gAUC" else None)
+    return RunComparison(comparison, infos, part, labels, unit="users" if metric == "gAUC" else "rows",
+                         fingerprint_kind="rows", note=note)
 
 
 def _merge(runs: list[RunInfo], tables: list[Any], with_seed: bool

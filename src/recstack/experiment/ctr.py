@@ -22,7 +22,8 @@ The run loads the data (no preprocessing: every rating is a row), labels and spl
 fits the features on the training rows, fits each model with early stopping on the validation
 rows and writes `config.yaml`, `manifest.json` (split summary with OOV counts, timings),
 `metrics.json` (valid and test AUC, LogLoss, gAUC, Calibration, fit and predict seconds),
-`models/<label>/` and `report.md` (the leaderboard). With a `rerank` section, each retriever (a
+`models/<label>/`, `predictions.parquet` (each model's test-row probabilities, which `recstack compare`
+pairs across runs of one row split) and `report.md` (the leaderboard). With a `rerank` section, each retriever (a
 ranking model fitted on every training row) is evaluated alone and with each CTR model reordering
 its top `n`, by full ranking against the test rows labelled 1 (`rerank.json`, and a table in the
 report). With `seeds: [...]` every model is trained once per seed (on one split, or one per seed with
@@ -680,10 +681,13 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
                   if config.rerank is not None else None)
         if rerank is not None:
             rundir.write_json(tmp / RERANK, rerank)
+        if test_predictions:
+            write_predictions(tmp / rundir.PREDICTIONS, split.test, test_predictions)
         finished = datetime.now(timezone.utc)
         manifest = {"run_name": writer.path.name, "task": "ctr", "started": started.isoformat(),
                     "finished": finished.isoformat(), "data_seconds": round(data_seconds, 3),
                     "dataset": dataset.name, "split": summary, "split_fingerprint": split.fingerprint(),
+                    "rows_fingerprint": split.rows_fingerprint(),
                     **({} if config.seeds is None else {"seeds": {
                         "seeds": run_seeds, "split_per_seed": config.split_per_seed, "analysis_seed": run_seeds[0],
                         "split_fingerprints": {str(seed): split_for(seed).fingerprint() for seed in run_seeds}}}),
@@ -739,6 +743,24 @@ def run_ctr_experiment(config: CTRExperimentConfig | dict[str, Any], *, run_dir:
             console.print(rerank_markdown(rerank, config.rerank.labels()), markup=False)
         say(f"run directory: [bold]{writer.path}[/bold]")
     return CTRRunResult(writer.path, metrics, split, dataset, models, config, rerank or {})
+
+
+def write_predictions(path: Path, test: Any, predictions: dict[str, np.ndarray]) -> None:
+    """Every model's test-row probabilities in long format (model, row, user, label, p): what `recstack
+    compare` pairs across CTR runs without refitting or re-predicting anything."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = len(test)
+    labels = list(predictions)
+    table = pa.table({
+        "model": pa.array(np.repeat(np.array(labels, dtype=object), n).tolist(), pa.string()).dictionary_encode(),
+        "row": np.tile(np.arange(n, dtype=np.int32), len(labels)),
+        "user": np.tile(np.asarray(test.user, dtype=np.int32), len(labels)),
+        "label": np.tile(np.asarray(test.label, dtype=np.int8), len(labels)),
+        "p": np.concatenate([np.asarray(predictions[label], dtype=np.float32) for label in labels]),
+    })
+    pq.write_table(table, path)
 
 
 def _across_seeds(records: dict[int, dict[str, Any]]) -> dict[str, Any]:

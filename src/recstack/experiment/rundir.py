@@ -28,6 +28,7 @@ MANIFEST = "manifest.json"  # versions, data and split fingerprints and statisti
 METRICS = "metrics.json"  # per model: valid and test metrics, beyond-accuracy, slices, best_epoch
 CURVES = "curves.json"  # training curves of models that keep `history_`
 PER_USER = "per_user.parquet"  # long format, external user ids
+PREDICTIONS = "predictions.parquet"  # CTR runs: every model's test-row probabilities (model, row, user, label, p)
 HISTORY = "history.npz"  # every event of the split, both vocabularies, item titles
 MODELS = "models"  # models/<label>/: each fitted model (a multi-seed run: its first seed's)
 LOGS = "logs"  # logs/<label>.jsonl: the epochs of each trained model
