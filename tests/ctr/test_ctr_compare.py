@@ -79,6 +79,7 @@ def test_gauc_pairs_users_and_logloss_pairs_rows(ctr_runs):
     assert gauc.comparison.row("fm").mean == pytest.approx(per_user["fm"].auc.mean(), abs=1e-12)
     assert gauc.comparison.row("deepfm").p == pytest.approx(
         paired_test(per_user["deepfm"].auc, per_user["fm"].auc, "t"), rel=1e-9)
+    assert "gAUC here: the mean of the per-user AUCs, each user once" in gauc.to_markdown()
     logloss = compare_runs([first, second], "LogLoss")
     metrics = json.loads((second / "metrics.json").read_text())
     assert logloss.comparison.row("deepfm").mean == pytest.approx(metrics["deepfm"]["test"]["LogLoss"], abs=1e-9)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -69,12 +69,12 @@ class Protocol:
     def difference(self, other: "Protocol", part: str = "test") -> tuple[str, Any, Any] | None:
         """The first setting that differs (name, this value, the other's), or None. For `part` valid the
         test-only settings are left out: they change no validation figure."""
-        for field in fields(self):
-            if part == "valid" and field.name in ("test_history", "test_masked"):
+        for setting in fields(self):
+            if part == "valid" and setting.name in ("test_history", "test_masked"):
                 continue
-            mine, theirs = getattr(self, field.name), getattr(other, field.name)
+            mine, theirs = getattr(self, setting.name), getattr(other, setting.name)
             if mine != theirs:
-                return field.name, mine, theirs
+                return setting.name, mine, theirs
         return None
 
     def describe(self) -> str:
@@ -82,7 +82,7 @@ class Protocol:
         def shown(value: Any) -> str:
             return ("on" if value else "off") if isinstance(value, bool) else str(value)
 
-        return ", ".join(f"{field.name} {shown(getattr(self, field.name))}" for field in fields(self))
+        return ", ".join(f"{setting.name} {shown(getattr(self, setting.name))}" for setting in fields(self))
 
 
 def require_same_protocol(what: str, first: tuple[str, Protocol], second: tuple[str, Protocol],
@@ -117,7 +117,7 @@ class RunComparison:
     labels: dict[str, tuple[str, str]]  # shown label -> (run name, model label in that run)
     unit: str = "users"  # what the paired values are of: users (CTR runs: rows for AUC and LogLoss)
     fingerprint_kind: str = "split"  # CTR runs pair on their rows fingerprint
-    note: str | None = None  # a line for the legend: what the metric means here when a run's table differs
+    notes: list[str] = field(default_factory=list)  # legend lines: what the figures mean where a run's table differs
 
     @property
     def fingerprint(self) -> str:
@@ -136,7 +136,7 @@ class RunComparison:
              f"diff = mean over paired {self.unit} of (model - baseline)")
             + f"; part {self.part!r}; {'higher' if c.higher_is_better else 'lower'} is better",
             f"runs: {runs}; {self.fingerprint_kind} fingerprint {self.fingerprint}",
-            *([self.note] if self.note else []),
+            *self.notes,
         ]
 
     def _cells(self) -> tuple[list[str], list[list[str]]]:
@@ -368,20 +368,28 @@ def _compare_ctr_runs(paths: list[Path], manifests: list[dict[str, Any]], metric
         raise RecstackError(f"baseline {baseline!r} is not a model of these runs: {hint}")
     infos = [RunInfo(run.name, run.run_dir, run.rows_fingerprint, list(run.p)) for run in runs]
     first = runs[0]
+    # a multi-seed CTR run keeps the predictions of its first (analysis) seed's models, as its own tests use
+    seeded = [f"{run.name}: seed {manifest['seeds']['analysis_seed']}" for run, manifest in zip(runs, manifests)
+              if manifest.get("seeds")]
+    seeds_note = f"multi-seed runs are compared on their first seed's models ({'; '.join(seeded)})" if seeded else None
     if metric == "AUC":
         comparison = C.delong_comparison(first.label, predictions, baseline, correction=correction, alpha=alpha,
                                          confidence=confidence)
-        return RunComparison(comparison, infos, part, labels, unit="rows", fingerprint_kind="rows")
+        return RunComparison(comparison, infos, part, labels, unit="rows", fingerprint_kind="rows",
+                             notes=[seeds_note] if seeds_note else [])
     values = C.paired_values(metric, first.label, first.user, predictions)
     comparison = compare_models(values, metric, baseline, part=None, test=test, correction=correction,  # type: ignore[arg-type]
                                 alpha=alpha, confidence=confidence, n_resamples=n_resamples,
                                 n_bootstrap=n_bootstrap, seed=seed)
     if metric == "LogLoss":
         comparison.unit = "row"
-    note = ("gAUC here: the mean of the per-user AUCs, each user once, over users with rows of both labels "
-            "(the run's leaderboard weighs each user by their rows)" if metric == "gAUC" else None)
+    notes = [seeds_note] if seeds_note else []
+    if metric == "gAUC":
+        notes.append("gAUC here: the mean of the per-user AUCs, each user once, over users with rows of both labels "
+                     "(the run's leaderboard weighs each user by their rows)")
+
     return RunComparison(comparison, infos, part, labels, unit="users" if metric == "gAUC" else "rows",
-                         fingerprint_kind="rows", note=note)
+                         fingerprint_kind="rows", notes=notes)
 
 
 def _merge(runs: list[RunInfo], tables: list[Any], with_seed: bool
